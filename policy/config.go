@@ -1,0 +1,431 @@
+package policy
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Values of Agent.FailMode.
+const (
+	FailOpen   = "open"
+	FailClosed = "closed"
+)
+
+// Values of Limit.QueueOrder.
+const (
+	QueueFIFO = "fifo"
+	QueueLIFO = "lifo"
+)
+
+// Parts of Limit.Key. Join parts with "+": "repo+remote_ip". KeyGlobal cannot
+// be joined.
+const (
+	KeyRepo     = "repo"
+	KeyRemoteIP = "remote_ip"
+	KeyUser     = "user"
+	KeyGlobal   = "global"
+)
+
+// MetricsOff as Agent.MetricsAddr disables the HTTP listener.
+const MetricsOff = "off"
+
+// DefaultPath is where sluiced and sluice look for the policy.
+const DefaultPath = "/etc/sluice/sluice.toml"
+
+// DefaultSource is Config.Source for the embedded default policy.
+const DefaultSource = "<default>"
+
+// unknownPart replaces a key part the request does not carry.
+const unknownPart = "unknown"
+
+// keySep joins key parts; it cannot appear in an IP address or a user name a
+// server would pass, and is unlikely in a repository path.
+const keySep = "\x1f"
+
+// Config is a parsed policy. Parse fills it and builds the lookup tables
+// LimitFor uses; do not modify it afterwards (it is then safe for concurrent
+// readers). To change a policy, parse a new one.
+type Config struct {
+	// Agent configures sluiced itself.
+	Agent Agent `toml:"agent"`
+	// Git says where the real git is.
+	Git Git `toml:"git"`
+	// Limits are the admission rules, one per [[limit]] table. Nil means no
+	// rule: every command is admitted at once.
+	Limits []Limit `toml:"limit"`
+	// Cgroups configures resource isolation of admitted commands.
+	Cgroups Cgroups `toml:"cgroups"`
+	// Adaptive configures the AIMD calibrator of adaptive rules.
+	Adaptive Adaptive `toml:"adaptive"`
+	// EBPF configures exec/exit tracing of git processes.
+	EBPF EBPF `toml:"ebpf"`
+	// Timeouts bounds phases of git commands.
+	Timeouts Timeouts `toml:"timeouts"`
+
+	// Source is the file name the policy was read from, DefaultSource for
+	// the embedded default policy; "" for a Config built by hand.
+	Source string `toml:"-"`
+
+	// keys maps key paths such as "limit[1].max_queue_wait" to where they
+	// are written; nil for a Config built by hand.
+	keys map[string]keyPos
+	// bySub maps a subcommand to the rule that matches it; built by
+	// Validate when the policy is valid, nil otherwise.
+	bySub map[string]*Limit
+}
+
+// Agent configures sluiced: where it listens and what the shim does when it
+// cannot answer.
+type Agent struct {
+	// Socket is the path of the agent's Unix socket. "" means the default:
+	// /run/sluice/sluice.sock as root, $XDG_RUNTIME_DIR/sluice/sluice.sock
+	// otherwise (resolved by wire.SocketPath, shared with the shim and CLI). Must be absolute when set.
+	Socket string `toml:"socket"`
+	// SocketGroup is the group (name or numeric gid) that owns the socket
+	// (mode 0660) and its directory (mode 0750), so that a Git server running
+	// as another user can reach the agent. "" means the agent's own gid.
+	SocketGroup string `toml:"socket_group"`
+	// MetricsAddr is the host:port of the HTTP listener for /metrics,
+	// /debug/pprof/, /healthz and /readyz; MetricsOff disables it. "" means
+	// the default, 127.0.0.1:9780 (Parse fills it in).
+	MetricsAddr string `toml:"metrics_addr"`
+	// FailMode is what the shim does when the agent cannot answer: FailOpen
+	// runs git anyway and logs a warning, FailClosed rejects the command.
+	// "" means FailOpen.
+	FailMode string `toml:"fail_mode"`
+}
+
+// Git says where the real git binary is.
+type Git struct {
+	// Bin is the absolute path of the real git. "" means: search PATH,
+	// skipping the shim (SLUICE_REAL_GIT overrides both).
+	Bin string `toml:"bin"`
+}
+
+// Limit is one admission rule: the git subcommands it matches, how requests
+// are grouped into keys, and how many run and wait per key.
+type Limit struct {
+	// Name identifies the rule in metrics (label "limit"), logs and
+	// rejections. Required, unique, [a-z0-9_-]+.
+	Name string `toml:"name"`
+	// Match lists the git subcommands the rule admits ("upload-pack",
+	// "pack-objects", ...), lowercase [a-z0-9-]+. Required; a subcommand may
+	// be matched by at most one rule.
+	Match []string `toml:"match"`
+	// Key selects the queue a request joins: KeyRepo, KeyRemoteIP, KeyUser,
+	// KeyGlobal, or parts joined with "+" ("repo+remote_ip"). Required.
+	Key string `toml:"key"`
+	// QueueOrder is the order waiters are admitted in: QueueFIFO or
+	// QueueLIFO (under overload, LIFO serves clients that have not given up
+	// yet). "" means QueueFIFO.
+	QueueOrder string `toml:"queue_order"`
+	// MaxQueueSize is how many requests may wait per key before new ones
+	// are rejected. 0 means never queue: reject as soon as the key is at its
+	// limit.
+	MaxQueueSize int `toml:"max_queue_size"`
+	// MaxQueueWait is the longest a request waits in the queue before it is
+	// rejected. Required, in (0, 1h]: a request never waits forever.
+	MaxQueueWait Duration `toml:"max_queue_wait"`
+	// MaxPerKey is the static number of commands in flight per key, at least
+	// 1, when Adaptive is false. Must be 0 (unset) when Adaptive is true.
+	MaxPerKey int `toml:"max_per_key"`
+	// Adaptive makes the per-key limit move between MinLimit and MaxLimit
+	// (AIMD, see Adaptive). False means the static MaxPerKey applies.
+	Adaptive bool `toml:"adaptive"`
+	// MinLimit is the floor of an adaptive limit (>= 1). Must be 0 when
+	// Adaptive is false.
+	MinLimit int `toml:"min_limit"`
+	// InitialLimit is where an adaptive limit starts, in [MinLimit,
+	// MaxLimit]. Must be 0 when Adaptive is false.
+	InitialLimit int `toml:"initial_limit"`
+	// MaxLimit is the ceiling of an adaptive limit. Must be 0 when Adaptive
+	// is false.
+	MaxLimit int `toml:"max_limit"`
+
+	// parts is Key split on "+", set by Validate; nil means split on use.
+	parts []string
+}
+
+// Order returns the queue order, QueueFIFO when unset.
+func (l *Limit) Order() string {
+	if l.QueueOrder == "" {
+		return QueueFIFO
+	}
+	return l.QueueOrder
+}
+
+// Limit returns the in-flight limit per key the rule starts with: MaxPerKey,
+// or InitialLimit when the rule is adaptive.
+func (l *Limit) Limit() int {
+	if l.Adaptive {
+		return l.InitialLimit
+	}
+	return l.MaxPerKey
+}
+
+// KeyInput is what a request says about itself for key derivation.
+type KeyInput struct {
+	// Repo is the absolute, cleaned repository path; empty when unknown.
+	Repo []byte
+	// RemoteIP is the client address without port; "" when unknown.
+	RemoteIP string
+	// User is the authenticated user; "" when unknown.
+	User string
+}
+
+// KeyFor derives the queue key of a request under this rule: the parts named
+// by Key, in the order written, joined with "\x1f"; a part the request does
+// not carry becomes "unknown" (see the package doc). A "global" rule returns
+// "global".
+func (l *Limit) KeyFor(in KeyInput) string {
+	parts := l.parts
+	if parts == nil {
+		parts = strings.Split(l.Key, "+")
+	}
+	if len(parts) == 1 {
+		return keyPart(parts[0], in)
+	}
+	var b strings.Builder
+	for i, p := range parts {
+		if i > 0 {
+			b.WriteString(keySep)
+		}
+		b.WriteString(keyPart(p, in))
+	}
+	return b.String()
+}
+
+func keyPart(part string, in KeyInput) string {
+	var v string
+	switch part {
+	case KeyGlobal:
+		return KeyGlobal
+	case KeyRepo:
+		v = string(in.Repo)
+	case KeyRemoteIP:
+		v = in.RemoteIP
+	case KeyUser:
+		v = in.User
+	}
+	if v == "" {
+		return unknownPart
+	}
+	return v
+}
+
+// Cgroups configures the cgroup manager, as Gitaly's [cgroups]: a parent
+// cgroup for every admitted git command, with per-repository buckets below.
+type Cgroups struct {
+	// Enabled turns cgroup placement on. False (the default for now) means
+	// commands run in the cgroup of the process that started them.
+	Enabled bool `toml:"enabled"`
+	// Mountpoint is where the cgroup file systems are mounted. "" means
+	// /sys/fs/cgroup (Parse fills it in). Must be absolute when Enabled.
+	Mountpoint string `toml:"mountpoint"`
+	// HierarchyRoot is the parent cgroup's path relative to the agent's own
+	// cgroup. "" means "sluice" (Parse fills it in).
+	HierarchyRoot string `toml:"hierarchy_root"`
+	// MemoryBytes limits the memory of the parent cgroup; 0 means no limit.
+	MemoryBytes int64 `toml:"memory_bytes"`
+	// CPUShares is the parent cgroup's CPU weight (cgroup v1 shares;
+	// converted to cpu.weight on v2); 0 means not set.
+	CPUShares int64 `toml:"cpu_shares"`
+	// CPUQuotaUs is the parent cgroup's CPU quota in microseconds per
+	// 100 ms period; 0 means no quota.
+	CPUQuotaUs int64 `toml:"cpu_quota_us"`
+	// Repositories configures the per-repository buckets.
+	Repositories CgroupRepositories `toml:"repositories"`
+}
+
+// CgroupRepositories configures the per-repository buckets: a repository maps
+// to one of Count buckets by a stable hash of its path.
+type CgroupRepositories struct {
+	// Count is the number of buckets, 1..65536 when cgroups are enabled.
+	// 0 means the default, 64 (Parse fills it in).
+	Count int `toml:"count"`
+	// MemoryBytes limits each bucket's memory; 0 means no limit.
+	MemoryBytes int64 `toml:"memory_bytes"`
+	// CPUShares is each bucket's CPU weight; 0 means not set.
+	CPUShares int64 `toml:"cpu_shares"`
+	// CPUQuotaUs is each bucket's CPU quota in microseconds per 100 ms
+	// period; 0 means no quota.
+	CPUQuotaUs int64 `toml:"cpu_quota_us"`
+}
+
+// Adaptive configures the AIMD calibrator shared by adaptive rules.
+type Adaptive struct {
+	// CalibrationInterval is the additive-increase period: without
+	// pressure, each adaptive limit grows by 1 per interval. Must be > 0;
+	// Parse fills in 30s when absent.
+	CalibrationInterval Duration `toml:"calibration_interval"`
+	// SampleInterval is how often the watchers look for pressure. Must be
+	// > 0; Parse fills in 1s when absent.
+	SampleInterval Duration `toml:"sample_interval"`
+	// BackoffFactor multiplies a limit on backoff, in (0, 1]. 0 is invalid;
+	// Parse fills in 0.5 when absent.
+	BackoffFactor float64 `toml:"backoff_factor"`
+	// MemoryThreshold is the fraction of the memory limit above which the
+	// memory watcher asks for backoff, in (0, 1]. 0 is invalid; Parse fills
+	// in 0.9 when absent.
+	MemoryThreshold float64 `toml:"memory_threshold"`
+	// CPUThrottleThreshold is the fraction of the observation window spent
+	// CPU-throttled above which the CPU watcher asks for backoff, in (0, 1].
+	// 0 is invalid; Parse fills in 0.5 when absent.
+	CPUThrottleThreshold float64 `toml:"cpu_throttle_threshold"`
+}
+
+// EBPF configures exec/exit tracing of git processes.
+type EBPF struct {
+	// Enabled turns tracing on; where the kernel refuses it, the agent
+	// logs why and runs without. False means off. Parse fills in true when
+	// absent.
+	Enabled bool `toml:"enabled"`
+}
+
+// Timeouts bounds phases of git commands.
+type Timeouts struct {
+	// UploadPackNegotiation bounds the negotiation phase of upload-pack.
+	// Must be > 0; Parse fills in 10m when absent.
+	UploadPackNegotiation Duration `toml:"upload_pack_negotiation"`
+	// UploadArchiveNegotiation bounds the negotiation phase of
+	// upload-archive. Must be > 0; Parse fills in 1m when absent.
+	UploadArchiveNegotiation Duration `toml:"upload_archive_negotiation"`
+}
+
+// Duration is a time.Duration written in TOML as a Go duration string
+// ("1s", "1m30s"). Numbers are rejected: the unit must be explicit.
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(text []byte) error {
+	v, err := parseDuration(string(text))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes the duration as a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) {
+	return []byte(d.Duration.String()), nil
+}
+
+// parseDuration is time.ParseDuration with a hint for bare numbers.
+func parseDuration(s string) (time.Duration, error) {
+	v, err := time.ParseDuration(s)
+	if err == nil {
+		return v, nil
+	}
+	if _, nerr := strconv.ParseFloat(strings.ReplaceAll(s, "_", ""), 64); nerr == nil {
+		return 0, fmt.Errorf("%s is a number, not a duration: quote a Go duration with its unit, such as \"%ss\"", s, s)
+	}
+	return 0, fmt.Errorf("%q is not a Go duration: write one such as \"30s\", \"1m30s\" (units ns, us, ms, s, m, h)", s)
+}
+
+// LimitFor returns the rule that matches a git subcommand, nil when none does
+// (the command is then admitted without limit).
+func (c *Config) LimitFor(subcommand string) *Limit {
+	if c.bySub != nil {
+		return c.bySub[subcommand]
+	}
+	for i := range c.Limits {
+		for _, m := range c.Limits[i].Match {
+			if m == subcommand {
+				return &c.Limits[i]
+			}
+		}
+	}
+	return nil
+}
+
+// MatchedSubcommands returns the sorted set of subcommands any rule matches:
+// the commands the shim must ask the agent about.
+func (c *Config) MatchedSubcommands() []string {
+	seen := make(map[string]bool)
+	var out []string
+	for _, l := range c.Limits {
+		for _, m := range l.Match {
+			if !seen[m] {
+				seen[m] = true
+				out = append(out, m)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// MaxQueueWait returns the longest max_queue_wait of all rules, 0 without
+// rules: how long a shim may have to wait for an answer.
+func (c *Config) MaxQueueWait() time.Duration {
+	var m time.Duration
+	for _, l := range c.Limits {
+		m = max(m, l.MaxQueueWait.Duration)
+	}
+	return m
+}
+
+// RuleNames returns the rules' names in file order.
+func (c *Config) RuleNames() []string {
+	out := make([]string, len(c.Limits))
+	for i, l := range c.Limits {
+		out[i] = l.Name
+	}
+	return out
+}
+
+// defaults returns a Config holding every default; Parse decodes over it.
+func defaults() *Config {
+	return &Config{
+		Agent: Agent{
+			MetricsAddr: "127.0.0.1:9780",
+			FailMode:    FailOpen,
+		},
+		Cgroups: Cgroups{
+			Mountpoint:    "/sys/fs/cgroup",
+			HierarchyRoot: "sluice",
+			Repositories:  CgroupRepositories{Count: 64},
+		},
+		Adaptive: Adaptive{
+			CalibrationInterval:  Duration{30 * time.Second},
+			SampleInterval:       Duration{time.Second},
+			BackoffFactor:        0.5,
+			MemoryThreshold:      0.9,
+			CPUThrottleThreshold: 0.5,
+		},
+		EBPF: EBPF{Enabled: true},
+		Timeouts: Timeouts{
+			UploadPackNegotiation:    Duration{10 * time.Minute},
+			UploadArchiveNegotiation: Duration{time.Minute},
+		},
+	}
+}
+
+// fillDefaults sets defaults for the fields decoding over defaults() cannot
+// reach (fields of [[limit]] elements) and for "" strings that mean default.
+func (c *Config) fillDefaults() {
+	if c.Agent.MetricsAddr == "" {
+		c.Agent.MetricsAddr = "127.0.0.1:9780"
+	}
+	if c.Agent.FailMode == "" {
+		c.Agent.FailMode = FailOpen
+	}
+	if c.Cgroups.Mountpoint == "" {
+		c.Cgroups.Mountpoint = "/sys/fs/cgroup"
+	}
+	if c.Cgroups.HierarchyRoot == "" {
+		c.Cgroups.HierarchyRoot = "sluice"
+	}
+	if c.Cgroups.Repositories.Count == 0 {
+		c.Cgroups.Repositories.Count = 64
+	}
+	for i := range c.Limits {
+		if c.Limits[i].QueueOrder == "" {
+			c.Limits[i].QueueOrder = QueueFIFO
+		}
+	}
+}
