@@ -1,0 +1,261 @@
+package wire
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ShimConfig is what the shim needs from the agent's configuration. The agent
+// writes it to shim.conf next to the socket (WriteShimConfig); the shim reads
+// it on every run (ReadShimConfig), one open and one read.
+//
+// File format: one `key=value` per line, `#` starts a comment line, unknown
+// keys are ignored (newer agents may add keys):
+//
+//	version=1
+//	fail_mode=open|closed
+//	git_bin=/usr/bin/git         (empty = search PATH, skipping the shim)
+//	match=upload-pack,pack-objects,receive-pack,upload-archive
+//	admit_timeout_ms=62000
+type ShimConfig struct {
+	// FailClosed makes the shim refuse to run git (exit 75) when the agent
+	// cannot be reached or does not answer in time. False (the default)
+	// runs git anyway without a lease and logs a warning.
+	FailClosed bool
+	// GitBin is the real git binary. Empty means: SLUICE_REAL_GIT, else the
+	// first "git" on PATH that is not the shim, else /usr/bin/git.
+	GitBin string
+	// Match lists the git subcommands that need admission. Nil or empty
+	// means none: every command goes straight to git.
+	Match []string
+	// AdmitTimeout is the longest the shim waits for Admitted or Rejected
+	// (queueing included) before applying the fail mode. Zero or negative
+	// means DefaultAdmitTimeout.
+	AdmitTimeout time.Duration
+}
+
+// DefaultAdmitTimeout is the admission wait used when none is configured: a
+// little over the longest default max_queue_wait, so the agent's own
+// rejection normally arrives first.
+const DefaultAdmitTimeout = 62 * time.Second
+
+// DefaultMatch is the subcommands admitted when shim.conf does not say.
+var defaultMatch = [...]string{"upload-pack", "pack-objects", "receive-pack", "upload-archive"}
+
+// maxConfigSize bounds shim.conf; the agent writes a few hundred bytes.
+const maxConfigSize = 16 << 10
+
+// DefaultShimConfig returns the configuration the shim uses without a
+// shim.conf: fail open, git from PATH, match the four expensive subcommands,
+// DefaultAdmitTimeout.
+func DefaultShimConfig() ShimConfig {
+	return ShimConfig{
+		Match:        append([]string(nil), defaultMatch[:]...),
+		AdmitTimeout: DefaultAdmitTimeout,
+	}
+}
+
+// Matches reports whether subcommand needs admission.
+func (c *ShimConfig) Matches(subcommand string) bool {
+	if subcommand == "" {
+		return false
+	}
+	for _, m := range c.Match {
+		if m == subcommand {
+			return true
+		}
+	}
+	return false
+}
+
+// ShimConfigPath returns the path of shim.conf for the given socket: the
+// file sits next to the socket.
+func ShimConfigPath(socket string) string {
+	return filepath.Join(filepath.Dir(socket), "shim.conf")
+}
+
+// FormatShimConfig returns the file contents WriteShimConfig writes.
+func FormatShimConfig(c ShimConfig) []byte {
+	b := make([]byte, 0, 256)
+	b = append(b, "# Written by sluiced for sluice-shim; rewritten on every start and reload.\n"...)
+	b = append(b, "version=1\n"...)
+	if c.FailClosed {
+		b = append(b, "fail_mode=closed\n"...)
+	} else {
+		b = append(b, "fail_mode=open\n"...)
+	}
+	b = append(b, "git_bin="...)
+	b = append(b, c.GitBin...)
+	b = append(b, "\nmatch="...)
+	b = append(b, strings.Join(c.Match, ",")...)
+	t := c.AdmitTimeout
+	if t <= 0 {
+		t = DefaultAdmitTimeout
+	}
+	b = append(b, "\nadmit_timeout_ms="...)
+	b = strconv.AppendInt(b, t.Milliseconds(), 10)
+	return append(b, '\n')
+}
+
+// WriteShimConfig writes c to path atomically (temporary file in the same
+// directory, fsync, rename) with mode 0644, so a shim never reads a torn file.
+func WriteShimConfig(path string, c ShimConfig) error {
+	if strings.ContainsAny(c.GitBin, "\n\r") {
+		return errors.New("write shim config: git_bin contains a newline")
+	}
+	for _, m := range c.Match {
+		if m == "" || strings.ContainsAny(m, ",\n\r \t") {
+			return errors.New("write shim config: bad match entry " + strconv.Quote(m))
+		}
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".shim.conf.*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err := f.Write(FormatShimConfig(c)); err != nil {
+		return err
+	}
+	if err := f.Chmod(0o644); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	ok = true
+	return nil
+}
+
+// ReadShimConfig reads shim.conf. A missing file gives DefaultShimConfig()
+// and an error wrapping os.ErrNotExist (the shim ignores it). A line it
+// cannot parse leaves that key at its default and is reported in the error,
+// but the rest of the file still applies. It uses raw syscalls (no os.File,
+// no poller) because the shim runs it for every git process.
+func ReadShimConfig(path string) (ShimConfig, error) {
+	c := DefaultShimConfig()
+	data, err := readSmallFile(path)
+	if err != nil {
+		return c, &os.PathError{Op: "read shim config", Path: path, Err: err}
+	}
+	if err := parseShimConfig(data, &c); err != nil {
+		return c, errors.New(path + ": " + err.Error())
+	}
+	return c, nil
+}
+
+// readSmallFile reads up to maxConfigSize bytes of path.
+func readSmallFile(path string) ([]byte, error) {
+	var fd int
+	var err error
+	for {
+		fd, err = syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		if err != syscall.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer syscall.Close(fd)
+	buf := make([]byte, 0, 1024)
+	for len(buf) < maxConfigSize {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := syscall.Read(fd, buf[len(buf):cap(buf)])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return buf, nil
+		}
+		buf = buf[:len(buf)+n]
+	}
+	return nil, errors.New("file larger than " + strconv.Itoa(maxConfigSize) + " bytes")
+}
+
+// parseShimConfig applies the lines of data to c.
+func parseShimConfig(data []byte, c *ShimConfig) error {
+	var firstErr error
+	bad := func(line int, msg string) {
+		if firstErr == nil {
+			firstErr = errors.New("line " + strconv.Itoa(line) + ": " + msg)
+		}
+	}
+	s := string(data)
+	for lineNo := 1; s != ""; lineNo++ {
+		line := s
+		if i := strings.IndexByte(s, '\n'); i >= 0 {
+			line, s = s[:i], s[i+1:]
+		} else {
+			s = ""
+		}
+		line = strings.TrimSpace(line)
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		key, val, ok := strings.Cut(line, "=")
+		if !ok {
+			bad(lineNo, "want key=value")
+			continue
+		}
+		key, val = strings.TrimSpace(key), strings.TrimSpace(val)
+		switch key {
+		case "version":
+			if val != "1" {
+				bad(lineNo, "unsupported version "+strconv.Quote(val)+" (reading what is understood)")
+			}
+		case "fail_mode":
+			switch val {
+			case "open":
+				c.FailClosed = false
+			case "closed":
+				c.FailClosed = true
+			default:
+				bad(lineNo, "fail_mode must be open or closed")
+			}
+		case "git_bin":
+			c.GitBin = val
+		case "match":
+			c.Match = c.Match[:0]
+			for _, m := range strings.Split(val, ",") {
+				if m = strings.TrimSpace(m); m != "" {
+					c.Match = append(c.Match, m)
+				}
+			}
+		case "admit_timeout_ms":
+			ms, err := strconv.ParseInt(val, 10, 64)
+			if err != nil || ms < 0 || ms > int64(24*time.Hour/time.Millisecond) {
+				bad(lineNo, "admit_timeout_ms must be milliseconds")
+				continue
+			}
+			if ms == 0 {
+				c.AdmitTimeout = DefaultAdmitTimeout
+			} else {
+				c.AdmitTimeout = time.Duration(ms) * time.Millisecond
+			}
+		}
+	}
+	return firstErr
+}

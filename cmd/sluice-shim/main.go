@@ -1,0 +1,186 @@
+// Command sluice-shim stands in for git (installed as git, git-upload-pack,
+// git-receive-pack, git-upload-archive, or configured as
+// uploadpack.packObjectsHook) and asks sluiced for admission before running
+// the real git. It runs once per git process, so start-up cost is the
+// product's hottest path: it links no gRPC, protobuf, net, fmt or logging
+// library (deps_test.go enforces the budget).
+//
+// Flow: parse argv → read shim.conf next to the socket → find the real git →
+// a subcommand shim.conf does not match is exec'd at once (no socket, no
+// environment changes but SLUICE_SHIM_EXEC, the exec-loop guard). A matched
+// one connects (50 ms connect timeout), sends the AdmitRequest and waits:
+// the first answer within 1 s, the final one within admit_timeout_ms.
+//
+//   - Admitted: git runs as a supervised child (Pdeathsig SIGKILL, signals
+//     forwarded, stdio inherited), the connection is held open as the lease,
+//     Finished (exit status, CPU, max RSS, real time) is sent, and the shim
+//     exits exactly as git did (same code, or the same signal re-raised).
+//   - Rejected: the agent's one-line message ("sluice: …") goes to stderr
+//     and the shim exits 75 (EX_TEMPFAIL: "try again later"). In hook mode
+//     the client sees it as "remote: sluice: …".
+//   - Agent unreachable, no answer in time or a broken answer: fail_mode
+//     "open" (default) execs git without a lease and logs a warning;
+//     "closed" prints why to stderr and exits 75.
+//   - The real git cannot be found, or would be the shim itself: a
+//     "sluice: …" line on stderr and exit 127.
+//
+// Warnings go to $SLUICE_SHIM_LOG when set, else as one syslog datagram to
+// /dev/log (tag sluice-shim, facility user), else to stderr — never to
+// stderr when avoidable, because it may reach the git client.
+// The shim has one busy goroutine and lives for one git command: it needs no
+// GOMAXPROCS derived from cgroup CPU limits, nor the runtime's periodic
+// GOMAXPROCS updates.
+//
+//go:debug containermaxprocs=0
+//go:debug updatemaxprocs=0
+package main
+
+import (
+	"errors"
+	"os"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/gitwrap"
+)
+
+// version is set at build time: -ldflags "-X main.version=…".
+var version = "dev"
+
+// Exit codes of the shim itself (git's own codes pass through).
+const (
+	exitTempFail = 75  // EX_TEMPFAIL: rejected, or unavailable with fail_mode closed
+	exitNoGit    = 127 // the real git cannot be found or run
+)
+
+// dialTimeout bounds connect(2) on the agent's socket (it blocks only when
+// the listen backlog is full).
+const dialTimeout = 50 * time.Millisecond
+
+func main() {
+	os.Exit(run(os.Args))
+}
+
+func run(argv []string) int {
+	inv := gitwrap.Parse(argv)
+	if inv.ShimVersion {
+		os.Stdout.WriteString("sluice-shim " + version + " " + runtime.Version() + "\n")
+		return 0
+	}
+	sock := wire.SocketPath("")
+	cfg, cfgErr := wire.ReadShimConfig(wire.ShimConfigPath(sock))
+	if cfgErr != nil && !errors.Is(cfgErr, os.ErrNotExist) {
+		warn("shim config: " + cfgErr.Error() + " (using defaults for what could not be read)")
+	}
+	git, err := gitwrap.FindRealGit(os.Getenv, cfg.GitBin)
+	if err != nil {
+		os.Stderr.WriteString(err.Error() + "\n")
+		return exitNoGit
+	}
+	gitArgv := gitwrap.GitArgv(&inv)
+	if !cfg.Matches(inv.Subcommand) {
+		return execGit(git, gitArgv, os.Environ())
+	}
+
+	// Matched: ask for admission.
+	cwd, err := syscall.Getwd()
+	if err != nil {
+		cwd = "/"
+	}
+	env := os.Environ()
+	corr, generated := gitwrap.CorrelationID(os.Getenv)
+	if generated {
+		env = gitwrap.SetEnv(env, gitwrap.CorrelationEnv, corr)
+	}
+	req := wire.AdmitRequest{
+		Command:       inv.Command,
+		Subcommand:    inv.Subcommand,
+		Repo:          []byte(gitwrap.Repo(&inv, cwd, os.Getenv)),
+		RemoteIP:      gitwrap.RemoteIP(os.Getenv),
+		User:          gitwrap.User(os.Getenv),
+		CorrelationID: corr,
+		Hook:          inv.Hook,
+	}
+	conn, err := wire.Dial(sock, dialTimeout)
+	if err != nil {
+		return unavailable(&cfg, sock, err, git, gitArgv, env, corr)
+	}
+	rep, err := conn.Admit(&req, time.Now().Add(cfg.AdmitTimeout), nil)
+	if err != nil {
+		conn.Close()
+		return unavailable(&cfg, sock, err, git, gitArgv, env, corr)
+	}
+	if !rep.Admitted && rep.Reason == wire.ReasonUnavailable {
+		// The agent is shutting down: the same as not reaching it.
+		conn.Close()
+		return unavailable(&cfg, sock, errors.New("agent shutting down"), git, gitArgv, env, corr)
+	}
+	if !rep.Admitted {
+		conn.Close()
+		os.Stderr.WriteString(rejectLine(&rep, inv.Subcommand) + "\n")
+		return exitTempFail
+	}
+
+	// Supervise locks this goroutine to its thread for good (Pdeathsig is
+	// tied to the forking thread). Not in init: a thread locked at start-up
+	// makes the runtime start an extra template thread, which the unmatched
+	// path would pay for.
+	res, err := gitwrap.Supervise(git, gitArgv, env)
+	if err != nil {
+		conn.Close()
+		os.Stderr.WriteString(err.Error() + "\n")
+		return exitNoGit
+	}
+	if err := conn.Finish(&wire.Finished{
+		ExitCode:   res.ExitCode(),
+		Signal:     res.Signal(),
+		UserUsec:   res.UserUsec(),
+		SystemUsec: res.SystemUsec(),
+		MaxRSSKiB:  res.MaxRSSKiB(),
+		RealUsec:   res.Real.Microseconds(),
+	}); err != nil {
+		warn("send Finished to " + sock + ": " + err.Error() + " (correlation_id " + corr + ")")
+	}
+	conn.Close()
+	gitwrap.ExitLike(res.Status)
+	return exitNoGit // not reached
+}
+
+// execGit replaces the shim with git; it returns only when exec failed.
+func execGit(git string, argv, env []string) int {
+	err := gitwrap.Exec(git, argv, env)
+	os.Stderr.WriteString(err.Error() + "\n")
+	return exitNoGit
+}
+
+// unavailable applies the fail mode when the agent cannot give an answer.
+func unavailable(cfg *wire.ShimConfig, sock string, reason error, git string, argv, env []string, corr string) int {
+	if cfg.FailClosed {
+		os.Stderr.WriteString("sluice: admission service unavailable at " + sock + " (" + reason.Error() +
+			`); fail_mode is "closed": try again later` + "\n")
+		return exitTempFail
+	}
+	warn("admission service unavailable at " + sock + " (" + reason.Error() +
+		"); running git without a lease (fail_mode open), correlation_id " + corr)
+	return execGit(git, argv, env)
+}
+
+// rejectLine makes the agent's message one line starting with "sluice: ".
+func rejectLine(rep *wire.Reply, subcommand string) string {
+	msg, _, _ := strings.Cut(rep.Message, "\n")
+	msg = strings.TrimSpace(strings.ReplaceAll(msg, "\r", ""))
+	if msg == "" {
+		msg = "sluice: " + subcommand + " rejected"
+		if rep.Limit != "" {
+			msg += " by limit " + rep.Limit
+		}
+		msg += "; try again later"
+	}
+	if !strings.HasPrefix(msg, "sluice: ") {
+		msg = "sluice: " + msg
+	}
+	return msg
+}
