@@ -1,0 +1,315 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"go.uber.org/zap"
+
+	"github.com/sluicehq/sluice/agent/admitpb"
+	"github.com/sluicehq/sluice/policy"
+)
+
+// Bounds on what an admission request may carry.
+const (
+	maxRepoBytes   = 4096
+	maxNameBytes   = 64
+	maxUserBytes   = 256
+	maxCorrIDBytes = 128
+)
+
+// Drop reasons, the `reason` label of sluice_requests_dropped_total.
+const (
+	DropMaxSize     = "max_size"
+	DropMaxTime     = "max_time"
+	DropUnavailable = "unavailable"
+)
+
+// Command outcomes, the `outcome` label of sluice_commands_total.
+const (
+	OutcomeOK       = "ok"
+	OutcomeError    = "error"
+	OutcomeSignaled = "signaled"
+	OutcomeRejected = "rejected"
+)
+
+// Observer receives what the agent measures. The exporter implements it;
+// nil methods are never called on a nil Observer (the agent substitutes a
+// no-op).
+type Observer interface {
+	CommandFinished(cmd, subcmd, outcome string, user, system, real time.Duration, maxRSSBytes int64)
+	CommandRejected(cmd, subcmd string)
+	Acquired(limit string, waited time.Duration)
+	Dropped(limit, reason string)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) CommandFinished(string, string, string, time.Duration, time.Duration, time.Duration, int64) {
+}
+func (nopObserver) CommandRejected(string, string) {}
+func (nopObserver) Acquired(string, time.Duration) {}
+func (nopObserver) Dropped(string, string)         {}
+
+const msgUnavailable = "sluice: the admission service is shutting down; try again later"
+
+// admission is a granted lease, held until finish.
+type admission struct {
+	lease   *Lease
+	release func() // nil when no rule matched
+	waited  time.Duration
+}
+
+// errUnavailable is returned by admit while the agent shuts down.
+var errUnavailable = errors.New("agent shutting down")
+
+// admit runs one admission request through validation, rule matching and
+// the rule's limiter. send delivers Queued, Admitted and Rejected messages
+// to the caller, always from this goroutine. It returns the admission, or
+// nil when the request was rejected or the caller went away (a reply has
+// then been sent where one could be).
+func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequest, send func(*admitpb.ServerMsg) error) *admission {
+	a.admitting.Add(1)
+	defer a.admitting.Add(-1)
+	if a.stopping.Err() != nil {
+		_ = send(rejected(admitpb.RejectReason_REJECT_REASON_UNAVAILABLE, "", msgUnavailable))
+		return nil
+	}
+	if err := validateRequest(req); err != nil {
+		a.log.Warn("invalid admission request", zap.Int32("pid", peer.PID), zap.Uint32("uid", peer.UID), zap.Error(err))
+		a.obs.CommandRejected(cmdLabel, "invalid")
+		_ = send(rejected(admitpb.RejectReason_REJECT_REASON_INVALID, "", "sluice: invalid admission request: "+err.Error()))
+		return nil
+	}
+	rule, lim := a.ruleFor(req.Subcommand)
+	l := &Lease{
+		CorrelationID: req.CorrelationId,
+		Command:       req.Command,
+		Subcommand:    req.Subcommand,
+		Repo:          req.Repo,
+		RemoteIP:      req.RemoteIp,
+		User:          req.User,
+		Peer:          peer,
+		Arrived:       time.Now(),
+	}
+	adm := &admission{lease: l}
+	if rule != nil {
+		l.Limit = rule.Name
+		l.Key = rule.KeyFor(policy.KeyInput{Repo: req.Repo, RemoteIP: req.RemoteIp, User: req.User})
+	}
+	a.leases.Add(l)
+
+	if lim != nil {
+		actx, cancel := context.WithCancel(ctx)
+		stop := context.AfterFunc(a.stopping, cancel)
+		release, waited, err := lim.Acquire(actx, l.Key, func(pos, n int) {
+			_ = send(&admitpb.ServerMsg{Msg: &admitpb.ServerMsg_Queued{Queued: &admitpb.Queued{
+				Limit: rule.Name, Position: int32(pos), QueueLength: int32(n),
+			}}})
+		})
+		stop()
+		cancel()
+		if err != nil {
+			if a.stopping.Err() != nil && ctx.Err() == nil {
+				err = errUnavailable
+			}
+			a.leases.Remove(l)
+			a.reject(l, rule, lim, err, waited, send)
+			return nil
+		}
+		adm.release = release
+		adm.waited = waited
+		a.obs.Acquired(rule.Name, waited)
+	}
+	a.leases.MarkRunning(l, time.Now())
+	if err := send(&admitpb.ServerMsg{Msg: &admitpb.ServerMsg_Admitted{Admitted: &admitpb.Admitted{
+		LeaseId: l.ID, Limit: l.Limit, QueuedUsec: adm.waited.Microseconds(),
+	}}}); err != nil {
+		// The caller is gone: it will never run git under this lease.
+		a.finish(adm, nil)
+		return nil
+	}
+	return adm
+}
+
+// reject logs and counts a request the limiter refused and tells the caller.
+func (a *Agent) reject(l *Lease, rule *policy.Limit, lim *Limiter, err error, waited time.Duration, send func(*admitpb.ServerMsg) error) {
+	fields := append(a.leaseFields(l), zap.Duration("queue_wait", waited))
+	var reason admitpb.RejectReason
+	var drop, msg string
+	who := describeKey(rule.Key)
+	limit := lim.Stats().Limit
+	switch {
+	case errors.Is(err, ErrQueueFull):
+		reason, drop = admitpb.RejectReason_REJECT_REASON_MAX_SIZE, DropMaxSize
+		msg = fmt.Sprintf("sluice: too many %s requests for %s: %d running and the queue of %d is full (limit %q); try again later",
+			l.Subcommand, who, limit, rule.MaxQueueSize, rule.Name)
+	case errors.Is(err, ErrQueueTimeout):
+		reason, drop = admitpb.RejectReason_REJECT_REASON_MAX_TIME, DropMaxTime
+		msg = fmt.Sprintf("sluice: %s waited %s for a slot for %s (%d running, limit %q); try again later",
+			l.Subcommand, rule.MaxQueueWait.Duration, who, limit, rule.Name)
+	case errors.Is(err, errUnavailable):
+		reason, drop = admitpb.RejectReason_REJECT_REASON_UNAVAILABLE, DropUnavailable
+		msg = msgUnavailable
+	default:
+		// The caller went away while queued: nothing to send, not a drop.
+		a.log.Info("waiter left the queue", append(fields, zap.Error(err))...)
+		return
+	}
+	a.obs.Dropped(rule.Name, drop)
+	a.obs.CommandRejected(cmdLabel, subcmdLabel(l))
+	a.log.Warn("rejected", append(fields, zap.String("reason", drop))...)
+	_ = send(rejected(reason, rule.Name, msg))
+}
+
+// finish releases adm's slot and records how its command ended; fin is nil
+// when the caller went away without reporting (killed shim).
+func (a *Agent) finish(adm *admission, fin *admitpb.Finished) {
+	if adm.release != nil {
+		adm.release()
+	}
+	l := adm.lease
+	a.leases.Remove(l)
+	fields := append(a.leaseFields(l), zap.Duration("queue_wait", adm.waited))
+	if fin == nil {
+		a.obs.CommandFinished(cmdLabel, subcmdLabel(l), OutcomeSignaled, 0, 0, time.Since(l.Arrived)-adm.waited, 0)
+		a.log.Warn("lease released without a report: the shim exited or was killed", fields...)
+		return
+	}
+	outcome := OutcomeOK
+	switch {
+	case fin.Signal != 0:
+		outcome = OutcomeSignaled
+	case fin.ExitCode != 0:
+		outcome = OutcomeError
+	}
+	user := time.Duration(fin.UserUsec) * time.Microsecond
+	sys := time.Duration(fin.SystemUsec) * time.Microsecond
+	real := time.Duration(fin.RealUsec) * time.Microsecond
+	a.obs.CommandFinished(cmdLabel, subcmdLabel(l), outcome, user, sys, real, fin.MaxRssKib*1024)
+	a.log.Info("command finished", append(fields,
+		zap.Duration("cpu_user", user), zap.Duration("cpu_system", sys),
+		zap.Int64("max_rss_kib", fin.MaxRssKib), zap.Duration("real", real),
+		zap.Int32("exit_code", fin.ExitCode), zap.Int32("signal", fin.Signal),
+		zap.String("outcome", outcome))...)
+}
+
+func (a *Agent) leaseFields(l *Lease) []zap.Field {
+	return []zap.Field{
+		zap.String("correlation_id", l.CorrelationID),
+		zap.String("subcmd", l.Subcommand),
+		zap.ByteString("repo", l.Repo),
+		zap.String("remote_ip", l.RemoteIP),
+		zap.String("user", l.User),
+		zap.String("limit", l.Limit),
+		zap.Int32("pid", l.Peer.PID),
+		zap.Uint32("uid", l.Peer.UID),
+	}
+}
+
+func rejected(reason admitpb.RejectReason, limit, msg string) *admitpb.ServerMsg {
+	return &admitpb.ServerMsg{Msg: &admitpb.ServerMsg_Rejected{Rejected: &admitpb.Rejected{
+		Reason: reason, Message: msg, Limit: limit,
+	}}}
+}
+
+// describeKey names a rule's key the way a git user understands it.
+func describeKey(key string) string {
+	var parts []string
+	for _, p := range strings.Split(key, "+") {
+		switch p {
+		case "repo":
+			parts = append(parts, "this repository")
+		case "remote_ip":
+			parts = append(parts, "your address")
+		case "user":
+			parts = append(parts, "your user")
+		case "global":
+			parts = append(parts, "this server")
+		}
+	}
+	if len(parts) == 0 {
+		return "this server"
+	}
+	return strings.Join(parts, " and ")
+}
+
+// validateRequest checks what a request carries before any of it is used.
+func validateRequest(r *admitpb.AdmitRequest) error {
+	if !isName(r.Subcommand) {
+		return fmt.Errorf("subcommand %q: want 1-%d characters of a-z, 0-9 and -", r.Subcommand, maxNameBytes)
+	}
+	if len(r.Command) > maxNameBytes || strings.ContainsAny(r.Command, "/\x00") {
+		return fmt.Errorf("command %q: want a program name without '/'", r.Command)
+	}
+	if n := len(r.Repo); n > maxRepoBytes {
+		return fmt.Errorf("repo path is %d bytes, more than %d", n, maxRepoBytes)
+	}
+	if len(r.Repo) > 0 {
+		repo := string(r.Repo)
+		switch {
+		case strings.IndexByte(repo, 0) >= 0:
+			return fmt.Errorf("repo path %q contains a NUL byte", repo)
+		case repo[0] != '/':
+			return fmt.Errorf("repo path %q is not absolute", repo)
+		case filepath.Clean(repo) != repo:
+			return fmt.Errorf("repo path %q is not clean (want %q: no '..', '.', '//' or trailing '/')", repo, filepath.Clean(repo))
+		}
+	}
+	if r.RemoteIp != "" {
+		if _, err := netip.ParseAddr(r.RemoteIp); err != nil {
+			return fmt.Errorf("remote_ip %q is not an IP address", r.RemoteIp)
+		}
+	}
+	if len(r.User) > maxUserBytes || strings.IndexByte(r.User, 0) >= 0 {
+		return fmt.Errorf("user %q: want at most %d bytes without NUL", r.User, maxUserBytes)
+	}
+	if len(r.CorrelationId) > maxCorrIDBytes || !printable(r.CorrelationId) {
+		return fmt.Errorf("correlation_id %q: want at most %d printable characters", r.CorrelationId, maxCorrIDBytes)
+	}
+	return nil
+}
+
+func isName(s string) bool {
+	if s == "" || len(s) > maxNameBytes {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// cmdLabel is the `cmd` label of command metrics: every command sluice
+// admits is git, whatever name the shim was run under.
+const cmdLabel = "git"
+
+// subcmdLabel is the `subcmd` label of l's metrics: the subcommand when a
+// rule matched it, else "other", so callers cannot grow label cardinality
+// by inventing subcommand names.
+func subcmdLabel(l *Lease) string {
+	if l.Limit == "" {
+		return "other"
+	}
+	return l.Subcommand
+}

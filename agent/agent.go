@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/sluicehq/sluice/policy"
+)
+
+// Options configure an Agent.
+type Options struct {
+	// Policy is the configuration in force; required.
+	Policy *policy.Config
+	// Log receives the agent's logs; nil discards them.
+	Log *zap.Logger
+	// Observer receives metrics events; nil discards them.
+	Observer Observer
+	// Version is reported by the admin API.
+	Version string
+}
+
+// Agent is the admission service. Create it with New, then call Serve.
+type Agent struct {
+	log     *zap.Logger
+	obs     Observer
+	version string
+	started time.Time
+	leases  *LeaseTable
+
+	// stopping is cancelled when shutdown begins: waiters are rejected
+	// as unavailable and new requests are refused.
+	stopping context.Context
+	stop     context.CancelFunc
+	// admitting counts requests inside admit, so shutdown can wait for
+	// their replies to be sent.
+	admitting atomic.Int64
+
+	mu       sync.RWMutex // guards the fields below
+	policy   *policy.Config
+	limiters map[string]*Limiter // by rule name
+}
+
+// New returns an agent enforcing opts.Policy.
+func New(opts Options) *Agent {
+	log := opts.Log
+	if log == nil {
+		log = zap.NewNop()
+	}
+	obs := opts.Observer
+	if obs == nil {
+		obs = nopObserver{}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &Agent{
+		log:      log.Named("agent"),
+		obs:      obs,
+		version:  opts.Version,
+		started:  time.Now(),
+		leases:   NewLeaseTable(),
+		stopping: ctx,
+		stop:     cancel,
+		policy:   opts.Policy,
+		limiters: make(map[string]*Limiter),
+	}
+	for i := range opts.Policy.Limits {
+		r := &opts.Policy.Limits[i]
+		a.limiters[r.Name] = NewLimiter(LimiterConfig{
+			Name:         r.Name,
+			Limit:        r.Limit(),
+			MaxQueueSize: r.MaxQueueSize,
+			MaxQueueWait: r.MaxQueueWait.Duration,
+			Order:        r.Order(),
+		})
+	}
+	return a
+}
+
+// Policy returns the configuration in force.
+func (a *Agent) Policy() *policy.Config {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.policy
+}
+
+// ruleFor returns the rule matching subcommand and its limiter, or nils.
+func (a *Agent) ruleFor(subcommand string) (*policy.Limit, *Limiter) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	r := a.policy.LimitFor(subcommand)
+	if r == nil {
+		return nil, nil
+	}
+	return r, a.limiters[r.Name]
+}
+
+// Limiters returns the stats of every rule's limiter in policy order.
+func (a *Agent) Limiters() []LimiterStats {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	out := make([]LimiterStats, 0, len(a.policy.Limits))
+	for _, r := range a.policy.Limits {
+		out = append(out, a.limiters[r.Name].Stats())
+	}
+	return out
+}
+
+// Leases returns a snapshot of the lease table, oldest first.
+func (a *Agent) Leases() []Lease { return a.leases.Snapshot() }

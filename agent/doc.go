@@ -1,0 +1,40 @@
+// Package agent owns sluiced's admission path: the Unix socket and its
+// protocol demultiplexer, the admission service (gRPC and the shim's
+// framing), the lease table and the keyed limiters.
+//
+// # One socket, two protocols
+//
+// The shim runs once per git process and must start in about a
+// millisecond, so it cannot afford grpc-go (PLATFORM.md: ~2.4 ms of package
+// init and ~1 ms for the first call). The agent therefore serves the same
+// protobuf messages (agent/admitpb) two ways on one socket and tells them
+// apart by the first byte a client sends: 'P' starts gRPC's HTTP/2 preface,
+// 'S' starts the shim's magic "SLUICE/1\n" followed by length-prefixed
+// frames (package agent/wire). Both paths end in the same admission code.
+//
+// # Leases
+//
+// A lease lives exactly as long as the connection (or gRPC stream) that
+// asked for it. The shim keeps it open while git runs and sends Finished
+// with the exit status and resource usage before closing; if the shim dies,
+// even by SIGKILL, the kernel closes the socket and the slot is released at
+// once. A waiter whose connection closes leaves its queue at once.
+//
+// The caller is identified by SO_PEERCRED, read when the connection is
+// accepted; nothing the request claims about pid, uid or gid is used.
+//
+// # Keys that cannot be derived
+//
+// When a rule's key needs a part the request lacks (no client IP for a
+// file:// clone or a cron job, no user), that part is the literal "unknown":
+// all such requests of a rule share one key and one queue. Gitaly instead
+// lets them through unlimited; sluice does not, because local jobs and
+// misconfigured servers are exactly the storms it exists to stop.
+//
+// # Rejections
+//
+// A request is rejected when its key's queue is full (max_size), when it
+// waited max_queue_wait (max_time), when it is malformed (invalid), or while
+// the agent shuts down (unavailable: the shim then applies fail_mode). The
+// rejection carries one line for the git client, starting with "sluice: ".
+package agent

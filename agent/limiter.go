@@ -1,0 +1,268 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// Queue orders a Limiter can serve waiters in.
+const (
+	OrderFIFO = "fifo"
+	OrderLIFO = "lifo"
+)
+
+// Errors Acquire returns when it does not grant a slot.
+var (
+	// ErrQueueFull: the key's queue already held max_queue_size waiters.
+	ErrQueueFull = errors.New("queue full")
+	// ErrQueueTimeout: the waiter waited max_queue_wait without a slot.
+	ErrQueueTimeout = errors.New("queue wait exceeded")
+)
+
+// LimiterConfig is the static part of one rule's limiter.
+type LimiterConfig struct {
+	// Name is the rule name, used in metrics and messages.
+	Name string
+	// Limit is the in-flight limit per key; below 1 it is treated as 1.
+	Limit int
+	// MaxQueueSize is how many waiters a key may hold; 0 means a request
+	// that finds no free slot is rejected at once.
+	MaxQueueSize int
+	// MaxQueueWait bounds how long a waiter waits; 0 means it is rejected
+	// as soon as it would have to wait (the policy never allows 0).
+	MaxQueueWait time.Duration
+	// Order is OrderFIFO (the zero value "" means FIFO too) or OrderLIFO.
+	Order string
+}
+
+// Limiter is a keyed semaphore with a bounded queue per key: at most
+// Limit() requests per key run at once, up to MaxQueueSize more wait, and a
+// waiter gives up after MaxQueueWait. One Limiter serves one policy rule.
+type Limiter struct {
+	cfg LimiterConfig
+
+	mu    sync.Mutex // guards the fields below
+	limit int
+	keys  map[string]*keyState
+	// Totals across keys, kept so that stats never walk the key map.
+	running, queued                    int
+	admitted, droppedSize, droppedTime uint64
+}
+
+type keyState struct {
+	running int
+	// queue holds waiters in arrival order; FIFO serves from the front,
+	// LIFO from the back.
+	queue []*waiter
+}
+
+type waiter struct {
+	ready    chan struct{} // closed when admitted
+	admitted bool          // set under Limiter.mu before ready is closed
+	// pos receives the waiter's latest queue position (1 = next); it
+	// holds at most one value and a newer one replaces an older one.
+	pos chan [2]int
+}
+
+// NewLimiter returns a limiter for cfg.
+func NewLimiter(cfg LimiterConfig) *Limiter {
+	if cfg.Limit < 1 {
+		cfg.Limit = 1
+	}
+	return &Limiter{cfg: cfg, limit: cfg.Limit, keys: make(map[string]*keyState)}
+}
+
+// Name returns the rule name.
+func (l *Limiter) Name() string { return l.cfg.Name }
+
+// Config returns the limiter's static configuration.
+func (l *Limiter) Config() LimiterConfig { return l.cfg }
+
+// QueueFunc is told a waiter's position (1 = next to be admitted) and the
+// length of its key's queue, when it joins the queue and whenever either
+// changes. It runs on the goroutine that called Acquire.
+type QueueFunc func(position, length int)
+
+// Acquire waits for a slot for key. It returns the time spent waiting and a
+// release function that must be called exactly once when the work is done.
+// It fails with ErrQueueFull, ErrQueueTimeout, or ctx's error when ctx ends
+// first (the waiter then leaves the queue at once).
+func (l *Limiter) Acquire(ctx context.Context, key string, onQueued QueueFunc) (release func(), waited time.Duration, err error) {
+	start := time.Now()
+	l.mu.Lock()
+	ks := l.keys[key]
+	if ks == nil {
+		ks = &keyState{}
+		l.keys[key] = ks
+	}
+	if ks.running < l.limit && len(ks.queue) == 0 {
+		ks.running++
+		l.running++
+		l.admitted++
+		l.mu.Unlock()
+		return l.releaser(key), 0, nil
+	}
+	if len(ks.queue) >= l.cfg.MaxQueueSize || l.cfg.MaxQueueWait <= 0 {
+		l.droppedSize++
+		l.dropKeyIfIdleLocked(key, ks)
+		l.mu.Unlock()
+		return nil, 0, ErrQueueFull
+	}
+	w := &waiter{ready: make(chan struct{}), pos: make(chan [2]int, 1)}
+	ks.queue = append(ks.queue, w)
+	l.queued++
+	l.notifyPositionsLocked(ks)
+	l.mu.Unlock()
+
+	timer := time.NewTimer(l.cfg.MaxQueueWait)
+	defer timer.Stop()
+	for {
+		select {
+		case <-w.ready:
+			return l.releaser(key), time.Since(start), nil
+		case p := <-w.pos:
+			if onQueued != nil {
+				onQueued(p[0], p[1])
+			}
+		case <-timer.C:
+			if l.leave(key, w, true) {
+				return l.releaser(key), time.Since(start), nil
+			}
+			return nil, time.Since(start), ErrQueueTimeout
+		case <-ctx.Done():
+			if l.leave(key, w, false) {
+				// Admitted in the same instant the caller went away:
+				// give the slot back so the next waiter gets it.
+				l.releaser(key)()
+			}
+			return nil, time.Since(start), ctx.Err()
+		}
+	}
+}
+
+// leave takes w out of key's queue. It reports true when w had been
+// admitted already (so the caller owns a slot); timedOut counts the drop.
+func (l *Limiter) leave(key string, w *waiter, timedOut bool) (admitted bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if w.admitted {
+		return true
+	}
+	ks := l.keys[key]
+	for i, q := range ks.queue {
+		if q == w {
+			ks.queue = append(ks.queue[:i], ks.queue[i+1:]...)
+			break
+		}
+	}
+	l.queued--
+	if timedOut {
+		l.droppedTime++
+	}
+	l.notifyPositionsLocked(ks)
+	l.dropKeyIfIdleLocked(key, ks)
+	return false
+}
+
+func (l *Limiter) releaser(key string) func() {
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			ks := l.keys[key]
+			ks.running--
+			l.running--
+			l.admitLocked(ks)
+			l.dropKeyIfIdleLocked(key, ks)
+		})
+	}
+}
+
+// admitLocked hands free slots of ks to its waiters in queue order.
+func (l *Limiter) admitLocked(ks *keyState) {
+	changed := false
+	for ks.running < l.limit && len(ks.queue) > 0 {
+		var w *waiter
+		if l.cfg.Order == OrderLIFO {
+			w = ks.queue[len(ks.queue)-1]
+			ks.queue[len(ks.queue)-1] = nil
+			ks.queue = ks.queue[:len(ks.queue)-1]
+		} else {
+			w = ks.queue[0]
+			ks.queue[0] = nil
+			ks.queue = ks.queue[1:]
+		}
+		w.admitted = true
+		close(w.ready)
+		ks.running++
+		l.running++
+		l.queued--
+		l.admitted++
+		changed = true
+	}
+	if changed {
+		l.notifyPositionsLocked(ks)
+	}
+}
+
+// notifyPositionsLocked tells every waiter of ks its current position.
+func (l *Limiter) notifyPositionsLocked(ks *keyState) {
+	n := len(ks.queue)
+	for i, w := range ks.queue {
+		pos := i + 1
+		if l.cfg.Order == OrderLIFO {
+			pos = n - i
+		}
+		select {
+		case <-w.pos: // replace a stale position nobody read yet
+		default:
+		}
+		w.pos <- [2]int{pos, n}
+	}
+}
+
+// dropKeyIfIdleLocked forgets a key with nothing running or queued, so the
+// key map holds only live keys however many distinct keys pass through.
+func (l *Limiter) dropKeyIfIdleLocked(key string, ks *keyState) {
+	if ks.running == 0 && len(ks.queue) == 0 {
+		delete(l.keys, key)
+	}
+}
+
+// SetLimit changes the per-key limit. Requests already running keep their
+// slots; a higher limit admits waiters at once, a lower one takes effect as
+// slots are released.
+func (l *Limiter) SetLimit(n int) {
+	if n < 1 {
+		n = 1
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.limit = n
+	for _, ks := range l.keys {
+		l.admitLocked(ks)
+	}
+}
+
+// LimiterStats is a point-in-time view of a Limiter.
+type LimiterStats struct {
+	Name                     string
+	Limit                    int
+	Running, Queued, Keys    int
+	Admitted                 uint64
+	DroppedSize, DroppedTime uint64
+}
+
+// Stats returns the limiter's counters.
+func (l *Limiter) Stats() LimiterStats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return LimiterStats{
+		Name: l.cfg.Name, Limit: l.limit,
+		Running: l.running, Queued: l.queued, Keys: len(l.keys),
+		Admitted: l.admitted, DroppedSize: l.droppedSize, DroppedTime: l.droppedTime,
+	}
+}

@@ -1,0 +1,201 @@
+// Command sluiced is the sluice agent: it admits git processes started
+// through the shim, enforces the policy's keyed concurrency limits and
+// exports metrics. See DESIGN.md and the README for how to run it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/sluicehq/sluice/agent"
+	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/exporter"
+	"github.com/sluicehq/sluice/policy"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+const defaultConfig = "/etc/sluice/sluice.toml"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+func run(args []string, stderr io.Writer) int {
+	fset := flag.NewFlagSet("sluiced", flag.ContinueOnError)
+	fset.SetOutput(stderr)
+	configPath := fset.String("config", defaultConfig, "policy file (strict TOML); when the default file is absent the embedded default policy applies")
+	logLevel := fset.String("log-level", "info", "debug, info, warn or error")
+	showVersion := fset.Bool("version", false, "print the version and exit")
+	if err := fset.Parse(args); err != nil {
+		return 2
+	}
+	if *showVersion {
+		fmt.Fprintf(stderr, "sluiced %s (%s)\n", version, runtime.Version())
+		return 0
+	}
+	var level zapcore.Level
+	if err := level.Set(*logLevel); err != nil {
+		fmt.Fprintf(stderr, "sluiced: -log-level %q: %v; use debug, info, warn or error\n", *logLevel, err)
+		return 2
+	}
+	explicit := false
+	fset.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+	cfg, note, err := loadConfig(*configPath, explicit)
+	if err != nil {
+		fmt.Fprintf(stderr, "sluiced: %v\n", err)
+		return 1
+	}
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(level)
+	zc.Sampling = nil // every finished command is logged, never sampled away
+	zc.EncoderConfig.TimeKey = "time"
+	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	log, err := zc.Build()
+	if err != nil {
+		fmt.Fprintf(stderr, "sluiced: logger: %v\n", err)
+		return 1
+	}
+	defer log.Sync()
+	if note != "" {
+		log.Info(note)
+	}
+	if err := serve(cfg, log); err != nil {
+		log.Error("sluiced stopped", zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+// loadConfig reads path, or the embedded default when path is the default
+// location, was not given explicitly, and does not exist.
+func loadConfig(path string, explicit bool) (*policy.Config, string, error) {
+	if _, err := os.Stat(path); !explicit && errors.Is(err, fs.ErrNotExist) {
+		return policy.Default(), fmt.Sprintf("%s not found: using the embedded default policy (see `sluice validate --print-defaults`)", path), nil
+	}
+	cfg, err := policy.Load(path)
+	if err != nil {
+		return nil, "", err
+	}
+	return cfg, "", nil
+}
+
+func serve(cfg *policy.Config, log *zap.Logger) error {
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer cancel()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	var a *agent.Agent
+	exp := exporter.New(exporter.Options{
+		Version: version,
+		Limits:  limitSource{func() *agent.Agent { return a }},
+	})
+	names := make([]string, 0, len(cfg.Limits))
+	for _, l := range cfg.Limits {
+		names = append(names, l.Name)
+	}
+	exp.SetLimits(names)
+	a = agent.New(agent.Options{Policy: cfg, Log: log, Observer: exp, Version: version})
+
+	socketPath := wire.SocketPath(cfg.Agent.Socket)
+	sock, err := agent.Listen(agent.SocketOptions{Path: socketPath, Group: cfg.Agent.SocketGroup})
+	if err != nil {
+		return err
+	}
+	shimConf := wire.ShimConfigPath(socketPath)
+	if err := wire.WriteShimConfig(shimConf, shimConfig(cfg)); err != nil {
+		sock.Close()
+		return fmt.Errorf("write shim settings %s: %w", shimConf, err)
+	}
+
+	errc := make(chan error, 2)
+	if cfg.Agent.MetricsAddr != "off" {
+		ln, err := exporter.Listen(cfg.Agent.MetricsAddr)
+		if err != nil {
+			sock.Close()
+			return err
+		}
+		go func() { errc <- exp.Serve(ctx, ln, log.Named("exporter")) }()
+		log.Info("metrics listening", zap.String("addr", ln.Addr().String()))
+	}
+	go func() { errc <- a.Serve(ctx, sock) }()
+	log.Info("sluiced ready",
+		zap.String("version", version),
+		zap.String("socket", socketPath),
+		zap.String("config", cfg.Source),
+		zap.String("fail_mode", cfg.Agent.FailMode),
+		zap.Int("rules", len(cfg.Limits)))
+	if err := sdNotify("READY=1\nSTATUS=admitting"); err != nil {
+		log.Warn("systemd notify", zap.Error(err))
+	}
+
+	pending := 1
+	if cfg.Agent.MetricsAddr != "off" {
+		pending = 2
+	}
+	var firstErr error
+	for pending > 0 {
+		select {
+		case <-hup:
+			log.Warn("SIGHUP received: live reload is not implemented in this version; restart sluiced to apply config changes")
+		case err := <-errc:
+			pending--
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+			cancel() // one part stopping stops the other
+		case <-ctx.Done():
+			_ = sdNotify("STOPPING=1")
+			shutdown := time.AfterFunc(10*time.Second, func() {
+				log.Error("shutdown took longer than 10s; exiting")
+				os.Exit(1)
+			})
+			defer shutdown.Stop()
+			ctx = context.Background() // wait for the parts without re-entering this case
+		}
+	}
+	log.Info("sluiced stopped")
+	return firstErr
+}
+
+// shimConfig is what the shim needs to know without parsing the policy.
+func shimConfig(cfg *policy.Config) wire.ShimConfig {
+	return wire.ShimConfig{
+		FailClosed: cfg.Agent.FailMode == "closed",
+		GitBin:     cfg.Git.Bin,
+		Match:      cfg.MatchedSubcommands(),
+		// The longest a shim may legitimately wait, plus slack for the
+		// agent to answer.
+		AdmitTimeout: cfg.MaxQueueWait() + 2*time.Second,
+	}
+}
+
+// limitSource feeds the exporter's limit gauges from the agent at scrape time.
+type limitSource struct{ agent func() *agent.Agent }
+
+func (s limitSource) LimitStats() []exporter.LimitStat {
+	a := s.agent()
+	if a == nil {
+		return nil
+	}
+	var out []exporter.LimitStat
+	for _, st := range a.Limiters() {
+		out = append(out, exporter.LimitStat{Name: st.Name, InProgress: st.Running, Queued: st.Queued, CurrentLimit: st.Limit})
+	}
+	return out
+}
