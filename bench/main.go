@@ -1,0 +1,435 @@
+// Command bench measures what sluice costs on the host it runs on:
+//
+//   - latency the shim adds to a git command, for a command no rule
+//     matches (exec'd at once) and for a matched one (one admission round
+//     trip, git supervised), each against the same command run directly,
+//     interleaved in one run so machine noise hits both alike;
+//   - admission round trips per second with many concurrent clients, over
+//     the shim framing and over gRPC;
+//   - the agent's RSS and open fds idle and with many open leases.
+//
+// Every latency is reported as p50/p95/p99/mean, and comparisons as a
+// ratio and a difference against the baseline measured in the same run.
+// `make bench` runs the full measurement; `make bench-smoke` a short one.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/sluicehq/sluice/agent/admitpb"
+	"github.com/sluicehq/sluice/agent/wire"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	bin      string
+	n        int
+	clients  int
+	duration time.Duration
+	leases   int
+	jsonOut  string
+}
+
+func run() error {
+	var o options
+	flag.StringVar(&o.bin, "bin", "bin", "directory with sluiced and sluice-shim")
+	flag.IntVar(&o.n, "n", 500, "runs of each command for the latency comparison")
+	flag.IntVar(&o.clients, "clients", 64, "concurrent clients for the admission throughput")
+	flag.DurationVar(&o.duration, "duration", 5*time.Second, "how long each throughput measurement runs")
+	flag.IntVar(&o.leases, "leases", 1000, "open leases for the RSS measurement")
+	flag.StringVar(&o.jsonOut, "json", "", "also write the results as JSON to this file")
+	flag.Parse()
+
+	realGit, err := exec.LookPath("git")
+	if err != nil {
+		return errors.New("git not found on PATH")
+	}
+	dir, err := os.MkdirTemp("", "sluice-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=/dev/null",
+		"GIT_AUTHOR_NAME=b", "GIT_AUTHOR_EMAIL=b@b", "GIT_COMMITTER_NAME=b", "GIT_COMMITTER_EMAIL=b@b"}
+	repo := filepath.Join(dir, "repo")
+	for _, args := range [][]string{{"init", "-q", repo}, {"-C", repo, "commit", "-q", "--allow-empty", "-m", "x"}} {
+		if out, err := cmdEnv(env, realGit, args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("git %v: %v\n%s", args, err, out)
+		}
+	}
+
+	ag, err := startAgent(o, dir, realGit, env)
+	if err != nil {
+		return err
+	}
+	defer ag.stop()
+	shimDir := filepath.Join(dir, "shimbin")
+	os.MkdirAll(shimDir, 0o755)
+	shim, _ := filepath.Abs(filepath.Join(o.bin, "sluice-shim"))
+	for _, n := range []string{"git", "git-upload-pack"} {
+		if err := os.Symlink(shim, filepath.Join(shimDir, n)); err != nil {
+			return err
+		}
+	}
+	shimEnv := append(append([]string{}, env...), "SLUICE_SOCKET="+ag.socket, "SLUICE_REAL_GIT="+realGit)
+
+	results := map[string]any{}
+	fmt.Printf("sluice benchmarks — %s, %d CPUs\n\n", time.Now().Format(time.RFC3339), numCPU())
+
+	fmt.Printf("## Shim latency (%d interleaved runs each; wall time of fork+exec+wait)\n\n", o.n)
+	fmt.Printf("%-44s %9s %9s %9s %9s\n", "command", "p50 ms", "p95 ms", "p99 ms", "mean ms")
+	for _, c := range []struct {
+		name        string
+		direct      []string
+		viaShim     []string
+		budgetMsP50 float64
+	}{
+		{"unmatched: git rev-parse HEAD", []string{realGit, "rev-parse", "HEAD"}, []string{filepath.Join(shimDir, "git"), "rev-parse", "HEAD"}, 1.5},
+		{"matched: git-upload-pack --advertise-refs", []string{realGit, "upload-pack", "--advertise-refs", repo}, []string{filepath.Join(shimDir, "git-upload-pack"), "--advertise-refs", repo}, 2.0},
+	} {
+		d, s, err := interleave(o.n, repo, env, shimEnv, c.direct, c.viaShim)
+		if err != nil {
+			return fmt.Errorf("%s: %w", c.name, err)
+		}
+		ds, ss := summarize(d), summarize(s)
+		printRow("  direct  "+c.name, ds)
+		printRow("  via shim "+c.name, ss)
+		fmt.Printf("  %-42s p50 +%.2f ms (x%.2f, budget +%.1f ms)  mean +%.2f ms (x%.2f)\n\n", "added by the shim:",
+			ss.P50-ds.P50, ss.P50/ds.P50, c.budgetMsP50, ss.Mean-ds.Mean, ss.Mean/ds.Mean)
+		results["latency/"+c.name] = map[string]any{"direct": ds, "shim": ss, "added_p50_ms": ss.P50 - ds.P50, "ratio_p50": ss.P50 / ds.P50}
+	}
+
+	fmt.Printf("## Admission round trips (%d concurrent clients, %v each; connect, admit, finish, close)\n\n", o.clients, o.duration)
+	for _, proto := range []string{"shim framing", "gRPC"} {
+		rate, lat, err := throughput(ag.socket, proto, o.clients, o.duration)
+		if err != nil {
+			return fmt.Errorf("%s throughput: %w", proto, err)
+		}
+		st := summarize(lat)
+		fmt.Printf("  %-13s %8.0f admissions/s   per round trip: p50 %.3f ms  p95 %.3f ms  p99 %.3f ms  mean %.3f ms\n",
+			proto, rate, st.P50, st.P95, st.P99, st.Mean)
+		results["throughput/"+proto] = map[string]any{"per_second": rate, "latency": st}
+	}
+	fmt.Println()
+
+	fmt.Printf("## Agent memory\n\n")
+	idleRSS, idleFDs := procStats(ag.pid)
+	fmt.Printf("  idle:                 RSS %6.1f MiB, %d fds\n", float64(idleRSS)/(1<<20), idleFDs)
+	conns, err := openLeases(ag.socket, o.leases)
+	if err != nil {
+		return err
+	}
+	time.Sleep(200 * time.Millisecond)
+	leaseRSS, leaseFDs := procStats(ag.pid)
+	fmt.Printf("  %5d open leases:    RSS %6.1f MiB, %d fds  (+%.1f KiB per lease)\n", len(conns), float64(leaseRSS)/(1<<20), leaseFDs,
+		float64(leaseRSS-idleRSS)/1024/float64(len(conns)))
+	for _, c := range conns {
+		c.Close()
+	}
+	results["rss"] = map[string]any{"idle_bytes": idleRSS, "idle_fds": idleFDs, "leases": len(conns), "leases_bytes": leaseRSS, "leases_fds": leaseFDs}
+	if o.jsonOut != "" {
+		b, _ := json.MarshalIndent(results, "", "  ")
+		if err := os.WriteFile(o.jsonOut, b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func cmdEnv(env []string, name string, args ...string) *exec.Cmd {
+	c := exec.Command(name, args...)
+	c.Env = env
+	return c
+}
+
+type agentProc struct {
+	cmd    *exec.Cmd
+	pid    int
+	socket string
+}
+
+func startAgent(o options, dir, realGit string, env []string) (*agentProc, error) {
+	socket := filepath.Join(dir, "run", "sluice.sock")
+	cfg := fmt.Sprintf(`
+[agent]
+socket = %q
+metrics_addr = "off"
+[git]
+bin = %q
+[[limit]]
+name = "upload-pack"
+match = ["upload-pack"]
+key = "repo"
+max_per_key = 10000
+max_queue_size = 100
+max_queue_wait = "10s"
+`, socket, realGit)
+	path := filepath.Join(dir, "sluice.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := cmdEnv(env, filepath.Join(o.bin, "sluiced"), "-config", path, "-log-level", "error")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	a := &agentProc{cmd: cmd, pid: cmd.Process.Pid, socket: socket}
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if c, err := wire.Dial(socket, 100*time.Millisecond); err == nil {
+			c.Close()
+			return a, nil
+		}
+		if time.Now().After(deadline) {
+			a.stop()
+			return nil, errors.New("sluiced did not start listening within 20s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (a *agentProc) stop() {
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	a.cmd.Wait()
+}
+
+// interleave runs direct and viaShim n times each, alternating which goes
+// first, and returns their wall times in ms.
+func interleave(n int, dir string, env, shimEnv, direct, viaShim []string) (d, s []float64, err error) {
+	once := func(argv []string, env []string) (float64, error) {
+		c := exec.Command(argv[0], argv[1:]...)
+		c.Dir, c.Env, c.Stdout, c.Stderr = dir, env, io.Discard, io.Discard
+		t0 := time.Now()
+		if err := c.Run(); err != nil {
+			return 0, fmt.Errorf("%v: %w", argv, err)
+		}
+		return float64(time.Since(t0).Microseconds()) / 1000, nil
+	}
+	// Warm caches for both.
+	for i := 0; i < 5; i++ {
+		if _, err := once(direct, env); err != nil {
+			return nil, nil, err
+		}
+		if _, err := once(viaShim, shimEnv); err != nil {
+			return nil, nil, err
+		}
+	}
+	for i := 0; i < n; i++ {
+		first, second := direct, viaShim
+		fe, se := env, shimEnv
+		if i%2 == 1 {
+			first, second, fe, se = viaShim, direct, shimEnv, env
+		}
+		a, err := once(first, fe)
+		if err != nil {
+			return nil, nil, err
+		}
+		b, err := once(second, se)
+		if err != nil {
+			return nil, nil, err
+		}
+		if i%2 == 1 {
+			a, b = b, a
+		}
+		d, s = append(d, a), append(s, b)
+	}
+	return d, s, nil
+}
+
+type stats struct {
+	N                   int
+	P50, P95, P99, Mean float64
+}
+
+func summarize(v []float64) stats {
+	if len(v) == 0 {
+		return stats{}
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	pct := func(p float64) float64 {
+		i := int(p*float64(len(s))+0.5) - 1
+		if i < 0 {
+			i = 0
+		}
+		if i >= len(s) {
+			i = len(s) - 1
+		}
+		return s[i]
+	}
+	sum := 0.0
+	for _, x := range s {
+		sum += x
+	}
+	return stats{N: len(s), P50: pct(0.50), P95: pct(0.95), P99: pct(0.99), Mean: sum / float64(len(s))}
+}
+
+func printRow(name string, s stats) {
+	fmt.Printf("%-44s %9.3f %9.3f %9.3f %9.3f\n", name, s.P50, s.P95, s.P99, s.Mean)
+}
+
+// throughput runs clients goroutines doing full admission round trips for d.
+func throughput(socket, proto string, clients int, d time.Duration) (float64, []float64, error) {
+	var cc *grpc.ClientConn
+	if proto == "gRPC" {
+		var err error
+		cc, err = grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return 0, nil, err
+		}
+		defer cc.Close()
+	}
+	var count atomic.Int64
+	var mu sync.Mutex
+	var lat []float64
+	var firstErr error
+	var wg sync.WaitGroup
+	stop := time.Now().Add(d)
+	start := time.Now()
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []float64
+			for time.Now().Before(stop) {
+				t0 := time.Now()
+				var err error
+				if cc != nil {
+					err = grpcRoundTrip(cc)
+				} else {
+					err = framingRoundTrip(socket)
+				}
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					return
+				}
+				mine = append(mine, float64(time.Since(t0).Microseconds())/1000)
+				count.Add(1)
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return float64(count.Load()) / time.Since(start).Seconds(), lat, firstErr
+}
+
+var benchReq = wire.AdmitRequest{Command: "git", Subcommand: "upload-pack", Repo: []byte("/srv/bench.git"), CorrelationID: "bench"}
+
+func framingRoundTrip(socket string) error {
+	c, err := wire.Dial(socket, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	r, err := c.Admit(&benchReq, time.Now().Add(10*time.Second), nil)
+	if err != nil {
+		return err
+	}
+	if !r.Admitted {
+		return fmt.Errorf("rejected: %s", r.Message)
+	}
+	return c.Finish(&wire.Finished{})
+}
+
+func grpcRoundTrip(cc *grpc.ClientConn) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := admitpb.NewAdmissionClient(cc).Admit(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.Send(&admitpb.ClientMsg{Msg: &admitpb.ClientMsg_Admit{Admit: &admitpb.AdmitRequest{
+		Command: "git", Subcommand: "upload-pack", Repo: []byte("/srv/bench.git"), CorrelationId: "bench"}}}); err != nil {
+		return err
+	}
+	for {
+		m, err := s.Recv()
+		if err != nil {
+			return err
+		}
+		if m.GetAdmitted() != nil {
+			break
+		}
+		if r := m.GetRejected(); r != nil {
+			return fmt.Errorf("rejected: %s", r.Message)
+		}
+	}
+	if err := s.Send(&admitpb.ClientMsg{Msg: &admitpb.ClientMsg_Finished{Finished: &admitpb.Finished{}}}); err != nil {
+		return err
+	}
+	s.CloseSend()
+	_, err = s.Recv() // EOF once the server has finished the lease
+	if err == io.EOF {
+		return nil
+	}
+	return err
+}
+
+// openLeases opens n admitted leases, each on its own repository key.
+func openLeases(socket string, n int) ([]*wire.Conn, error) {
+	var out []*wire.Conn
+	for i := 0; i < n; i++ {
+		c, err := wire.Dial(socket, time.Second)
+		if err != nil {
+			return out, fmt.Errorf("lease %d: %w (raise `ulimit -n`?)", i, err)
+		}
+		req := benchReq
+		req.Repo = []byte("/srv/lease-" + strconv.Itoa(i) + ".git")
+		r, err := c.Admit(&req, time.Now().Add(10*time.Second), nil)
+		if err != nil || !r.Admitted {
+			c.Close()
+			return out, fmt.Errorf("lease %d: %v %s", i, err, r.Message)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// procStats returns pid's resident set size in bytes and its open fds.
+func procStats(pid int) (int64, int) {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	var rss int64
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			f := strings.Fields(line)
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			rss = kb * 1024
+		}
+	}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	return rss, len(fds)
+}
+
+func numCPU() int {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	return strings.Count(string(b), "processor\t:")
+}
