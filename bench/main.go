@@ -25,12 +25,13 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/shirou/gopsutil/v3/cpu"
+	"github.com/shirou/gopsutil/v3/process"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -416,20 +417,19 @@ func openLeases(socket string, n int) ([]*wire.Conn, error) {
 
 // procStats returns pid's resident set size in bytes and its open fds.
 func procStats(pid int) (int64, int) {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	var rss int64
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			f := strings.Fields(line)
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			rss = kb * 1024
-		}
+	p, err := process.NewProcess(int32(pid))
+	if err != nil {
+		return 0, 0
 	}
-	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	return rss, len(fds)
+	var rss int64
+	if mi, err := p.MemoryInfo(); err == nil {
+		rss = int64(mi.RSS)
+	}
+	fds, _ := p.NumFDs()
+	return rss, int(fds)
 }
 
 func numCPU() int {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	return strings.Count(string(b), "processor\t:")
+	n, _ := cpu.Counts(true)
+	return n
 }

@@ -121,4 +121,3 @@ max_queue_wait = "90s"
 		t.Error("empty Config")
 	}
 }
-
