@@ -64,6 +64,7 @@ type admission struct {
 	lease   *Lease
 	release func() // nil when no rule matched
 	waited  time.Duration
+	bucket  int // cgroup bucket index; -1 without placement
 }
 
 // errUnavailable is returned by admit while the agent shuts down.
@@ -98,7 +99,11 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 		Peer:          peer,
 		Arrived:       time.Now(),
 	}
-	adm := &admission{lease: l}
+	adm := &admission{lease: l, bucket: -1}
+	if a.placer != nil {
+		adm.bucket = a.placer.Bucket(req.Repo)
+		l.Bucket = a.placer.BucketPath(adm.bucket)
+	}
 	if rule != nil {
 		l.Limit = rule.Name
 		l.Key = rule.KeyFor(policy.KeyInput{Repo: req.Repo, RemoteIP: req.RemoteIp, User: req.User})
@@ -127,6 +132,10 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 		adm.waited = waited
 		a.obs.Acquired(rule.Name, waited)
 	}
+	if a.placer != nil && !a.place(adm, peer) {
+		a.finish(adm, nil)
+		return nil
+	}
 	a.leases.MarkRunning(l, time.Now())
 	if err := send(&admitpb.ServerMsg{Msg: &admitpb.ServerMsg_Admitted{Admitted: &admitpb.Admitted{
 		LeaseId: l.ID, Limit: l.Limit, QueuedUsec: adm.waited.Microseconds(),
@@ -136,6 +145,29 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 		return nil
 	}
 	return adm
+}
+
+// place puts the admitted caller into its repository's bucket before it
+// is told it may run git, so git and every child start there. The pid is
+// the peer's (SO_PEERCRED), and the caller's pidfd is checked just before
+// the move, so a caller that already exited is not placed (nor, through pid
+// reuse, a stranger in its place). A placement failure is logged and
+// counted but does not refuse the command: protection degrades, the Git
+// service does not. It returns false when the caller is gone.
+func (a *Agent) place(adm *admission, peer PeerCred) bool {
+	l := adm.lease
+	if !peer.alive() {
+		return false
+	}
+	if err := a.placer.Place(int(peer.PID), adm.bucket); err != nil {
+		if !peer.alive() {
+			return false
+		}
+		a.placementFailures.Add(1)
+		a.log.Warn("cgroup placement failed; the command runs outside its bucket",
+			append(a.leaseFields(l), zap.String("bucket", l.Bucket), zap.Error(err))...)
+	}
+	return true
 }
 
 // reject logs and counts a request the limiter refused and tells the caller.
@@ -210,6 +242,7 @@ func (a *Agent) leaseFields(l *Lease) []zap.Field {
 		zap.String("limit", l.Limit),
 		zap.Int32("pid", l.Peer.PID),
 		zap.Uint32("uid", l.Peer.UID),
+		zap.String("bucket", l.Bucket),
 	}
 }
 

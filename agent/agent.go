@@ -21,6 +21,20 @@ type Options struct {
 	Observer Observer
 	// Version is reported by the admin API.
 	Version string
+	// Placer puts admitted processes into cgroup buckets; nil means no
+	// placement (cgroups disabled or unavailable).
+	Placer Placer
+}
+
+// Placer puts an admitted process into its repository's cgroup bucket
+// before the real git starts, so git and all its children run there.
+type Placer interface {
+	// Bucket maps a repository path to a bucket index (stable).
+	Bucket(repo []byte) int
+	// BucketPath names bucket i for logs and status.
+	BucketPath(i int) string
+	// Place moves pid into bucket i.
+	Place(pid, bucket int) error
 }
 
 // Agent is the admission service. Create it with New, then call Serve.
@@ -28,6 +42,7 @@ type Agent struct {
 	log     *zap.Logger
 	obs     Observer
 	version string
+	placer  Placer
 	started time.Time
 	leases  *LeaseTable
 
@@ -35,6 +50,9 @@ type Agent struct {
 	// as unavailable and new requests are refused.
 	stopping context.Context
 	stop     context.CancelFunc
+	// placementFailures counts admitted processes that could not be put
+	// into their bucket.
+	placementFailures atomic.Uint64
 	// admitting counts requests inside admit, so shutdown can wait for
 	// their replies to be sent.
 	admitting atomic.Int64
@@ -59,6 +77,7 @@ func New(opts Options) *Agent {
 		log:      log.Named("agent"),
 		obs:      obs,
 		version:  opts.Version,
+		placer:   opts.Placer,
 		started:  time.Now(),
 		leases:   NewLeaseTable(),
 		stopping: ctx,
@@ -110,3 +129,7 @@ func (a *Agent) Limiters() []LimiterStats {
 
 // Leases returns a snapshot of the lease table, oldest first.
 func (a *Agent) Leases() []Lease { return a.leases.Snapshot() }
+
+// PlacementFailures returns how many admitted processes could not be put
+// into their cgroup bucket since start.
+func (a *Agent) PlacementFailures() uint64 { return a.placementFailures.Load() }

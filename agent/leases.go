@@ -28,6 +28,7 @@ type Lease struct {
 	Limit         string // rule name; "" when no rule matched
 	Key           string
 	Peer          PeerCred
+	Bucket        string // cgroup bucket path; "" without placement
 	Arrived       time.Time
 
 	// Guarded by LeaseTable.mu.

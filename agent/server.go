@@ -127,26 +127,31 @@ func (a *Agent) waitAdmissionsDone(d time.Duration) {
 // serves it as a shim connection.
 func (a *Agent) dispatch(c *net.UnixConn, cred PeerCred, gln *chanListener, track func(add bool)) {
 	if a.stopping.Err() != nil {
+		cred.close()
 		c.Close()
 		return
 	}
 	_ = c.SetReadDeadline(time.Now().Add(helloTimeout))
 	var first [1]byte
 	if _, err := io.ReadFull(c, first[:]); err != nil {
+		cred.close()
 		c.Close()
 		return
 	}
 	switch first[0] {
 	case 'P': // "PRI * HTTP/2.0": gRPC
 		_ = c.SetReadDeadline(time.Time{})
-		if !gln.deliver(&peekedConn{UnixConn: c, first: first[0], cred: cred}) {
-			c.Close()
+		pc := &peekedConn{UnixConn: c, first: first[0], cred: cred}
+		if !gln.deliver(pc) {
+			pc.Close()
 		}
 	case wire.Magic[0]:
 		track(true)
 		defer track(false)
+		defer cred.close()
 		a.serveShim(c, cred)
 	default:
+		cred.close()
 		a.log.Warn("unknown protocol on admission socket", zap.Int32("pid", cred.PID), zap.Uint32("uid", cred.UID), zap.Uint8("first_byte", first[0]))
 		c.Close()
 	}
@@ -256,6 +261,14 @@ type peekedConn struct {
 	first byte
 	read  bool
 	cred  PeerCred
+
+	closeOnce sync.Once
+}
+
+// Close closes the connection and the peer's pidfd.
+func (c *peekedConn) Close() error {
+	c.closeOnce.Do(c.cred.close)
+	return c.UnixConn.Close()
 }
 
 func (c *peekedConn) Read(p []byte) (int, error) {

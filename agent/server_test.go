@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -308,5 +312,66 @@ func TestListenRefusesLiveSocket(t *testing.T) {
 	_, socket := startTestAgent(t, testPolicy)
 	if _, err := Listen(SocketOptions{Path: socket}); err == nil || !strings.Contains(err.Error(), "another sluiced is already serving") {
 		t.Fatalf("second Listen on a live socket: %v", err)
+	}
+}
+
+// fakePlacer records placements.
+type fakePlacer struct {
+	mu     sync.Mutex // guards placed
+	placed [][2]int
+	err    error
+}
+
+func (f *fakePlacer) Bucket(repo []byte) int  { return len(repo) % 4 }
+func (f *fakePlacer) BucketPath(i int) string { return fmt.Sprintf("/sluice/repos/%d", i) }
+func (f *fakePlacer) Place(pid, bucket int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.placed = append(f.placed, [2]int{pid, bucket})
+	return f.err
+}
+
+func TestPlacementUsesPeerPID(t *testing.T) {
+	cfg, err := policy.Parse("test.toml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := &fakePlacer{}
+	a := New(Options{Policy: cfg, Log: zaptest.NewLogger(t), Placer: fp})
+	sock, err := Listen(SocketOptions{Path: filepath.Join(t.TempDir(), "s.sock")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- a.Serve(ctx, sock) }()
+	defer func() { cancel(); <-done }()
+
+	// The request claims another worker pid: it must be ignored.
+	c := rawShim(t, sock.Path, admitFrame(t, &admitpb.AdmitRequest{Command: "git", Subcommand: "upload-pack", Repo: []byte("/srv/abc.git"), WorkerPid: 1}))
+	if m := readFinal(t, c); m.GetAdmitted() == nil {
+		t.Fatalf("not admitted: %v", m)
+	}
+	fp.mu.Lock()
+	placed := append([][2]int(nil), fp.placed...)
+	fp.mu.Unlock()
+	if len(placed) != 1 || placed[0][0] != os.Getpid() || placed[0][1] != len("/srv/abc.git")%4 {
+		t.Fatalf("placed %v, want [[%d %d]] (the peer's own pid)", placed, os.Getpid(), len("/srv/abc.git")%4)
+	}
+	if l := a.Leases(); len(l) != 1 || l[0].Bucket != fmt.Sprintf("/sluice/repos/%d", placed[0][1]) {
+		t.Fatalf("lease bucket: %+v", l)
+	}
+	c.Close()
+
+	// A failing placement is counted but does not refuse the command.
+	fp.mu.Lock()
+	fp.err = errors.New("permission denied")
+	fp.mu.Unlock()
+	c = rawShim(t, sock.Path, admitFrame(t, &admitpb.AdmitRequest{Command: "git", Subcommand: "upload-pack", Repo: []byte("/srv/b.git")}))
+	if m := readFinal(t, c); m.GetAdmitted() == nil {
+		t.Fatalf("placement failure refused the command: %v", m)
+	}
+	if n := a.PlacementFailures(); n != 1 {
+		t.Fatalf("placement failures = %d, want 1", n)
 	}
 }

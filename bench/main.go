@@ -179,6 +179,8 @@ func startAgent(o options, dir, realGit string, env []string) (*agentProc, error
 [agent]
 socket = %q
 metrics_addr = "off"
+[cgroups]
+enabled = false
 [git]
 bin = %q
 [[limit]]

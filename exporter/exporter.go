@@ -68,6 +68,9 @@ type Options struct {
 	// Ready backs /readyz: a nil error answers 200 "ok", an error answers
 	// 503 with the error's text. A nil func means always ready.
 	Ready func() error
+	// Cgroups is read at scrape time for the sluice_cgroup_* metrics; nil
+	// exports none.
+	Cgroups CgroupSource
 }
 
 // Exporter holds sluice's metrics and serves them. Its recording methods are
@@ -101,6 +104,9 @@ func New(opts Options) *Exporter {
 	cs = append(cs, e.limits.collectors()...)
 	if opts.Limits != nil {
 		cs = append(cs, newLimitCollector(opts.Limits))
+	}
+	if opts.Cgroups != nil {
+		cs = append(cs, newCgroupCollector(opts.Cgroups))
 	}
 	e.reg.MustRegister(cs...)
 	return e

@@ -44,6 +44,17 @@ func (f *fakeLimits) set(stats ...LimitStat) {
 	f.stats = stats
 }
 
+// fakeCgroups reports fixed cgroup statistics.
+type fakeCgroups struct{}
+
+func (fakeCgroups) CgroupStats() ([]CgroupStat, uint64, bool) {
+	return []CgroupStat{
+		{Scope: ScopeParent, MemoryUsage: 3 << 30, MemoryLimit: 4 << 30, MemoryInactiveFile: 1 << 30,
+			CPUPeriods: 1000, CPUThrottledPeriods: 250, CPUThrottledSeconds: 12.5, CPUUsageSeconds: 300, OOMKills: 2, Processes: 17},
+		{Scope: ScopeBuckets, MemoryUsage: 3 << 30, CPUUsageSeconds: 299, OOMKills: 2, Processes: 17},
+	}, 1, true
+}
+
 // recordedExporter is an Exporter with a fixed set of recorded events, the
 // input of the golden and promtool tests.
 func recordedExporter() *Exporter {
@@ -52,7 +63,7 @@ func recordedExporter() *Exporter {
 		LimitStat{Name: "upload-pack", InProgress: 3, Queued: 2, CurrentLimit: 20},
 		LimitStat{Name: "pack-objects", InProgress: 1, Queued: 0, CurrentLimit: 8},
 	)
-	e := New(Options{Version: "v1.2.3", Limits: limits})
+	e := New(Options{Version: "v1.2.3", Limits: limits, Cgroups: fakeCgroups{}})
 	e.SetLimits([]string{"upload-pack", "pack-objects"})
 
 	e.CommandFinished("git", "upload-pack", OutcomeOK, 1500*time.Millisecond, 250*time.Millisecond, 4*time.Second, 40<<20)

@@ -219,9 +219,14 @@ func keyPart(part string, in KeyInput) string {
 // Cgroups configures the cgroup manager, as Gitaly's [cgroups]: a parent
 // cgroup for every admitted git command, with per-repository buckets below.
 type Cgroups struct {
-	// Enabled turns cgroup placement on. False (the default for now) means
-	// commands run in the cgroup of the process that started them.
+	// Enabled turns cgroup placement on (the default). False means commands
+	// run in the cgroup of the process that started them.
 	Enabled bool `toml:"enabled"`
+	// Required makes the agent refuse to start when cgroups are enabled but
+	// cannot be set up (no cgroup file system, missing controller, no
+	// permission). False (the default) logs what is missing and serves
+	// admission without placement.
+	Required bool `toml:"required"`
 	// Mountpoint is where the cgroup file systems are mounted. "" means
 	// /sys/fs/cgroup (Parse fills it in). Must be absolute when Enabled.
 	Mountpoint string `toml:"mountpoint"`
@@ -386,6 +391,7 @@ func defaults() *Config {
 			FailMode:    FailOpen,
 		},
 		Cgroups: Cgroups{
+			Enabled:       true,
 			Mountpoint:    "/sys/fs/cgroup",
 			HierarchyRoot: "sluice",
 			Repositories:  CgroupRepositories{Count: 64},

@@ -45,7 +45,7 @@ func TestDefault(t *testing.T) {
 	if c.Agent != d.Agent || c.Git != d.Git || c.Cgroups != d.Cgroups || c.Adaptive != d.Adaptive || c.EBPF != d.EBPF || c.Timeouts != d.Timeouts {
 		t.Errorf("default.toml and defaults() disagree:\nfile %+v\ncode %+v", c, d)
 	}
-	if c.Cgroups.Enabled || !c.EBPF.Enabled || c.Agent.MetricsAddr != "127.0.0.1:9780" || c.Agent.FailMode != FailOpen {
+	if !c.Cgroups.Enabled || c.Cgroups.Required || !c.EBPF.Enabled || c.Agent.MetricsAddr != "127.0.0.1:9780" || c.Agent.FailMode != FailOpen {
 		t.Errorf("unexpected defaults: %+v", c)
 	}
 	// Default returns a new Config each time.

@@ -142,6 +142,9 @@ fail_mode = %q
 [git]
 bin = %q
 %s`, a.socket, failMode, bins.realGit, limits)
+	if !strings.Contains(limits, "[cgroups]") {
+		cfg += "\n[cgroups]\nenabled = false\n"
+	}
 	cfgPath := filepath.Join(a.dir, "sluice.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
