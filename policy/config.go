@@ -96,6 +96,9 @@ type Agent struct {
 	// runs git anyway and logs a warning, FailClosed rejects the command.
 	// "" means FailOpen.
 	FailMode string `toml:"fail_mode"`
+	// AdminGroup names a group whose members may use the admin API
+	// (status, top, reload) besides root. "" means root only.
+	AdminGroup string `toml:"admin_group"`
 }
 
 // Git says where the real git binary is.

@@ -715,8 +715,11 @@ type LimitStatus struct {
 	DroppedMaxSize   int64                  `protobuf:"varint,12,opt,name=dropped_max_size,json=droppedMaxSize,proto3" json:"dropped_max_size,omitempty"`
 	DroppedMaxTime   int64                  `protobuf:"varint,13,opt,name=dropped_max_time,json=droppedMaxTime,proto3" json:"dropped_max_time,omitempty"`
 	Keys             int64                  `protobuf:"varint,14,opt,name=keys,proto3" json:"keys,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Last adaptive backoff of this rule (0 / "" when none yet).
+	LastBackoffUnixUsec int64  `protobuf:"varint,15,opt,name=last_backoff_unix_usec,json=lastBackoffUnixUsec,proto3" json:"last_backoff_unix_usec,omitempty"`
+	LastBackoffReason   string `protobuf:"bytes,16,opt,name=last_backoff_reason,json=lastBackoffReason,proto3" json:"last_backoff_reason,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *LimitStatus) Reset() {
@@ -847,6 +850,20 @@ func (x *LimitStatus) GetKeys() int64 {
 	return 0
 }
 
+func (x *LimitStatus) GetLastBackoffUnixUsec() int64 {
+	if x != nil {
+		return x.LastBackoffUnixUsec
+	}
+	return 0
+}
+
+func (x *LimitStatus) GetLastBackoffReason() string {
+	if x != nil {
+		return x.LastBackoffReason
+	}
+	return ""
+}
+
 type LeaseInfo struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	LeaseId       string                 `protobuf:"bytes,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
@@ -863,6 +880,10 @@ type LeaseInfo struct {
 	Uid           int32  `protobuf:"varint,11,opt,name=uid,proto3" json:"uid,omitempty"`
 	SinceUnixUsec int64  `protobuf:"varint,12,opt,name=since_unix_usec,json=sinceUnixUsec,proto3" json:"since_unix_usec,omitempty"`
 	WaitedUsec    int64  `protobuf:"varint,13,opt,name=waited_usec,json=waitedUsec,proto3" json:"waited_usec,omitempty"`
+	// cgroup bucket path, "" without placement.
+	Bucket string `protobuf:"bytes,14,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	// CPU (user+system) used so far by the process and its descendants.
+	CpuUsec       int64 `protobuf:"varint,15,opt,name=cpu_usec,json=cpuUsec,proto3" json:"cpu_usec,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -988,6 +1009,129 @@ func (x *LeaseInfo) GetWaitedUsec() int64 {
 	return 0
 }
 
+func (x *LeaseInfo) GetBucket() string {
+	if x != nil {
+		return x.Bucket
+	}
+	return ""
+}
+
+func (x *LeaseInfo) GetCpuUsec() int64 {
+	if x != nil {
+		return x.CpuUsec
+	}
+	return 0
+}
+
+type CgroupStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "disabled", "unavailable: <why>", or the mode: "v1", "hybrid", "unified".
+	State               string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	ParentPath          string `protobuf:"bytes,2,opt,name=parent_path,json=parentPath,proto3" json:"parent_path,omitempty"`
+	Buckets             int32  `protobuf:"varint,3,opt,name=buckets,proto3" json:"buckets,omitempty"`
+	MemoryUsageBytes    uint64 `protobuf:"varint,4,opt,name=memory_usage_bytes,json=memoryUsageBytes,proto3" json:"memory_usage_bytes,omitempty"`
+	MemoryLimitBytes    uint64 `protobuf:"varint,5,opt,name=memory_limit_bytes,json=memoryLimitBytes,proto3" json:"memory_limit_bytes,omitempty"`
+	CpuPeriods          uint64 `protobuf:"varint,6,opt,name=cpu_periods,json=cpuPeriods,proto3" json:"cpu_periods,omitempty"`
+	CpuThrottledPeriods uint64 `protobuf:"varint,7,opt,name=cpu_throttled_periods,json=cpuThrottledPeriods,proto3" json:"cpu_throttled_periods,omitempty"`
+	OomKills            uint64 `protobuf:"varint,8,opt,name=oom_kills,json=oomKills,proto3" json:"oom_kills,omitempty"`
+	PlacementFailures   uint64 `protobuf:"varint,9,opt,name=placement_failures,json=placementFailures,proto3" json:"placement_failures,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *CgroupStatus) Reset() {
+	*x = CgroupStatus{}
+	mi := &file_agent_admitpb_admit_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CgroupStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CgroupStatus) ProtoMessage() {}
+
+func (x *CgroupStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_admitpb_admit_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CgroupStatus.ProtoReflect.Descriptor instead.
+func (*CgroupStatus) Descriptor() ([]byte, []int) {
+	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *CgroupStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *CgroupStatus) GetParentPath() string {
+	if x != nil {
+		return x.ParentPath
+	}
+	return ""
+}
+
+func (x *CgroupStatus) GetBuckets() int32 {
+	if x != nil {
+		return x.Buckets
+	}
+	return 0
+}
+
+func (x *CgroupStatus) GetMemoryUsageBytes() uint64 {
+	if x != nil {
+		return x.MemoryUsageBytes
+	}
+	return 0
+}
+
+func (x *CgroupStatus) GetMemoryLimitBytes() uint64 {
+	if x != nil {
+		return x.MemoryLimitBytes
+	}
+	return 0
+}
+
+func (x *CgroupStatus) GetCpuPeriods() uint64 {
+	if x != nil {
+		return x.CpuPeriods
+	}
+	return 0
+}
+
+func (x *CgroupStatus) GetCpuThrottledPeriods() uint64 {
+	if x != nil {
+		return x.CpuThrottledPeriods
+	}
+	return 0
+}
+
+func (x *CgroupStatus) GetOomKills() uint64 {
+	if x != nil {
+		return x.OomKills
+	}
+	return 0
+}
+
+func (x *CgroupStatus) GetPlacementFailures() uint64 {
+	if x != nil {
+		return x.PlacementFailures
+	}
+	return 0
+}
+
 type StatusResponse struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Version         string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -996,13 +1140,17 @@ type StatusResponse struct {
 	FailMode        string                 `protobuf:"bytes,4,opt,name=fail_mode,json=failMode,proto3" json:"fail_mode,omitempty"`
 	Limits          []*LimitStatus         `protobuf:"bytes,5,rep,name=limits,proto3" json:"limits,omitempty"`
 	Leases          []*LeaseInfo           `protobuf:"bytes,6,rep,name=leases,proto3" json:"leases,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	Cgroups         *CgroupStatus          `protobuf:"bytes,7,opt,name=cgroups,proto3" json:"cgroups,omitempty"`
+	// "disabled", "unavailable: <why>", "running".
+	EbpfState     string `protobuf:"bytes,8,opt,name=ebpf_state,json=ebpfState,proto3" json:"ebpf_state,omitempty"`
+	Socket        string `protobuf:"bytes,9,opt,name=socket,proto3" json:"socket,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_agent_admitpb_admit_proto_msgTypes[10]
+	mi := &file_agent_admitpb_admit_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1014,7 +1162,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_admitpb_admit_proto_msgTypes[10]
+	mi := &file_agent_admitpb_admit_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1027,7 +1175,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{10}
+	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -1068,6 +1216,134 @@ func (x *StatusResponse) GetLimits() []*LimitStatus {
 func (x *StatusResponse) GetLeases() []*LeaseInfo {
 	if x != nil {
 		return x.Leases
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetCgroups() *CgroupStatus {
+	if x != nil {
+		return x.Cgroups
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetEbpfState() string {
+	if x != nil {
+		return x.EbpfState
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetSocket() string {
+	if x != nil {
+		return x.Socket
+	}
+	return ""
+}
+
+type ReloadRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReloadRequest) Reset() {
+	*x = ReloadRequest{}
+	mi := &file_agent_admitpb_admit_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReloadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReloadRequest) ProtoMessage() {}
+
+func (x *ReloadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_admitpb_admit_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReloadRequest.ProtoReflect.Descriptor instead.
+func (*ReloadRequest) Descriptor() ([]byte, []int) {
+	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{12}
+}
+
+type ReloadResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True when the new configuration is in force.
+	Applied    bool   `protobuf:"varint,1,opt,name=applied,proto3" json:"applied,omitempty"`
+	ConfigPath string `protobuf:"bytes,2,opt,name=config_path,json=configPath,proto3" json:"config_path,omitempty"`
+	// Every problem found (file:line: key = value: problem; fix) when not applied.
+	Errors []string `protobuf:"bytes,3,rep,name=errors,proto3" json:"errors,omitempty"`
+	// What changed, one line per rule ("upload-pack: max_per_key 20 -> 10").
+	Changes       []string `protobuf:"bytes,4,rep,name=changes,proto3" json:"changes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReloadResponse) Reset() {
+	*x = ReloadResponse{}
+	mi := &file_agent_admitpb_admit_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReloadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReloadResponse) ProtoMessage() {}
+
+func (x *ReloadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_admitpb_admit_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReloadResponse.ProtoReflect.Descriptor instead.
+func (*ReloadResponse) Descriptor() ([]byte, []int) {
+	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ReloadResponse) GetApplied() bool {
+	if x != nil {
+		return x.Applied
+	}
+	return false
+}
+
+func (x *ReloadResponse) GetConfigPath() string {
+	if x != nil {
+		return x.ConfigPath
+	}
+	return ""
+}
+
+func (x *ReloadResponse) GetErrors() []string {
+	if x != nil {
+		return x.Errors
+	}
+	return nil
+}
+
+func (x *ReloadResponse) GetChanges() []string {
+	if x != nil {
+		return x.Changes
 	}
 	return nil
 }
@@ -1119,7 +1395,7 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"\badmitted\x18\x02 \x01(\v2\x13.sluice.v1.AdmittedH\x00R\badmitted\x121\n" +
 	"\brejected\x18\x03 \x01(\v2\x13.sluice.v1.RejectedH\x00R\brejectedB\x05\n" +
 	"\x03msg\"\x0f\n" +
-	"\rStatusRequest\"\xc4\x03\n" +
+	"\rStatusRequest\"\xa9\x04\n" +
 	"\vLimitStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05match\x18\x02 \x03(\tR\x05match\x12\x10\n" +
@@ -1136,7 +1412,9 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"\x0eadmitted_total\x18\v \x01(\x03R\radmittedTotal\x12(\n" +
 	"\x10dropped_max_size\x18\f \x01(\x03R\x0edroppedMaxSize\x12(\n" +
 	"\x10dropped_max_time\x18\r \x01(\x03R\x0edroppedMaxTime\x12\x12\n" +
-	"\x04keys\x18\x0e \x01(\x03R\x04keys\"\xdd\x02\n" +
+	"\x04keys\x18\x0e \x01(\x03R\x04keys\x123\n" +
+	"\x16last_backoff_unix_usec\x18\x0f \x01(\x03R\x13lastBackoffUnixUsec\x12.\n" +
+	"\x13last_backoff_reason\x18\x10 \x01(\tR\x11lastBackoffReason\"\x90\x03\n" +
 	"\tLeaseInfo\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\tR\aleaseId\x12%\n" +
 	"\x0ecorrelation_id\x18\x02 \x01(\tR\rcorrelationId\x12\x1e\n" +
@@ -1154,7 +1432,21 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"\x03uid\x18\v \x01(\x05R\x03uid\x12&\n" +
 	"\x0fsince_unix_usec\x18\f \x01(\x03R\rsinceUnixUsec\x12\x1f\n" +
 	"\vwaited_usec\x18\r \x01(\x03R\n" +
-	"waitedUsec\"\xf2\x01\n" +
+	"waitedUsec\x12\x16\n" +
+	"\x06bucket\x18\x0e \x01(\tR\x06bucket\x12\x19\n" +
+	"\bcpu_usec\x18\x0f \x01(\x03R\acpuUsec\"\xdc\x02\n" +
+	"\fCgroupStatus\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x12\x1f\n" +
+	"\vparent_path\x18\x02 \x01(\tR\n" +
+	"parentPath\x12\x18\n" +
+	"\abuckets\x18\x03 \x01(\x05R\abuckets\x12,\n" +
+	"\x12memory_usage_bytes\x18\x04 \x01(\x04R\x10memoryUsageBytes\x12,\n" +
+	"\x12memory_limit_bytes\x18\x05 \x01(\x04R\x10memoryLimitBytes\x12\x1f\n" +
+	"\vcpu_periods\x18\x06 \x01(\x04R\n" +
+	"cpuPeriods\x122\n" +
+	"\x15cpu_throttled_periods\x18\a \x01(\x04R\x13cpuThrottledPeriods\x12\x1b\n" +
+	"\toom_kills\x18\b \x01(\x04R\boomKills\x12-\n" +
+	"\x12placement_failures\x18\t \x01(\x04R\x11placementFailures\"\xdc\x02\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12*\n" +
 	"\x11started_unix_usec\x18\x02 \x01(\x03R\x0fstartedUnixUsec\x12\x1f\n" +
@@ -1162,7 +1454,18 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"configPath\x12\x1b\n" +
 	"\tfail_mode\x18\x04 \x01(\tR\bfailMode\x12.\n" +
 	"\x06limits\x18\x05 \x03(\v2\x16.sluice.v1.LimitStatusR\x06limits\x12,\n" +
-	"\x06leases\x18\x06 \x03(\v2\x14.sluice.v1.LeaseInfoR\x06leases*\xbd\x01\n" +
+	"\x06leases\x18\x06 \x03(\v2\x14.sluice.v1.LeaseInfoR\x06leases\x121\n" +
+	"\acgroups\x18\a \x01(\v2\x17.sluice.v1.CgroupStatusR\acgroups\x12\x1d\n" +
+	"\n" +
+	"ebpf_state\x18\b \x01(\tR\tebpfState\x12\x16\n" +
+	"\x06socket\x18\t \x01(\tR\x06socket\"\x0f\n" +
+	"\rReloadRequest\"}\n" +
+	"\x0eReloadResponse\x12\x18\n" +
+	"\aapplied\x18\x01 \x01(\bR\aapplied\x12\x1f\n" +
+	"\vconfig_path\x18\x02 \x01(\tR\n" +
+	"configPath\x12\x16\n" +
+	"\x06errors\x18\x03 \x03(\tR\x06errors\x12\x18\n" +
+	"\achanges\x18\x04 \x03(\tR\achanges*\xbd\x01\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16REJECT_REASON_MAX_SIZE\x10\x01\x12\x1a\n" +
@@ -1171,9 +1474,10 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"\x19REJECT_REASON_UNAVAILABLE\x10\x04\x12\x1c\n" +
 	"\x18REJECT_REASON_PERMISSION\x10\x052D\n" +
 	"\tAdmission\x127\n" +
-	"\x05Admit\x12\x14.sluice.v1.ClientMsg\x1a\x14.sluice.v1.ServerMsg(\x010\x012F\n" +
+	"\x05Admit\x12\x14.sluice.v1.ClientMsg\x1a\x14.sluice.v1.ServerMsg(\x010\x012\x85\x01\n" +
 	"\x05Admin\x12=\n" +
-	"\x06Status\x12\x18.sluice.v1.StatusRequest\x1a\x19.sluice.v1.StatusResponseB*Z(github.com/sluicehq/sluice/agent/admitpbb\x06proto3"
+	"\x06Status\x12\x18.sluice.v1.StatusRequest\x1a\x19.sluice.v1.StatusResponse\x12=\n" +
+	"\x06Reload\x12\x18.sluice.v1.ReloadRequest\x1a\x19.sluice.v1.ReloadResponseB*Z(github.com/sluicehq/sluice/agent/admitpbb\x06proto3"
 
 var (
 	file_agent_admitpb_admit_proto_rawDescOnce sync.Once
@@ -1188,7 +1492,7 @@ func file_agent_admitpb_admit_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_admitpb_admit_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_admitpb_admit_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_agent_admitpb_admit_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_agent_admitpb_admit_proto_goTypes = []any{
 	(RejectReason)(0),      // 0: sluice.v1.RejectReason
 	(*AdmitRequest)(nil),   // 1: sluice.v1.AdmitRequest
@@ -1201,7 +1505,10 @@ var file_agent_admitpb_admit_proto_goTypes = []any{
 	(*StatusRequest)(nil),  // 8: sluice.v1.StatusRequest
 	(*LimitStatus)(nil),    // 9: sluice.v1.LimitStatus
 	(*LeaseInfo)(nil),      // 10: sluice.v1.LeaseInfo
-	(*StatusResponse)(nil), // 11: sluice.v1.StatusResponse
+	(*CgroupStatus)(nil),   // 11: sluice.v1.CgroupStatus
+	(*StatusResponse)(nil), // 12: sluice.v1.StatusResponse
+	(*ReloadRequest)(nil),  // 13: sluice.v1.ReloadRequest
+	(*ReloadResponse)(nil), // 14: sluice.v1.ReloadResponse
 }
 var file_agent_admitpb_admit_proto_depIdxs = []int32{
 	0,  // 0: sluice.v1.Rejected.reason:type_name -> sluice.v1.RejectReason
@@ -1212,15 +1519,18 @@ var file_agent_admitpb_admit_proto_depIdxs = []int32{
 	4,  // 5: sluice.v1.ServerMsg.rejected:type_name -> sluice.v1.Rejected
 	9,  // 6: sluice.v1.StatusResponse.limits:type_name -> sluice.v1.LimitStatus
 	10, // 7: sluice.v1.StatusResponse.leases:type_name -> sluice.v1.LeaseInfo
-	6,  // 8: sluice.v1.Admission.Admit:input_type -> sluice.v1.ClientMsg
-	8,  // 9: sluice.v1.Admin.Status:input_type -> sluice.v1.StatusRequest
-	7,  // 10: sluice.v1.Admission.Admit:output_type -> sluice.v1.ServerMsg
-	11, // 11: sluice.v1.Admin.Status:output_type -> sluice.v1.StatusResponse
-	10, // [10:12] is the sub-list for method output_type
-	8,  // [8:10] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	11, // 8: sluice.v1.StatusResponse.cgroups:type_name -> sluice.v1.CgroupStatus
+	6,  // 9: sluice.v1.Admission.Admit:input_type -> sluice.v1.ClientMsg
+	8,  // 10: sluice.v1.Admin.Status:input_type -> sluice.v1.StatusRequest
+	13, // 11: sluice.v1.Admin.Reload:input_type -> sluice.v1.ReloadRequest
+	7,  // 12: sluice.v1.Admission.Admit:output_type -> sluice.v1.ServerMsg
+	12, // 13: sluice.v1.Admin.Status:output_type -> sluice.v1.StatusResponse
+	14, // 14: sluice.v1.Admin.Reload:output_type -> sluice.v1.ReloadResponse
+	12, // [12:15] is the sub-list for method output_type
+	9,  // [9:12] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_agent_admitpb_admit_proto_init() }
@@ -1243,7 +1553,7 @@ func file_agent_admitpb_admit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_admitpb_admit_proto_rawDesc), len(file_agent_admitpb_admit_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
