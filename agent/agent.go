@@ -21,6 +21,14 @@ type Options struct {
 	Observer Observer
 	// Version is reported by the admin API.
 	Version string
+	// ConfigPath is the policy file Reload re-reads; "" means the agent
+	// runs on the embedded default (Reload then looks for
+	// policy.DefaultPath).
+	ConfigPath string
+	// OnReload is called after a reload applied cfg (to rewrite shim.conf,
+	// update cgroup limits and metric labels); the notes it returns are
+	// reported with the changes. Nil: nothing to do.
+	OnReload func(cfg *policy.Config) (notes []string)
 	// Placer puts admitted processes into cgroup buckets; nil means no
 	// placement (cgroups disabled or unavailable).
 	Placer Placer
@@ -44,7 +52,11 @@ type Agent struct {
 	version string
 	placer  Placer
 	started time.Time
-	leases  *LeaseTable
+
+	configPath string
+	onReload   func(*policy.Config) []string
+	reloadMu   sync.Mutex // serialises Reload
+	leases     *LeaseTable
 
 	// stopping is cancelled when shutdown begins: waiters are rejected
 	// as unavailable and new requests are refused.
@@ -74,26 +86,22 @@ func New(opts Options) *Agent {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &Agent{
-		log:      log.Named("agent"),
-		obs:      obs,
-		version:  opts.Version,
-		placer:   opts.Placer,
-		started:  time.Now(),
-		leases:   NewLeaseTable(),
-		stopping: ctx,
-		stop:     cancel,
-		policy:   opts.Policy,
-		limiters: make(map[string]*Limiter),
+		log:        log.Named("agent"),
+		obs:        obs,
+		version:    opts.Version,
+		placer:     opts.Placer,
+		configPath: opts.ConfigPath,
+		onReload:   opts.OnReload,
+		started:    time.Now(),
+		leases:     NewLeaseTable(),
+		stopping:   ctx,
+		stop:       cancel,
+		policy:     opts.Policy,
+		limiters:   make(map[string]*Limiter),
 	}
 	for i := range opts.Policy.Limits {
 		r := &opts.Policy.Limits[i]
-		a.limiters[r.Name] = NewLimiter(LimiterConfig{
-			Name:         r.Name,
-			Limit:        r.Limit(),
-			MaxQueueSize: r.MaxQueueSize,
-			MaxQueueWait: r.MaxQueueWait.Duration,
-			Order:        r.Order(),
-		})
+		a.limiters[r.Name] = NewLimiter(limiterConfig(r))
 	}
 	return a
 }

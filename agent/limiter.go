@@ -41,9 +41,10 @@ type LimiterConfig struct {
 // Limit() requests per key run at once, up to MaxQueueSize more wait, and a
 // waiter gives up after MaxQueueWait. One Limiter serves one policy rule.
 type Limiter struct {
-	cfg LimiterConfig
+	name string
 
 	mu    sync.Mutex // guards the fields below
+	cfg   LimiterConfig
 	limit int
 	keys  map[string]*keyState
 	// Totals across keys, kept so that stats never walk the key map.
@@ -71,14 +72,36 @@ func NewLimiter(cfg LimiterConfig) *Limiter {
 	if cfg.Limit < 1 {
 		cfg.Limit = 1
 	}
-	return &Limiter{cfg: cfg, limit: cfg.Limit, keys: make(map[string]*keyState)}
+	return &Limiter{name: cfg.Name, cfg: cfg, limit: cfg.Limit, keys: make(map[string]*keyState)}
 }
 
 // Name returns the rule name.
-func (l *Limiter) Name() string { return l.cfg.Name }
+func (l *Limiter) Name() string { return l.name }
 
-// Config returns the limiter's static configuration.
-func (l *Limiter) Config() LimiterConfig { return l.cfg }
+// Config returns the limiter's configuration.
+func (l *Limiter) Config() LimiterConfig {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.cfg
+}
+
+// Reconfigure applies a reloaded rule. Nothing running or queued is
+// dropped: requests already queued keep their place and the wait bound
+// they started with, even if the new queue is smaller; a new limit applies
+// to admissions from now on (a higher one admits waiters at once).
+func (l *Limiter) Reconfigure(cfg LimiterConfig) {
+	if cfg.Limit < 1 {
+		cfg.Limit = 1
+	}
+	cfg.Name = l.name
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cfg = cfg
+	l.limit = cfg.Limit
+	for _, ks := range l.keys {
+		l.admitLocked(ks)
+	}
+}
 
 // QueueFunc is told a waiter's position (1 = next to be admitted) and the
 // length of its key's queue, when it joins the queue and whenever either
@@ -114,9 +137,10 @@ func (l *Limiter) Acquire(ctx context.Context, key string, onQueued QueueFunc) (
 	ks.queue = append(ks.queue, w)
 	l.queued++
 	l.notifyPositionsLocked(ks)
+	maxWait := l.cfg.MaxQueueWait
 	l.mu.Unlock()
 
-	timer := time.NewTimer(l.cfg.MaxQueueWait)
+	timer := time.NewTimer(maxWait)
 	defer timer.Stop()
 	for {
 		select {
@@ -261,7 +285,7 @@ func (l *Limiter) Stats() LimiterStats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return LimiterStats{
-		Name: l.cfg.Name, Limit: l.limit,
+		Name: l.name, Limit: l.limit,
 		Running: l.running, Queued: l.queued, Keys: len(l.keys),
 		Admitted: l.admitted, DroppedSize: l.droppedSize, DroppedTime: l.droppedTime,
 	}

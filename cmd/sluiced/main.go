@@ -73,7 +73,11 @@ func run(args []string, stderr io.Writer) int {
 	if note != "" {
 		log.Info(note)
 	}
-	if err := serve(cfg, log); err != nil {
+	configFile := ""
+	if note == "" {
+		configFile = *configPath
+	}
+	if err := serve(cfg, configFile, log); err != nil {
 		log.Error("sluiced stopped", zap.Error(err))
 		return 1
 	}
@@ -93,31 +97,55 @@ func loadConfig(path string, explicit bool) (*policy.Config, string, error) {
 	return cfg, "", nil
 }
 
-func serve(cfg *policy.Config, log *zap.Logger) error {
+func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
+	cg, err := setupCgroups(cfg, log)
+	if err != nil {
+		return err
+	}
 	var a *agent.Agent
-	exp := exporter.New(exporter.Options{
+	expOpts := exporter.Options{
 		Version: version,
 		Limits:  limitSource{func() *agent.Agent { return a }},
-	})
-	names := make([]string, 0, len(cfg.Limits))
-	for _, l := range cfg.Limits {
-		names = append(names, l.Name)
 	}
-	exp.SetLimits(names)
-	a = agent.New(agent.Options{Policy: cfg, Log: log, Observer: exp, Version: version})
-
+	if cg != nil {
+		expOpts.Cgroups = cg
+	}
+	exp := exporter.New(expOpts)
+	exp.SetLimits(cfg.RuleNames())
 	socketPath := wire.SocketPath(cfg.Agent.Socket)
+	shimConf := wire.ShimConfigPath(socketPath)
+	opts := agent.Options{
+		Policy: cfg, Log: log, Observer: exp, Version: version, ConfigPath: configFile,
+		OnReload: func(c *policy.Config) []string {
+			exp.SetLimits(c.RuleNames())
+			var notes []string
+			if err := wire.WriteShimConfig(shimConf, shimConfig(c)); err != nil {
+				notes = append(notes, "shim.conf not rewritten: "+err.Error())
+			}
+			if cg != nil {
+				notes = append(notes, cg.update(&c.Cgroups)...)
+			}
+			return notes
+		},
+	}
+	if cg != nil {
+		opts.Placer = cg
+	}
+	a = agent.New(opts)
+	if cg != nil {
+		cg.failures = a.PlacementFailures
+	}
+
 	sock, err := agent.Listen(agent.SocketOptions{Path: socketPath, Group: cfg.Agent.SocketGroup})
 	if err != nil {
 		return err
 	}
-	shimConf := wire.ShimConfigPath(socketPath)
 	if err := wire.WriteShimConfig(shimConf, shimConfig(cfg)); err != nil {
 		sock.Close()
 		return fmt.Errorf("write shim settings %s: %w", shimConf, err)
@@ -152,7 +180,9 @@ func serve(cfg *policy.Config, log *zap.Logger) error {
 	for pending > 0 {
 		select {
 		case <-hup:
-			log.Warn("SIGHUP received: live reload is not implemented in this version; restart sluiced to apply config changes")
+			_ = sdNotify("RELOADING=1")
+			a.Reload() // logs what it applied or why it refused
+			_ = sdNotify("READY=1")
 		case err := <-errc:
 			pending--
 			if err != nil && firstErr == nil {
