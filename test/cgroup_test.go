@@ -228,3 +228,38 @@ func TestCgroupBucketCPUQuotaThrottles(t *testing.T) {
 		t.Errorf("throttled ratio %.2f, want most periods throttled for a busy loop at 20%% quota", throttled/periods)
 	}
 }
+
+// TestCgroupLimitsApplyOnReload changes a bucket limit and sends SIGHUP.
+func TestCgroupLimitsApplyOnReload(t *testing.T) {
+	needCgroups(t)
+	own := cgroupOf(t, os.Getpid(), "memory")
+	if _, err := os.Stat("/sys/fs/cgroup/memory/memory.limit_in_bytes"); err != nil {
+		t.Skip("no cgroup v1 memory controller")
+	}
+	root := cgroupRoot(t)
+	a := startAgent(t, cgroupPolicy(root, ""), "open")
+	limitFile := filepath.Join("/sys/fs/cgroup/memory", own, root, "repos", "2", "memory.limit_in_bytes")
+	read := func() string {
+		b, err := os.ReadFile(limitFile)
+		if err != nil {
+			t.Fatalf("bucket limit: %v", err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	if v := read(); v == "134217728" {
+		t.Fatalf("limit already set: %s", v)
+	}
+	cfg, err := os.ReadFile(filepath.Join(a.dir, "sluice.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	newCfg := strings.Replace(string(cfg), "count = 4\n", "count = 4\nmemory_bytes = 134217728\n", 1)
+	if err := os.WriteFile(filepath.Join(a.dir, "sluice.toml"), []byte(newCfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, 10*time.Second, "bucket memory limit updated by the reload", func() bool { return read() == "134217728" })
+	if !strings.Contains(a.logs.String(), `"msg":"reloaded"`) {
+		t.Errorf("no reload log line:\n%s", a.logs.String())
+	}
+}
