@@ -4,6 +4,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/sluicehq/sluice/agent/wire"
 )
 
 // Env looks up an environment variable; os.Getenv satisfies it.
@@ -144,7 +146,7 @@ func expandHome(p string, getenv Env, passwd string) string {
 
 // lookupHome finds user's home directory in a passwd(5) file.
 func lookupHome(user, passwd string) string {
-	data, err := readFile(passwd, 1<<20)
+	data, err := wire.ReadFile(passwd, 1<<20)
 	if err != nil {
 		return ""
 	}
@@ -161,31 +163,4 @@ func lookupHome(user, passwd string) string {
 		}
 	}
 	return ""
-}
-
-// readFile reads up to max bytes of path with raw syscalls (no os.File).
-func readFile(path string, max int) ([]byte, error) {
-	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer syscall.Close(fd)
-	buf := make([]byte, 0, 4096)
-	for len(buf) < max {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := syscall.Read(fd, buf[len(buf):cap(buf)])
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if n == 0 {
-			break
-		}
-		buf = buf[:len(buf)+n]
-	}
-	return buf, nil
 }

@@ -163,6 +163,18 @@ func ReadShimConfig(path string) (ShimConfig, error) {
 
 // readSmallFile reads up to maxConfigSize bytes of path.
 func readSmallFile(path string) ([]byte, error) {
+	b, err := ReadFile(path, maxConfigSize)
+	if err == errTooLarge {
+		return nil, errors.New("file larger than " + strconv.Itoa(maxConfigSize) + " bytes")
+	}
+	return b, err
+}
+
+var errTooLarge = errors.New("file too large")
+
+// ReadFile reads path with raw syscalls (no os.File, cheap enough for the
+// shim's start-up). A file of max bytes or more is an error.
+func ReadFile(path string, max int) ([]byte, error) {
 	var fd int
 	var err error
 	for {
@@ -176,7 +188,7 @@ func readSmallFile(path string) ([]byte, error) {
 	}
 	defer syscall.Close(fd)
 	buf := make([]byte, 0, 1024)
-	for len(buf) < maxConfigSize {
+	for len(buf) < max {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
 		}
@@ -192,7 +204,7 @@ func readSmallFile(path string) ([]byte, error) {
 		}
 		buf = buf[:len(buf)+n]
 	}
-	return nil, errors.New("file larger than " + strconv.Itoa(maxConfigSize) + " bytes")
+	return nil, errTooLarge
 }
 
 // parseShimConfig applies the lines of data to c.
