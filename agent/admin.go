@@ -1,9 +1,28 @@
 package agent
 
+// The admin API: Status and Reload for the operator CLI, open to root and
+// to members of [agent] admin_group only. Admission stays open to anyone
+// who can reach the socket (its 0660 group is that gate); the admin API can
+// reveal every repository, address and user in flight and change the
+// policy, so it asks for more.
+
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
+	"github.com/sluicehq/sluice/policy"
 )
 
 // adminService answers the operator CLI.
@@ -13,19 +32,152 @@ type adminService struct {
 }
 
 func (s adminService) Status(ctx context.Context, _ *admitpb.StatusRequest) (*admitpb.StatusResponse, error) {
+	if err := s.a.authorizeAdmin(ctx); err != nil {
+		return nil, err
+	}
 	return s.a.Status(), nil
+}
+
+func (s adminService) Reload(ctx context.Context, _ *admitpb.ReloadRequest) (*admitpb.ReloadResponse, error) {
+	if err := s.a.authorizeAdmin(ctx); err != nil {
+		return nil, err
+	}
+	return s.a.Reload(), nil
+}
+
+// authorizeAdmin allows the gRPC caller if it is root or in the admin
+// group, and returns a PermissionDenied status naming the fix otherwise.
+func (a *Agent) authorizeAdmin(ctx context.Context) error {
+	cred, ok := credFromContext(ctx)
+	if !ok {
+		return status.Error(codes.Unauthenticated, "sluice: no peer credentials: connect over the agent's Unix socket")
+	}
+	pol := a.Policy()
+	err := authorize(cred, pol.Agent.AdminGroup, func(pid int32) ([]uint32, error) {
+		groups, err := procGroups(pid)
+		// The pid was read from SO_PEERCRED at accept time: make sure
+		// the groups were those of that very process, not of a
+		// successor that reused its pid.
+		if err == nil && !cred.alive() {
+			err = errors.New("peer process exited")
+		}
+		return groups, err
+	}, lookupGroupID)
+	if err == nil {
+		return nil
+	}
+	cfg := pol.Source
+	if cfg == "" || cfg == policy.DefaultSource {
+		cfg = "the policy file, " + policy.DefaultPath
+	}
+	var msg string
+	var notMember errNotAdmin
+	switch {
+	case errors.As(err, &notMember) && pol.Agent.AdminGroup == "":
+		msg = fmt.Sprintf("sluice: permission denied: uid %d is not root and no admin group is configured ([agent] admin_group in %s); run as root or set admin_group to a group of the user", cred.UID, cfg)
+	case errors.As(err, &notMember):
+		msg = fmt.Sprintf("sluice: permission denied: uid %d is not root and not in admin group %q ([agent] admin_group in %s); run as root or add the user to that group", cred.UID, pol.Agent.AdminGroup, cfg)
+	default:
+		msg = fmt.Sprintf("sluice: permission denied: uid %d is not root and admin group %q ([agent] admin_group in %s) could not be checked: %v; run as root", cred.UID, pol.Agent.AdminGroup, cfg, err)
+	}
+	return status.Error(codes.PermissionDenied, msg)
+}
+
+// errNotAdmin says the caller is neither root nor in the admin group.
+type errNotAdmin struct{}
+
+func (errNotAdmin) Error() string { return "not root and not in the admin group" }
+
+// authorize decides whether cred may use the admin API: uid 0 always; with
+// adminGroup set (a group name or numeric gid), a caller whose gid or any
+// supplementary group (groups(pid)) is that group. It returns errNotAdmin
+// for a plain refusal and another error when the answer could not be found.
+func authorize(cred PeerCred, adminGroup string, groups func(pid int32) ([]uint32, error), lookup func(string) (uint32, error)) error {
+	if cred.UID == 0 {
+		return nil
+	}
+	if adminGroup == "" {
+		return errNotAdmin{}
+	}
+	gid, err := lookup(adminGroup)
+	if err != nil {
+		return err
+	}
+	if cred.GID == gid {
+		return nil
+	}
+	supp, err := groups(cred.PID)
+	if err != nil {
+		return fmt.Errorf("reading the groups of pid %d: %w", cred.PID, err)
+	}
+	for _, g := range supp {
+		if g == gid {
+			return nil
+		}
+	}
+	return errNotAdmin{}
+}
+
+// lookupGroupID resolves a group name or numeric gid.
+func lookupGroupID(name string) (uint32, error) {
+	if n, err := strconv.ParseUint(name, 10, 32); err == nil {
+		return uint32(n), nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return 0, fmt.Errorf("no such group: %w", err)
+	}
+	n, err := strconv.ParseUint(g.Gid, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("group %s: gid %q: %w", name, g.Gid, err)
+	}
+	return uint32(n), nil
+}
+
+// procGroups returns the supplementary groups of pid from /proc/PID/status.
+func procGroups(pid int32) ([]uint32, error) {
+	f, err := os.Open("/proc/" + strconv.Itoa(int(pid)) + "/status")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return parseStatusGroups(f)
+}
+
+// parseStatusGroups reads the "Groups:" line of a /proc/PID/status file.
+func parseStatusGroups(r io.Reader) ([]uint32, error) {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), "Groups:")
+		if !ok {
+			continue
+		}
+		var out []uint32
+		for _, f := range strings.Fields(rest) {
+			n, err := strconv.ParseUint(f, 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("Groups: %q: %w", f, err)
+			}
+			out = append(out, uint32(n))
+		}
+		return out, nil
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return nil, errors.New("no Groups: line")
 }
 
 // Status describes the agent's limits and leases.
 func (a *Agent) Status() *admitpb.StatusResponse {
-	pol := a.Policy()
+	pol, stats := a.limitsSnapshot()
 	resp := &admitpb.StatusResponse{
 		Version:         a.version,
 		StartedUnixUsec: a.started.UnixMicro(),
 		ConfigPath:      pol.Source,
 		FailMode:        pol.Agent.FailMode,
+		Socket:          a.socketPath(),
 	}
-	stats := a.Limiters()
 	for i, r := range pol.Limits {
 		st := stats[i]
 		resp.Limits = append(resp.Limits, &admitpb.LimitStatus{
@@ -45,7 +197,9 @@ func (a *Agent) Status() *admitpb.StatusResponse {
 			Keys:             int64(st.Keys),
 		})
 	}
-	for _, l := range a.leases.Snapshot() {
+	leases := a.leases.Snapshot()
+	var procs *procTable
+	for _, l := range leases {
 		info := &admitpb.LeaseInfo{
 			LeaseId:       l.ID,
 			CorrelationId: l.CorrelationID,
@@ -54,15 +208,126 @@ func (a *Agent) Status() *admitpb.StatusResponse {
 			RemoteIp:      l.RemoteIP,
 			User:          l.User,
 			Limit:         l.Limit,
+			Key:           l.Key,
 			State:         l.State,
 			Pid:           l.Peer.PID,
 			Uid:           int32(l.Peer.UID),
 			SinceUnixUsec: l.Arrived.UnixMicro(),
+			Bucket:        l.Bucket,
 		}
 		if l.State == StateRunning {
 			info.WaitedUsec = l.Admitted.Sub(l.Arrived).Microseconds()
+			// Only a live peer's pid is still the lease's process.
+			if l.Peer.alive() {
+				if procs == nil {
+					t := readProcTable(procRoot)
+					procs = &t
+				}
+				info.CpuUsec = procs.treeCPU(int(l.Peer.PID)).Microseconds()
+			}
 		}
 		resp.Leases = append(resp.Leases, info)
 	}
+	if a.describe != nil {
+		a.describe(resp)
+	}
 	return resp
+}
+
+// procRoot is where procfs is mounted.
+const procRoot = "/proc"
+
+// clockTicks is the unit of the CPU times in /proc/PID/stat: USER_HZ, which
+// sysconf(_SC_CLK_TCK) reports as 100 on Linux for every architecture Go
+// supports (the kernel ABI fixes it; it is not CONFIG_HZ).
+const clockTicks = 100
+
+// procTable is a snapshot of every process's parent and CPU time, read
+// from /proc/*/stat. Descendants are found by parent pid rather than
+// /proc/PID/task/TID/children, which needs CONFIG_PROC_CHILDREN (off on the
+// machines sluice is tested on).
+type procTable struct {
+	cpu      map[int]cpuTime
+	children map[int][]int
+}
+
+// readProcTable reads /proc/*/stat under root. Processes that exit during
+// the scan are skipped.
+func readProcTable(root string) procTable {
+	t := procTable{cpu: map[int]cpuTime{}, children: map[int][]int{}}
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return t
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(root + "/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		ppid, cpu, err := parseStat(b)
+		if err != nil {
+			continue
+		}
+		t.cpu[pid] = cpu
+		t.children[ppid] = append(t.children[ppid], pid)
+	}
+	return t
+}
+
+// treeCPU returns the CPU time (user+system) of pid and every live
+// descendant, each including the CPU of the children it has already reaped
+// (cutime+cstime), so a finished pack-objects still counts.
+func (t procTable) treeCPU(pid int) cpuTime {
+	var total cpuTime
+	seen := map[int]bool{}
+	stack := []int{pid}
+	for len(stack) > 0 {
+		p := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		total += t.cpu[p]
+		stack = append(stack, t.children[p]...)
+	}
+	return total
+}
+
+// cpuTime counts clock ticks.
+type cpuTime int64
+
+// Microseconds converts clock ticks to µs.
+func (t cpuTime) Microseconds() int64 { return int64(t) * (1000000 / clockTicks) }
+
+// parseStat returns the parent pid and utime+stime+cutime+cstime of a
+// /proc/PID/stat line. The command name (field 2) may hold spaces and
+// parentheses: fields are counted after its last ')'.
+func parseStat(b []byte) (ppid int, cpu cpuTime, err error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, errors.New("stat: no ')' after the command name")
+	}
+	// After ')': field 3 (state) is fields[0], ppid (field 4) fields[1],
+	// utime (field 14) fields[11].
+	fields := strings.Fields(string(b[i+1:]))
+	const utime = 14 - 3
+	if len(fields) < utime+4 {
+		return 0, 0, fmt.Errorf("stat: %d fields after the command name, want at least %d", len(fields), utime+4)
+	}
+	if ppid, err = strconv.Atoi(fields[1]); err != nil {
+		return 0, 0, fmt.Errorf("stat: ppid %q: %w", fields[1], err)
+	}
+	for _, f := range fields[utime : utime+4] {
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("stat: %q: %w", f, err)
+		}
+		cpu += cpuTime(n)
+	}
+	return ppid, cpu, nil
 }

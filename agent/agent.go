@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -29,6 +30,9 @@ type Options struct {
 	// update cgroup limits and metric labels); the notes it returns are
 	// reported with the changes. Nil: nothing to do.
 	OnReload func(cfg *policy.Config) (notes []string)
+	// Describe, when set, adds what only the caller knows (cgroup and eBPF
+	// state) to every Status answer.
+	Describe func(*admitpb.StatusResponse)
 	// Placer puts admitted processes into cgroup buckets; nil means no
 	// placement (cgroups disabled or unavailable).
 	Placer Placer
@@ -53,6 +57,8 @@ type Agent struct {
 	placer  Placer
 	started time.Time
 
+	describe   func(*admitpb.StatusResponse)
+	socket     string // set by Serve
 	configPath string
 	onReload   func(*policy.Config) []string
 	reloadMu   sync.Mutex // serialises Reload
@@ -91,6 +97,7 @@ func New(opts Options) *Agent {
 		version:    opts.Version,
 		placer:     opts.Placer,
 		configPath: opts.ConfigPath,
+		describe:   opts.Describe,
 		onReload:   opts.OnReload,
 		started:    time.Now(),
 		leases:     NewLeaseTable(),
@@ -126,13 +133,21 @@ func (a *Agent) ruleFor(subcommand string) (*policy.Limit, *Limiter) {
 
 // Limiters returns the stats of every rule's limiter in policy order.
 func (a *Agent) Limiters() []LimiterStats {
+	_, stats := a.limitsSnapshot()
+	return stats
+}
+
+// limitsSnapshot returns the policy in force and its limiters' stats (in
+// policy order), read together so a concurrent reload cannot pair a rule
+// with another rule's numbers.
+func (a *Agent) limitsSnapshot() (*policy.Config, []LimiterStats) {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	out := make([]LimiterStats, 0, len(a.policy.Limits))
 	for _, r := range a.policy.Limits {
 		out = append(out, a.limiters[r.Name].Stats())
 	}
-	return out
+	return a.policy, out
 }
 
 // Leases returns a snapshot of the lease table, oldest first.
@@ -141,3 +156,10 @@ func (a *Agent) Leases() []Lease { return a.leases.Snapshot() }
 // PlacementFailures returns how many admitted processes could not be put
 // into their cgroup bucket since start.
 func (a *Agent) PlacementFailures() uint64 { return a.placementFailures.Load() }
+
+// socketPath is where Serve listens ("" before Serve).
+func (a *Agent) socketPath() string {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.socket
+}

@@ -38,6 +38,9 @@ const (
 // after a shutdown caused by ctx.
 func (a *Agent) Serve(ctx context.Context, sock *Socket) error {
 	ln, path := sock.ln, sock.Path
+	a.mu.Lock()
+	a.socket = path
+	a.mu.Unlock()
 
 	gs := grpc.NewServer(
 		grpc.Creds(peerCredentials{}),

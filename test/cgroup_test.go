@@ -3,6 +3,7 @@ package test
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -143,6 +144,19 @@ func TestCgroupPlacementOfCloneProcesses(t *testing.T) {
 	}
 	if n := a.metric(`sluice_cgroup_processes{scope="buckets"}`); n < 4 {
 		t.Errorf("sluice_cgroup_processes{scope=buckets} = %v, want >= 4 (2 shims + 2 git)", n)
+	}
+	// sluice status shows the cgroup state and each lease's bucket.
+	out, err := exec.Command(bins.cli, "status", "--json", "--socket", a.socket).CombinedOutput()
+	if err != nil {
+		t.Fatalf("sluice status: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), `"state": "hybrid"`) && !strings.Contains(string(out), `"state": "v1"`) && !strings.Contains(string(out), `"state": "unified"`) {
+		t.Errorf("sluice status --json shows no cgroup mode:\n%s", out)
+	}
+	for _, want := range []string{`"bucket": "`, want, `"socket": "` + a.socket + `"`} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("sluice status --json lacks %q:\n%s", want, out)
+		}
 	}
 	p.closeStdin()
 	p.wait(t, 10*time.Second)

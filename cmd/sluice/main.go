@@ -28,7 +28,11 @@ type command struct {
 
 // commands is the dispatch table, in the order `sluice help` lists them.
 var commands = []command{
+	{"status", "show what sluiced is doing: rules, counts, cgroups, eBPF", runStatus},
+	{"top", "list the git commands in flight and queued, live", runTop},
+	{"reload", "make sluiced re-read its policy file", runReload},
 	{"validate", "check a policy file, or print the default policy", runValidate},
+	{"demo", "run a clone storm against a sandboxed sluiced and git daemon", runDemo},
 	{"version", "print the version", runVersion},
 }
 

@@ -3,10 +3,12 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"go.uber.org/zap"
 
+	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/cgroup"
 	"github.com/sluicehq/sluice/exporter"
 	"github.com/sluicehq/sluice/policy"
@@ -35,18 +37,20 @@ type cgroups struct {
 }
 
 // setupCgroups creates or adopts the hierarchy. With cgroups disabled it
-// returns nil, nil. When they cannot be set up it returns nil and logs one
+// returns no manager and no error. When they cannot be set up it returns nil and logs one
 // line saying what is missing and how to fix it, unless required is set,
 // in which case it returns the error.
-func setupCgroups(cfg *policy.Config, log *zap.Logger) (*cgroups, error) {
+//
+// The returned state is what `sluice status` shows when there is no manager.
+func setupCgroups(cfg *policy.Config, log *zap.Logger) (*cgroups, string, error) {
 	if !cfg.Cgroups.Enabled {
 		log.Info("cgroups disabled ([cgroups] enabled = false): commands run in their caller's cgroup")
-		return nil, nil
+		return nil, "disabled", nil
 	}
 	m, err := cgroup.New(cgroupConfig(&cfg.Cgroups), log.Named("cgroup"))
 	if err != nil {
 		if cfg.Cgroups.Required {
-			return nil, fmt.Errorf("[cgroups] required = true, but cgroups cannot be set up: %w", err)
+			return nil, "", fmt.Errorf("[cgroups] required = true, but cgroups cannot be set up: %w", err)
 		}
 		var ue *cgroup.UnsupportedError
 		fix := "set [cgroups] enabled = false to silence this"
@@ -54,11 +58,11 @@ func setupCgroups(cfg *policy.Config, log *zap.Logger) (*cgroups, error) {
 			fix = ue.Need + "; or " + fix
 		}
 		log.Warn("cgroups unavailable: admitting without placement", zap.Error(err), zap.String("fix", fix))
-		return nil, nil
+		return nil, "unavailable: " + err.Error(), nil
 	}
 	log.Info("cgroups ready", zap.String("mode", m.Mode().String()), zap.String("bucket0", m.BucketPath(0)),
 		zap.Int("buckets", cfg.Cgroups.Repositories.Count))
-	return &cgroups{m: m, buckets: cfg.Cgroups.Repositories.Count}, nil
+	return &cgroups{m: m, buckets: cfg.Cgroups.Repositories.Count}, "", nil
 }
 
 // Bucket implements agent.Placer.
@@ -136,4 +140,28 @@ func toExporter(scope string, s cgroup.Stats) exporter.CgroupStat {
 		OOMKills:            s.OOMKills,
 		Processes:           s.Processes,
 	}
+}
+
+// status describes the cgroup state for `sluice status`.
+func (c *cgroups) status() *admitpb.CgroupStatus {
+	st := &admitpb.CgroupStatus{State: c.m.Mode().String()}
+	c.mu.Lock()
+	st.Buckets = int32(c.buckets)
+	c.mu.Unlock()
+	if p := c.m.BucketPath(0); p != "" {
+		st.ParentPath = strings.TrimSuffix(p, "/repos/0")
+	}
+	if s, err := c.m.ParentStats(); err == nil {
+		st.MemoryUsageBytes = s.MemoryUsage
+		st.MemoryLimitBytes = s.MemoryLimit
+		st.CpuPeriods = s.CPUPeriods
+		st.CpuThrottledPeriods = s.CPUThrottledPeriods
+	}
+	if stats, failures, ok := c.CgroupStats(); ok {
+		st.PlacementFailures = failures
+		for _, s := range stats {
+			st.OomKills += s.OOMKills
+		}
+	}
+	return st
 }

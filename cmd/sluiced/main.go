@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/sluicehq/sluice/agent"
+	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/wire"
 	"github.com/sluicehq/sluice/exporter"
 	"github.com/sluicehq/sluice/policy"
@@ -104,7 +105,7 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	cg, err := setupCgroups(cfg, log)
+	cg, cgState, err := setupCgroups(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -133,6 +134,15 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 			}
 			return notes
 		},
+	}
+	opts.Describe = func(resp *admitpb.StatusResponse) {
+		if cg != nil {
+			resp.Cgroups = cg.status()
+		} else {
+			resp.Cgroups = &admitpb.CgroupStatus{State: cgState}
+		}
+		// The eBPF tracer is not part of this version yet.
+		resp.EbpfState = "unavailable: not implemented in this version"
 	}
 	if cg != nil {
 		opts.Placer = cg

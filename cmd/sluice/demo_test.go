@@ -1,0 +1,157 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestWriteFastImportDeterministic(t *testing.T) {
+	var a, b bytes.Buffer
+	if err := writeFastImport(&a, 20, 3, 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFastImport(&b, 20, 3, 10); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a.Bytes(), b.Bytes()) {
+		t.Error("the same arguments gave different streams")
+	}
+}
+
+func TestGenerateRepo(t *testing.T) {
+	git, err := exec.LookPath("git")
+	if err != nil {
+		t.Skip("git is not installed (apt-get install git)")
+	}
+	dir := filepath.Join(t.TempDir(), "demo.git")
+	if err := generateRepo(context.Background(), git, dir, 40, 4, 20); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(git, "--git-dir", dir, "rev-list", "--count", "HEAD").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "40" {
+		t.Fatalf("rev-list --count HEAD = %q, %v; want 40 commits on the default branch", out, err)
+	}
+	out, err = exec.Command(git, "--git-dir", dir, "fsck", "--no-progress").CombinedOutput()
+	if err != nil {
+		t.Fatalf("fsck: %v\n%s", err, out)
+	}
+	out, _ = exec.Command(git, "--git-dir", dir, "ls-tree", "--name-only", "HEAD").Output()
+	if strings.Fields(string(out))[0] != "file000.txt" || len(strings.Fields(string(out))) != 4 {
+		t.Errorf("tree = %q, want 4 files", out)
+	}
+}
+
+func TestFilterMetrics(t *testing.T) {
+	in := `# HELP sluice_commands_total Git commands.
+# TYPE sluice_commands_total counter
+sluice_commands_total{cmd="git",outcome="ok",subcmd="upload-pack"} 14
+sluice_concurrency_limiting_acquiring_seconds_bucket{limit="upload-pack",le="0.005"} 3
+sluice_concurrency_limiting_acquiring_seconds_sum{limit="upload-pack"} 20.1
+sluice_build_info{goversion="go1.26",version="dev"} 1
+go_goroutines 12
+sluice_requests_dropped_total{limit="upload-pack",reason="max_size"} 30
+`
+	got, err := filterMetrics(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`sluice_commands_total{cmd="git",outcome="ok",subcmd="upload-pack"} 14`,
+		`sluice_concurrency_limiting_acquiring_seconds_sum{limit="upload-pack"} 20.1`,
+		`sluice_requests_dropped_total{limit="upload-pack",reason="max_size"} 30`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("filterMetrics =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestJSONField(t *testing.T) {
+	line := `{"level":"info","msg":"metrics listening","addr":"127.0.0.1:4242"}`
+	if got := jsonField(line, "addr"); got != "127.0.0.1:4242" {
+		t.Errorf("addr = %q", got)
+	}
+	if got := jsonField(line, "nope"); got != "" {
+		t.Errorf("nope = %q", got)
+	}
+}
+
+func TestFindBinaries(t *testing.T) {
+	dir := t.TempDir()
+	exe := func(name string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	t.Setenv("PATH", "")
+	if err := binariesErr(dir); err == nil || !strings.Contains(err.Error(), "cannot find sluiced and sluice-shim next to this sluice binary ("+dir+") or on PATH; run 'make build'") {
+		t.Errorf("binariesErr = %v", err)
+	}
+	sluiced := exe("sluiced")
+	if got := findBinary("sluiced", dir); got != sluiced {
+		t.Errorf("findBinary next to us = %q", got)
+	}
+	// Else from PATH.
+	other := t.TempDir()
+	shim := filepath.Join(other, "sluice-shim")
+	if err := os.WriteFile(shim, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", other)
+	if got := findBinary("sluice-shim", dir); got != shim {
+		t.Errorf("findBinary from PATH = %q, want %q", got, shim)
+	}
+	if err := binariesErr(dir); err != nil {
+		t.Errorf("binariesErr with both found: %v", err)
+	}
+
+	// The real git is found on PATH, skipping a git that is the shim.
+	shimBin := t.TempDir()
+	if err := os.Symlink(shim, filepath.Join(shimBin, "git")); err != nil {
+		t.Fatal(err)
+	}
+	gitDir := t.TempDir()
+	realGit := filepath.Join(gitDir, "git")
+	if err := os.WriteFile(realGit, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", shimBin+":"+gitDir)
+	if got, err := findRealGit(shim); err != nil || got != realGit {
+		t.Errorf("findRealGit = %q, %v; want %q", got, err, realGit)
+	}
+	t.Setenv("PATH", shimBin)
+	if _, err := findRealGit(shim); err == nil || !strings.Contains(err.Error(), "git is not installed") {
+		t.Errorf("findRealGit with only the shim = %v", err)
+	}
+}
+
+func TestMirrorExecPath(t *testing.T) {
+	git, err := exec.LookPath("git")
+	if err != nil {
+		t.Skip("git is not installed (apt-get install git)")
+	}
+	shim := filepath.Join(t.TempDir(), "sluice-shim")
+	if err := os.WriteFile(shim, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := mirrorExecPath(git, shim, filepath.Join(t.TempDir(), "exec"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"git", "git-upload-pack", "git-receive-pack", "git-upload-archive"} {
+		if target, err := os.Readlink(filepath.Join(dir, name)); err != nil || target != shim {
+			t.Errorf("%s -> %q, %v; want the shim", name, target, err)
+		}
+	}
+	out, _ := exec.Command(git, "--exec-path").Output()
+	real := strings.TrimSpace(string(out))
+	if target, err := os.Readlink(filepath.Join(dir, "git-daemon")); err != nil || target != filepath.Join(real, "git-daemon") {
+		t.Errorf("git-daemon -> %q, %v; want the real one", target, err)
+	}
+}
