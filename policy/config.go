@@ -283,7 +283,44 @@ type Adaptive struct {
 	// CPU-throttled above which the CPU watcher asks for backoff, in (0, 1].
 	// 0 is invalid; Parse fills in 0.5 when absent.
 	CPUThrottleThreshold float64 `toml:"cpu_throttle_threshold"`
+	// MemorySignal chooses what the memory watcher compares with the
+	// limit: MemoryWorkingSet (usage minus inactive page cache, against
+	// MemoryThreshold: Gitaly's documented rule) or MemoryAnon (anonymous
+	// memory, against AnonThreshold: Gitaly's 2026 rule). "" means
+	// MemoryWorkingSet (Parse fills it in).
+	MemorySignal string `toml:"memory_signal"`
+	// AnonThreshold is the fraction of the memory limit that anonymous
+	// memory may reach with memory_signal = "anon", in (0, 1]. Parse fills
+	// in 0.6 when absent.
+	AnonThreshold float64 `toml:"anon_threshold"`
+	// PSIMemoryFullThreshold is the share of the sample window in which
+	// all tasks of the watched cgroup stalled on memory (PSI "full") above
+	// which the psi_memory watcher asks for backoff, in (0, 1]. Parse
+	// fills in 0.1 when absent.
+	PSIMemoryFullThreshold float64 `toml:"psi_memory_full_threshold"`
+	// PSICPUSomeThreshold is the share of the sample window in which some
+	// task waited for a CPU (PSI "some") above which the psi_cpu watcher
+	// asks for backoff, in (0, 1]. Parse fills in 0.9 when absent.
+	PSICPUSomeThreshold float64 `toml:"psi_cpu_some_threshold"`
+	// Cooldown is how long after a backoff further pressure is ignored, so
+	// one pressure episode costs one decrease, not one per sample. Must be
+	// > 0; Parse fills in 5s when absent.
+	Cooldown Duration `toml:"cooldown"`
+	// Watchers lists the pressure signals in use, by name: "memory",
+	// "oom", "cpu_throttle", "psi_memory", "psi_cpu". Parse fills in all
+	// five when absent; an empty list means adaptive limits only ever grow.
+	Watchers []string `toml:"watchers"`
 }
+
+// Memory signals of [adaptive] memory_signal.
+const (
+	MemoryWorkingSet = "working_set"
+	MemoryAnon       = "anon"
+)
+
+// WatcherNames are the valid [adaptive] watchers, in the order they are
+// sampled.
+var WatcherNames = []string{"memory", "oom", "cpu_throttle", "psi_memory", "psi_cpu"}
 
 // EBPF configures exec/exit tracing of git processes.
 type EBPF struct {
@@ -400,11 +437,17 @@ func defaults() *Config {
 			Repositories:  CgroupRepositories{Count: 64},
 		},
 		Adaptive: Adaptive{
-			CalibrationInterval:  Duration{30 * time.Second},
-			SampleInterval:       Duration{time.Second},
-			BackoffFactor:        0.5,
-			MemoryThreshold:      0.9,
-			CPUThrottleThreshold: 0.5,
+			CalibrationInterval:    Duration{30 * time.Second},
+			SampleInterval:         Duration{time.Second},
+			BackoffFactor:          0.5,
+			MemoryThreshold:        0.9,
+			CPUThrottleThreshold:   0.5,
+			MemorySignal:           MemoryWorkingSet,
+			AnonThreshold:          0.6,
+			PSIMemoryFullThreshold: 0.1,
+			PSICPUSomeThreshold:    0.9,
+			Cooldown:               Duration{5 * time.Second},
+			Watchers:               append([]string(nil), WatcherNames...),
 		},
 		EBPF: EBPF{Enabled: true},
 		Timeouts: Timeouts{

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -356,10 +357,27 @@ func (v *validator) adaptive() {
 		{"adaptive.backoff_factor", a.BackoffFactor},
 		{"adaptive.memory_threshold", a.MemoryThreshold},
 		{"adaptive.cpu_throttle_threshold", a.CPUThrottleThreshold},
+		{"adaptive.anon_threshold", a.AnonThreshold},
+		{"adaptive.psi_memory_full_threshold", a.PSIMemoryFullThreshold},
+		{"adaptive.psi_cpu_some_threshold", a.PSICPUSomeThreshold},
 	} {
 		if !(f.val > 0 && f.val <= 1) {
 			v.add(f.key, f.val, "must be a fraction in (0, 1]", "write a number such as 0.5")
 		}
+	}
+	v.positive("adaptive.cooldown", a.Cooldown)
+	if a.MemorySignal != MemoryWorkingSet && a.MemorySignal != MemoryAnon {
+		v.add("adaptive.memory_signal", a.MemorySignal, "unknown memory signal", `write "working_set" or "anon"`)
+	}
+	seen := map[string]bool{}
+	for _, w := range a.Watchers {
+		switch {
+		case !slices.Contains(WatcherNames, w):
+			v.add("adaptive.watchers", w, fmt.Sprintf("unknown watcher %q", w), "use some of: "+strings.Join(WatcherNames, ", "))
+		case seen[w]:
+			v.add("adaptive.watchers", w, fmt.Sprintf("watcher %q listed twice", w), "list each watcher once")
+		}
+		seen[w] = true
 	}
 }
 

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -326,5 +327,27 @@ func TestValidateByHand(t *testing.T) {
 	}
 	if c.bySub == nil || c.LimitFor("pack-objects") != &c.Limits[1] {
 		t.Errorf("LimitFor after Validate does not use the table")
+	}
+}
+
+func TestAdaptiveWatchersAndSignal(t *testing.T) {
+	c, err := Parse("w.toml", []byte("[adaptive]\nwatchers = [\"memory\"]\nmemory_signal = \"anon\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Adaptive.Watchers) != 1 || c.Adaptive.Watchers[0] != "memory" || c.Adaptive.MemorySignal != MemoryAnon {
+		t.Fatalf("adaptive = %+v", c.Adaptive)
+	}
+	_, err = Parse("w.toml", []byte("[adaptive]\nwatchers = [\"memory\", \"swap\", \"memory\"]\nmemory_signal = \"rss\"\ncooldown = \"0s\"\n"))
+	msg := fmt.Sprint(err)
+	for _, want := range []string{
+		`w.toml:2: adaptive: watchers = ["memory", "swap", "memory"]: unknown watcher "swap"; use some of: memory, oom, cpu_throttle, psi_memory, psi_cpu`,
+		`watcher "memory" listed twice`,
+		`w.toml:3: adaptive: memory_signal = "rss": unknown memory signal; write "working_set" or "anon"`,
+		`w.toml:4: adaptive: cooldown = "0s": must be > 0`,
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("errors lack %q:\n%s", want, msg)
+		}
 	}
 }
