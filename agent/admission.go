@@ -47,6 +47,7 @@ type Observer interface {
 	CommandRejected(cmd, subcmd string)
 	Acquired(limit string, waited time.Duration)
 	Dropped(limit, reason string)
+	Backoff(watcher string)
 }
 
 type nopObserver struct{}
@@ -56,6 +57,7 @@ func (nopObserver) CommandFinished(string, string, string, time.Duration, time.D
 func (nopObserver) CommandRejected(string, string) {}
 func (nopObserver) Acquired(string, time.Duration) {}
 func (nopObserver) Dropped(string, string)         {}
+func (nopObserver) Backoff(string)                 {}
 
 const msgUnavailable = "sluice: the admission service is shutting down; try again later"
 

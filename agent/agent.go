@@ -56,6 +56,7 @@ type Agent struct {
 	version string
 	placer  Placer
 	started time.Time
+	calib   *calibrator
 
 	describe   func(*admitpb.StatusResponse)
 	socket     string // set by Serve
@@ -106,6 +107,7 @@ func New(opts Options) *Agent {
 		policy:     opts.Policy,
 		limiters:   make(map[string]*Limiter),
 	}
+	a.calib = newCalibrator(a)
 	for i := range opts.Policy.Limits {
 		r := &opts.Policy.Limits[i]
 		a.limiters[r.Name] = NewLimiter(limiterConfig(r))

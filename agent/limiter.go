@@ -273,9 +273,11 @@ func (l *Limiter) SetLimit(n int) {
 
 // LimiterStats is a point-in-time view of a Limiter.
 type LimiterStats struct {
-	Name                     string
-	Limit                    int
-	Running, Queued, Keys    int
+	Name                  string
+	Limit                 int
+	Running, Queued, Keys int
+	// MaxKeyRunning is how many run under the busiest key.
+	MaxKeyRunning            int
 	Admitted                 uint64
 	DroppedSize, DroppedTime uint64
 }
@@ -284,8 +286,12 @@ type LimiterStats struct {
 func (l *Limiter) Stats() LimiterStats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	busiest := 0
+	for _, ks := range l.keys {
+		busiest = max(busiest, ks.running)
+	}
 	return LimiterStats{
-		Name: l.name, Limit: l.limit,
+		Name: l.name, Limit: l.limit, MaxKeyRunning: busiest,
 		Running: l.running, Queued: l.queued, Keys: len(l.keys),
 		Admitted: l.admitted, DroppedSize: l.droppedSize, DroppedTime: l.droppedTime,
 	}

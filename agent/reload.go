@@ -72,6 +72,11 @@ func (a *Agent) Reload() *admitpb.ReloadResponse {
 		r := &cfg.Limits[i]
 		lc := limiterConfig(r)
 		if lim, ok := a.limiters[r.Name]; ok {
+			if r.Adaptive {
+				// An adaptive limit keeps what it learned, within the
+				// new bounds; only a restart starts over at initial_limit.
+				lc.Limit = min(max(lim.Stats().Limit, r.MinLimit), r.MaxLimit)
+			}
 			if prev := lim.Config(); prev != lc {
 				lim.Reconfigure(lc)
 				changes = append(changes, fmt.Sprintf("%s: limit %d -> %d, max_queue_size %d -> %d, max_queue_wait %s -> %s, queue_order %s -> %s",

@@ -82,6 +82,7 @@ func recordedExporter() *Exporter {
 	e.Backoff("memory")
 	e.Backoff("memory")
 	e.Backoff("cpu_throttle")
+	e.WatcherError("psi_cpu")
 	return e
 }
 

@@ -21,6 +21,7 @@ type limitMetrics struct {
 	acquiring *prometheus.HistogramVec // limit
 	dropped   *prometheus.CounterVec   // limit, reason
 	backoff   *prometheus.CounterVec   // watcher
+	watchErr  *prometheus.CounterVec   // watcher
 
 	mu       sync.Mutex // guards the fields below
 	declared map[string]bool
@@ -44,12 +45,17 @@ func newLimitMetrics() *limitMetrics {
 			Name:      "concurrency_limiting_backoff_events_total",
 			Help:      "Backoff events raised by each pressure watcher of the adaptive limiter.",
 		}, []string{"watcher"}),
+		watchErr: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "watcher_errors_total",
+			Help:      "Samples a pressure watcher could not read (a missing signal counts once).",
+		}, []string{"watcher"}),
 		declared: map[string]bool{},
 	}
 }
 
 func (m *limitMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.acquiring, m.dropped, m.backoff}
+	return []prometheus.Collector{m.acquiring, m.dropped, m.backoff, m.watchErr}
 }
 
 func (m *limitMetrics) setLimits(names []string) {
@@ -84,6 +90,11 @@ func (e *Exporter) Acquired(limit string, waited time.Duration) {
 // ReasonMaxTime or ReasonUnavailable.
 func (e *Exporter) Dropped(limit, reason string) {
 	e.limits.dropped.WithLabelValues(limit, reason).Inc()
+}
+
+// WatcherError records a sample the named watcher could not read.
+func (e *Exporter) WatcherError(watcher string) {
+	e.limits.watchErr.WithLabelValues(watcher).Inc()
 }
 
 // Backoff records one backoff event raised by the named pressure watcher.

@@ -1,0 +1,200 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/sluicehq/sluice/policy"
+)
+
+// Pressure is one watcher's report that the host is under pressure now.
+type Pressure struct {
+	// Watcher names the signal ("memory", "oom", "cpu_throttle",
+	// "psi_memory", "psi_cpu"); it is the `watcher` metric label.
+	Watcher string
+	// Detail gives the numbers that triggered it, for the log.
+	Detail string
+}
+
+// PressureFunc samples every watcher once and returns those that see
+// pressure. It is called from one goroutine, once per sample interval.
+type PressureFunc func(now time.Time) []Pressure
+
+// calibrator runs AIMD over the adaptive rules. Limits are per rule and
+// apply to every key of the rule, as in Gitaly.
+//
+//   - Multiplicative decrease: as soon as a sample shows pressure, every
+//     adaptive limit is multiplied by backoff_factor (rounded down, never
+//     below min_limit). A cool-down follows: pressure seen within cooldown
+//     of the last decrease is ignored, so one episode costs one decrease
+//     rather than one per sample. Lowering a limit never stops running
+//     commands; the limiter admits nobody until in-flight drops below it.
+//   - Additive increase: once per calibration_interval without pressure,
+//     +1 up to max_limit — but only for a rule in use (its busiest key
+//     runs at least half the limit, or something waits), so an idle host
+//     does not climb to max_limit and have no protection when a storm
+//     arrives.
+type calibrator struct {
+	a *Agent
+
+	mu    sync.Mutex // guards the fields below
+	rules map[string]*adaptiveState
+	// lastBackoff is the time of the last decrease (any rule): the
+	// cool-down is global, as the pressure is.
+	lastBackoff time.Time
+}
+
+type adaptiveState struct {
+	lastIncrease      time.Time
+	lastBackoff       time.Time
+	lastBackoffReason string
+}
+
+func newCalibrator(a *Agent) *calibrator {
+	return &calibrator{a: a, rules: make(map[string]*adaptiveState)}
+}
+
+// stateLocked returns the state of rule name, creating it at now.
+func (c *calibrator) stateLocked(name string, now time.Time) *adaptiveState {
+	st := c.rules[name]
+	if st == nil {
+		st = &adaptiveState{lastIncrease: now}
+		c.rules[name] = st
+	}
+	return st
+}
+
+// step applies one sample's pressures at now.
+func (c *calibrator) step(now time.Time, pressures []Pressure) {
+	pol, _ := c.a.limitsSnapshot()
+	ad := pol.Adaptive
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(pressures) > 0 {
+		for _, p := range pressures {
+			c.a.obs.Backoff(p.Watcher)
+		}
+		if !c.lastBackoff.IsZero() && now.Sub(c.lastBackoff) < ad.Cooldown.Duration {
+			return // the same episode: already backed off
+		}
+		c.lastBackoff = now
+		reason := describePressures(pressures)
+		for i := range pol.Limits {
+			r := &pol.Limits[i]
+			if !r.Adaptive {
+				continue
+			}
+			lim := c.a.limiter(r.Name)
+			if lim == nil {
+				continue
+			}
+			st := c.stateLocked(r.Name, now)
+			old := lim.Stats().Limit
+			next := int(math.Floor(float64(old) * ad.BackoffFactor))
+			next = max(next, r.MinLimit)
+			st.lastBackoff, st.lastBackoffReason = now, reason
+			st.lastIncrease = now // the increase clock restarts after a decrease
+			if next != old {
+				lim.SetLimit(next)
+			}
+			c.a.log.Warn("adaptive limit backed off", zap.String("limit", r.Name),
+				zap.Int("old", old), zap.Int("new", next), zap.String("reason", reason))
+		}
+		return
+	}
+	for i := range pol.Limits {
+		r := &pol.Limits[i]
+		if !r.Adaptive {
+			continue
+		}
+		lim := c.a.limiter(r.Name)
+		if lim == nil {
+			continue
+		}
+		st := c.stateLocked(r.Name, now)
+		if now.Sub(st.lastIncrease) < ad.CalibrationInterval.Duration {
+			continue
+		}
+		st.lastIncrease = now
+		s := lim.Stats()
+		if s.Limit >= r.MaxLimit || !inUse(s) {
+			continue
+		}
+		lim.SetLimit(s.Limit + 1)
+		c.a.log.Info("adaptive limit increased", zap.String("limit", r.Name),
+			zap.Int("old", s.Limit), zap.Int("new", s.Limit+1),
+			zap.Int("busiest_key_running", s.MaxKeyRunning), zap.Int("queued", s.Queued))
+	}
+}
+
+// inUse reports whether a rule's limit is being used enough to justify
+// raising it: its busiest key runs at least half the limit, or requests
+// wait.
+func inUse(s LimiterStats) bool {
+	return s.Queued > 0 || 2*s.MaxKeyRunning >= s.Limit
+}
+
+func describePressures(ps []Pressure) string {
+	parts := make([]string, 0, len(ps))
+	for _, p := range ps {
+		parts = append(parts, p.Watcher+": "+p.Detail)
+	}
+	return strings.Join(parts, "; ")
+}
+
+// lastBackoff returns rule name's last decrease and why.
+func (c *calibrator) lastBackoffOf(name string) (time.Time, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st := c.rules[name]; st != nil {
+		return st.lastBackoff, st.lastBackoffReason
+	}
+	return time.Time{}, ""
+}
+
+// RunCalibrator samples src every [adaptive] sample_interval and adapts
+// the limits of adaptive rules until ctx ends. Without adaptive rules it
+// still runs (a reload may add some) but does nothing.
+func (a *Agent) RunCalibrator(ctx context.Context, src PressureFunc) {
+	for {
+		interval := a.Policy().Adaptive.SampleInterval.Duration
+		if interval <= 0 {
+			interval = time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+		if !hasAdaptive(a.Policy()) {
+			continue
+		}
+		now := time.Now()
+		a.calib.step(now, src(now))
+	}
+}
+
+func hasAdaptive(p *policy.Config) bool {
+	for _, r := range p.Limits {
+		if r.Adaptive {
+			return true
+		}
+	}
+	return false
+}
+
+// limiter returns rule name's limiter, nil when the rule is gone.
+func (a *Agent) limiter(name string) *Limiter {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.limiters[name]
+}
+
+// String describes a Pressure for logs.
+func (p Pressure) String() string { return fmt.Sprintf("%s (%s)", p.Watcher, p.Detail) }

@@ -1,0 +1,152 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/sluicehq/sluice/policy"
+)
+
+// countingObserver counts backoff events per watcher.
+type countingObserver struct {
+	nopObserver
+	backoffs map[string]int
+}
+
+func (o *countingObserver) Backoff(w string) { o.backoffs[w]++ }
+
+func adaptiveAgent(t *testing.T, min, initial, max int) (*Agent, *countingObserver) {
+	t.Helper()
+	cfg, err := policy.Parse("a.toml", []byte(fmt.Sprintf(`
+[[limit]]
+name = "upload-pack"
+match = ["upload-pack"]
+key = "repo"
+max_queue_size = 10
+max_queue_wait = "10s"
+adaptive = true
+min_limit = %d
+initial_limit = %d
+max_limit = %d
+
+[adaptive]
+calibration_interval = "30s"
+cooldown = "5s"
+backoff_factor = 0.5
+`, min, initial, max)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs := &countingObserver{backoffs: map[string]int{}}
+	return New(Options{Policy: cfg, Log: zaptest.NewLogger(t), Observer: obs}), obs
+}
+
+func currentLimit(a *Agent) int { return a.Limiters()[0].Limit }
+
+var memPressure = []Pressure{{Watcher: "memory", Detail: "working set 0.95 of limit >= 0.90"}}
+
+func TestCalibratorDocumentedSequence(t *testing.T) {
+	a, obs := adaptiveAgent(t, 10, 60, 60)
+	t0 := time.Unix(1000, 0)
+	if got := currentLimit(a); got != 60 {
+		t.Fatalf("initial limit %d", got)
+	}
+	// Pressure every second: one decrease per cool-down (5 s), not per sample.
+	var seq []int
+	for s := 0; s <= 20; s++ {
+		a.calib.step(t0.Add(time.Duration(s)*time.Second), memPressure)
+		if n := currentLimit(a); len(seq) == 0 || seq[len(seq)-1] != n {
+			seq = append(seq, n)
+		}
+	}
+	if fmt.Sprint(seq) != "[30 15 10]" {
+		t.Fatalf("backoff sequence %v, want [30 15 10] (60 halved, floor at min 10)", seq)
+	}
+	if obs.backoffs["memory"] != 21 {
+		t.Errorf("backoff events counted %d, want one per pressured sample (21)", obs.backoffs["memory"])
+	}
+	at, why := a.calib.lastBackoffOf("upload-pack")
+	if at != t0.Add(20*time.Second) || why == "" { // a backoff at the floor still counts as one
+		t.Errorf("last backoff %v %q", at, why)
+	}
+
+	// No pressure, but idle: the limit must not climb.
+	now := t0.Add(20 * time.Second)
+	for i := 0; i < 5; i++ {
+		now = now.Add(30 * time.Second)
+		a.calib.step(now, nil)
+	}
+	if got := currentLimit(a); got != 10 {
+		t.Fatalf("idle rule climbed to %d", got)
+	}
+
+	// In use (busiest key runs half the limit): +1 per calibration interval up to max.
+	lim := a.limiter("upload-pack")
+	var releases []func()
+	hold := func(n int) {
+		for len(releases) < n {
+			rel, _, err := lim.Acquire(context.Background(), "k", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			releases = append(releases, rel)
+		}
+	}
+	for step := 0; step < 100 && currentLimit(a) < 60; step++ {
+		hold((currentLimit(a) + 1) / 2)
+		before := currentLimit(a)
+		a.calib.step(now.Add(10*time.Second), nil) // within the interval: no change
+		if currentLimit(a) != before {
+			t.Fatalf("increase before the calibration interval passed")
+		}
+		now = now.Add(30 * time.Second)
+		a.calib.step(now, nil)
+		if got := currentLimit(a); got != before+1 {
+			t.Fatalf("after one interval in use: %d, want %d", got, before+1)
+		}
+	}
+	if got := currentLimit(a); got != 60 {
+		t.Fatalf("limit %d, want max 60", got)
+	}
+	hold(40)
+	now = now.Add(30 * time.Second)
+	a.calib.step(now, nil)
+	if got := currentLimit(a); got != 60 {
+		t.Fatalf("climbed above max: %d", got)
+	}
+	for _, r := range releases {
+		r()
+	}
+}
+
+func TestCalibratorNeverBelowMinAndRestartResets(t *testing.T) {
+	a, _ := adaptiveAgent(t, 3, 4, 8)
+	t0 := time.Unix(0, 0)
+	for s := 0; s < 60; s += 6 {
+		a.calib.step(t0.Add(time.Duration(s)*time.Second), memPressure)
+	}
+	if got := currentLimit(a); got != 3 {
+		t.Fatalf("limit %d, want the floor 3", got)
+	}
+	// A new agent (restart) starts at initial_limit.
+	b, _ := adaptiveAgent(t, 3, 4, 8)
+	if got := currentLimit(b); got != 4 {
+		t.Fatalf("restarted limit %d, want initial 4", got)
+	}
+}
+
+func TestCalibratorIgnoresStaticRules(t *testing.T) {
+	cfg, err := policy.Parse("s.toml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := New(Options{Policy: cfg, Log: zaptest.NewLogger(t)})
+	a.calib.step(time.Unix(0, 0), memPressure)
+	if got := currentLimit(a); got != 1 {
+		t.Fatalf("static limit changed to %d", got)
+	}
+}

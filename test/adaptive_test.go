@@ -1,0 +1,141 @@
+package test
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// adaptivePolicy: an adaptive upload-pack rule with fast sampling, under a
+// parent cgroup with the given limits.
+func adaptivePolicy(root, parentLimits string) string {
+	return fmt.Sprintf(`
+[[limit]]
+name = "upload-pack"
+match = ["upload-pack"]
+key = "repo"
+max_queue_size = 4
+max_queue_wait = "30s"
+adaptive = true
+min_limit = 1
+initial_limit = 8
+max_limit = 8
+
+[adaptive]
+sample_interval = "200ms"
+calibration_interval = "1s"
+cooldown = "3s"
+watchers = ["memory", "oom", "cpu_throttle"]
+
+[cgroups]
+enabled = true
+required = true
+hierarchy_root = %q
+%s
+
+[cgroups.repositories]
+count = 4
+`, root, parentLimits)
+}
+
+// backoffs returns the times and reasons of the agent's backoff log lines.
+func backoffs(t *testing.T, logs string) (times []time.Time, reasons []string) {
+	sc := bufio.NewScanner(strings.NewReader(logs))
+	for sc.Scan() {
+		var l map[string]any
+		if json.Unmarshal(sc.Bytes(), &l) != nil || l["msg"] != "adaptive limit backed off" {
+			continue
+		}
+		ts, err := time.Parse("2006-01-02T15:04:05.000Z0700", l["time"].(string))
+		if err != nil {
+			t.Fatalf("log time %v: %v", l["time"], err)
+		}
+		times = append(times, ts)
+		reasons = append(reasons, fmt.Sprint(l["reason"]))
+	}
+	return times, reasons
+}
+
+func TestAdaptiveMemoryBackoffAndRecovery(t *testing.T) {
+	needCgroups(t)
+	if _, err := os.Stat("/sys/fs/cgroup/memory/memory.limit_in_bytes"); err != nil {
+		t.Skip("no cgroup v1 memory controller")
+	}
+	root := cgroupRoot(t)
+	// Parent limited to 256 MiB: a 240 MiB working set is 0.94 of it.
+	a := startAgent(t, adaptivePolicy(root, "memory_bytes = 268435456"), "open")
+	repo := makeRepo(t, a.dir, "r", 2)
+	self, _ := os.Executable()
+	mark := filepath.Join(a.dir, "hog-ready")
+	hog := startProc(t, a.dir, a.env("SLUICE_REAL_GIT="+self, "SLUICE_TEST_HOG_BYTES=251658240",
+		"SLUICE_TEST_HOG_MARK="+mark, "SLUICE_TEST_HOG_HOLD=2s"), filepath.Join(a.shimBin, "git-upload-pack"), repo)
+	waitFor(t, 10*time.Second, "the limit to back off", func() bool {
+		return a.metric(`sluice_concurrency_limiting_current_limit{limit="upload-pack"}`) == 4
+	})
+	if code := hog.wait(t, 30*time.Second); code != 0 {
+		t.Fatalf("hog exit %d: %s", code, hog.stderr.String())
+	}
+	b, err := os.ReadFile(mark)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready, _ := time.Parse(time.RFC3339Nano, string(b))
+	times, reasons := backoffs(t, a.logs.String())
+	if len(times) == 0 || !strings.Contains(reasons[0], "memory: working set") {
+		t.Fatalf("no memory backoff in the log: %v", reasons)
+	}
+	t.Logf("reaction: backoff logged %v after the hog's working set was in place (sample interval 200ms)", times[0].Sub(ready).Round(time.Millisecond))
+	if n := a.metric(`sluice_concurrency_limiting_backoff_events_total{watcher="memory"}`); n < 1 {
+		t.Errorf("backoff events{memory} = %v", n)
+	}
+	// One pressure episode of 2 s, cool-down 3 s: one decrease only.
+	if got := a.metric(`sluice_concurrency_limiting_current_limit{limit="upload-pack"}`); got != 4 {
+		t.Errorf("limit after one episode = %v, want 4 (8 halved once)", got)
+	}
+
+	// The load ends; with the rule in use (4 held: at least half of any
+	// limit up to 8) and no pressure, the limit climbs back by 1 per
+	// calibration interval up to max.
+	var held []*proc
+	for i := 0; i < 4; i++ {
+		h := holdUploadPack(t, a, repo)
+		<-h.first
+		held = append(held, h)
+	}
+	waitFor(t, 20*time.Second, "the limit to climb back to 8", func() bool {
+		return a.metric(`sluice_concurrency_limiting_current_limit{limit="upload-pack"}`) == 8
+	})
+	for _, h := range held {
+		h.release()
+		h.wait(t, 10*time.Second)
+	}
+}
+
+func TestAdaptiveCPUThrottleBackoff(t *testing.T) {
+	needCgroups(t)
+	if _, err := os.Stat("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"); err != nil {
+		t.Skip("no cgroup v1 cpu controller with CFS quota")
+	}
+	root := cgroupRoot(t)
+	// Parent limited to 10% of a CPU; a busy loop is throttled nearly always.
+	a := startAgent(t, adaptivePolicy(root, "cpu_quota_us = 10000"), "open")
+	repo := makeRepo(t, a.dir, "r", 2)
+	burn := fakeGit(t, a.dir, "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done")
+	p := startProc(t, a.dir, a.env("SLUICE_REAL_GIT="+burn), filepath.Join(a.shimBin, "git-upload-pack"), repo)
+	waitFor(t, 15*time.Second, "a throttle backoff", func() bool {
+		return a.metric(`sluice_concurrency_limiting_backoff_events_total{watcher="cpu_throttle"}`) >= 1
+	})
+	if got := a.metric(`sluice_concurrency_limiting_current_limit{limit="upload-pack"}`); got >= 8 {
+		t.Errorf("limit %v after throttling, want below 8", got)
+	}
+	_, reasons := backoffs(t, a.logs.String())
+	if len(reasons) == 0 || !strings.Contains(reasons[0], "cpu_throttle: throttled in") {
+		t.Errorf("backoff log reasons %v", reasons)
+	}
+	p.wait(t, 120*time.Second)
+}
