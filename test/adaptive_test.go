@@ -67,13 +67,14 @@ func TestAdaptiveMemoryBackoffAndRecovery(t *testing.T) {
 		t.Skip("no cgroup v1 memory controller")
 	}
 	root := cgroupRoot(t)
-	// Parent limited to 256 MiB: a 240 MiB working set is 0.94 of it.
+	// Parent limited to 256 MiB: a 235 MiB hog (plus its shim) is over 0.9 of it.
 	a := startAgent(t, adaptivePolicy(root, "memory_bytes = 268435456"), "open")
 	repo := makeRepo(t, a.dir, "r", 2)
-	self, _ := os.Executable()
 	mark := filepath.Join(a.dir, "hog-ready")
-	hog := startProc(t, a.dir, a.env("SLUICE_REAL_GIT="+self, "SLUICE_TEST_HOG_BYTES=251658240",
-		"SLUICE_TEST_HOG_MARK="+mark, "SLUICE_TEST_HOG_HOLD=2s"), filepath.Join(a.shimBin, "git-upload-pack"), repo)
+	// tail keeps a newline-free stream in memory until its input ends:
+	// 235 MiB held for 2 s, the time it was all in place written to mark.
+	hogGit := fakeGit(t, a.dir, fmt.Sprintf("(head -c 246415360 /dev/zero; date +%%s.%%N > %s; sleep 2) | tail -n 1 > /dev/null", mark))
+	hog := startProc(t, a.dir, a.env("SLUICE_REAL_GIT="+hogGit), filepath.Join(a.shimBin, "git-upload-pack"), repo)
 	waitFor(t, 10*time.Second, "the limit to back off", func() bool {
 		return a.metric(`sluice_concurrency_limiting_current_limit{limit="upload-pack"}`) == 4
 	})
@@ -84,7 +85,11 @@ func TestAdaptiveMemoryBackoffAndRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ready, _ := time.Parse(time.RFC3339Nano, string(b))
+	var sec, nsec int64
+	if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d.%d", &sec, &nsec); err != nil {
+		t.Fatalf("hog mark %q: %v", b, err)
+	}
+	ready := time.Unix(sec, nsec)
 	times, reasons := backoffs(t, a.logs.String())
 	if len(times) == 0 || !strings.Contains(reasons[0], "memory: working set") {
 		t.Fatalf("no memory backoff in the log: %v", reasons)

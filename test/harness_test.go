@@ -32,9 +32,6 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) int {
-	if n := os.Getenv("SLUICE_TEST_HOG_BYTES"); n != "" {
-		return memoryHog(n) // re-executed as a fake git by a test
-	}
 	git, err := exec.LookPath("git")
 	if err != nil {
 		fmt.Println("SKIP end-to-end tests: git is not installed (apt-get install git)")
@@ -59,28 +56,6 @@ func testMain(m *testing.M) int {
 	bins.shim = filepath.Join(dir, "sluice-shim")
 	bins.cli = filepath.Join(dir, "sluice")
 	return m.Run()
-}
-
-// memoryHog allocates and touches n bytes, writes the time it finished to
-// $SLUICE_TEST_HOG_MARK, holds the memory for $SLUICE_TEST_HOG_HOLD and exits.
-func memoryHog(n string) int {
-	size, err := strconv.Atoi(n)
-	if err != nil {
-		return 2
-	}
-	b := make([]byte, size)
-	for i := 0; i < len(b); i += 4096 {
-		b[i] = 1
-	}
-	if mark := os.Getenv("SLUICE_TEST_HOG_MARK"); mark != "" {
-		os.WriteFile(mark, []byte(time.Now().Format(time.RFC3339Nano)), 0o644)
-	}
-	hold, _ := time.ParseDuration(os.Getenv("SLUICE_TEST_HOG_HOLD"))
-	time.Sleep(hold)
-	if b[0] != 1 {
-		return 3
-	}
-	return 0
 }
 
 // env is a hermetic environment for git and the shim: no user or system
