@@ -49,5 +49,9 @@ generate: ## regenerate protobuf code (needs protoc: apt-get install protobuf-co
 	  --plugin=protoc-gen-go-grpc=$$($(GO) tool -n protoc-gen-go-grpc) \
 	  agent/admitpb/admit.proto
 
+.PHONY: deb
+deb: ## reproducible Debian package bin/sluice_<version>_amd64.deb (dpkg-deb; SOURCE_DATE_EPOCH = last commit)
+	GO=$(GO) packaging/build-deb.sh $(BIN) $(VERSION)
+
 clean: ## remove build output
 	rm -rf $(BIN)

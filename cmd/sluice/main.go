@@ -32,6 +32,7 @@ var commands = []command{
 	{"top", "list the git commands in flight and queued, live", runTop},
 	{"reload", "make sluiced re-read its policy file", runReload},
 	{"validate", "check a policy file, or print the default policy", runValidate},
+	{"check", "check the installation: agent, socket, config, cgroups, BPF, shim wiring, git", runCheck},
 	{"demo", "run a clone storm against a sandboxed sluiced and git daemon", runDemo},
 	{"version", "print the version", runVersion},
 }
