@@ -3,6 +3,7 @@ package test
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -324,4 +325,40 @@ max_queue_wait = "30s"
 	if code := waiter.wait(t, 10*time.Second); code != 0 {
 		t.Fatalf("waiter exit %d: %s", code, waiter.stderr.String())
 	}
+}
+
+// TestHookRejectionReachesClient: a pack-objects rejected in hook mode
+// reaches the cloning client as "remote: sluice: …" through upload-pack's
+// sideband.
+func TestHookRejectionReachesClient(t *testing.T) {
+	a := startAgent(t, `
+[[limit]]
+name = "pack-objects"
+match = ["pack-objects"]
+key = "remote_ip"
+max_per_key = 1
+max_queue_size = 0
+max_queue_wait = "1s"
+`, "open")
+	repo := makeRepo(t, a.dir, "r", 3)
+	// Hold the only slot of the "unknown" address (a file:// clone has none).
+	holder := startProc(t, repo, a.env("GIT_DIR=."), bins.shim, "git", "pack-objects", "--revs", "--stdout")
+	waitFor(t, 5*time.Second, "holder admitted", func() bool {
+		return a.metric(`sluice_concurrency_limiting_in_progress{limit="pack-objects"}`) == 1
+	})
+	sysConfig := filepath.Join(a.dir, "gitconfig-system")
+	if err := os.WriteFile(sysConfig, []byte(fmt.Sprintf("[uploadpack]\n\tpackObjectsHook = %s\n", bins.shim)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bins.realGit, "clone", "--no-local", "file://"+repo, filepath.Join(a.dir, "clone"))
+	cmd.Env = a.env("GIT_CONFIG_SYSTEM="+sysConfig, "GIT_CONFIG_NOSYSTEM=0")
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("clone succeeded although pack-objects had no slot:\n%s", out)
+	}
+	if !strings.Contains(string(out), "remote: sluice: too many pack-objects requests") {
+		t.Fatalf("client output lacks the remote sluice line:\n%s", out)
+	}
+	holder.closeStdin()
+	holder.wait(t, 10*time.Second)
 }
