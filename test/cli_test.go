@@ -359,3 +359,88 @@ func TestCLIDemoInterrupted(t *testing.T) {
 	}
 	checkNothingLeft(t, tmp)
 }
+
+// TestCLIReloadUnderLoad lowers a limit with real git in flight: no lease
+// is dropped or double-counted, and an invalid file changes nothing.
+func TestCLIReloadUnderLoad(t *testing.T) {
+	const rule = `
+[[limit]]
+name = "upload-pack"
+match = ["upload-pack"]
+key = "repo"
+max_per_key = %d
+max_queue_size = 5
+max_queue_wait = "60s"
+`
+	a := startAgent(t, fmt.Sprintf(rule, 3), "open")
+	repo := makeRepo(t, a.dir, "r", 2)
+	var held []*proc
+	for i := 0; i < 3; i++ {
+		h := holdUploadPack(t, a, repo)
+		<-h.first
+		held = append(held, h)
+	}
+	waiter := holdUploadPack(t, a, repo)
+	waitFor(t, 5*time.Second, "one waiter", func() bool {
+		return a.metric(`sluice_concurrency_limiting_queued{limit="upload-pack"}`) == 1
+	})
+	cfgPath := filepath.Join(a.dir, "sluice.toml")
+	cfg, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lowered := strings.Replace(string(cfg), "max_per_key = 3", "max_per_key = 1", 1)
+	if err := os.WriteFile(cfgPath, []byte(lowered), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := baseEnv(a.dir)
+	code, out, errs := runCLI(t, env, "reload", "--socket", a.socket)
+	if code != 0 || !strings.Contains(out, "limit 3 -> 1") {
+		t.Fatalf("reload: exit %d\n%s\n%s", code, out, errs)
+	}
+	m := a.scrape()
+	if m[`sluice_concurrency_limiting_in_progress{limit="upload-pack"}`] != 3 || m[`sluice_concurrency_limiting_queued{limit="upload-pack"}`] != 1 ||
+		m[`sluice_concurrency_limiting_current_limit{limit="upload-pack"}`] != 1 {
+		t.Fatalf("after lowering: in progress %v, queued %v, limit %v; want 3, 1, 1", m[`sluice_concurrency_limiting_in_progress{limit="upload-pack"}`],
+			m[`sluice_concurrency_limiting_queued{limit="upload-pack"}`], m[`sluice_concurrency_limiting_current_limit{limit="upload-pack"}`])
+	}
+	// An invalid file is refused whole; the lowered limit stays.
+	if err := os.WriteFile(cfgPath, []byte(lowered+"\nbogus_key = 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs = runCLI(t, env, "reload", "--socket", a.socket)
+	if code == 0 || !strings.Contains(out+errs, "bogus_key") {
+		t.Fatalf("invalid reload: exit %d\n%s\n%s", code, out, errs)
+	}
+	// Two holders finish: 1 still runs, which the new limit allows alone.
+	held[0].release()
+	held[1].release()
+	held[0].wait(t, 10*time.Second)
+	held[1].wait(t, 10*time.Second)
+	waitFor(t, 5*time.Second, "one running", func() bool {
+		return a.metric(`sluice_concurrency_limiting_in_progress{limit="upload-pack"}`) == 1
+	})
+	if waiter.admitted() {
+		t.Fatal("waiter admitted while the lowered limit was full")
+	}
+	held[2].release()
+	select {
+	case <-waiter.first:
+	case <-time.After(10 * time.Second):
+		t.Fatal("waiter not admitted after all holders finished")
+	}
+	waiter.release()
+	for _, p := range append(held, waiter) {
+		if code := p.wait(t, 10*time.Second); code != 0 {
+			t.Errorf("exit %d: %s", code, p.stderr.String())
+		}
+	}
+	m = a.scrape()
+	if m[`sluice_concurrency_limiting_acquiring_seconds_count{limit="upload-pack"}`] != 4 ||
+		m[`sluice_commands_total{cmd="git",outcome="ok",subcmd="upload-pack"}`] != 4 ||
+		m[`sluice_requests_dropped_total{limit="upload-pack",reason="max_size"}`]+m[`sluice_requests_dropped_total{limit="upload-pack",reason="max_time"}`] != 0 {
+		t.Errorf("counts after reload: %v admitted, %v ok, dropped %v/%v; want 4, 4, 0",
+			m[`sluice_concurrency_limiting_acquiring_seconds_count{limit="upload-pack"}`], m[`sluice_commands_total{cmd="git",outcome="ok",subcmd="upload-pack"}`],
+			m[`sluice_requests_dropped_total{limit="upload-pack",reason="max_size"}`], m[`sluice_requests_dropped_total{limit="upload-pack",reason="max_time"}`])
+	}
+}
