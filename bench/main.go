@@ -53,6 +53,7 @@ type options struct {
 	duration time.Duration
 	leases   int
 	jsonOut  string
+	reaction int
 }
 
 func run() error {
@@ -63,6 +64,7 @@ func run() error {
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "how long each throughput measurement runs")
 	flag.IntVar(&o.leases, "leases", 1000, "open leases for the RSS measurement")
 	flag.StringVar(&o.jsonOut, "json", "", "also write the results as JSON to this file")
+	flag.IntVar(&o.reaction, "reaction", 0, "runs of the adaptive reaction-time comparison (needs root and cgroup v1 memory; 0 = skip; a Gitaly-style run takes up to 30 s)")
 	flag.Parse()
 
 	realGit, err := exec.LookPath("git")
@@ -152,6 +154,30 @@ func run() error {
 		c.Close()
 	}
 	results["rss"] = map[string]any{"idle_bytes": idleRSS, "idle_fds": idleFDs, "leases": len(conns), "leases_bytes": leaseRSS, "leases_fds": leaseFDs}
+	if o.reaction > 0 {
+		fmt.Printf("\n## Adaptive reaction time (%d runs each: memory pressure in place → limit backed off)\n\n", o.reaction)
+		var base stats
+		for _, mode := range []struct{ name, sample string }{
+			{"sluice (sample_interval 1s)", "1s"},
+			{"Gitaly-style (check every 30s)", "30s"},
+		} {
+			var ms []float64
+			for i := 0; i < o.reaction; i++ {
+				d, err := reactionRun(o, dir, realGit, env, mode.sample, i)
+				if err != nil {
+					return fmt.Errorf("reaction %s run %d: %w", mode.name, i, err)
+				}
+				ms = append(ms, float64(d.Microseconds())/1000)
+			}
+			st := summarize(ms)
+			if base.N == 0 {
+				base = st
+			}
+			fmt.Printf("  %-32s p50 %8.0f ms  p95 %8.0f ms  p99 %8.0f ms  mean %8.0f ms  (x%.1f of sluice, mean)\n",
+				mode.name, st.P50, st.P95, st.P99, st.Mean, st.Mean/base.Mean)
+			results["reaction/"+mode.sample] = st
+		}
+	}
 	if o.jsonOut != "" {
 		b, _ := json.MarshalIndent(results, "", "  ")
 		if err := os.WriteFile(o.jsonOut, b, 0o644); err != nil {
