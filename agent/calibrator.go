@@ -85,16 +85,7 @@ func (c *calibrator) step(now time.Time, pressures []Pressure) {
 		}
 		c.lastBackoff = now
 		reason := describePressures(pressures)
-		for i := range pol.Limits {
-			r := &pol.Limits[i]
-			if !r.Adaptive {
-				continue
-			}
-			lim := c.a.limiter(r.Name)
-			if lim == nil {
-				continue
-			}
-			st := c.stateLocked(r.Name, now)
+		c.eachAdaptiveLocked(pol, now, func(r *policy.Limit, lim *Limiter, st *adaptiveState) {
 			old := lim.Stats().Limit
 			next := int(math.Floor(float64(old) * ad.BackoffFactor))
 			next = max(next, r.MinLimit)
@@ -105,31 +96,36 @@ func (c *calibrator) step(now time.Time, pressures []Pressure) {
 			}
 			c.a.log.Warn("adaptive limit backed off", zap.String("limit", r.Name),
 				zap.Int("old", old), zap.Int("new", next), zap.String("reason", reason))
-		}
+		})
 		return
 	}
-	for i := range pol.Limits {
-		r := &pol.Limits[i]
-		if !r.Adaptive {
-			continue
-		}
-		lim := c.a.limiter(r.Name)
-		if lim == nil {
-			continue
-		}
-		st := c.stateLocked(r.Name, now)
+	c.eachAdaptiveLocked(pol, now, func(r *policy.Limit, lim *Limiter, st *adaptiveState) {
 		if now.Sub(st.lastIncrease) < ad.CalibrationInterval.Duration {
-			continue
+			return
 		}
 		st.lastIncrease = now
 		s := lim.Stats()
 		if s.Limit >= r.MaxLimit || !inUse(s) {
-			continue
+			return
 		}
 		lim.SetLimit(s.Limit + 1)
 		c.a.log.Info("adaptive limit increased", zap.String("limit", r.Name),
 			zap.Int("old", s.Limit), zap.Int("new", s.Limit+1),
 			zap.Int("busiest_key_running", s.MaxKeyRunning), zap.Int("queued", s.Queued))
+	})
+}
+
+// eachAdaptiveLocked calls f for every adaptive rule of pol that still
+// has a limiter, with its state.
+func (c *calibrator) eachAdaptiveLocked(pol *policy.Config, now time.Time, f func(*policy.Limit, *Limiter, *adaptiveState)) {
+	for i := range pol.Limits {
+		r := &pol.Limits[i]
+		if !r.Adaptive {
+			continue
+		}
+		if lim := c.a.limiter(r.Name); lim != nil {
+			f(r, lim, c.stateLocked(r.Name, now))
+		}
 	}
 }
 
