@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"strings"
 	"sync"
@@ -144,7 +143,7 @@ func describePressures(ps []Pressure) string {
 	return strings.Join(parts, "; ")
 }
 
-// lastBackoff returns rule name's last decrease and why.
+// lastBackoffOf returns rule name's last decrease and why.
 func (c *calibrator) lastBackoffOf(name string) (time.Time, string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -191,6 +190,3 @@ func (a *Agent) limiter(name string) *Limiter {
 	defer a.mu.RUnlock()
 	return a.limiters[name]
 }
-
-// String describes a Pressure for logs.
-func (p Pressure) String() string { return fmt.Sprintf("%s (%s)", p.Watcher, p.Detail) }
