@@ -167,7 +167,7 @@ func (a *Agent) place(adm *admission, peer PeerCred) bool {
 		}
 		a.placementFailures.Add(1)
 		a.log.Warn("cgroup placement failed; the command runs outside its bucket",
-			append(a.leaseFields(l), zap.String("bucket", l.Bucket), zap.Error(err))...)
+			append(a.leaseFields(l), zap.Error(err))...)
 	}
 	return true
 }
