@@ -14,7 +14,7 @@ build: ## build sluiced, sluice-shim and sluice into ./bin
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/sluiced ./cmd/sluice-shim ./cmd/sluice
 
-test: lint race bench-smoke ## every test: lint, all tests under -race (unit and end-to-end), benchmark smoke
+test: lint race bench-smoke bench-storm-smoke ## every test: lint, all tests under -race (unit and end-to-end), benchmark smoke
 
 race: ## all tests, with the race detector (the end-to-end suite in test/ runs real binaries and real git)
 	$(GO) test -race -count=1 -timeout 20m ./...
@@ -38,6 +38,13 @@ bench: build ## shim latency, admission throughput and agent RSS (p50/p95/p99/me
 
 bench-smoke: build ## the benchmarks in a short smoke mode (CI)
 	$(GO) run ./bench -bin $(BIN) -n 20 -clients 8 -duration 300ms -leases 50
+
+.PHONY: bench-storm bench-storm-smoke
+bench-storm: build ## clone storm on a real git daemon in a 1.5 GiB cgroup: none/static/adaptive(+cgroups), report + plot in bench/storm/report (root, cgroup v1 memory; < 10 min)
+	$(GO) run ./bench/storm -bin $(BIN) -out bench/storm/report
+
+bench-storm-smoke: build ## the clone storm in smoke mode: tiny repository, 4 clients, 3 s per mode (CI)
+	$(GO) run ./bench/storm -bin $(BIN) -smoke
 
 run: build ## run sluiced with the embedded default config (socket and metrics per DESIGN.md)
 	$(BIN)/sluiced

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"fmt"
+	"image/color"
+	"os"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+)
+
+var palette = []color.Color{
+	color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
+	color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
+	color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
+	color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff},
+	color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
+	color.RGBA{R: 0x8c, G: 0x56, B: 0x4b, A: 0xff},
+}
+
+// plotMode draws one run over time, as three aligned panels sharing the
+// time axis: each rule's current limit, in-flight and queued; the server
+// cgroup's memory against its limit; the probe's latency.
+func plotMode(m *modeResult, memLimit int64, path string) error {
+	series := func(get func(sample) (float64, bool)) plotter.XYs {
+		var xy plotter.XYs
+		for _, s := range m.Samples {
+			if v, ok := get(s); ok {
+				xy = append(xy, plotter.XY{X: s.T, Y: v})
+			}
+		}
+		return xy
+	}
+	addLine := func(p *plot.Plot, name string, xy plotter.XYs, c color.Color, dashed bool) error {
+		if len(xy) == 0 {
+			return nil
+		}
+		l, err := plotter.NewLine(xy)
+		if err != nil {
+			return err
+		}
+		l.Color, l.Width = c, vg.Points(1.3)
+		if dashed {
+			l.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+		}
+		p.Add(l)
+		p.Legend.Add(name, l)
+		return nil
+	}
+
+	lim := plot.New()
+	lim.Title.Text = fmt.Sprintf("sluice %s under the clone storm: limits, in flight, queued", m.Name)
+	lim.Y.Label.Text = "commands"
+	lim.Legend.Top, lim.Legend.Left = true, false
+	i := 0
+	for _, rule := range []string{"pack-objects", "upload-pack"} {
+		for _, k := range []struct {
+			what   string
+			get    func(sample) map[string]float64
+			dashed bool
+		}{
+			{"limit", func(s sample) map[string]float64 { return s.Limit }, true},
+			{"in flight", func(s sample) map[string]float64 { return s.InFlight }, false},
+			{"queued", func(s sample) map[string]float64 { return s.Queued }, false},
+		} {
+			xy := series(func(s sample) (float64, bool) {
+				mp := k.get(s)
+				if mp == nil {
+					return 0, false
+				}
+				return mp[rule], true
+			})
+			if err := addLine(lim, rule+" "+k.what, xy, palette[i%len(palette)], k.dashed); err != nil {
+				return err
+			}
+			i++
+		}
+	}
+
+	mem := plot.New()
+	mem.Y.Label.Text = "server memory MiB"
+	mem.Y.Min = 0
+	mem.Legend.Top = true
+	memXY := series(func(s sample) (float64, bool) { return float64(s.MemBytes) / (1 << 20), true })
+	if err := addLine(mem, "usage (cgroup)", memXY, palette[0], false); err != nil {
+		return err
+	}
+	if len(memXY) > 0 {
+		limXY := plotter.XYs{{X: memXY[0].X, Y: float64(memLimit) / (1 << 20)}, {X: memXY[len(memXY)-1].X, Y: float64(memLimit) / (1 << 20)}}
+		if err := addLine(mem, "limit", limXY, palette[1], true); err != nil {
+			return err
+		}
+	}
+
+	pr := plot.New()
+	pr.X.Label.Text = "seconds since the storm started"
+	pr.Y.Label.Text = "probe ls-remote ms"
+	pr.Y.Min = 0
+	pr.Legend.Top = true
+	var okXY, badXY plotter.XYs
+	for _, o := range m.ProbeStormOps {
+		pt := plotter.XY{X: o.Start.Seconds() + o.Seconds, Y: o.Seconds * 1000}
+		if o.Outcome == ok {
+			okXY = append(okXY, pt)
+		} else {
+			badXY = append(badXY, pt)
+		}
+	}
+	if err := addLine(pr, "latency", okXY, palette[2], false); err != nil {
+		return err
+	}
+	if len(badXY) > 0 {
+		sc, err := plotter.NewScatter(badXY)
+		if err != nil {
+			return err
+		}
+		sc.Color = palette[1]
+		pr.Add(sc)
+		pr.Legend.Add("failed", sc)
+	}
+	// One time axis for all panels.
+	maxT := 0.0
+	for _, p := range []*plot.Plot{lim, mem, pr} {
+		maxT = max(maxT, p.X.Max)
+	}
+	for _, p := range []*plot.Plot{lim, mem, pr} {
+		p.X.Min, p.X.Max = 0, maxT
+		p.Add(plotter.NewGrid())
+	}
+
+	const w, h = 11 * vg.Inch, 10 * vg.Inch
+	img := vgimg.New(w, h)
+	dc := draw.New(img)
+	tiles := draw.Tiles{Rows: 3, Cols: 1, PadX: vg.Millimeter, PadY: 3 * vg.Millimeter,
+		PadTop: 2 * vg.Millimeter, PadBottom: 2 * vg.Millimeter, PadLeft: 2 * vg.Millimeter, PadRight: 2 * vg.Millimeter}
+	plots := [][]*plot.Plot{{lim}, {mem}, {pr}}
+	canvases := plot.Align(plots, tiles, dc)
+	for r := range plots {
+		plots[r][0].Draw(canvases[r][0])
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

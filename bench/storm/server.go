@@ -1,0 +1,344 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sluicehq/sluice/agent/wire"
+)
+
+// mode is one configuration of the server under the same load.
+type mode struct {
+	Name    string
+	Policy  string // sluiced's policy without [agent]/[git] (empty: no sluice)
+	Cgroups bool   // sluice's [cgroups] on (buckets inside the server cgroup)
+}
+
+// modes returns the modes to run, with their policies fixed before any
+// measurement. cgName is the agent's hierarchy_root; memLimit the server
+// cgroup's limit, which adaptive+cgroups also sets on sluice's parent so
+// its memory watcher compares against the host's real size.
+func modes(names []string, cgName string, memLimit int64) ([]mode, error) {
+	// Static limits for a 2-core, 1.5 GiB host: pack-objects is what costs
+	// CPU and memory, and every client here comes from 127.0.0.1, so the
+	// remote_ip key bounds the whole storm to 4 at once (2 per core).
+	// upload-pack per repository at 12 leaves room for negotiation and
+	// for the probe's repository, which has its own key. Queues are longer
+	// than the client count, so a storm of 48 waits rather than bounces;
+	// each wait is bounded at 30 s, so the two stacked queues together
+	// (60 s) stay well inside a client's patience (the 120 s clone
+	// timeout) and an overflow gets sluice's clear rejection rather than a
+	// client-side timeout.
+	const static = `
+[[limit]]
+name = "upload-pack"
+match = ["upload-pack"]
+key = "repo"
+max_per_key = 12
+max_queue_size = 100
+max_queue_wait = "30s"
+
+[[limit]]
+name = "pack-objects"
+match = ["pack-objects"]
+key = "remote_ip"
+max_per_key = 4
+max_queue_size = 100
+max_queue_wait = "30s"
+`
+	// Adaptive: the same rules, starting at the static numbers, allowed to
+	// fall to 1 pack-objects (2 upload-packs) under pressure and to climb
+	// to twice the static numbers when the host has room. [adaptive] keeps
+	// its defaults (1 s samples, 30 s calibration, x0.5, 5 s cooldown, all
+	// watchers).
+	const adaptive = `
+[[limit]]
+name = "upload-pack"
+match = ["upload-pack"]
+key = "repo"
+adaptive = true
+min_limit = 2
+initial_limit = 12
+max_limit = 24
+max_queue_size = 100
+max_queue_wait = "30s"
+
+[[limit]]
+name = "pack-objects"
+match = ["pack-objects"]
+key = "remote_ip"
+adaptive = true
+min_limit = 1
+initial_limit = 4
+max_limit = 8
+max_queue_size = 100
+max_queue_wait = "30s"
+`
+	noCg := "\n[cgroups]\nenabled = false\n"
+	withCg := fmt.Sprintf(`
+[cgroups]
+enabled = true
+required = true
+hierarchy_root = %q
+memory_bytes = %d
+[cgroups.repositories]
+count = 4
+`, cgName, memLimit)
+	all := map[string]mode{
+		"none":             {Name: "none"},
+		"static":           {Name: "static", Policy: static + noCg},
+		"adaptive":         {Name: "adaptive", Policy: adaptive + noCg},
+		"adaptive+cgroups": {Name: "adaptive+cgroups", Policy: adaptive + withCg, Cgroups: true},
+	}
+	var out []mode
+	for _, n := range names {
+		m, ok := all[n]
+		if !ok {
+			return nil, fmt.Errorf("unknown mode %q (none, static, adaptive, adaptive+cgroups)", n)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// inCgroup returns a command that moves itself into the cgroup (v1 memory)
+// and only then execs argv, so nothing it does is charged elsewhere.
+func inCgroup(cg *serverCgroup, argv ...string) *exec.Cmd {
+	if cg == nil {
+		return exec.Command(argv[0], argv[1:]...)
+	}
+	args := append([]string{"-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, cg.dir}, argv...)
+	return exec.Command("/bin/sh", args...)
+}
+
+// proc is a started server process in its own process group.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func startProc(cmd *exec.Cmd, logPath string) (*proc, error) {
+	f, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	go func() { cmd.Wait(); f.Close(); close(p.done) }()
+	return p, nil
+}
+
+// stop sends sig to the process group, then SIGKILL after grace.
+func (p *proc) stop(sig syscall.Signal, grace time.Duration) {
+	if p == nil {
+		return
+	}
+	syscall.Kill(-p.cmd.Process.Pid, sig)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+// agent is a running sluiced.
+type agent struct {
+	*proc
+	pid     int
+	socket  string
+	metrics string // http://127.0.0.1:N/metrics
+	logPath string
+}
+
+func startAgent(bin, dir string, m mode, cg *serverCgroup, env []string) (*agent, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	socket := filepath.Join(dir, "run", "sluice.sock")
+	cfg := fmt.Sprintf("[agent]\nsocket = %q\nmetrics_addr = \"127.0.0.1:%d\"\n[git]\nbin = %q\n[ebpf]\nenabled = false\n%s",
+		socket, port, realGit, m.Policy)
+	path := filepath.Join(dir, "sluice.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	sluiced, err := filepath.Abs(filepath.Join(bin, "sluiced"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := inCgroup(cg, sluiced, "-config", path, "-log-level", "info")
+	cmd.Env = env
+	a := &agent{socket: socket, metrics: fmt.Sprintf("http://127.0.0.1:%d/metrics", port), logPath: filepath.Join(dir, "sluiced.log")}
+	if a.proc, err = startProc(cmd, a.logPath); err != nil {
+		return nil, err
+	}
+	a.pid = cmd.Process.Pid // the wrapper execs sluiced: same pid
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if c, err := wire.Dial(socket, 100*time.Millisecond); err == nil {
+			c.Close()
+			if r, err := http.Get(a.metrics); err == nil {
+				r.Body.Close()
+				return a, nil
+			}
+		}
+		select {
+		case <-a.done:
+			return nil, fmt.Errorf("sluiced exited at start-up: %s", tail(a.logPath, 2000))
+		default:
+		}
+		if time.Now().After(deadline) {
+			a.stop(syscall.SIGKILL, time.Second)
+			return nil, fmt.Errorf("sluiced did not come up within 20s: %s", tail(a.logPath, 2000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// shimDirs makes the wiring of packaging/README.md: a PATH directory and a
+// GIT_EXEC_PATH directory of links to the shim, and a system gitconfig with
+// uploadpack.packObjectsHook.
+func shimDirs(bin, dir string) (pathDir, execDir, gitconfig string, err error) {
+	shim, err := filepath.Abs(filepath.Join(bin, "sluice-shim"))
+	if err != nil {
+		return
+	}
+	if _, err = os.Stat(shim); err != nil {
+		return
+	}
+	pathDir, execDir = filepath.Join(dir, "shim-bin"), filepath.Join(dir, "shim-git-core")
+	for _, d := range []string{pathDir, execDir} {
+		if err = os.MkdirAll(d, 0o755); err != nil {
+			return
+		}
+		for _, n := range []string{"git", "git-upload-pack", "git-receive-pack", "git-upload-archive"} {
+			if err = os.Symlink(shim, filepath.Join(d, n)); err != nil {
+				return
+			}
+		}
+	}
+	gitconfig = filepath.Join(dir, "gitconfig-sluice")
+	err = os.WriteFile(gitconfig, []byte("[uploadpack]\n\tpackObjectsHook = "+shim+"\n"), 0o644)
+	return
+}
+
+// daemonEnv is git daemon's environment: plain git for "none", the shim
+// wiring otherwise.
+func daemonEnv(base []string, sluice bool, socket, pathDir, execDir, gitconfig, emptyConfig string) []string {
+	env := append([]string{}, base...)
+	if !sluice {
+		return append(env, "PATH=/usr/bin:/bin", "GIT_CONFIG_SYSTEM="+emptyConfig)
+	}
+	return append(env, "PATH="+pathDir+":/usr/bin:/bin", "GIT_EXEC_PATH="+execDir,
+		"GIT_CONFIG_SYSTEM="+gitconfig, "SLUICE_SOCKET="+socket, "SLUICE_REAL_GIT="+realGit,
+		"SLUICE_SHIM_LOG="+filepath.Join(filepath.Dir(gitconfig), "shim.log"))
+}
+
+// startDaemon starts git daemon inside cg on a free loopback port and
+// waits until it accepts connections. --max-connections=0: git daemon's
+// own default cap (32) kills or drops connections from the same address,
+// which would hide what the server does under the storm in every mode.
+func startDaemon(base, logPath string, cg *serverCgroup, env []string) (*proc, int, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, 0, err
+	}
+	cmd := inCgroup(cg, gitDaemon, "--reuseaddr", "--base-path="+base, "--export-all", "--informative-errors",
+		"--max-connections=0", "--listen=127.0.0.1", "--port="+strconv.Itoa(port))
+	cmd.Env = env
+	p, err := startProc(cmd, logPath)
+	if err != nil {
+		return nil, 0, err
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond); err == nil {
+			c.Close()
+			return p, port, nil
+		}
+		select {
+		case <-p.done:
+			return nil, 0, fmt.Errorf("git daemon exited at start-up: %s", tail(logPath, 2000))
+		default:
+		}
+		if time.Now().After(deadline) {
+			p.stop(syscall.SIGKILL, time.Second)
+			return nil, 0, errors.New("git daemon did not listen within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// tail returns the last n bytes of a file, for error messages.
+func tail(path string, n int64) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	if int64(len(b)) > n {
+		b = b[int64(len(b))-n:]
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// countLines counts the lines of a file containing substr.
+func countLines(path, substr string) int {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	n := 0
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), substr) {
+			n++
+		}
+	}
+	return n
+}
+
+// procCPU returns a process's user+system CPU time from /proc/<pid>/stat.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
+}
