@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
+command -v make >/dev/null || need+=(make)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 # packaging and real-server tests (test/package_test.go, test/servers_test.go)
