@@ -86,13 +86,6 @@ func (t *LeaseTable) Remove(l *Lease) {
 	delete(t.leases, l.ID)
 }
 
-// Len returns how many leases the table holds.
-func (t *LeaseTable) Len() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.leases)
-}
-
 // Snapshot returns copies of all leases, oldest first.
 func (t *LeaseTable) Snapshot() []Lease {
 	t.mu.Lock()
