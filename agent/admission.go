@@ -48,6 +48,9 @@ type Observer interface {
 	Acquired(limit string, waited time.Duration)
 	Dropped(limit, reason string)
 	Backoff(watcher string)
+	// Unwrapped counts an exec of a limited git subcommand that did not go
+	// through sluice (seen by the tracer).
+	Unwrapped(subcmd string)
 }
 
 type nopObserver struct{}
@@ -58,6 +61,7 @@ func (nopObserver) CommandRejected(string, string) {}
 func (nopObserver) Acquired(string, time.Duration) {}
 func (nopObserver) Dropped(string, string)         {}
 func (nopObserver) Backoff(string)                 {}
+func (nopObserver) Unwrapped(string)               {}
 
 const msgUnavailable = "sluice: the admission service is shutting down; try again later"
 
@@ -67,6 +71,10 @@ type admission struct {
 	release func() // nil when no rule matched
 	waited  time.Duration
 	bucket  int // cgroup bucket index; -1 without placement
+	// exec is set when the process runs in exec mode (execmode.go).
+	exec *execLease
+	// admitted is when the lease started running.
+	admitted time.Time
 }
 
 // errUnavailable is returned by admit while the agent shuts down.
@@ -138,9 +146,13 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 		a.finish(adm, nil)
 		return nil
 	}
-	a.leases.MarkRunning(l, time.Now())
+	if a.tracer != nil && req.CanExec {
+		a.startExec(adm, peer)
+	}
+	adm.admitted = time.Now()
+	a.leases.MarkRunning(l, adm.admitted)
 	if err := send(&admitpb.ServerMsg{Msg: &admitpb.ServerMsg_Admitted{Admitted: &admitpb.Admitted{
-		LeaseId: l.ID, Limit: l.Limit, QueuedUsec: adm.waited.Microseconds(),
+		LeaseId: l.ID, Limit: l.Limit, QueuedUsec: adm.waited.Microseconds(), Exec: adm.exec != nil,
 	}}}); err != nil {
 		// The caller is gone: it will never run git under this lease.
 		a.finish(adm, nil)
@@ -208,11 +220,18 @@ func (a *Agent) finish(adm *admission, fin *admitpb.Finished) {
 	if adm.release != nil {
 		adm.release()
 	}
+	if adm.exec != nil {
+		a.endExec(adm)
+	}
 	l := adm.lease
 	a.leases.Remove(l)
 	fields := append(a.leaseFields(l), zap.Duration("queue_wait", adm.waited))
 	if fin == nil {
 		a.obs.CommandFinished(cmdLabel, subcmdLabel(l), OutcomeSignaled, 0, 0, time.Since(l.Arrived)-adm.waited, 0)
+		if adm.exec != nil {
+			a.log.Warn("lease released without an exit report", fields...)
+			return
+		}
 		a.log.Warn("lease released without a report: the shim exited or was killed", fields...)
 		return
 	}
@@ -231,7 +250,7 @@ func (a *Agent) finish(adm *admission, fin *admitpb.Finished) {
 		zap.Duration("cpu_user", user), zap.Duration("cpu_system", sys),
 		zap.Int64("max_rss_kib", fin.MaxRssKib), zap.Duration("real", real),
 		zap.Int32("exit_code", fin.ExitCode), zap.Int32("signal", fin.Signal),
-		zap.String("outcome", outcome))...)
+		zap.String("outcome", outcome), zap.Bool("exec_mode", adm.exec != nil))...)
 }
 
 func (a *Agent) leaseFields(l *Lease) []zap.Field {

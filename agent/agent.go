@@ -36,6 +36,10 @@ type Options struct {
 	// Placer puts admitted processes into cgroup buckets; nil means no
 	// placement (cgroups disabled or unavailable).
 	Placer Placer
+	// Tracer follows admitted processes to their exit in the kernel; with
+	// one, shims exec git in place (see ProcessTracer). Nil: supervising
+	// mode only.
+	Tracer ProcessTracer
 }
 
 // Placer puts an admitted process into its repository's cgroup bucket
@@ -55,6 +59,7 @@ type Agent struct {
 	obs     Observer
 	version string
 	placer  Placer
+	tracer  ProcessTracer
 	started time.Time
 	calib   *calibrator
 
@@ -75,6 +80,10 @@ type Agent struct {
 	// admitting counts requests inside admit, so shutdown can wait for
 	// their replies to be sent.
 	admitting atomic.Int64
+
+	unwrapped  unwrappedLog
+	execMu     sync.Mutex
+	execLeases map[int]*execLease // by pid; guarded by execMu
 
 	mu       sync.RWMutex // guards the fields below
 	policy   *policy.Config
@@ -97,6 +106,8 @@ func New(opts Options) *Agent {
 		obs:        obs,
 		version:    opts.Version,
 		placer:     opts.Placer,
+		tracer:     opts.Tracer,
+		execLeases: make(map[int]*execLease),
 		configPath: opts.ConfigPath,
 		describe:   opts.Describe,
 		onReload:   opts.OnReload,

@@ -218,7 +218,18 @@ func (a *Agent) serveShim(c *net.UnixConn, cred PeerCred) {
 	if adm == nil {
 		return
 	}
-	a.finish(adm, <-next)
+	if adm.exec != nil {
+		c.Close() // the shim closes its end when it execs git
+		a.runExec(adm)
+		return
+	}
+	fin := <-next
+	if fin == nil && a.stopping.Err() != nil {
+		// Shutdown closed the connection, not the shim: git still runs.
+		a.abandon(adm)
+		return
+	}
+	a.finish(adm, fin)
 }
 
 // admissionService is the gRPC face of admission.
@@ -241,6 +252,10 @@ func (s admissionService) Admit(stream admitpb.Admission_AdmitServer) error {
 	}
 	adm := s.a.admit(stream.Context(), cred, first.GetAdmit(), stream.Send)
 	if adm == nil {
+		return nil
+	}
+	if adm.exec != nil {
+		s.a.runExec(adm)
 		return nil
 	}
 	var fin *admitpb.Finished

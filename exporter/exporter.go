@@ -80,6 +80,8 @@ type Exporter struct {
 	ready    func() error
 	commands *commandMetrics
 	limits   *limitMetrics
+	// unwrapped is sluice_unwrapped_exec_total{subcmd}.
+	unwrapped *prometheus.CounterVec
 }
 
 // New builds an Exporter with its private registry: sluice's metrics plus the
@@ -90,10 +92,11 @@ func New(opts Options) *Exporter {
 		version = "unknown"
 	}
 	e := &Exporter{
-		reg:      prometheus.NewRegistry(),
-		ready:    opts.Ready,
-		commands: newCommandMetrics(),
-		limits:   newLimitMetrics(),
+		reg:       prometheus.NewRegistry(),
+		ready:     opts.Ready,
+		commands:  newCommandMetrics(),
+		limits:    newLimitMetrics(),
+		unwrapped: newUnwrappedCounter(),
 	}
 	cs := []prometheus.Collector{
 		collectors.NewGoCollector(),
@@ -102,6 +105,7 @@ func New(opts Options) *Exporter {
 	}
 	cs = append(cs, e.commands.collectors()...)
 	cs = append(cs, e.limits.collectors()...)
+	cs = append(cs, e.unwrapped)
 	if opts.Limits != nil {
 		cs = append(cs, newLimitCollector(opts.Limits))
 	}

@@ -117,7 +117,10 @@ type AdmitRequest struct {
 	Hook bool `protobuf:"varint,7,opt,name=hook,proto3" json:"hook,omitempty"`
 	// Pid of the process that will do the work, when it is not the caller
 	// (reserved for exec-in-place; the agent verifies it is the caller or its child).
-	WorkerPid     int32 `protobuf:"varint,8,opt,name=worker_pid,json=workerPid,proto3" json:"worker_pid,omitempty"`
+	WorkerPid int32 `protobuf:"varint,8,opt,name=worker_pid,json=workerPid,proto3" json:"worker_pid,omitempty"`
+	// True when the shim can exec the real git in place (same pid) if the
+	// agent can follow the process to its exit (eBPF tracer running).
+	CanExec       bool `protobuf:"varint,9,opt,name=can_exec,json=canExec,proto3" json:"can_exec,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -208,6 +211,13 @@ func (x *AdmitRequest) GetWorkerPid() int32 {
 	return 0
 }
 
+func (x *AdmitRequest) GetCanExec() bool {
+	if x != nil {
+		return x.CanExec
+	}
+	return false
+}
+
 // Queued tells a waiting shim where it stands. Sent when it joins a queue and
 // whenever its position changes.
 type Queued struct {
@@ -271,14 +281,20 @@ func (x *Queued) GetQueueLength() int32 {
 	return 0
 }
 
-// Admitted grants a lease. The lease lasts as long as the connection (or
-// stream): closing it, or the shim dying, releases the slot at once.
+// Admitted grants a lease. In supervising mode the lease lasts as long as
+// the connection (or stream): closing it, or the shim dying, releases the
+// slot at once. In exec mode (exec = true) it lasts as long as the process.
 type Admitted struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	LeaseId string                 `protobuf:"bytes,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
 	// Rule that admitted the command; "" when no rule matched (unlimited).
-	Limit         string `protobuf:"bytes,2,opt,name=limit,proto3" json:"limit,omitempty"`
-	QueuedUsec    int64  `protobuf:"varint,3,opt,name=queued_usec,json=queuedUsec,proto3" json:"queued_usec,omitempty"`
+	Limit      string `protobuf:"bytes,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	QueuedUsec int64  `protobuf:"varint,3,opt,name=queued_usec,json=queuedUsec,proto3" json:"queued_usec,omitempty"`
+	// True: exec the real git in place (same pid) and close the connection;
+	// the agent holds the lease until that process exits and reads its CPU,
+	// real time and max RSS from the kernel. False: run git as a child and
+	// report Finished (supervising mode).
+	Exec          bool `protobuf:"varint,4,opt,name=exec,proto3" json:"exec,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -332,6 +348,13 @@ func (x *Admitted) GetQueuedUsec() int64 {
 		return x.QueuedUsec
 	}
 	return 0
+}
+
+func (x *Admitted) GetExec() bool {
+	if x != nil {
+		return x.Exec
+	}
+	return false
 }
 
 type Rejected struct {
@@ -1352,7 +1375,7 @@ var File_agent_admitpb_admit_proto protoreflect.FileDescriptor
 
 const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"\n" +
-	"\x19agent/admitpb/admit.proto\x12\tsluice.v1\"\xe7\x01\n" +
+	"\x19agent/admitpb/admit.proto\x12\tsluice.v1\"\x82\x02\n" +
 	"\fAdmitRequest\x12\x18\n" +
 	"\acommand\x18\x01 \x01(\tR\acommand\x12\x1e\n" +
 	"\n" +
@@ -1364,16 +1387,18 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"\x0ecorrelation_id\x18\x06 \x01(\tR\rcorrelationId\x12\x12\n" +
 	"\x04hook\x18\a \x01(\bR\x04hook\x12\x1d\n" +
 	"\n" +
-	"worker_pid\x18\b \x01(\x05R\tworkerPid\"]\n" +
+	"worker_pid\x18\b \x01(\x05R\tworkerPid\x12\x19\n" +
+	"\bcan_exec\x18\t \x01(\bR\acanExec\"]\n" +
 	"\x06Queued\x12\x14\n" +
 	"\x05limit\x18\x01 \x01(\tR\x05limit\x12\x1a\n" +
 	"\bposition\x18\x02 \x01(\x05R\bposition\x12!\n" +
-	"\fqueue_length\x18\x03 \x01(\x05R\vqueueLength\"\\\n" +
+	"\fqueue_length\x18\x03 \x01(\x05R\vqueueLength\"p\n" +
 	"\bAdmitted\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\tR\aleaseId\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\tR\x05limit\x12\x1f\n" +
 	"\vqueued_usec\x18\x03 \x01(\x03R\n" +
-	"queuedUsec\"k\n" +
+	"queuedUsec\x12\x12\n" +
+	"\x04exec\x18\x04 \x01(\bR\x04exec\"k\n" +
 	"\bRejected\x12/\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x17.sluice.v1.RejectReasonR\x06reason\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x14\n" +

@@ -15,6 +15,7 @@ type AdmitRequest struct {
 	CorrelationID string // field 6
 	Hook          bool   // field 7
 	WorkerPID     int32  // field 8
+	CanExec       bool   // field 9
 }
 
 // Finished mirrors sluice.v1.Finished.
@@ -51,6 +52,7 @@ type Reply struct {
 	LeaseID    string // Admitted field 1
 	Limit      string // Admitted field 2, Rejected field 3
 	QueuedUsec int64  // Admitted field 3
+	Exec       bool   // Admitted field 4: exec git in place, send no Finished
 	Reason     int32  // Rejected field 1: an admitpb.RejectReason value
 	Message    string // Rejected field 2: one line starting "sluice: "
 }
@@ -215,6 +217,7 @@ func (r *AdmitRequest) appendTo(b []byte) []byte {
 	b = appendString(b, 6, r.CorrelationID)
 	b = appendBool(b, 7, r.Hook)
 	b = appendInt(b, 8, int64(r.WorkerPID))
+	b = appendBool(b, 9, r.CanExec)
 	return b
 }
 
@@ -265,7 +268,8 @@ func AppendServerMsg(dst []byte, m *ServerMsg) []byte {
 		return appendSub(dst, 2, func(b []byte) []byte {
 			b = appendString(b, 1, r.LeaseID)
 			b = appendString(b, 2, r.Limit)
-			return appendInt(b, 3, r.QueuedUsec)
+			b = appendInt(b, 3, r.QueuedUsec)
+			return appendBool(b, 4, r.Exec)
 		})
 	case ServerRejected:
 		r := &m.Reply
@@ -452,6 +456,10 @@ func decodeAdmitted(b []byte, r *Reply) error {
 			if v, ok := d.intField(num, typ); ok {
 				r.QueuedUsec = int64(v)
 			}
+		case 4:
+			if v, ok := d.intField(num, typ); ok {
+				r.Exec = v != 0
+			}
 		default:
 			d.skip(num, typ, 0)
 		}
@@ -563,6 +571,10 @@ func decodeAdmit(b []byte, r *AdmitRequest) error {
 		case 8:
 			if v, ok := d.intField(num, typ); ok {
 				r.WorkerPID = int32(v)
+			}
+		case 9:
+			if v, ok := d.intField(num, typ); ok {
+				r.CanExec = v != 0
 			}
 		default:
 			d.skip(num, typ, 0)

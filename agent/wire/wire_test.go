@@ -21,7 +21,7 @@ func admitRequests() []AdmitRequest {
 	return []AdmitRequest{
 		{},
 		{Command: "git-upload-pack", Subcommand: "upload-pack", Repo: []byte("/srv/git/a.git"),
-			RemoteIP: "192.0.2.7", User: "alice", CorrelationID: "0123456789abcdef", Hook: true, WorkerPID: 4242},
+			RemoteIP: "192.0.2.7", User: "alice", CorrelationID: "0123456789abcdef", Hook: true, WorkerPID: 4242, CanExec: true},
 		{Repo: []byte("/srv/\xff\x00bin\xfe"), WorkerPID: -1},
 		{WorkerPID: math.MinInt32, Command: strings.Repeat("x", 300)},
 		{WorkerPID: math.MaxInt32, User: "ünïcødé", Subcommand: "pack-objects"},
@@ -37,7 +37,7 @@ func TestAdmitIsProtoCompatible(t *testing.T) {
 		}
 		want := &admitpb.ClientMsg{Msg: &admitpb.ClientMsg_Admit{Admit: &admitpb.AdmitRequest{
 			Command: r.Command, Subcommand: r.Subcommand, Repo: r.Repo, RemoteIp: r.RemoteIP,
-			User: r.User, CorrelationId: r.CorrelationID, Hook: r.Hook, WorkerPid: r.WorkerPID,
+			User: r.User, CorrelationId: r.CorrelationID, Hook: r.Hook, WorkerPid: r.WorkerPID, CanExec: r.CanExec,
 		}}}
 		if !proto.Equal(&got, want) {
 			t.Errorf("%d: got %v, want %v", i, &got, want)
@@ -55,7 +55,7 @@ func TestAdmitIsProtoCompatible(t *testing.T) {
 		if err != nil || m.Kind != ClientAdmit {
 			t.Fatalf("%d: DecodeClientMsg: %v %v", i, m.Kind, err)
 		}
-		if m.Admit.Command != r.Command || !bytes.Equal(m.Admit.Repo, r.Repo) || m.Admit.WorkerPID != r.WorkerPID || m.Admit.Hook != r.Hook {
+		if m.Admit.Command != r.Command || !bytes.Equal(m.Admit.Repo, r.Repo) || m.Admit.WorkerPID != r.WorkerPID || m.Admit.Hook != r.Hook || m.Admit.CanExec != r.CanExec {
 			t.Errorf("%d: round trip: got %+v want %+v", i, m.Admit, r)
 		}
 	}
@@ -140,6 +140,8 @@ func serverCases() []struct {
 			ServerMsg{Kind: ServerAdmitted, Reply: Reply{Admitted: true, LeaseID: "L-1", Limit: "pack", QueuedUsec: 1234567}}},
 		{&admitpb.ServerMsg{Msg: &admitpb.ServerMsg_Admitted{Admitted: &admitpb.Admitted{}}},
 			ServerMsg{Kind: ServerAdmitted, Reply: Reply{Admitted: true}}},
+		{&admitpb.ServerMsg{Msg: &admitpb.ServerMsg_Admitted{Admitted: &admitpb.Admitted{LeaseId: "L-2", Exec: true}}},
+			ServerMsg{Kind: ServerAdmitted, Reply: Reply{Admitted: true, LeaseID: "L-2", Exec: true}}},
 		{&admitpb.ServerMsg{Msg: &admitpb.ServerMsg_Rejected{Rejected: &admitpb.Rejected{
 			Reason: admitpb.RejectReason_REJECT_REASON_MAX_TIME, Message: "sluice: too busy; try again", Limit: "upload-pack"}}},
 			ServerMsg{Kind: ServerRejected, Reply: Reply{Reason: 2, Message: "sluice: too busy; try again", Limit: "upload-pack"}}},
@@ -296,7 +298,7 @@ func FuzzDecodeServerMsg(f *testing.F) {
 		case *admitpb.ServerMsg_Queued:
 			want = ServerMsg{Kind: ServerQueued, Queued: Queued{x.Queued.Limit, x.Queued.Position, x.Queued.QueueLength}}
 		case *admitpb.ServerMsg_Admitted:
-			want = ServerMsg{Kind: ServerAdmitted, Reply: Reply{Admitted: true, LeaseID: x.Admitted.LeaseId, Limit: x.Admitted.Limit, QueuedUsec: x.Admitted.QueuedUsec}}
+			want = ServerMsg{Kind: ServerAdmitted, Reply: Reply{Admitted: true, LeaseID: x.Admitted.LeaseId, Limit: x.Admitted.Limit, QueuedUsec: x.Admitted.QueuedUsec, Exec: x.Admitted.Exec}}
 		case *admitpb.ServerMsg_Rejected:
 			want = ServerMsg{Kind: ServerRejected, Reply: Reply{Reason: int32(x.Rejected.Reason), Message: x.Rejected.Message, Limit: x.Rejected.Limit}}
 		}

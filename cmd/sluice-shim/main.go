@@ -11,10 +11,15 @@
 // one connects (50 ms connect timeout), sends the AdmitRequest and waits:
 // the first answer within 1 s, the final one within admit_timeout_ms.
 //
-//   - Admitted: git runs as a supervised child (Pdeathsig SIGKILL, signals
-//     forwarded, stdio inherited), the connection is held open as the lease,
-//     Finished (exit status, CPU, max RSS, real time) is sent, and the shim
-//     exits exactly as git did (same code, or the same signal re-raised).
+//   - Admitted in exec mode (the agent runs its eBPF tracer): the shim
+//     execs the real git in place — same pid, no resident shim; the agent
+//     holds the lease until that process exits and reads its CPU, max RSS
+//     and exit status from the kernel.
+//   - Admitted in supervising mode (no tracer): git runs as a supervised
+//     child (Pdeathsig SIGKILL, signals forwarded, stdio inherited), the
+//     connection is held open as the lease, Finished (exit status, CPU, max
+//     RSS, real time) is sent, and the shim exits exactly as git did (same
+//     code, or the same signal re-raised).
 //   - Rejected: the agent's one-line message ("sluice: …") goes to stderr
 //     and the shim exits 75 (EX_TEMPFAIL: "try again later"). In hook mode
 //     the client sees it as "remote: sluice: …".
@@ -103,6 +108,7 @@ func run(argv []string) int {
 		User:          gitwrap.User(os.Getenv),
 		CorrelationID: corr,
 		Hook:          inv.Hook,
+		CanExec:       true,
 	}
 	conn, err := wire.Dial(sock, dialTimeout)
 	if err != nil {
@@ -122,6 +128,13 @@ func run(argv []string) int {
 		conn.Close()
 		os.Stderr.WriteString(rejectLine(&rep, inv.Subcommand) + "\n")
 		return exitTempFail
+	}
+
+	if rep.Exec {
+		// Exec mode: the agent follows this very process to its exit in
+		// the kernel, so git takes over the pid and nothing stays
+		// resident. The connection is close-on-exec.
+		return execGit(git, gitArgv, env)
 	}
 
 	// Supervise locks this goroutine to its thread for good (Pdeathsig is
