@@ -75,6 +75,8 @@ type admission struct {
 	exec *execLease
 	// admitted is when the lease started running.
 	admitted time.Time
+	// saved is true when the lease has a state file (recovery.go).
+	saved bool
 }
 
 // errUnavailable is returned by admit while the agent shuts down.
@@ -151,6 +153,7 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 	}
 	adm.admitted = time.Now()
 	a.leases.MarkRunning(l, adm.admitted)
+	a.saveLease(adm, peer)
 	if err := send(&admitpb.ServerMsg{Msg: &admitpb.ServerMsg_Admitted{Admitted: &admitpb.Admitted{
 		LeaseId: l.ID, Limit: l.Limit, QueuedUsec: adm.waited.Microseconds(), Exec: adm.exec != nil,
 	}}}); err != nil {
@@ -223,6 +226,7 @@ func (a *Agent) finish(adm *admission, fin *admitpb.Finished) {
 	if adm.exec != nil {
 		a.endExec(adm)
 	}
+	a.dropLease(adm)
 	l := adm.lease
 	a.leases.Remove(l)
 	fields := append(a.leaseFields(l), zap.Duration("queue_wait", adm.waited))

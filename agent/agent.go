@@ -40,6 +40,10 @@ type Options struct {
 	// one, shims exec git in place (see ProcessTracer). Nil: supervising
 	// mode only.
 	Tracer ProcessTracer
+	// StateDir keeps a file per running lease so that a restarted agent
+	// can adopt the commands still running (see recovery.go); "" keeps
+	// no state.
+	StateDir string
 }
 
 // Placer puts an admitted process into its repository's cgroup bucket
@@ -61,7 +65,10 @@ type Agent struct {
 	placer  Placer
 	tracer  ProcessTracer
 	started time.Time
-	calib   *calibrator
+	// stateDir holds running leases' state files ("" for none).
+	stateDir    string
+	stateErrors atomic.Uint64
+	calib       *calibrator
 
 	describe   func(*admitpb.StatusResponse)
 	socket     string // set by Serve
@@ -107,6 +114,7 @@ func New(opts Options) *Agent {
 		version:    opts.Version,
 		placer:     opts.Placer,
 		tracer:     opts.Tracer,
+		stateDir:   opts.StateDir,
 		execLeases: make(map[int]*execLease),
 		configPath: opts.ConfigPath,
 		describe:   opts.Describe,

@@ -195,7 +195,9 @@ func (a *Agent) endExec(adm *admission) {
 		delete(a.execLeases, el.pid)
 	}
 	a.execMu.Unlock()
-	a.tracer.Untrack(el.pid)
+	if a.tracer != nil {
+		a.tracer.Untrack(el.pid)
+	}
 	if el.pidfd != nil {
 		el.pidfd.Close() // also ends holdExec's waiter
 	}

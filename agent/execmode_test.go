@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -354,5 +355,91 @@ func TestGitExecutedCountsOnlyUnwrappedLimitedCommands(t *testing.T) {
 	}
 	if got := strings.Join(obs.unwrapped, ","); got != "pack-objects,upload-pack" {
 		t.Fatalf("unwrapped = %q, want pack-objects,upload-pack", got)
+	}
+}
+
+func startStateAgent(t *testing.T, dir string, tr ProcessTracer, obs Observer) (*Agent, string, context.CancelFunc, chan error) {
+	t.Helper()
+	cfg, err := policy.Parse("test.toml", []byte(execPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := New(Options{Policy: cfg, Log: zaptest.NewLogger(t), Observer: obs, Tracer: tr, StateDir: dir})
+	adopted, stale, err := a.Recover()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("recovered: %d adopted, %d stale", adopted, stale)
+	sock, err := Listen(SocketOptions{Path: filepath.Join(t.TempDir(), "s.sock")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Serve(ctx, sock) }()
+	return a, sock.Path, cancel, done
+}
+
+func TestRestartAdoptsRunningCommands(t *testing.T) {
+	dir := t.TempDir()
+	tr := &fakeTracer{tracked: map[int]bool{}, prev: map[int]int{}}
+	a1, sock, stop1, done1 := startStateAgent(t, dir, tr, &recordingObserver{})
+	ex := startExecPeer(t, sock, "upload-pack", true)   // exec mode
+	sup := startExecPeer(t, sock, "upload-pack", false) // supervising
+	waitUntil(t, "both running", func() bool { return inFlight(a1, "upload-pack") == 2 })
+	// A record of a process that has ended, and garbage.
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := procStartTime(os.Getpid())
+	writeRecord(t, dir, "00000000000000aa", leaseRecord{PID: gone.Process.Pid, Start: st, Limit: "upload-pack", Key: "global"})
+	if err := os.WriteFile(filepath.Join(dir, "00000000000000bb"), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	stop1() // graceful stop: the commands keep running, their records stay
+	if err := <-done1; err != nil {
+		t.Fatal(err)
+	}
+	obs := &recordingObserver{}
+	a2, _, stop2, done2 := startStateAgent(t, dir, &fakeTracer{tracked: map[int]bool{}, prev: map[int]int{}}, obs)
+	defer func() { stop2(); <-done2 }()
+	if n := inFlight(a2, "upload-pack"); n != 2 {
+		t.Fatalf("after restart in flight = %d, want 2 (both commands still run)", n)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 2 {
+		t.Fatalf("state files after recovery: %d, want the 2 live ones", len(ents))
+	}
+	ex.end(t)
+	waitUntil(t, "exec-mode command released", func() bool { return inFlight(a2, "upload-pack") == 1 })
+	sup.end(t)
+	waitUntil(t, "supervised command released", func() bool { return inFlight(a2, "upload-pack") == 0 })
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("state files left: %d", len(ents))
+	}
+	if n := len(obs.snapshot()); n != 2 {
+		t.Fatalf("finished after adoption: %d, want 2", n)
+	}
+}
+
+func writeRecord(t *testing.T, dir, id string, rec leaseRecord) {
+	t.Helper()
+	b, err := json.Marshal(&rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, id), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestProcStartTime(t *testing.T) {
+	st, err := procStartTime(os.Getpid())
+	if err != nil || st == 0 {
+		t.Fatalf("procStartTime(self) = %d, %v", st, err)
+	}
+	if _, err := procStartTime(1 << 30); err == nil {
+		t.Fatal("no error for a pid that cannot exist")
 	}
 }

@@ -79,6 +79,16 @@ func (t *LeaseTable) MarkRunning(l *Lease, now time.Time) {
 	l.Admitted = now
 }
 
+// adopt registers l, already running since admitted, under its own ID (a
+// lease recovered after a restart).
+func (t *LeaseTable) adopt(l *Lease, admitted time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	l.State = StateRunning
+	l.Admitted = admitted
+	t.leases[l.ID] = l
+}
+
 // Remove forgets l.
 func (t *LeaseTable) Remove(l *Lease) {
 	t.mu.Lock()

@@ -190,6 +190,22 @@ func (l *Limiter) leave(key string, w *waiter, timedOut bool) (admitted bool) {
 	return false
 }
 
+// Adopt counts a command that is already running under key (recovered
+// after a restart), even above the limit: it cannot be stopped, only
+// waited for. It returns the release function.
+func (l *Limiter) Adopt(key string) (release func()) {
+	l.mu.Lock()
+	ks := l.keys[key]
+	if ks == nil {
+		ks = &keyState{}
+		l.keys[key] = ks
+	}
+	ks.running++
+	l.running++
+	l.mu.Unlock()
+	return l.releaser(key)
+}
+
 func (l *Limiter) releaser(key string) func() {
 	var once sync.Once
 	return func() {

@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"syscall"
 	"time"
@@ -123,6 +124,7 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 	shimConf := wire.ShimConfigPath(socketPath)
 	opts := agent.Options{
 		Policy: cfg, Log: log, Observer: exp, Version: version, ConfigPath: configFile,
+		StateDir: filepath.Join(filepath.Dir(socketPath), "leases"),
 		OnReload: func(c *policy.Config) []string {
 			exp.SetLimits(c.RuleNames())
 			var notes []string
@@ -159,6 +161,14 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 	if err := wire.WriteShimConfig(shimConf, shimConfig(cfg)); err != nil {
 		sock.Close()
 		return fmt.Errorf("write shim settings %s: %w", shimConf, err)
+	}
+	// Listen refused to start beside a live agent, so the commands recorded
+	// in the state directory are nobody's now: take them over before the
+	// first admission, so limits count them from the start.
+	if adopted, stale, err := a.Recover(); err != nil {
+		log.Warn("restart recovery failed; commands still running from before are not counted", zap.Error(err))
+	} else if adopted+stale > 0 {
+		log.Info("restart recovery", zap.Int("adopted", adopted), zap.Int("stale_records_removed", stale))
 	}
 
 	errc := make(chan error, 2)

@@ -1,0 +1,235 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// Surviving a restart.
+//
+// A running lease is a git process that must keep counting against its
+// limit even when the agent that admitted it is gone: after a crash, an
+// upgrade or `systemctl restart sluiced`, a new agent that starts with
+// empty counters would admit a second storm on top of the first. So every
+// running lease is also a small file in the state directory (a tmpfs under
+// the socket's directory, kept across restarts by the unit's
+// RuntimeDirectoryPreserve): its pid and the pid's start time (which
+// together name one process for good, unlike a pid alone), its rule and
+// key. The file is written before the command is told to run and removed
+// when the lease ends; a graceful shutdown leaves the files of commands
+// still running. A new agent reads them before it accepts a connection and
+// adopts each process still alive: it takes its slot again (even above a
+// limit lowered meanwhile), holds it by a pidfd, and releases it when the
+// process exits. Nothing is counted twice: the old agent is gone, and a
+// supervising shim of the old agent cannot reach the new one with its
+// report.
+
+// leaseRecord is the state file of one running lease.
+type leaseRecord struct {
+	PID int `json:"pid"`
+	// Start is the process's start time in clock ticks since boot
+	// (/proc/PID/stat field 22).
+	Start         uint64    `json:"start"`
+	UID           uint32    `json:"uid"`
+	Limit         string    `json:"limit"`
+	Key           string    `json:"key"`
+	Command       string    `json:"command"`
+	Subcommand    string    `json:"subcmd"`
+	Repo          []byte    `json:"repo"`
+	RemoteIP      string    `json:"remote_ip,omitempty"`
+	User          string    `json:"user,omitempty"`
+	CorrelationID string    `json:"correlation_id"`
+	Bucket        string    `json:"bucket,omitempty"`
+	Admitted      time.Time `json:"admitted"`
+	Arrived       time.Time `json:"arrived"`
+}
+
+// maxLeaseRecord bounds what Recover reads of one state file.
+const maxLeaseRecord = 16 << 10
+
+// saveLease writes adm's state file. A failure is logged and counted, and
+// the command runs anyway: only a restart would forget it.
+func (a *Agent) saveLease(adm *admission, peer PeerCred) {
+	if a.stateDir == "" {
+		return
+	}
+	l := adm.lease
+	start, err := procStartTime(int(peer.PID))
+	if err == nil {
+		rec := leaseRecord{
+			PID: int(peer.PID), Start: start, UID: peer.UID, Limit: l.Limit, Key: l.Key,
+			Command: l.Command, Subcommand: l.Subcommand, Repo: l.Repo, RemoteIP: l.RemoteIP, User: l.User,
+			CorrelationID: l.CorrelationID, Bucket: l.Bucket, Admitted: adm.admitted, Arrived: l.Arrived,
+		}
+		var b []byte
+		if b, err = json.Marshal(&rec); err == nil {
+			err = os.WriteFile(filepath.Join(a.stateDir, l.ID), b, 0o600)
+		}
+	}
+	if err != nil {
+		a.stateErrors.Add(1)
+		a.log.Warn("cannot save the lease state; a restart of the agent would forget this command",
+			append(a.leaseFields(l), zap.String("state_dir", a.stateDir), zap.Error(err))...)
+		return
+	}
+	adm.saved = true
+}
+
+// dropLease removes adm's state file.
+func (a *Agent) dropLease(adm *admission) {
+	if !adm.saved {
+		return
+	}
+	if err := os.Remove(filepath.Join(a.stateDir, adm.lease.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		a.log.Warn("cannot remove a lease state file", append(a.leaseFields(adm.lease), zap.Error(err))...)
+	}
+}
+
+// Recover adopts the running commands recorded in the state directory by
+// an earlier agent; call it before Serve. It returns how many processes
+// were adopted and how many records were stale (process gone, or its rule
+// gone from the policy, or unreadable) and removed.
+func (a *Agent) Recover() (adopted, stale int, err error) {
+	if a.stateDir == "" {
+		return 0, 0, nil
+	}
+	if err := os.MkdirAll(a.stateDir, 0o700); err != nil {
+		return 0, 0, fmt.Errorf("state directory %s: %w (fix: make it writable by the agent, or check [agent] socket)", a.stateDir, err)
+	}
+	ents, err := os.ReadDir(a.stateDir)
+	if err != nil {
+		return 0, 0, fmt.Errorf("state directory %s: %w", a.stateDir, err)
+	}
+	for _, e := range ents {
+		path := filepath.Join(a.stateDir, e.Name())
+		if !e.Type().IsRegular() || !isLeaseID(e.Name()) {
+			continue
+		}
+		if why := a.adopt(path, e.Name()); why != "" {
+			stale++
+			a.log.Info("lease state not adopted", zap.String("file", path), zap.String("why", why))
+			_ = os.Remove(path)
+			continue
+		}
+		adopted++
+	}
+	return adopted, stale, nil
+}
+
+// adopt takes over the lease recorded in path, or says why not.
+func (a *Agent) adopt(path, id string) string {
+	b, err := readBounded(path, maxLeaseRecord)
+	if err != nil {
+		return err.Error()
+	}
+	var rec leaseRecord
+	if err := json.Unmarshal(b, &rec); err != nil || rec.PID <= 0 {
+		return fmt.Sprintf("unreadable record: %v", err)
+	}
+	// The same pid and start time name the same process; check again after
+	// the pidfd is open, so a pid reused in between is never adopted.
+	if st, err := procStartTime(rec.PID); err != nil || st != rec.Start {
+		return "the process has ended"
+	}
+	pidfd, err := unix.PidfdOpen(rec.PID, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return "the process has ended"
+	}
+	if st, err := procStartTime(rec.PID); err != nil || st != rec.Start {
+		unix.Close(pidfd)
+		return "the process has ended"
+	}
+	var release func()
+	if rec.Limit != "" {
+		a.mu.RLock()
+		lim := a.limiters[rec.Limit]
+		a.mu.RUnlock()
+		if lim == nil {
+			unix.Close(pidfd)
+			return fmt.Sprintf("rule %q is no longer in the policy", rec.Limit)
+		}
+		release = lim.Adopt(rec.Key)
+	}
+	l := &Lease{
+		ID: id, CorrelationID: rec.CorrelationID, Command: rec.Command, Subcommand: rec.Subcommand,
+		Repo: rec.Repo, RemoteIP: rec.RemoteIP, User: rec.User, Limit: rec.Limit, Key: rec.Key,
+		Peer: PeerCred{PID: int32(rec.PID), UID: rec.UID, pidfd: -1}, Bucket: rec.Bucket, Arrived: rec.Arrived,
+	}
+	a.leases.adopt(l, rec.Admitted)
+	el := &execLease{pid: rec.PID, exit: make(chan ProcessExit, 1), pidfd: os.NewFile(uintptr(pidfd), "pidfd")}
+	adm := &admission{lease: l, release: release, bucket: -1, exec: el, admitted: rec.Admitted, saved: true,
+		waited: rec.Admitted.Sub(rec.Arrived)}
+	a.execMu.Lock()
+	a.execLeases[rec.PID] = el
+	a.execMu.Unlock()
+	if a.tracer != nil {
+		// The exit report then carries the process's CPU for its whole life.
+		if _, err := a.tracer.Track(rec.PID); err != nil {
+			a.log.Warn("adopted process not traced; its CPU will not be recorded", append(a.leaseFields(l), zap.Error(err))...)
+		}
+	}
+	a.log.Info("adopted a command still running from before the restart", a.leaseFields(l)...)
+	go a.runExec(adm)
+	return ""
+}
+
+// isLeaseID reports whether name looks like a lease ID (16 hex digits).
+func isLeaseID(name string) bool {
+	if len(name) != 16 {
+		return false
+	}
+	for _, c := range []byte(name) {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// readBounded reads at most max bytes of path; a longer file is an error.
+func readBounded(path string, max int) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, max+1)
+	n, err := f.Read(b)
+	if err != nil {
+		return nil, err
+	}
+	if n > max {
+		return nil, fmt.Errorf("record larger than %d bytes", max)
+	}
+	return b[:n], nil
+}
+
+// procStartTime returns pid's start time in clock ticks since boot
+// (/proc/PID/stat field 22).
+func procStartTime(pid int) (uint64, error) {
+	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("stat: no ')' after the command name")
+	}
+	// Fields after ')' start at field 3 (state).
+	fields := strings.Fields(string(b[i+1:]))
+	const start = 22 - 3
+	if len(fields) <= start {
+		return 0, fmt.Errorf("stat: %d fields after the command name", len(fields))
+	}
+	return strconv.ParseUint(fields[start], 10, 64)
+}
