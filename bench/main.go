@@ -54,6 +54,8 @@ type options struct {
 	leases   int
 	jsonOut  string
 	reaction int
+	modes    bool
+	resident int
 }
 
 func run() error {
@@ -65,6 +67,8 @@ func run() error {
 	flag.IntVar(&o.leases, "leases", 1000, "open leases for the RSS measurement")
 	flag.StringVar(&o.jsonOut, "json", "", "also write the results as JSON to this file")
 	flag.IntVar(&o.reaction, "reaction", 0, "runs of the adaptive reaction-time comparison (needs root and cgroup v1 memory; 0 = skip; a Gitaly-style run takes up to 30 s)")
+	flag.BoolVar(&o.modes, "modes", true, "compare the shim's supervising and exec-in-place modes (exec mode needs the eBPF tracer: root)")
+	flag.IntVar(&o.resident, "resident", 200, "concurrent in-flight commands for the per-command memory comparison of the shim modes")
 	flag.Parse()
 
 	realGit, err := exec.LookPath("git")
@@ -154,6 +158,11 @@ func run() error {
 		c.Close()
 	}
 	results["rss"] = map[string]any{"idle_bytes": idleRSS, "idle_fds": idleFDs, "leases": len(conns), "leases_bytes": leaseRSS, "leases_fds": leaseFDs}
+	if o.modes {
+		if err := compareModes(o, dir, realGit, env, repo, results); err != nil {
+			return fmt.Errorf("shim modes: %w", err)
+		}
+	}
 	if o.reaction > 0 {
 		fmt.Printf("\n## Adaptive reaction time (%d runs each: memory pressure in place → limit backed off)\n\n", o.reaction)
 		var base stats
@@ -200,13 +209,21 @@ type agentProc struct {
 }
 
 func startAgent(o options, dir, realGit string, env []string) (*agentProc, error) {
-	socket := filepath.Join(dir, "run", "sluice.sock")
+	return startAgentMode(o, dir, realGit, env, "main", true)
+}
+
+// startAgentMode starts a sluiced of its own (socket under dir/name) with
+// the eBPF tracer on or off.
+func startAgentMode(o options, dir, realGit string, env []string, name string, ebpf bool) (*agentProc, error) {
+	socket := filepath.Join(dir, name, "run", "sluice.sock")
 	cfg := fmt.Sprintf(`
 [agent]
 socket = %q
 metrics_addr = "off"
 [cgroups]
 enabled = false
+[ebpf]
+enabled = %t
 [git]
 bin = %q
 [[limit]]
@@ -216,8 +233,11 @@ key = "repo"
 max_per_key = 10000
 max_queue_size = 100
 max_queue_wait = "10s"
-`, socket, realGit)
-	path := filepath.Join(dir, "sluice.toml")
+`, socket, ebpf, realGit)
+	path := filepath.Join(dir, name, "sluice.toml")
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
