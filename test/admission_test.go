@@ -291,6 +291,9 @@ func alive(pid int) bool {
 	return s[strings.LastIndexByte(s, ')')+2] != 'Z'
 }
 
+// TestKilledShimReleasesLease: in supervising mode (no tracer), a shim
+// killed with SIGKILL frees its slot at once and takes its git with it
+// (Pdeathsig). Exec mode's equivalent is in TestExecModeNoResidentShim.
 func TestKilledShimReleasesLease(t *testing.T) {
 	a := startAgent(t, `
 [[limit]]
@@ -300,6 +303,9 @@ key = "repo"
 max_per_key = 1
 max_queue_size = 5
 max_queue_wait = "30s"
+
+[ebpf]
+enabled = false
 `, "open")
 	repo := makeRepo(t, a.dir, "r", 2)
 	holder := holdUploadPack(t, a, repo)

@@ -85,6 +85,8 @@ type agentProc struct {
 	logs    *lockedBuffer
 	done    chan struct{} // closed when sluiced has exited
 	waitErr error
+	// wrap runs sluiced under another program (e.g. setpriv), nil for none.
+	wrap []string
 }
 
 type lockedBuffer struct {
@@ -151,7 +153,8 @@ bin = %q
 	}
 	a.logs = &lockedBuffer{}
 	pr, pw := io.Pipe()
-	a.cmd = exec.Command(bins.sluiced, "-config", cfgPath)
+	argv := append(append([]string{}, a.wrap...), bins.sluiced, "-config", cfgPath)
+	a.cmd = exec.Command(argv[0], argv[1:]...)
 	a.cmd.Env = baseEnv(a.dir)
 	a.cmd.Stdout = a.logs
 	a.cmd.Stderr = io.MultiWriter(a.logs, pw)
