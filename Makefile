@@ -49,7 +49,8 @@ bench-storm-smoke: build ## the clone storm in smoke mode: tiny repository, 4 cl
 run: build ## run sluiced with the embedded default config (socket and metrics per DESIGN.md)
 	$(BIN)/sluiced
 
-generate: ## regenerate protobuf code (needs protoc: apt-get install protobuf-compiler)
+generate: ## regenerate protobuf code and the eBPF objects (needs protoc, clang, libbpf-dev: see README)
+	$(GO) generate ./ebpf/...
 	protoc --go_out=. --go_opt=paths=source_relative \
 	  --go-grpc_out=. --go-grpc_opt=paths=source_relative \
 	  --plugin=protoc-gen-go=$$($(GO) tool -n protoc-gen-go) \
