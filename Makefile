@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 BIN := bin
 
-.PHONY: help build test test-e2e race lint check bench bench-smoke run generate deps-test clean
+.PHONY: help build test test-e2e race lint check bench bench-smoke run generate generate-proto deps-test clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -27,7 +27,7 @@ lint: ## go vet, gofmt, and generated code up to date
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*')); \
 	  if [ -n "$$out" ]; then echo "gofmt needs to run on:"; echo "$$out"; exit 1; fi
 	@if command -v protoc >/dev/null; then \
-	  $(MAKE) -s generate && git diff --exit-code -- agent/admitpb || \
+	  $(MAKE) -s generate-proto && git diff --exit-code -- agent/admitpb || \
 	  { echo "generated protobuf code is stale: run make generate and commit"; exit 1; }; \
 	else echo "lint: protoc not installed, generated code not checked (apt-get install protobuf-compiler)"; fi
 
@@ -37,7 +37,8 @@ bench: build ## shim latency, admission throughput and agent RSS (p50/p95/p99/me
 	$(GO) run ./bench -bin $(BIN) -n 500 -clients 64 -duration 5s -leases 1000
 
 bench-smoke: build ## the benchmarks in a short smoke mode (CI)
-	$(GO) run ./bench -bin $(BIN) -n 20 -clients 8 -duration 300ms -leases 50
+	$(GO) run ./bench -bin $(BIN) -n 20 -clients 8 -duration 300ms -leases 50 -resident 10
+	$(GO) run ./bench/execload -smoke
 
 .PHONY: bench-storm bench-storm-smoke
 bench-storm: build ## clone storm on a real git daemon in a 1.5 GiB cgroup: none/static/adaptive(+cgroups), report + plot in bench/storm/report (root, cgroup v1 memory; < 10 min)
@@ -49,8 +50,10 @@ bench-storm-smoke: build ## the clone storm in smoke mode: tiny repository, 4 cl
 run: build ## run sluiced with the embedded default config (socket and metrics per DESIGN.md)
 	$(BIN)/sluiced
 
-generate: ## regenerate protobuf code and the eBPF objects (needs protoc, clang, libbpf-dev: see README)
+generate: generate-proto ## regenerate protobuf code and the eBPF objects (needs protoc, clang, libbpf-dev: see README)
 	$(GO) generate ./ebpf/...
+
+generate-proto: ## regenerate only the protobuf code (needs protoc; lint checks it)
 	protoc --go_out=. --go_opt=paths=source_relative \
 	  --go-grpc_out=. --go-grpc_opt=paths=source_relative \
 	  --plugin=protoc-gen-go=$$($(GO) tool -n protoc-gen-go) \

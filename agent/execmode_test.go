@@ -443,3 +443,25 @@ func TestProcStartTime(t *testing.T) {
 		t.Fatal("no error for a pid that cannot exist")
 	}
 }
+
+func TestUnwrappedLogBucket(t *testing.T) {
+	var u unwrappedLog
+	now := time.Unix(1000, 0)
+	for i := 0; i < unwrappedLogBurst; i++ {
+		if ok, _ := u.allow(now); !ok {
+			t.Fatalf("line %d of the burst refused", i)
+		}
+	}
+	for i := 0; i < 5; i++ {
+		if ok, _ := u.allow(now); ok {
+			t.Fatal("line beyond the burst allowed")
+		}
+	}
+	ok, n := u.allow(now.Add(unwrappedLogEvery))
+	if !ok || n != 5 {
+		t.Fatalf("after one interval: ok=%v suppressed=%d, want true and 5", ok, n)
+	}
+	if ok, _ := u.allow(now.Add(unwrappedLogEvery)); ok {
+		t.Fatal("a second line in the same interval allowed")
+	}
+}

@@ -23,15 +23,41 @@ type GitExec struct {
 	Argv       []string
 }
 
-// unwrappedLogEvery bounds the unwrapped-exec log to one line per interval;
-// the metric counts every one.
-const unwrappedLogEvery = time.Second
+// The unwrapped-exec log is a token bucket: bursts of up to
+// unwrappedLogBurst lines, then one per unwrappedLogEvery; the metric
+// counts every exec.
+const (
+	unwrappedLogEvery = time.Second
+	unwrappedLogBurst = 10
+)
 
 // unwrappedLog rate-limits the log of unwrapped execs.
 type unwrappedLog struct {
 	mu         sync.Mutex
+	tokens     float64
 	last       time.Time
 	suppressed int
+}
+
+// allow takes a token at now; it returns false (and counts the line as
+// suppressed) when none is left.
+func (u *unwrappedLog) allow(now time.Time) (ok bool, suppressedBefore int) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.last.IsZero() {
+		u.tokens = unwrappedLogBurst
+	} else {
+		u.tokens = min(unwrappedLogBurst, u.tokens+now.Sub(u.last).Seconds()/unwrappedLogEvery.Seconds())
+	}
+	u.last = now
+	if u.tokens < 1 {
+		u.suppressed++
+		return false, 0
+	}
+	u.tokens--
+	n := u.suppressed
+	u.suppressed = 0
+	return true, n
 }
 
 // GitExecuted is called for every exec of the real git the tracer sees. An
@@ -49,17 +75,10 @@ func (a *Agent) GitExecuted(e GitExec) {
 		return
 	}
 	a.obs.Unwrapped(inv.Subcommand)
-	a.unwrapped.mu.Lock()
-	now := time.Now()
-	if now.Sub(a.unwrapped.last) < unwrappedLogEvery {
-		a.unwrapped.suppressed++
-		a.unwrapped.mu.Unlock()
+	ok, suppressed := a.unwrapped.allow(time.Now())
+	if !ok {
 		return
 	}
-	a.unwrapped.last = now
-	suppressed := a.unwrapped.suppressed
-	a.unwrapped.suppressed = 0
-	a.unwrapped.mu.Unlock()
 
 	cwd, _ := os.Readlink("/proc/" + strconv.Itoa(e.PID) + "/cwd")
 	argv := strings.Join(e.Argv, " ")

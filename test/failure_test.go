@@ -100,11 +100,7 @@ func TestExitStatusTransparency(t *testing.T) {
 	t.Run("SIGTERM-ed git", func(t *testing.T) {
 		p := holdUploadPack(t, a, repo)
 		<-p.first
-		kids := childrenOf(p.cmd.Process.Pid)
-		if len(kids) != 1 {
-			t.Fatalf("shim children %v", kids)
-		}
-		syscall.Kill(kids[0], syscall.SIGTERM)
+		syscall.Kill(gitOf(t, p.cmd.Process.Pid), syscall.SIGTERM)
 		p.wait(t, 10*time.Second)
 		ws := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
 		if !ws.Signaled() || ws.Signal() != syscall.SIGTERM {

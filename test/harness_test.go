@@ -412,3 +412,18 @@ func (p *proc) exited() bool {
 		return false
 	}
 }
+
+// gitOf returns the pid of the real git that the shim process pid stands
+// for: pid itself in exec-in-place mode, its only child in supervising
+// mode.
+func gitOf(t *testing.T, pid int) int {
+	t.Helper()
+	if sameFile(exeOf(pid), bins.realGit) {
+		return pid
+	}
+	kids := childrenOf(pid)
+	if len(kids) != 1 {
+		t.Fatalf("shim %d (%s) has children %v, want exactly its git", pid, exeOf(pid), kids)
+	}
+	return kids[0]
+}

@@ -137,14 +137,19 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 			return notes
 		},
 	}
+	tracer, tracerState := openTracer(cfg, log)
+	if tracer != nil {
+		defer tracer.Close()
+		opts.Tracer = tracer
+		exp.RegisterTracer(tracerStats(tracer))
+	}
 	opts.Describe = func(resp *admitpb.StatusResponse) {
 		if cg != nil {
 			resp.Cgroups = cg.status()
 		} else {
 			resp.Cgroups = &admitpb.CgroupStatus{State: cgState}
 		}
-		// The eBPF tracer is not part of this version yet.
-		resp.EbpfState = "unavailable: not implemented in this version"
+		resp.EbpfState = tracerState
 	}
 	if cg != nil {
 		opts.Placer = cg
@@ -182,6 +187,13 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 		log.Info("metrics listening", zap.String("addr", ln.Addr().String()))
 	}
 	go func() { errc <- a.Serve(ctx, sock) }()
+	if tracer != nil {
+		go func() {
+			if err := tracer.Run(ctx, tracerEvents{a}); err != nil {
+				log.Error("eBPF tracer stopped; exec-mode leases are now released by their pidfds only", zap.Error(err))
+			}
+		}()
+	}
 	ps := &pressureSource{a: a, cg: cg, exp: exp, log: log.Named("adaptive"), reported: map[string]bool{}}
 	go a.RunCalibrator(ctx, ps.sample)
 	log.Info("sluiced ready",
