@@ -51,6 +51,10 @@ type Observer interface {
 	// Unwrapped counts an exec of a limited git subcommand that did not go
 	// through sluice (seen by the tracer).
 	Unwrapped(subcmd string)
+	// Timeout counts a command stopped by a timeout; kind is
+	// KindUploadPackNegotiation, KindUploadArchiveNegotiation or
+	// KindMaxRuntime.
+	Timeout(limit, kind string)
 }
 
 type nopObserver struct{}
@@ -62,6 +66,7 @@ func (nopObserver) Acquired(string, time.Duration) {}
 func (nopObserver) Dropped(string, string)         {}
 func (nopObserver) Backoff(string)                 {}
 func (nopObserver) Unwrapped(string)               {}
+func (nopObserver) Timeout(string, string)         {}
 
 const msgUnavailable = "sluice: the admission service is shutting down; try again later"
 
@@ -70,7 +75,8 @@ type admission struct {
 	lease   *Lease
 	release func() // nil when no rule matched
 	waited  time.Duration
-	bucket  int // cgroup bucket index; -1 without placement
+	bucket  int    // cgroup bucket index; -1 without placement
+	watch   *watch // timeouts armed while it runs; nil when none
 	// exec is set when the process runs in exec mode (execmode.go).
 	exec *execLease
 	// admitted is when the lease started running.
@@ -100,6 +106,9 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 		_ = send(rejected(admitpb.RejectReason_REJECT_REASON_INVALID, "", "sluice: invalid admission request: "+err.Error()))
 		return nil
 	}
+	// A pack-objects arriving ends the negotiation of the upload-pack it
+	// runs under, even if it now waits in a queue.
+	a.timeouts.noteStart(int(peer.PID), req.Subcommand, "admission")
 	rule, lim := a.ruleFor(req.Subcommand)
 	l := &Lease{
 		CorrelationID: req.CorrelationId,
@@ -154,6 +163,9 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 	adm.admitted = time.Now()
 	a.leases.MarkRunning(l, adm.admitted)
 	a.saveLease(adm, peer)
+	// Armed before the caller hears Admitted, so a pack-objects the
+	// command starts can never arrive before its negotiation is watched.
+	adm.watch = a.timeouts.arm(l, rule, a.Policy())
 	if err := send(&admitpb.ServerMsg{Msg: &admitpb.ServerMsg_Admitted{Admitted: &admitpb.Admitted{
 		LeaseId: l.ID, Limit: l.Limit, QueuedUsec: adm.waited.Microseconds(), Exec: adm.exec != nil,
 	}}}); err != nil {
@@ -220,6 +232,7 @@ func (a *Agent) reject(l *Lease, rule *policy.Limit, lim *Limiter, err error, wa
 // finish releases adm's slot and records how its command ended; fin is nil
 // when the caller went away without reporting (killed shim).
 func (a *Agent) finish(adm *admission, fin *admitpb.Finished) {
+	adm.watch.disarm()
 	if adm.release != nil {
 		adm.release()
 	}

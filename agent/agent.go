@@ -76,6 +76,7 @@ type Agent struct {
 	onReload   func(*policy.Config) []string
 	reloadMu   sync.Mutex // serialises Reload
 	leases     *LeaseTable
+	timeouts   *watcher
 
 	// stopping is cancelled when shutdown begins: waiters are rejected
 	// as unavailable and new requests are refused.
@@ -127,6 +128,7 @@ func New(opts Options) *Agent {
 		limiters:   make(map[string]*Limiter),
 	}
 	a.calib = newCalibrator(a)
+	a.timeouts = newWatcher(a.log.Named("timeouts"), obs, realProcOps())
 	for i := range opts.Policy.Limits {
 		r := &opts.Policy.Limits[i]
 		a.limiters[r.Name] = NewLimiter(limiterConfig(r))

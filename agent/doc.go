@@ -31,6 +31,15 @@
 // lets them through unlimited; sluice does not, because local jobs and
 // misconfigured servers are exactly the storms it exists to stop.
 //
+// # Timeouts
+//
+// A running lease may be bounded by its rule's max_runtime and, for
+// upload-pack and upload-archive, by the [timeouts] negotiation timeouts,
+// which end when the server starts its pack-objects (or archive writer).
+// timeouts.go says how that start is seen and why it is the right point for
+// protocol v0/v1 and v2; on expiry the command is told on stderr, SIGTERMed
+// and, after kill_grace, SIGKILLed with its descendants.
+//
 // # Rejections
 //
 // A request is rejected when its key's queue is full (max_size), when it

@@ -13,6 +13,8 @@ func TestLabelValuesMatchExporter(t *testing.T) {
 		OutcomeOK: exporter.OutcomeOK, OutcomeError: exporter.OutcomeError,
 		OutcomeSignaled: exporter.OutcomeSignaled, OutcomeRejected: exporter.OutcomeRejected,
 		DropMaxSize: exporter.ReasonMaxSize, DropMaxTime: exporter.ReasonMaxTime, DropUnavailable: exporter.ReasonUnavailable,
+		KindUploadPackNegotiation: exporter.KindUploadPackNegotiation, KindUploadArchiveNegotiation: exporter.KindUploadArchiveNegotiation,
+		KindMaxRuntime: exporter.KindMaxRuntime,
 	} {
 		if got != want {
 			t.Errorf("agent label %q != exporter %q", got, want)

@@ -68,7 +68,13 @@ func (u *unwrappedLog) allow(now time.Time) (ok bool, suppressedBefore int) {
 // parent and working directory.
 func (a *Agent) GitExecuted(e GitExec) {
 	inv := gitwrap.Parse(e.Argv)
-	if e.Root != 0 || inv.Subcommand == "" {
+	if inv.Subcommand == "" {
+		return
+	}
+	if e.Root != 0 {
+		// Inside an admitted tree: a pack-objects under an upload-pack ends
+		// that upload-pack's negotiation (timeouts.go).
+		a.NoteGitExec(e.Root, inv.Subcommand)
 		return
 	}
 	if r, _ := a.ruleFor(inv.Subcommand); r == nil {

@@ -82,6 +82,7 @@ type Exporter struct {
 	limits   *limitMetrics
 	// unwrapped is sluice_unwrapped_exec_total{subcmd}.
 	unwrapped *prometheus.CounterVec
+	timeouts  *timeoutMetrics
 }
 
 // New builds an Exporter with its private registry: sluice's metrics plus the
@@ -97,6 +98,7 @@ func New(opts Options) *Exporter {
 		commands:  newCommandMetrics(),
 		limits:    newLimitMetrics(),
 		unwrapped: newUnwrappedCounter(),
+		timeouts:  newTimeoutMetrics(),
 	}
 	cs := []prometheus.Collector{
 		collectors.NewGoCollector(),
@@ -106,6 +108,7 @@ func New(opts Options) *Exporter {
 	cs = append(cs, e.commands.collectors()...)
 	cs = append(cs, e.limits.collectors()...)
 	cs = append(cs, e.unwrapped)
+	cs = append(cs, e.timeouts.collectors()...)
 	if opts.Limits != nil {
 		cs = append(cs, newLimitCollector(opts.Limits))
 	}
@@ -122,8 +125,12 @@ func (e *Exporter) Registry() *prometheus.Registry { return e.reg }
 
 // SetLimits declares the configured limit names. Every limit gets
 // sluice_requests_dropped_total{limit,reason} at 0 for each reason and an
-// empty sluice_concurrency_limiting_acquiring_seconds histogram, so rate()
+// empty sluice_concurrency_limiting_acquiring_seconds histogram, and
+// sluice_timeouts_total{limit,kind} at 0 for each kind, so rate()
 // works from the first scrape. Series of limits no longer in names (after a
 // reload removed or renamed them) are deleted. Calling it again with the same
 // names changes nothing: counts recorded so far are kept.
-func (e *Exporter) SetLimits(names []string) { e.limits.setLimits(names) }
+func (e *Exporter) SetLimits(names []string) {
+	e.limits.setLimits(names)
+	e.timeouts.setLimits(names)
+}

@@ -83,6 +83,8 @@ func recordedExporter() *Exporter {
 	e.Backoff("memory")
 	e.Backoff("cpu_throttle")
 	e.WatcherError("psi_cpu")
+	e.Timeout("upload-pack", KindUploadPackNegotiation)
+	e.Timeout("pack-objects", KindMaxRuntime)
 	return e
 }
 

@@ -99,6 +99,11 @@ type Agent struct {
 	// AdminGroup names a group whose members may use the admin API
 	// (status, top, reload) besides root. "" means root only.
 	AdminGroup string `toml:"admin_group"`
+	// QueueFeedbackAfter is how long a command waits in a queue before the
+	// shim tells the git client on stderr that it is waiting ("sluice:
+	// waiting for a slot for …", refreshed every ~2 s). 0 means never; Parse
+	// fills in 2s when absent; at most 1h. Passed to the shim in shim.conf.
+	QueueFeedbackAfter Duration `toml:"queue_feedback_after"`
 }
 
 // Git says where the real git binary is.
@@ -147,6 +152,10 @@ type Limit struct {
 	// MaxLimit is the ceiling of an adaptive limit. Must be 0 when Adaptive
 	// is false.
 	MaxLimit int `toml:"max_limit"`
+	// MaxRuntime bounds how long an admitted command of this rule may run:
+	// past it the command gets SIGTERM, then SIGKILL after [timeouts]
+	// kill_grace. 0 (the default) means no bound. Must be >= 0.
+	MaxRuntime Duration `toml:"max_runtime"`
 
 	// parts is Key split on "+", set by Validate; nil means split on use.
 	parts []string
@@ -340,14 +349,21 @@ type EBPF struct {
 	Enabled bool `toml:"enabled"`
 }
 
-// Timeouts bounds phases of git commands.
+// Timeouts bounds phases of git commands (Gitaly's semantics: only the
+// negotiation phase is bounded, never the transfer; see agent/timeouts.go).
 type Timeouts struct {
-	// UploadPackNegotiation bounds the negotiation phase of upload-pack.
-	// Must be > 0; Parse fills in 10m when absent.
+	// UploadPackNegotiation bounds the negotiation phase of upload-pack:
+	// from admission until pack-objects starts. 0 disables it; must be
+	// >= 0; Parse fills in 10m when absent.
 	UploadPackNegotiation Duration `toml:"upload_pack_negotiation"`
 	// UploadArchiveNegotiation bounds the negotiation phase of
-	// upload-archive. Must be > 0; Parse fills in 1m when absent.
+	// upload-archive: from admission until its upload-archive--writer
+	// starts. 0 disables it; must be >= 0; Parse fills in 1m when absent.
 	UploadArchiveNegotiation Duration `toml:"upload_archive_negotiation"`
+	// KillGrace is how long a command stopped by a timeout has between
+	// SIGTERM and SIGKILL. Must be > 0 and at most 1m; Parse fills in 5s
+	// when absent.
+	KillGrace Duration `toml:"kill_grace"`
 }
 
 // Duration is a time.Duration written in TOML as a Go duration string
@@ -437,8 +453,9 @@ func (c *Config) RuleNames() []string {
 func defaults() *Config {
 	return &Config{
 		Agent: Agent{
-			MetricsAddr: "127.0.0.1:9780",
-			FailMode:    FailOpen,
+			MetricsAddr:        "127.0.0.1:9780",
+			FailMode:           FailOpen,
+			QueueFeedbackAfter: Duration{2 * time.Second},
 		},
 		Cgroups: Cgroups{
 			Enabled:       true,
@@ -463,6 +480,7 @@ func defaults() *Config {
 		Timeouts: Timeouts{
 			UploadPackNegotiation:    Duration{10 * time.Minute},
 			UploadArchiveNegotiation: Duration{time.Minute},
+			KillGrace:                Duration{5 * time.Second},
 		},
 	}
 }

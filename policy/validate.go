@@ -17,6 +17,8 @@ const (
 	maxQueueWait = time.Hour
 	maxNameLen   = 64
 	maxBuckets   = 65536
+	maxKillGrace = time.Minute
+	maxFeedback  = time.Hour
 )
 
 // Validate checks the whole policy and returns Errors holding every problem,
@@ -99,6 +101,12 @@ func (v *validator) agent() {
 		if err := checkHostPort(a.MetricsAddr); err != "" {
 			v.add("agent.metrics_addr", a.MetricsAddr, err, `write host:port such as "127.0.0.1:9780", or "off" to disable the HTTP listener`)
 		}
+	}
+	switch d := a.QueueFeedbackAfter.Duration; {
+	case d < 0:
+		v.add("agent.queue_feedback_after", a.QueueFeedbackAfter, "must be >= 0", `set a Go duration such as "2s", or "0s" to never show the waiting message`)
+	case d > maxFeedback:
+		v.add("agent.queue_feedback_after", a.QueueFeedbackAfter, "must be at most 1h", `set a Go duration such as "2s", or "0s" to never show the waiting message`)
 	}
 	if a.FailMode != FailOpen && a.FailMode != FailClosed {
 		v.add("agent.fail_mode", a.FailMode, "must be \"open\" or \"closed\"", `use "open" to run git when the agent cannot answer, "closed" to reject`)
@@ -221,6 +229,9 @@ func (v *validator) limits() map[string]*Limit {
 			v.add(at("max_queue_wait"), l.MaxQueueWait, "must be > 0", `set a Go duration such as "1s"`)
 		case w > maxQueueWait:
 			v.add(at("max_queue_wait"), l.MaxQueueWait, "must be at most 1h", `set a Go duration such as "60s"; a client waiting longer has usually given up`)
+		}
+		if l.MaxRuntime.Duration < 0 {
+			v.add(at("max_runtime"), l.MaxRuntime, "must be >= 0", `set a Go duration such as "1h", or remove the key for no bound`)
 		}
 		v.limitBounds(l, at)
 	}
@@ -382,8 +393,24 @@ func (v *validator) adaptive() {
 }
 
 func (v *validator) timeouts() {
-	v.positive("timeouts.upload_pack_negotiation", v.c.Timeouts.UploadPackNegotiation)
-	v.positive("timeouts.upload_archive_negotiation", v.c.Timeouts.UploadArchiveNegotiation)
+	t := &v.c.Timeouts
+	for _, n := range []struct {
+		key string
+		d   Duration
+	}{
+		{"timeouts.upload_pack_negotiation", t.UploadPackNegotiation},
+		{"timeouts.upload_archive_negotiation", t.UploadArchiveNegotiation},
+	} {
+		if n.d.Duration < 0 {
+			v.add(n.key, n.d, "must be >= 0", `set a Go duration such as "10m", or "0s" to disable the timeout`)
+		}
+	}
+	switch g := t.KillGrace.Duration; {
+	case g <= 0:
+		v.add("timeouts.kill_grace", t.KillGrace, "must be > 0", `set a Go duration such as "5s": the time a stopped command has between SIGTERM and SIGKILL`)
+	case g > maxKillGrace:
+		v.add("timeouts.kill_grace", t.KillGrace, "must be at most 1m", `set a Go duration such as "5s"; a stopped command that needs longer to exit is stuck`)
+	}
 }
 
 func (v *validator) positive(key string, d Duration) {

@@ -152,6 +152,8 @@ func TestValidateRules(t *testing.T) {
 		{"max_queue_wait too long", func(t *testing.T) string {
 			return ruleWith(t, `max_queue_wait = "1s"`, `max_queue_wait = "61m"`, "")
 		}, wantErr{7, up + "max_queue_wait", `"61m"`, "at most 1h", "given up"}},
+		{"max_runtime negative", func(t *testing.T) string { return ruleWith(t, "", "", `max_runtime = "-1h"`) },
+			wantErr{8, up + "max_runtime", `"-1h"`, "must be >= 0", "no bound"}},
 		{"max_per_key missing", func(t *testing.T) string { return ruleWith(t, "max_per_key = 2", "", "") },
 			wantErr{1, up + "max_per_key", "", "is missing", "adaptive = true"}},
 		{"max_per_key zero", func(t *testing.T) string { return ruleWith(t, "max_per_key = 2", "max_per_key = 0", "") },
@@ -222,10 +224,16 @@ func TestValidateSections(t *testing.T) {
 			wantErr{2, "adaptive.calibration_interval", `"0s"`, "> 0", `"1s"`}},
 		{"sample_interval negative", "[adaptive]\nsample_interval = \"-1ms\"\n",
 			wantErr{2, "adaptive.sample_interval", `"-1ms"`, "> 0", `"1s"`}},
-		{"timeout zero", "[timeouts]\nupload_pack_negotiation = \"0s\"\n",
-			wantErr{2, "timeouts.upload_pack_negotiation", `"0s"`, "> 0", `"1s"`}},
+		{"timeout negative", "[timeouts]\nupload_pack_negotiation = \"-1s\"\n",
+			wantErr{2, "timeouts.upload_pack_negotiation", `"-1s"`, ">= 0", `"0s" to disable`}},
 		{"archive timeout negative", "[timeouts]\nupload_archive_negotiation = \"-1m\"\n",
-			wantErr{2, "timeouts.upload_archive_negotiation", `"-1m"`, "> 0", `"1s"`}},
+			wantErr{2, "timeouts.upload_archive_negotiation", `"-1m"`, ">= 0", `"0s" to disable`}},
+		{"kill_grace zero", "[timeouts]\nkill_grace = \"0s\"\n",
+			wantErr{2, "timeouts.kill_grace", `"0s"`, "> 0", `"5s"`}},
+		{"kill_grace too long", "[timeouts]\nkill_grace = \"2m\"\n",
+			wantErr{2, "timeouts.kill_grace", `"2m"`, "at most 1m", `"5s"`}},
+		{"queue_feedback_after negative", "[agent]\nqueue_feedback_after = \"-2s\"\n",
+			wantErr{2, "agent.queue_feedback_after", `"-2s"`, ">= 0", `"0s" to never`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -87,6 +87,9 @@ type agentProc struct {
 	waitErr error
 	// wrap runs sluiced under another program (e.g. setpriv), nil for none.
 	wrap []string
+
+	// agentExtra is more TOML for the [agent] table, set before start.
+	agentExtra string
 }
 
 type lockedBuffer struct {
@@ -140,10 +143,10 @@ func (a *agentProc) start(limits, failMode string) {
 socket = %q
 metrics_addr = "127.0.0.1:0"
 fail_mode = %q
-
+%s
 [git]
 bin = %q
-%s`, a.socket, failMode, bins.realGit, limits)
+%s`, a.socket, failMode, a.agentExtra, bins.realGit, limits)
 	if !strings.Contains(limits, "[cgroups]") {
 		cfg += "\n[cgroups]\nenabled = false\n"
 	}

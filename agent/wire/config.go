@@ -22,6 +22,7 @@ import (
 //	git_bin=/usr/bin/git         (empty = search PATH, skipping the shim)
 //	match=upload-pack,pack-objects,receive-pack,upload-archive
 //	admit_timeout_ms=62000
+//	queue_feedback_after_ms=2000 (0 = never)
 type ShimConfig struct {
 	// FailClosed makes the shim refuse to run git (exit 75) when the agent
 	// cannot be reached or does not answer in time. False (the default)
@@ -37,7 +38,15 @@ type ShimConfig struct {
 	// (queueing included) before applying the fail mode. Zero or negative
 	// means DefaultAdmitTimeout.
 	AdmitTimeout time.Duration
+	// QueueFeedbackAfter is how long the shim waits in a queue before it
+	// tells the git client on stderr that it is waiting. Zero or negative
+	// means never (DefaultShimConfig uses DefaultQueueFeedbackAfter).
+	QueueFeedbackAfter time.Duration
 }
+
+// DefaultQueueFeedbackAfter is the queue feedback threshold used when
+// shim.conf does not say ([agent] queue_feedback_after's default).
+const DefaultQueueFeedbackAfter = 2 * time.Second
 
 // DefaultAdmitTimeout is the admission wait used when none is configured: a
 // little over the longest default max_queue_wait, so the agent's own
@@ -55,8 +64,9 @@ const maxConfigSize = 16 << 10
 // DefaultAdmitTimeout.
 func DefaultShimConfig() ShimConfig {
 	return ShimConfig{
-		Match:        append([]string(nil), defaultMatch[:]...),
-		AdmitTimeout: DefaultAdmitTimeout,
+		Match:              append([]string(nil), defaultMatch[:]...),
+		AdmitTimeout:       DefaultAdmitTimeout,
+		QueueFeedbackAfter: DefaultQueueFeedbackAfter,
 	}
 }
 
@@ -99,6 +109,8 @@ func FormatShimConfig(c ShimConfig) []byte {
 	}
 	b = append(b, "\nadmit_timeout_ms="...)
 	b = strconv.AppendInt(b, t.Milliseconds(), 10)
+	b = append(b, "\nqueue_feedback_after_ms="...)
+	b = strconv.AppendInt(b, max(c.QueueFeedbackAfter, 0).Milliseconds(), 10)
 	return append(b, '\n')
 }
 
@@ -267,6 +279,13 @@ func parseShimConfig(data []byte, c *ShimConfig) error {
 			} else {
 				c.AdmitTimeout = time.Duration(ms) * time.Millisecond
 			}
+		case "queue_feedback_after_ms":
+			ms, err := strconv.ParseInt(val, 10, 64)
+			if err != nil || ms < 0 || ms > int64(24*time.Hour/time.Millisecond) {
+				bad(lineNo, "queue_feedback_after_ms must be milliseconds")
+				continue
+			}
+			c.QueueFeedbackAfter = time.Duration(ms) * time.Millisecond
 		}
 	}
 	return firstErr

@@ -132,6 +132,14 @@ func (c *Conn) Write(p []byte) (int, error) {
 // malformed frame is an error: the caller applies its fail mode. After
 // Admitted the connection is the lease: keep it open until Finish.
 func (c *Conn) Admit(req *AdmitRequest, deadline time.Time, onQueued func(Queued)) (Reply, error) {
+	return c.AdmitTicking(req, deadline, onQueued, 0, nil)
+}
+
+// AdmitTicking is Admit that, once queued, also calls onTick about every
+// tick while no answer arrives (tick <= 0 or a nil onTick: never), so the
+// caller can show progress. The wait is a poll(2) before each frame, so a
+// tick never interrupts a frame half read.
+func (c *Conn) AdmitTicking(req *AdmitRequest, deadline time.Time, onQueued func(Queued), tick time.Duration, onTick func()) (Reply, error) {
 	b := append(c.buf[:0], Magic...)
 	b = append(b, 0, 0, 0, 0)
 	b = AppendAdmit(b, req)
@@ -145,7 +153,21 @@ func (c *Conn) Admit(req *AdmitRequest, deadline time.Time, onQueued func(Queued
 	if _, err := c.Write(b); err != nil {
 		return Reply{}, errors.New("send admit request: " + err.Error())
 	}
+	queued := false
 	for {
+		if queued && tick > 0 && onTick != nil {
+			wait := min(tick, time.Until(c.deadline))
+			if wait > 0 {
+				ready, err := pollIn(c.fd, wait)
+				if err != nil {
+					return Reply{}, errors.New("wait for admission: poll: " + err.Error())
+				}
+				if !ready {
+					onTick()
+					continue
+				}
+			}
+		}
 		frame, err := ReadFrame(c, c.buf[:cap(c.buf)])
 		if err != nil {
 			if err == ErrTimeout && c.deadline.Equal(first) && first.Before(deadline) {
@@ -164,6 +186,7 @@ func (c *Conn) Admit(req *AdmitRequest, deadline time.Time, onQueued func(Queued
 		switch m.Kind {
 		case ServerQueued:
 			c.deadline = deadline
+			queued = true
 			if onQueued != nil {
 				onQueued(m.Queued)
 			}
@@ -215,4 +238,27 @@ func send(fd int, p []byte) (int, error) {
 		return 0, errno
 	}
 	return int(n), nil
+}
+
+// pollFd is struct pollfd.
+type pollFd struct {
+	fd      int32
+	events  int16
+	revents int16
+}
+
+// pollIn waits up to d for fd to become readable (or hung up); it reports
+// false when d passed or a signal interrupted the wait.
+func pollIn(fd int, d time.Duration) (bool, error) {
+	const pollReadable = 0x1 // POLLIN
+	p := pollFd{fd: int32(fd), events: pollReadable}
+	ts := syscall.NsecToTimespec(int64(d))
+	n, _, errno := syscall.Syscall6(syscall.SYS_PPOLL, uintptr(unsafe.Pointer(&p)), 1, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+	switch {
+	case errno == syscall.EINTR:
+		return false, nil
+	case errno != 0:
+		return false, errno
+	}
+	return n > 0, nil
 }

@@ -167,3 +167,33 @@ func TestDialNowhere(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+// TestConnAdmitTicking: once queued, the caller is woken while no answer
+// arrives, and a frame that arrives after ticks is still read whole.
+func TestConnAdmitTicking(t *testing.T) {
+	release := make(chan struct{})
+	sock := fakeAgent(t, func(c net.Conn, r *bufio.Reader) {
+		readAdmit(t, r)
+		c.Write(AppendFrame(nil, AppendServerMsg(nil, &ServerMsg{Kind: ServerQueued, Queued: Queued{Limit: "l", Position: 1, QueueLength: 1}})))
+		<-release
+		c.Write(AppendFrame(nil, AppendServerMsg(nil, &ServerMsg{Kind: ServerAdmitted, Reply: Reply{Admitted: true, LeaseID: "lease-2"}})))
+	})
+	c, err := Dial(sock, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ticks := 0
+	rep, err := c.AdmitTicking(&AdmitRequest{}, time.Now().Add(time.Minute), nil, 5*time.Millisecond, func() {
+		ticks++
+		if ticks == 3 {
+			close(release)
+		}
+	})
+	if err != nil || !rep.Admitted || rep.LeaseID != "lease-2" {
+		t.Fatalf("reply %+v, %v", rep, err)
+	}
+	if ticks < 3 {
+		t.Errorf("%d ticks, want at least 3", ticks)
+	}
+}

@@ -360,8 +360,8 @@ func TestShimConfigRoundTrip(t *testing.T) {
 		t.Error("default Matches wrong")
 	}
 	for _, want := range []ShimConfig{
-		{FailClosed: true, GitBin: "/opt/git/bin/git", Match: []string{"upload-pack"}, AdmitTimeout: 1500 * time.Millisecond},
-		{Match: []string{}, AdmitTimeout: time.Second},
+		{FailClosed: true, GitBin: "/opt/git/bin/git", Match: []string{"upload-pack"}, AdmitTimeout: 1500 * time.Millisecond, QueueFeedbackAfter: 500 * time.Millisecond},
+		{Match: []string{}, AdmitTimeout: time.Second}, // QueueFeedbackAfter 0: never
 		def,
 	} {
 		if err := WriteShimConfig(path, want); err != nil {
@@ -376,6 +376,7 @@ func TestShimConfigRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 		if got.FailClosed != want.FailClosed || got.GitBin != want.GitBin || got.AdmitTimeout != want.AdmitTimeout ||
+			got.QueueFeedbackAfter != want.QueueFeedbackAfter ||
 			strings.Join(got.Match, ",") != strings.Join(want.Match, ",") {
 			t.Errorf("round trip: got %+v, want %+v", got, want)
 		}
@@ -397,6 +398,17 @@ func TestParseShimConfig(t *testing.T) {
 	}
 	if !c.FailClosed || c.GitBin != "/x/git" || strings.Join(c.Match, ",") != "upload-pack,receive-pack" || c.AdmitTimeout != DefaultAdmitTimeout {
 		t.Errorf("parsed %+v", c)
+	}
+	if c.QueueFeedbackAfter != DefaultQueueFeedbackAfter {
+		t.Errorf("queue feedback without the key: %v, want %v", c.QueueFeedbackAfter, DefaultQueueFeedbackAfter)
+	}
+	c = DefaultShimConfig()
+	if err := parseShimConfig([]byte("queue_feedback_after_ms=0\n"), &c); err != nil || c.QueueFeedbackAfter != 0 {
+		t.Errorf("queue_feedback_after_ms=0: %v %v, want 0 (never)", err, c.QueueFeedbackAfter)
+	}
+	c = DefaultShimConfig()
+	if err := parseShimConfig([]byte("queue_feedback_after_ms=-5\n"), &c); err == nil || c.QueueFeedbackAfter != DefaultQueueFeedbackAfter {
+		t.Errorf("queue_feedback_after_ms=-5: %v %v, want an error and the default", err, c.QueueFeedbackAfter)
 	}
 	c = DefaultShimConfig()
 	if err := parseShimConfig([]byte("fail_mode=sometimes\nnonsense\n"), &c); err == nil || c.FailClosed {

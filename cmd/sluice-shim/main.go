@@ -20,6 +20,8 @@
 //     connection is held open as the lease, Finished (exit status, CPU, max
 //     RSS, real time) is sent, and the shim exits exactly as git did (same
 //     code, or the same signal re-raised).
+//   - Queued longer than queue_feedback_after (shim.conf): a "sluice:
+//     waiting for a slot …" line on stderr, refreshed in place (feedback.go).
 //   - Rejected: the agent's one-line message ("sluice: …") goes to stderr
 //     and the shim exits 75 (EX_TEMPFAIL: "try again later"). In hook mode
 //     the client sees it as "remote: sluice: …".
@@ -114,7 +116,14 @@ func run(argv []string) int {
 	if err != nil {
 		return unavailable(&cfg, sock, err, git, gitArgv, env, corr)
 	}
-	rep, err := conn.Admit(&req, time.Now().Add(cfg.AdmitTimeout), nil)
+	var rep wire.Reply
+	if cfg.QueueFeedbackAfter > 0 {
+		fb := newFeedback(cfg.QueueFeedbackAfter, req.Repo)
+		rep, err = conn.AdmitTicking(&req, time.Now().Add(cfg.AdmitTimeout), fb.queuedAt, feedbackTick, fb.tick)
+		fb.done(err == nil && rep.Admitted)
+	} else {
+		rep, err = conn.Admit(&req, time.Now().Add(cfg.AdmitTimeout), nil)
+	}
 	if err != nil {
 		conn.Close()
 		return unavailable(&cfg, sock, err, git, gitArgv, env, corr)

@@ -245,7 +245,8 @@ func shimConfig(cfg *policy.Config) wire.ShimConfig {
 		Match:      cfg.MatchedSubcommands(),
 		// The longest a shim may legitimately wait, plus slack for the
 		// agent to answer.
-		AdmitTimeout: cfg.MaxQueueWait() + 2*time.Second,
+		AdmitTimeout:       cfg.MaxQueueWait() + 2*time.Second,
+		QueueFeedbackAfter: cfg.Agent.QueueFeedbackAfter.Duration,
 	}
 }
 
