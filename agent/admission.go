@@ -13,15 +13,16 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
+	"github.com/sluicehq/sluice/agent/wire"
 	"github.com/sluicehq/sluice/policy"
 )
 
 // Bounds on what an admission request may carry.
 const (
-	maxRepoBytes   = 4096
-	maxNameBytes   = 64
-	maxUserBytes   = 256
-	maxCorrIDBytes = 128
+	maxRepoBytes   = wire.MaxRepoBytes
+	maxNameBytes   = wire.MaxNameBytes
+	maxUserBytes   = wire.MaxUserBytes
+	maxCorrIDBytes = wire.MaxCorrelationIDBytes
 )
 
 // Drop reasons, the `reason` label of sluice_requests_dropped_total.
@@ -82,6 +83,12 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 	defer a.admitting.Add(-1)
 	if a.stopping.Err() != nil {
 		_ = send(rejected(admitpb.RejectReason_REJECT_REASON_UNAVAILABLE, "", msgUnavailable))
+		return nil
+	}
+	// Who asks is checked before anything the request says is looked at.
+	// req.WorkerPid is never read: the agent acts only on peer.PID.
+	if m := a.authorizeAdmit(peer); m != nil {
+		_ = send(m)
 		return nil
 	}
 	if err := validateRequest(req); err != nil {

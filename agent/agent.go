@@ -75,6 +75,10 @@ type Agent struct {
 	// admitting counts requests inside admit, so shutdown can wait for
 	// their replies to be sent.
 	admitting atomic.Int64
+	// conns counts connections against [agent] max_connections.
+	conns connCounter
+	// acl caches [agent] admit_users and admit_groups, resolved.
+	acl aclCache
 
 	mu       sync.RWMutex // guards the fields below
 	policy   *policy.Config
@@ -107,6 +111,7 @@ func New(opts Options) *Agent {
 		policy:     opts.Policy,
 		limiters:   make(map[string]*Limiter),
 	}
+	fdBudget() // read the open-file limit now, before anything can change it
 	a.calib = newCalibrator(a)
 	for i := range opts.Policy.Limits {
 		r := &opts.Policy.Limits[i]

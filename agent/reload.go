@@ -103,6 +103,7 @@ func (a *Agent) Reload() *admitpb.ReloadResponse {
 	if old.Agent.FailMode != cfg.Agent.FailMode {
 		changes = append(changes, fmt.Sprintf("fail_mode %s -> %s", old.Agent.FailMode, cfg.Agent.FailMode))
 	}
+	changes = append(changes, accessChanges(&old.Agent, &cfg.Agent)...)
 	a.limiters = limiters
 	a.policy = cfg
 	a.mu.Unlock()

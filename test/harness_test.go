@@ -85,6 +85,8 @@ type agentProc struct {
 	logs    *lockedBuffer
 	done    chan struct{} // closed when sluiced has exited
 	waitErr error
+	// agentExtra is added to the [agent] table start writes ("" for none).
+	agentExtra string
 }
 
 type lockedBuffer struct {
@@ -138,10 +140,10 @@ func (a *agentProc) start(limits, failMode string) {
 socket = %q
 metrics_addr = "127.0.0.1:0"
 fail_mode = %q
-
+%s
 [git]
 bin = %q
-%s`, a.socket, failMode, bins.realGit, limits)
+%s`, a.socket, failMode, a.agentExtra, bins.realGit, limits)
 	if !strings.Contains(limits, "[cgroups]") {
 		cfg += "\n[cgroups]\nenabled = false\n"
 	}
