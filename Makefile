@@ -14,7 +14,7 @@ build: ## build sluiced, sluice-shim and sluice into ./bin
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/sluiced ./cmd/sluice-shim ./cmd/sluice
 
-test: lint race bench-smoke bench-storm-smoke ## every test: lint, all tests under -race (unit and end-to-end), benchmark smoke
+test: lint race fuzz-smoke bench-smoke bench-storm-smoke soak-smoke ## every test: lint, all tests under -race (unit and end-to-end), fuzz and benchmark smoke
 
 race: ## all tests, with the race detector (the end-to-end suite in test/ runs real binaries and real git)
 	$(GO) test -race -count=1 -timeout 20m ./...
@@ -66,3 +66,24 @@ deb: ## reproducible Debian package bin/sluice_<version>_amd64.deb (dpkg-deb; SO
 
 clean: ## remove build output
 	rm -rf $(BIN)
+
+# Fuzz targets as package:Func. Seeds are in the code (f.Add) and in each
+# package's testdata/fuzz/<Func>/; a crash the fuzzer finds is written there
+# too and becomes a regression test of plain `go test`.
+FUZZ_TARGETS := policy:FuzzParse \
+  gitwrap:FuzzParse gitwrap:FuzzRepo gitwrap:FuzzEnv gitwrap:FuzzParsePkt \
+  agent/wire:FuzzDecodeServerMsg agent/wire:FuzzDecodeClientMsg agent/wire:FuzzClamp \
+  agent:FuzzShimRequest agent:FuzzAdmitRequest agent:FuzzServeShim
+FUZZTIME ?= 3s
+
+.PHONY: fuzz-smoke soak soak-smoke
+fuzz-smoke: ## run every fuzz target for FUZZTIME (3s each, ~1 min in all; CI); `make fuzz-smoke FUZZTIME=5m` for a real run
+	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+	  echo "fuzz ./$$pkg $$fn ($(FUZZTIME))"; \
+	  $(GO) test ./$$pkg -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -parallel 2; done
+
+soak: build ## admission soak with random kills against a real sluiced, 5 minutes; leak check of goroutines, fds, RSS
+	$(GO) run ./bench/soak -bin $(BIN) -duration 5m
+
+soak-smoke: build ## the soak in smoke mode: a few seconds (CI)
+	$(GO) run ./bench/soak -bin $(BIN) -smoke

@@ -1,10 +1,11 @@
 package agent
 
 // The admin API: Status and Reload for the operator CLI, open to root and
-// to members of [agent] admin_group only. Admission stays open to anyone
-// who can reach the socket (its 0660 group is that gate); the admin API can
-// reveal every repository, address and user in flight and change the
-// policy, so it asks for more.
+// to members of [agent] admin_group only. Admission is open to anyone who
+// can reach the socket (its 0660 group is that gate) unless [agent]
+// admit_users / admit_groups narrow it (auth.go); the admin API can reveal
+// every repository, address and user in flight and change the policy, so it
+// asks for more.
 
 import (
 	"bufio"

@@ -13,15 +13,16 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
+	"github.com/sluicehq/sluice/agent/wire"
 	"github.com/sluicehq/sluice/policy"
 )
 
 // Bounds on what an admission request may carry.
 const (
-	maxRepoBytes   = 4096
-	maxNameBytes   = 64
-	maxUserBytes   = 256
-	maxCorrIDBytes = 128
+	maxRepoBytes   = wire.MaxRepoBytes
+	maxNameBytes   = wire.MaxNameBytes
+	maxUserBytes   = wire.MaxUserBytes
+	maxCorrIDBytes = wire.MaxCorrelationIDBytes
 )
 
 // Drop reasons, the `reason` label of sluice_requests_dropped_total.
@@ -100,6 +101,12 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 		_ = send(rejected(admitpb.RejectReason_REJECT_REASON_UNAVAILABLE, "", msgUnavailable))
 		return nil
 	}
+	// Who asks is checked before anything the request says is looked at.
+	// req.WorkerPid is never read: the agent acts only on peer.PID.
+	if m := a.authorizeAdmit(peer); m != nil {
+		_ = send(m)
+		return nil
+	}
 	if err := validateRequest(req); err != nil {
 		a.log.Warn("invalid admission request", zap.Int32("pid", peer.PID), zap.Uint32("uid", peer.UID), zap.Error(err))
 		a.obs.CommandRejected(cmdLabel, "invalid")
@@ -147,6 +154,14 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 			}
 			a.leases.Remove(l)
 			a.reject(l, rule, lim, err, waited, send)
+			return nil
+		}
+		if a.stopping.Err() != nil {
+			// Admitted as shutdown began (a slot freed by it): the caller
+			// fails over like every other waiter.
+			release()
+			a.leases.Remove(l)
+			a.reject(l, rule, lim, errUnavailable, waited, send)
 			return nil
 		}
 		adm.release = release

@@ -88,6 +88,10 @@ type Agent struct {
 	// admitting counts requests inside admit, so shutdown can wait for
 	// their replies to be sent.
 	admitting atomic.Int64
+	// conns counts connections against [agent] max_connections.
+	conns connCounter
+	// acl caches [agent] admit_users and admit_groups, resolved.
+	acl aclCache
 
 	unwrapped  unwrappedLog
 	execMu     sync.Mutex
@@ -127,6 +131,7 @@ func New(opts Options) *Agent {
 		policy:     opts.Policy,
 		limiters:   make(map[string]*Limiter),
 	}
+	fdBudget() // read the open-file limit now, before anything can change it
 	a.calib = newCalibrator(a)
 	a.timeouts = newWatcher(a.log.Named("timeouts"), obs, realProcOps())
 	for i := range opts.Policy.Limits {

@@ -22,6 +22,14 @@
 //
 // The caller is identified by SO_PEERCRED, read when the connection is
 // accepted; nothing the request claims about pid, uid or gid is used.
+// [agent] admit_users / admit_groups may narrow who can ask (auth.go); the
+// admin API needs root or admin_group (admin.go).
+//
+// # Bounds
+//
+// Connections, message sizes, request fields, the hello, queues and keys
+// are all bounded, so no client count or key count can exhaust the agent's
+// memory or file descriptors (bounds.go lists them).
 //
 // # Keys that cannot be derived
 //
@@ -44,6 +52,8 @@
 //
 // A request is rejected when its key's queue is full (max_size), when it
 // waited max_queue_wait (max_time), when it is malformed (invalid), or while
-// the agent shuts down (unavailable: the shim then applies fail_mode). The
-// rejection carries one line for the git client, starting with "sluice: ".
+// the agent shuts down or already serves max_connections (unavailable: the
+// shim then applies fail_mode), or when the caller may not admit
+// (permission: always a rejection, never a fail-over). The rejection
+// carries one line for the git client, starting with "sluice: ".
 package agent

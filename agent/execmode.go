@@ -177,9 +177,8 @@ func (a *Agent) runExec(adm *admission) {
 // abandon lets go of a running lease without recording an outcome, when
 // the agent stops while the command still runs.
 func (a *Agent) abandon(adm *admission) {
-	if adm.release != nil {
-		adm.release()
-	}
+	// The slot is not given back: the agent is stopping, and a waiter must
+	// not be admitted by it in the moment before it is told to fail over.
 	if adm.exec != nil {
 		a.endExec(adm)
 	}

@@ -104,6 +104,7 @@ func (a *Agent) Reload() *admitpb.ReloadResponse {
 		changes = append(changes, fmt.Sprintf("fail_mode %s -> %s", old.Agent.FailMode, cfg.Agent.FailMode))
 	}
 	changes = append(changes, timeoutChanges(old, cfg)...)
+	changes = append(changes, accessChanges(&old.Agent, &cfg.Agent)...)
 	a.limiters = limiters
 	a.policy = cfg
 	a.mu.Unlock()

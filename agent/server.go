@@ -38,6 +38,7 @@ const (
 // after a shutdown caused by ctx.
 func (a *Agent) Serve(ctx context.Context, sock *Socket) error {
 	ln, path := sock.ln, sock.Path
+	a.warnFDBudget()
 	a.mu.Lock()
 	a.socket = path
 	a.mu.Unlock()
@@ -61,23 +62,41 @@ func (a *Agent) Serve(ctx context.Context, sock *Socket) error {
 	shimConns := map[net.Conn]struct{}{}
 
 	acceptErr := make(chan error, 1)
+	acceptDone := make(chan struct{})
 	go func() {
+		defer close(acceptDone)
+		var backoff time.Duration
 		for {
 			c, err := ln.AcceptUnix()
 			if err != nil {
+				if temporaryAcceptError(err) && a.stopping.Err() == nil {
+					// Out of fds or memory: wait for connections to
+					// end rather than stop serving everyone.
+					backoff = acceptBackoff(backoff)
+					a.log.Warn("accept failed; retrying", zap.Error(err), zap.Duration("backoff", backoff))
+					time.Sleep(backoff)
+					continue
+				}
 				acceptErr <- err
 				return
+			}
+			backoff = 0
+			done := a.tryConn()
+			if done == nil {
+				a.refuseConn(c)
+				continue
 			}
 			cred, err := peerCred(c)
 			if err != nil {
 				a.log.Warn("reading peer credentials", zap.Error(err))
 				c.Close()
+				done()
 				continue
 			}
 			conns.Add(1)
 			go func() {
 				defer conns.Done()
-				a.dispatch(c, cred, gln, func(add bool) {
+				a.dispatch(c, cred, gln, done, func(add bool) {
 					shimMu.Lock()
 					defer shimMu.Unlock()
 					if add {
@@ -104,6 +123,8 @@ func (a *Agent) Serve(ctx context.Context, sock *Socket) error {
 	a.waitAdmissionsDone(drainTimeout)
 	gs.Stop()
 	<-gdone
+	// No conns.Add may race with conns.Wait below.
+	<-acceptDone
 	shimMu.Lock()
 	for c := range shimConns {
 		c.Close()
@@ -128,7 +149,14 @@ func (a *Agent) waitAdmissionsDone(d time.Duration) {
 
 // dispatch reads the first byte of c and hands it to the gRPC server or
 // serves it as a shim connection.
-func (a *Agent) dispatch(c *net.UnixConn, cred PeerCred, gln *chanListener, track func(add bool)) {
+// done uncounts the connection (see tryConn) once it is closed.
+func (a *Agent) dispatch(c *net.UnixConn, cred PeerCred, gln *chanListener, done func(), track func(add bool)) {
+	handed := false
+	defer func() {
+		if !handed {
+			done()
+		}
+	}()
 	if a.stopping.Err() != nil {
 		cred.close()
 		c.Close()
@@ -144,7 +172,8 @@ func (a *Agent) dispatch(c *net.UnixConn, cred PeerCred, gln *chanListener, trac
 	switch first[0] {
 	case 'P': // "PRI * HTTP/2.0": gRPC
 		_ = c.SetReadDeadline(time.Time{})
-		pc := &peekedConn{UnixConn: c, first: first[0], cred: cred}
+		pc := &peekedConn{UnixConn: c, first: first[0], cred: cred, onClose: done}
+		handed = true
 		if !gln.deliver(pc) {
 			pc.Close()
 		}
@@ -279,14 +308,22 @@ type peekedConn struct {
 	first byte
 	read  bool
 	cred  PeerCred
+	// onClose uncounts the connection; nil for none.
+	onClose func()
 
 	closeOnce sync.Once
 }
 
 // Close closes the connection and the peer's pidfd.
 func (c *peekedConn) Close() error {
-	c.closeOnce.Do(c.cred.close)
-	return c.UnixConn.Close()
+	err := c.UnixConn.Close()
+	c.closeOnce.Do(func() {
+		c.cred.close()
+		if c.onClose != nil {
+			c.onClose()
+		}
+	})
+	return err
 }
 
 func (c *peekedConn) Read(p []byte) (int, error) {

@@ -38,11 +38,19 @@ max_queue_wait = "10s"
 // startTestAgent serves an agent on a socket in a temp dir.
 func startTestAgent(t *testing.T, toml string) (*Agent, string) {
 	t.Helper()
+	return startTestAgentOpts(t, toml, Options{})
+}
+
+// startTestAgentOpts is startTestAgent with more options (Policy, Log and
+// Version are filled in).
+func startTestAgentOpts(t *testing.T, toml string, opts Options) (*Agent, string) {
+	t.Helper()
 	cfg, err := policy.Parse("test.toml", []byte(toml))
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := New(Options{Policy: cfg, Log: zaptest.NewLogger(t), Version: "test"})
+	opts.Policy, opts.Log, opts.Version = cfg, zaptest.NewLogger(t), "test"
+	a := New(opts)
 	sock, err := Listen(SocketOptions{Path: filepath.Join(t.TempDir(), "s.sock")})
 	if err != nil {
 		t.Fatal(err)

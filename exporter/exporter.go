@@ -47,6 +47,7 @@ type LimitStat struct {
 	InProgress   int    // commands holding a lease
 	Queued       int    // requests waiting in the limit's queues
 	CurrentLimit int    // concurrency allowed per key now (adaptive or static)
+	Keys         int    // distinct keys with a command running or waiting
 }
 
 // LimitSource reports the state of every configured limit. It is called at
@@ -71,6 +72,9 @@ type Options struct {
 	// Cgroups is read at scrape time for the sluice_cgroup_* metrics; nil
 	// exports none.
 	Cgroups CgroupSource
+	// Connections is read at scrape time for sluice_connections and
+	// sluice_connections_rejected_total; nil exports neither.
+	Connections ConnectionSource
 }
 
 // Exporter holds sluice's metrics and serves them. Its recording methods are
@@ -114,6 +118,9 @@ func New(opts Options) *Exporter {
 	}
 	if opts.Cgroups != nil {
 		cs = append(cs, newCgroupCollector(opts.Cgroups))
+	}
+	if opts.Connections != nil {
+		cs = append(cs, newConnCollector(opts.Connections))
 	}
 	e.reg.MustRegister(cs...)
 	return e

@@ -55,15 +55,20 @@ func (fakeCgroups) CgroupStats() ([]CgroupStat, uint64, bool) {
 	}, 1, true
 }
 
+// fakeConns reports 7 open connections and 3 refused.
+type fakeConns struct{}
+
+func (fakeConns) ConnectionStats() (int, uint64) { return 7, 3 }
+
 // recordedExporter is an Exporter with a fixed set of recorded events, the
 // input of the golden and promtool tests.
 func recordedExporter() *Exporter {
 	limits := &fakeLimits{}
 	limits.set(
-		LimitStat{Name: "upload-pack", InProgress: 3, Queued: 2, CurrentLimit: 20},
-		LimitStat{Name: "pack-objects", InProgress: 1, Queued: 0, CurrentLimit: 8},
+		LimitStat{Name: "upload-pack", InProgress: 3, Queued: 2, CurrentLimit: 20, Keys: 2},
+		LimitStat{Name: "pack-objects", InProgress: 1, Queued: 0, CurrentLimit: 8, Keys: 1},
 	)
-	e := New(Options{Version: "v1.2.3", Limits: limits, Cgroups: fakeCgroups{}})
+	e := New(Options{Version: "v1.2.3", Limits: limits, Cgroups: fakeCgroups{}, Connections: fakeConns{}})
 	e.SetLimits([]string{"upload-pack", "pack-objects"})
 
 	e.CommandFinished("git", "upload-pack", OutcomeOK, 1500*time.Millisecond, 250*time.Millisecond, 4*time.Second, 40<<20)

@@ -108,6 +108,7 @@ type limitCollector struct {
 	inProgress   *prometheus.Desc
 	queued       *prometheus.Desc
 	currentLimit *prometheus.Desc
+	keys         *prometheus.Desc
 }
 
 func newLimitCollector(src LimitSource) *limitCollector {
@@ -126,6 +127,10 @@ func newLimitCollector(src LimitSource) *limitCollector {
 			prometheus.BuildFQName(namespace, "concurrency_limiting", "current_limit"),
 			"Concurrency each limit allows per key now (moves with the adaptive limiter).",
 			labels, nil),
+		keys: prometheus.NewDesc(
+			prometheus.BuildFQName(namespace, "limiter", "keys"),
+			"Distinct keys each limit tracks now: keys with a command running or waiting (idle keys are forgotten at once).",
+			labels, nil),
 	}
 }
 
@@ -133,6 +138,7 @@ func (c *limitCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.inProgress
 	ch <- c.queued
 	ch <- c.currentLimit
+	ch <- c.keys
 }
 
 func (c *limitCollector) Collect(ch chan<- prometheus.Metric) {
@@ -145,5 +151,6 @@ func (c *limitCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.inProgress, prometheus.GaugeValue, float64(s.InProgress), s.Name)
 		ch <- prometheus.MustNewConstMetric(c.queued, prometheus.GaugeValue, float64(s.Queued), s.Name)
 		ch <- prometheus.MustNewConstMetric(c.currentLimit, prometheus.GaugeValue, float64(s.CurrentLimit), s.Name)
+		ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, float64(s.Keys), s.Name)
 	}
 }

@@ -104,7 +104,27 @@ type Agent struct {
 	// waiting for a slot for …", refreshed every ~2 s). 0 means never; Parse
 	// fills in 2s when absent; at most 1h. Passed to the shim in shim.conf.
 	QueueFeedbackAfter Duration `toml:"queue_feedback_after"`
+	// AdmitUsers lists the users (names or numeric uids) whose processes may
+	// ask for admission, checked against the kernel's peer credentials of
+	// each connection. Root may always. Empty, with AdmitGroups empty too,
+	// means anyone who can open the socket (which socket_group already
+	// limits).
+	AdmitUsers []string `toml:"admit_users"`
+	// AdmitGroups lists groups (names or numeric gids): a process whose
+	// primary or supplementary group is one of them may ask for admission.
+	// Empty: see AdmitUsers.
+	AdmitGroups []string `toml:"admit_groups"`
+	// MaxConnections bounds the connections the agent serves at once (shims
+	// queued or holding a lease, CLI calls). A connection beyond it is
+	// answered "unavailable" and closed at once, and the shim applies
+	// fail_mode. 0 means DefaultMaxConnections.
+	MaxConnections int `toml:"max_connections"`
 }
+
+// DefaultMaxConnections is Agent.MaxConnections when unset: far above the
+// leases and queues of the default policy, far below the file descriptors
+// sluiced's systemd unit allows (LimitNOFILE=1048576).
+const DefaultMaxConnections = 10000
 
 // Git says where the real git binary is.
 type Git struct {
@@ -456,6 +476,9 @@ func defaults() *Config {
 			MetricsAddr:        "127.0.0.1:9780",
 			FailMode:           FailOpen,
 			QueueFeedbackAfter: Duration{2 * time.Second},
+			MaxConnections:     DefaultMaxConnections,
+			AdmitUsers:         []string{},
+			AdmitGroups:        []string{},
 		},
 		Cgroups: Cgroups{
 			Enabled:       true,
@@ -493,6 +516,9 @@ func (c *Config) fillDefaults() {
 	}
 	if c.Agent.FailMode == "" {
 		c.Agent.FailMode = FailOpen
+	}
+	if c.Agent.MaxConnections == 0 {
+		c.Agent.MaxConnections = DefaultMaxConnections
 	}
 	if c.Cgroups.Mountpoint == "" {
 		c.Cgroups.Mountpoint = "/sys/fs/cgroup"

@@ -42,7 +42,7 @@ func TestDefault(t *testing.T) {
 	}
 	// Every section of the file says what the code defaults say.
 	d := defaults()
-	if c.Agent != d.Agent || c.Git != d.Git || c.Cgroups != d.Cgroups || !reflect.DeepEqual(c.Adaptive, d.Adaptive) || c.EBPF != d.EBPF || c.Timeouts != d.Timeouts {
+	if !reflect.DeepEqual(c.Agent, d.Agent) || c.Git != d.Git || c.Cgroups != d.Cgroups || !reflect.DeepEqual(c.Adaptive, d.Adaptive) || c.EBPF != d.EBPF || c.Timeouts != d.Timeouts {
 		t.Errorf("default.toml and defaults() disagree:\nfile %+v\ncode %+v", c, d)
 	}
 	if !c.Cgroups.Enabled || c.Cgroups.Required || !c.EBPF.Enabled || c.Agent.MetricsAddr != "127.0.0.1:9780" || c.Agent.FailMode != FailOpen {
@@ -78,7 +78,7 @@ func TestPrintDefaultsRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := Default()
-	if len(empty.Limits) != 0 || empty.Agent != d.Agent || empty.Cgroups != d.Cgroups || !reflect.DeepEqual(empty.Adaptive, d.Adaptive) ||
+	if len(empty.Limits) != 0 || !reflect.DeepEqual(empty.Agent, d.Agent) || empty.Cgroups != d.Cgroups || !reflect.DeepEqual(empty.Adaptive, d.Adaptive) ||
 		empty.EBPF != d.EBPF || empty.Timeouts != d.Timeouts {
 		t.Errorf("empty file does not get the default sections: %+v", empty)
 	}
@@ -148,7 +148,7 @@ top = 1
 `
 	es := parseErrors(t, doc)
 	want := []wantErr{
-		{2, "agent.sockt", "", "unknown key", `did you mean "socket"? remove it, or check the spelling (known keys in [agent]: socket, socket_group, metrics_addr, fail_mode, admin_group, queue_feedback_after)`},
+		{2, "agent.sockt", "", "unknown key", `did you mean "socket"? remove it, or check the spelling (known keys in [agent]: socket, socket_group, metrics_addr, fail_mode, admin_group, queue_feedback_after, admit_users, admit_groups, max_connections)`},
 		{3, "agent.fail_mode", `"maybe"`, `"open" or "closed"`, "closed"},
 		{5, `limit "up".max_queue_wait`, "", "is missing", "never wait forever"},
 		{10, `limit "up".max_wait`, "", "unknown key", "known keys in [[limit]]: name, match, key, queue_order, max_queue_size, max_queue_wait,"},

@@ -19,6 +19,9 @@ const (
 	maxBuckets   = 65536
 	maxKillGrace = time.Minute
 	maxFeedback  = time.Hour
+	// maxConnections bounds [agent] max_connections: each connection costs
+	// a file descriptor and two goroutines.
+	maxConnections = 1000000
 )
 
 // Validate checks the whole policy and returns Errors holding every problem,
@@ -110,6 +113,21 @@ func (v *validator) agent() {
 	}
 	if a.FailMode != FailOpen && a.FailMode != FailClosed {
 		v.add("agent.fail_mode", a.FailMode, "must be \"open\" or \"closed\"", `use "open" to run git when the agent cannot answer, "closed" to reject`)
+	}
+	if a.MaxConnections < 1 || a.MaxConnections > maxConnections {
+		v.add("agent.max_connections", a.MaxConnections, fmt.Sprintf("must be in [1, %d]", maxConnections), fmt.Sprintf("write a number such as %d, or remove the key for the default", DefaultMaxConnections))
+	}
+	for _, k := range []struct {
+		key   string
+		names []string
+		what  string
+	}{{"agent.admit_users", a.AdmitUsers, "user"}, {"agent.admit_groups", a.AdmitGroups, "group"}} {
+		for _, n := range k.names {
+			if n == "" || strings.ContainsAny(n, " \t\n:,") || len(n) > 256 {
+				v.add(k.key, k.names, fmt.Sprintf("entry %q is not a %s name or numeric id", n, k.what), fmt.Sprintf(`write a list such as ["git", "1001"], or [] to let anyone who can open the socket admit`))
+				break
+			}
+		}
 	}
 }
 

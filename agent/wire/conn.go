@@ -151,6 +151,11 @@ func (c *Conn) AdmitTicking(req *AdmitRequest, deadline time.Time, onQueued func
 	}
 	c.deadline = first
 	if _, err := c.Write(b); err != nil {
+		// An agent at its connection limit answers and closes without
+		// reading: its answer may be waiting even though the write failed.
+		if rep, ok := c.answerAfterClose(); ok {
+			return rep, nil
+		}
 		return Reply{}, errors.New("send admit request: " + err.Error())
 	}
 	queued := false
@@ -198,6 +203,25 @@ func (c *Conn) AdmitTicking(req *AdmitRequest, deadline time.Time, onQueued func
 			c.deadline = deadline
 		}
 	}
+}
+
+// answerAfterClose reads a final answer the agent sent before closing the
+// connection, if there is one.
+func (c *Conn) answerAfterClose() (Reply, bool) {
+	c.deadline = time.Now().Add(100 * time.Millisecond)
+	frame, err := ReadFrame(c, c.buf[:cap(c.buf)])
+	if err != nil {
+		return Reply{}, false
+	}
+	m, err := DecodeServerMsg(frame)
+	if err != nil || (m.Kind != ServerRejected && m.Kind != ServerAdmitted) {
+		return Reply{}, false
+	}
+	if m.Kind == ServerAdmitted {
+		// A lease on a connection we could not write to is useless.
+		return Reply{}, false
+	}
+	return m.Reply, true
 }
 
 // Finish reports how git ended. It waits at most a second: the lease is

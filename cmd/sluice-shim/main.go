@@ -22,9 +22,13 @@
 //     code, or the same signal re-raised).
 //   - Queued longer than queue_feedback_after (shim.conf): a "sluice:
 //     waiting for a slot …" line on stderr, refreshed in place (feedback.go).
-//   - Rejected: the agent's one-line message ("sluice: …") goes to stderr
-//     and the shim exits 75 (EX_TEMPFAIL: "try again later"). In hook mode
-//     the client sees it as "remote: sluice: …".
+//   - Rejected (queue full, waited too long, invalid request, or the
+//     caller's uid/gid not allowed by [agent] admit_users/admit_groups): the
+//     agent's one-line message ("sluice: …") goes to stderr and the shim
+//     exits 75 (EX_TEMPFAIL: "try again later"). In hook mode the client
+//     sees it as "remote: sluice: …".
+//   - Rejected as unavailable (the agent is shutting down, or already
+//     serves [agent] max_connections): as if the agent were unreachable.
 //   - Agent unreachable, no answer in time or a broken answer: fail_mode
 //     "open" (default) execs git without a lease and logs a warning;
 //     "closed" prints why to stderr and exits 75.
@@ -112,6 +116,9 @@ func run(argv []string) int {
 		Hook:          inv.Hook,
 		CanExec:       true,
 	}
+	// Fit what argv and the environment gave into the agent's bounds, so
+	// an odd CORRELATION_ID or user name never turns into a rejection.
+	req.Clamp()
 	conn, err := wire.Dial(sock, dialTimeout)
 	if err != nil {
 		return unavailable(&cfg, sock, err, git, gitArgv, env, corr)
@@ -129,9 +136,14 @@ func run(argv []string) int {
 		return unavailable(&cfg, sock, err, git, gitArgv, env, corr)
 	}
 	if !rep.Admitted && rep.Reason == wire.ReasonUnavailable {
-		// The agent is shutting down: the same as not reaching it.
+		// The agent is shutting down or at its connection limit: the
+		// same as not reaching it.
 		conn.Close()
-		return unavailable(&cfg, sock, errors.New("agent shutting down"), git, gitArgv, env, corr)
+		why := strings.TrimPrefix(rep.Message, "sluice: ")
+		if why == "" {
+			why = "agent shutting down"
+		}
+		return unavailable(&cfg, sock, errors.New(why), git, gitArgv, env, corr)
 	}
 	if !rep.Admitted {
 		conn.Close()

@@ -114,6 +114,8 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 	expOpts := exporter.Options{
 		Version: version,
 		Limits:  limitSource{func() *agent.Agent { return a }},
+		// Set before a is: the exporter serves only after New.
+		Connections: connSource{func() *agent.Agent { return a }},
 	}
 	if cg != nil {
 		expOpts.Cgroups = cg
@@ -260,7 +262,18 @@ func (s limitSource) LimitStats() []exporter.LimitStat {
 	}
 	var out []exporter.LimitStat
 	for _, st := range a.Limiters() {
-		out = append(out, exporter.LimitStat{Name: st.Name, InProgress: st.Running, Queued: st.Queued, CurrentLimit: st.Limit})
+		out = append(out, exporter.LimitStat{Name: st.Name, InProgress: st.Running, Queued: st.Queued, CurrentLimit: st.Limit, Keys: st.Keys})
 	}
 	return out
+}
+
+// connSource feeds the exporter's connection metrics from the agent.
+type connSource struct{ agent func() *agent.Agent }
+
+func (s connSource) ConnectionStats() (int, uint64) {
+	a := s.agent()
+	if a == nil {
+		return 0, 0
+	}
+	return a.Connections()
 }
