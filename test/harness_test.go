@@ -85,6 +85,9 @@ type agentProc struct {
 	logs    *lockedBuffer
 	done    chan struct{} // closed when sluiced has exited
 	waitErr error
+	// prefix is prepended to sluiced's argv (e.g. a wrapper that moves it
+	// into a cgroup before exec); nil: none.
+	prefix []string
 }
 
 type lockedBuffer struct {
@@ -151,7 +154,8 @@ bin = %q
 	}
 	a.logs = &lockedBuffer{}
 	pr, pw := io.Pipe()
-	a.cmd = exec.Command(bins.sluiced, "-config", cfgPath)
+	argv := append(append([]string{}, a.prefix...), bins.sluiced, "-config", cfgPath)
+	a.cmd = exec.Command(argv[0], argv[1:]...)
 	a.cmd.Env = baseEnv(a.dir)
 	a.cmd.Stdout = a.logs
 	a.cmd.Stderr = io.MultiWriter(a.logs, pw)
