@@ -41,10 +41,10 @@ bench-smoke: build ## the benchmarks in a short smoke mode (CI)
 	$(GO) run ./bench/execload -smoke
 
 .PHONY: bench-storm bench-storm-smoke
-bench-storm: build ## clone storm on a real git daemon in a 1.5 GiB cgroup: none/static/adaptive(+cgroups), report + plot in bench/storm/report (root, cgroup v1 memory; < 10 min)
+bench-storm: build ## clone storm on a real git daemon in a 1.5 GiB cgroup: none/static/adaptive/static+cgroups/adaptive+cgroups, report + plot in bench/storm/report (root, cgroup v1 memory; < 10 min; -transport ssh for sshd + git-shell)
 	$(GO) run ./bench/storm -bin $(BIN) -out bench/storm/report
 
-bench-storm-smoke: build ## the clone storm in smoke mode: tiny repository, 4 clients, 3 s per mode (CI)
+bench-storm-smoke: build ## the clone storm in smoke mode: tiny repository, 4 clients, 3 s per mode, plus one mode over sshd + git-shell (CI)
 	$(GO) run ./bench/storm -bin $(BIN) -smoke
 
 run: build ## run sluiced with the embedded default config (socket and metrics per DESIGN.md)

@@ -156,16 +156,29 @@ func (c *calibrator) lastBackoffOf(name string) (time.Time, string) {
 // RunCalibrator samples src every [adaptive] sample_interval and adapts
 // the limits of adaptive rules until ctx ends. Without adaptive rules it
 // still runs (a reload may add some) but does nothing.
-func (a *Agent) RunCalibrator(ctx context.Context, src PressureFunc) {
+//
+// A receive on kick (nil: none) samples at once instead of at the next
+// tick: the kernel's memory notifications (OOM, vmpressure, v2
+// memory.events) arrive on it, so a backoff follows an OOM within
+// milliseconds rather than up to one sample interval later. The cool-down
+// still applies, so one episode costs one decrease however many
+// notifications it raises. The sender rate-limits what it sends (a
+// vmpressure burst is hundreds of events); every sample restarts the
+// interval.
+func (a *Agent) RunCalibrator(ctx context.Context, src PressureFunc, kick <-chan struct{}) {
 	for {
 		interval := a.Policy().Adaptive.SampleInterval.Duration
 		if interval <= 0 {
 			interval = time.Second
 		}
+		timer := time.NewTimer(interval)
 		select {
 		case <-ctx.Done():
+			timer.Stop()
 			return
-		case <-time.After(interval):
+		case <-timer.C:
+		case <-kick:
+			timer.Stop()
 		}
 		if !hasAdaptive(a.Policy()) {
 			continue

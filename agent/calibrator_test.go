@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/zap/zaptest"
@@ -149,4 +150,44 @@ func TestCalibratorIgnoresStaticRules(t *testing.T) {
 	if got := currentLimit(a); got != 1 {
 		t.Fatalf("static limit changed to %d", got)
 	}
+}
+
+// TestRunCalibratorKickSamplesAtOnce: with an hour-long sample interval, a
+// kick (a kernel memory notification) makes the calibrator sample and back
+// off at once; a burst of kicks within the cool-down costs one decrease.
+func TestRunCalibratorKickSamplesAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a, obs := adaptiveAgent(t, 1, 8, 8)
+		pol := *a.Policy()
+		pol.Adaptive.SampleInterval = policy.Duration{Duration: time.Hour}
+		a.mu.Lock()
+		a.policy = &pol
+		a.mu.Unlock()
+		kick := make(chan struct{})
+		samples := 0
+		src := func(time.Time) []Pressure { samples++; return memPressure }
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() { a.RunCalibrator(ctx, src, kick); close(done) }()
+		start := time.Now()
+		kick <- struct{}{}
+		synctest.Wait()
+		if samples != 1 || currentLimit(a) != 4 {
+			t.Fatalf("after one kick: %d samples, limit %d; want 1 sample, limit 4", samples, currentLimit(a))
+		}
+		if waited := time.Since(start); waited >= time.Second {
+			t.Fatalf("the kicked sample waited %v (fake clock)", waited)
+		}
+		for i := 0; i < 5; i++ {
+			kick <- struct{}{}
+			time.Sleep(100 * time.Millisecond) // well inside the 5 s cool-down
+			synctest.Wait()
+		}
+		if samples != 6 || currentLimit(a) != 4 || obs.backoffs["memory"] != 6 {
+			t.Fatalf("burst of 5 kicks within the cool-down: %d samples, limit %d, %d backoff events; want 6, 4, 6",
+				samples, currentLimit(a), obs.backoffs["memory"])
+		}
+		cancel()
+		<-done
+	})
 }

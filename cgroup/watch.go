@@ -74,19 +74,52 @@ func (w *MemoryWatcher) Observe(s Stats, _ time.Time) (Verdict, error) {
 }
 
 // OOMWatcher reports pressure as soon as the OOM killer has killed a
-// process in the watched cgroups since the last sample.
+// process in the watched cgroups since the last sample, or a kernel OOM
+// notification arrived ([OOMWatcher.Notify]).
 type OOMWatcher struct {
 	seen bool
 	last uint64
+	// pending is the detail of a notification not yet reported.
+	pending string
+	// absorbUntil: a notification was reported before the kill counter
+	// moved (v1 notifies before it kills); the increase that follows
+	// until then is the same kill and is not reported again.
+	absorbUntil time.Time
 }
 
 func (w *OOMWatcher) Name() string { return "oom" }
 
-func (w *OOMWatcher) Observe(s Stats, _ time.Time) (Verdict, error) {
+// oomAbsorbWindow bounds how long after a reported notification a counter
+// increase counts as the same kill.
+const oomAbsorbWindow = 2 * time.Second
+
+// Notify records a kernel OOM notification (v1 eventfd on
+// memory.oom_control) for the next Observe, which reports it at once
+// rather than waiting for memory.oom_control's oom_kill to move.
+func (w *OOMWatcher) Notify(detail string) {
+	if w.pending == "" {
+		w.pending = detail
+	}
+}
+
+func (w *OOMWatcher) Observe(s Stats, now time.Time) (Verdict, error) {
 	prev, seen := w.last, w.seen
 	w.last, w.seen = s.OOMKills, true
-	if !seen || s.OOMKills <= prev {
+	grew := seen && s.OOMKills > prev
+	if w.pending != "" {
+		d := w.pending
+		w.pending = ""
+		if !grew {
+			w.absorbUntil = now.Add(oomAbsorbWindow)
+		}
+		return Verdict{Pressure: true, Detail: d}, nil
+	}
+	if !grew {
 		return Verdict{}, nil
+	}
+	if now.Before(w.absorbUntil) {
+		w.absorbUntil = time.Time{}
+		return Verdict{}, nil // the kill already reported by its notification
 	}
 	return Verdict{Pressure: true, Detail: fmt.Sprintf("%d OOM kill(s) since the last sample", s.OOMKills-prev)}, nil
 }
@@ -156,9 +189,10 @@ func (w *PSIWatcher) Observe(s Stats, now time.Time) (Verdict, error) {
 
 func mib(b uint64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
 
-// HostStats is what the watchers see when sluice has no cgroup of its own:
-// no memory limit (so the memory watcher watches the host) and the
-// system-wide pressure files.
+// HostStats is what the watchers see when neither sluice's cgroups nor the
+// agent's own cgroup ([FindOwnCgroup]) have a memory limit: no memory
+// limit (so the memory watcher watches the host) and the system-wide
+// pressure files.
 func HostStats() Stats {
 	return Stats{
 		MemoryPressure: readPSI("/proc/pressure/memory"),

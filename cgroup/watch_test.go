@@ -79,3 +79,30 @@ func TestPSIWatcherUsesRawTotals(t *testing.T) {
 		t.Fatalf("missing cpu.pressure: %v", err)
 	}
 }
+
+func TestOOMWatcherNotify(t *testing.T) {
+	w := &OOMWatcher{}
+	t0 := time.Unix(100, 0)
+	w.Observe(Stats{OOMKills: 2}, t0)
+	// v1 notifies before it kills: the notification is reported at once...
+	w.Notify("kernel OOM notification for /x")
+	if v, _ := w.Observe(Stats{OOMKills: 2}, t0.Add(10*time.Millisecond)); !v.Pressure || v.Detail != "kernel OOM notification for /x" {
+		t.Fatalf("notified: %+v", v)
+	}
+	// ...and the counter's move that follows is the same kill.
+	if v, _ := w.Observe(Stats{OOMKills: 3}, t0.Add(time.Second)); v.Pressure {
+		t.Fatalf("the notified kill reported twice: %+v", v)
+	}
+	// A later kill is new.
+	if v, _ := w.Observe(Stats{OOMKills: 4}, t0.Add(10*time.Second)); !v.Pressure {
+		t.Fatalf("a later kill: %+v", v)
+	}
+	// A notification after the counter already moved: one report, nothing absorbed.
+	w.Notify("again")
+	if v, _ := w.Observe(Stats{OOMKills: 5}, t0.Add(20*time.Second)); !v.Pressure {
+		t.Fatalf("notified with the counter moved: %+v", v)
+	}
+	if v, _ := w.Observe(Stats{OOMKills: 6}, t0.Add(20500*time.Millisecond)); !v.Pressure {
+		t.Fatalf("the next kill was absorbed: %+v", v)
+	}
+}

@@ -317,6 +317,18 @@ type Adaptive struct {
 	// MemoryThreshold: Gitaly's documented rule) or MemoryAnon (anonymous
 	// memory, against AnonThreshold: Gitaly's 2026 rule). "" means
 	// MemoryWorkingSet (Parse fills it in).
+	//
+	// The default stays working_set on data: in the clone-storm
+	// benchmark's tight-memory variant (bench/storm/report/memory-signal:
+	// 512 MiB host, 48 clients, each signal run twice in ABBA order) the
+	// two kept the same clones (62 vs 60 completed), both had 0 OOM
+	// kills, and probe p99 was mixed (438/750 ms working_set, 822/717 ms
+	// anon). They differ in when they fire: anon at 307 MiB of anonymous
+	// memory with 4 pack-objects running, before the limit (peak 456 MiB);
+	// working_set only once the host reached its limit (working set 0.98,
+	// peak 512 MiB) — late here, not early as Gitaly found on its fleet.
+	// Nothing measured justifies leaving the documented rule; choose anon
+	// where reaching the limit (page-cache reclaim) must be avoided.
 	MemorySignal string `toml:"memory_signal"`
 	// AnonThreshold is the fraction of the memory limit that anonymous
 	// memory may reach with memory_signal = "anon", in (0, 1]. Parse fills
@@ -340,6 +352,13 @@ type Adaptive struct {
 	// DefaultWatchers when absent; an empty list means adaptive limits
 	// only ever grow.
 	Watchers []string `toml:"watchers"`
+	// KernelEvents makes the kernel's memory notifications wake the
+	// watchers at once instead of at the next sample: v1 eventfds on
+	// memory.oom_control and memory.pressure_level ("medium",
+	// "critical") through cgroup.event_control, v2 inotify on
+	// memory.events. Where registration fails the agent logs it once and
+	// polls. False means polling only. Parse fills in true when absent.
+	KernelEvents bool `toml:"kernel_events"`
 }
 
 // Memory signals of [adaptive] memory_signal.
@@ -498,6 +517,7 @@ func defaults() *Config {
 			PSICPUSomeThreshold:    0.9,
 			Cooldown:               Duration{5 * time.Second},
 			Watchers:               append([]string(nil), DefaultWatchers...),
+			KernelEvents:           true,
 		},
 		EBPF: EBPF{Enabled: true},
 		Timeouts: Timeouts{

@@ -46,6 +46,7 @@ type options struct {
 	out          string
 	cache        string
 	modes        string
+	transport    string
 	clients      int
 	duration     time.Duration
 	idle         time.Duration
@@ -68,7 +69,8 @@ func run() error {
 	flag.StringVar(&o.bin, "bin", "bin", "directory with sluiced and sluice-shim (make build)")
 	flag.StringVar(&o.out, "out", "", "report directory (default bench/storm/report; a temporary directory with -smoke)")
 	flag.StringVar(&o.cache, "cache", defaultCache(), "where generated repositories are cached, keyed by their parameters")
-	flag.StringVar(&o.modes, "modes", "none,static,adaptive,adaptive+cgroups", "modes to run, in order")
+	flag.StringVar(&o.modes, "modes", "none,static,adaptive,static+cgroups,adaptive+cgroups", "modes to run, in order (also: adaptive-ws, adaptive-anon: adaptive with memory_signal set explicitly)")
+	flag.StringVar(&o.transport, "transport", "git", "git (git daemon), ssh (sshd + git-shell), or git,ssh: every mode over each, in that order")
 	flag.IntVar(&o.clients, "clients", 48, "concurrent cloning clients")
 	flag.DurationVar(&o.duration, "duration", 60*time.Second, "storm length per mode (no new clone starts after it)")
 	flag.DurationVar(&o.idle, "idle", 5*time.Second, "idle probe phase per mode before the storm")
@@ -85,6 +87,12 @@ func run() error {
 	if o.smoke {
 		o.clients, o.duration, o.idle, o.drain, o.cloneTimeout = 4, 3*time.Second, 2*time.Second, 10*time.Second, 20*time.Second
 		o.repo = repoParams{Files: 200, Bytes: 2048, Fanout: 10, Commits: 20, Changes: 5}
+	}
+	transports := strings.Split(o.transport, ",")
+	for _, tr := range transports {
+		if tr != "git" && tr != "ssh" {
+			return fmt.Errorf("-transport %q: use git, ssh or git,ssh", o.transport)
+		}
 	}
 	if o.clients < 1 || o.clients > 512 || o.duration <= 0 || o.duration > 30*time.Minute {
 		return errors.New("-clients must be 1..512 and -duration at most 30m")
@@ -128,9 +136,27 @@ func run() error {
 	logf("repositories ready in %v: %s", time.Since(t).Round(time.Millisecond), base)
 
 	cgName := fmt.Sprintf("sluice-storm-%d", os.Getpid())
-	ms, err := modes(strings.Split(o.modes, ","), cgName+"-agent", o.memLimit)
+	ms, err := modes(strings.Split(o.modes, ","), transports, cgName+"-agent", o.memLimit)
 	if err != nil {
 		return err
+	}
+	if o.smoke && o.transport == "git" {
+		// The smoke run also crosses sshd + git-shell once (about 0.3 s
+		// per connection here), so the ssh wiring cannot rot either.
+		if _, err := os.Stat(sshdBin); err == nil {
+			extra, _ := modes([]string{"adaptive+cgroups"}, []string{"ssh"}, cgName+"-agent", o.memLimit)
+			ms = append(ms, extra...)
+		} else {
+			logf("smoke: %s missing (apt-get install openssh-server): the ssh transport is not exercised", sshdBin)
+		}
+	}
+	var keys *sshKeys
+	for _, m := range ms {
+		if m.Transport == "ssh" && keys == nil {
+			if keys, err = newSSHKeys(filepath.Join(tmp, "ssh")); err != nil {
+				return err
+			}
+		}
 	}
 	cg, err := newServerCgroup("/sys/fs/cgroup", cgName, o.memLimit)
 	if err != nil {
@@ -159,12 +185,12 @@ func run() error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		logf("mode %s: %d clients for %v", m.Name, o.clients, o.duration)
-		r, err := runMode(ctx, o, m, cg, base, tmp, baseEnv, clientEnv, pathDir, execDir, gitconfig, emptyConfig)
+		logf("mode %s: %d clients for %v", m.label(), o.clients, o.duration)
+		r, err := runMode(ctx, o, m, cg, base, tmp, baseEnv, clientEnv, pathDir, execDir, gitconfig, emptyConfig, keys)
 		if err != nil {
-			return fmt.Errorf("mode %s: %w", m.Name, err)
+			return fmt.Errorf("mode %s: %w", m.label(), err)
 		}
-		logf("mode %s: %d clones ok, %d failed, %d OOM kills, probe p99 %.0f ms", m.Name, r.Clones.OK, r.Clones.Failed(), r.OOMKills, r.ProbeStorm.P99)
+		logf("mode %s: %d clones ok, %d failed, %d OOM kills, probe p99 %.0f ms", m.label(), r.Clones.OK, r.Clones.Failed(), r.OOMKills, r.ProbeStorm.P99)
 		rep.Modes = append(rep.Modes, r)
 	}
 	rep.Finished = time.Now()
@@ -182,6 +208,11 @@ func run() error {
 	return nil
 }
 
+// fileName turns a mode label into a file name part.
+func fileName(label string) string {
+	return strings.NewReplacer("+", "-", " ", "-", "(", "", ")", "", "#", "").Replace(label)
+}
+
 func defaultCache() string {
 	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
 		return filepath.Join(d, "sluice-storm")
@@ -193,12 +224,12 @@ func defaultCache() string {
 // cgroup, an idle probe phase, then the storm with the probe and the
 // sampler alongside; everything it started is stopped before it returns.
 func runMode(ctx context.Context, o options, m mode, cg *serverCgroup, base, tmp string, baseEnv, clientEnv []string,
-	pathDir, execDir, gitconfig, emptyConfig string) (*modeResult, error) {
-	dir := filepath.Join(tmp, strings.ReplaceAll(m.Name, "+", "-"))
+	pathDir, execDir, gitconfig, emptyConfig string, keys *sshKeys) (*modeResult, error) {
+	dir := filepath.Join(tmp, fileName(m.label()))
 	if err := os.MkdirAll(filepath.Join(dir, "clones"), 0o755); err != nil {
 		return nil, err
 	}
-	r := &modeResult{Name: m.Name, Policy: strings.TrimSpace(m.Policy)}
+	r := &modeResult{Name: m.Name, Transport: m.Transport, Policy: strings.TrimSpace(m.Policy)}
 	// Each mode starts from the same state: an empty server cgroup, and the
 	// repositories' files in page cache charged to it (the host's cache).
 	if err := cg.empty(30 * time.Second); err != nil {
@@ -226,13 +257,31 @@ func runMode(ctx context.Context, o options, m mode, cg *serverCgroup, base, tmp
 		socket = ag.socket
 	}
 	daemonLog := filepath.Join(dir, "daemon.log")
-	d, port, err := startDaemon(base, daemonLog, cg, daemonEnv(baseEnv, ag != nil, socket, pathDir, execDir, gitconfig, emptyConfig))
-	if err != nil {
-		return nil, err
+	serverEnv := daemonEnv(baseEnv, ag != nil, socket, pathDir, execDir, gitconfig, emptyConfig)
+	var bigURL, smallURL string
+	if m.Transport == "ssh" {
+		sdir := filepath.Join(dir, "sshd")
+		if err := os.MkdirAll(sdir, 0o755); err != nil {
+			return nil, err
+		}
+		d, port, err := startSSHD(keys, sdir, cg, serverEnv)
+		if err != nil {
+			return nil, err
+		}
+		defer d.stop(syscall.SIGTERM, 3*time.Second)
+		daemonLog = filepath.Join(sdir, "sshd.log")
+		bigURL = fmt.Sprintf("ssh://root@127.0.0.1:%d%s/big.git", port, base)
+		smallURL = fmt.Sprintf("ssh://root@127.0.0.1:%d%s/small.git", port, base)
+		clientEnv = append(append([]string{}, clientEnv...), "GIT_SSH_COMMAND="+keys.command)
+	} else {
+		d, port, err := startDaemon(base, daemonLog, cg, serverEnv)
+		if err != nil {
+			return nil, err
+		}
+		defer d.stop(syscall.SIGTERM, 3*time.Second)
+		bigURL = fmt.Sprintf("git://127.0.0.1:%d/big.git", port)
+		smallURL = fmt.Sprintf("git://127.0.0.1:%d/small.git", port)
 	}
-	defer d.stop(syscall.SIGTERM, 3*time.Second)
-	bigURL := fmt.Sprintf("git://127.0.0.1:%d/big.git", port)
-	smallURL := fmt.Sprintf("git://127.0.0.1:%d/small.git", port)
 
 	// Idle baseline.
 	ictx, icancel := context.WithTimeout(ctx, o.idle)
@@ -248,6 +297,7 @@ func runMode(ctx context.Context, o options, m mode, cg *serverCgroup, base, tmp
 	if ag != nil {
 		cpu0 = procCPU(ag.pid)
 	}
+	r.Load[0] = loadAvg1()
 	t0 := time.Now()
 	sctx, scancel := context.WithCancel(ctx)
 	samples, probes := make(chan []sample, 1), make(chan []op, 1)
@@ -256,6 +306,7 @@ func runMode(ctx context.Context, o options, m mode, cg *serverCgroup, base, tmp
 	stopAt := t0.Add(o.duration)
 	r.CloneOps = storm(ctx, o.clients, bigURL, filepath.Join(dir, "clones"), clientEnv, o.cloneTimeout, t0, stopAt, stopAt.Add(o.drain))
 	r.Wall = time.Since(t0).Seconds()
+	r.Load[1] = loadAvg1()
 	scancel()
 	r.Samples, r.ProbeStormOps = <-samples, <-probes
 	if ctx.Err() != nil {
@@ -273,6 +324,13 @@ func runMode(ctx context.Context, o options, m mode, cg *serverCgroup, base, tmp
 		}
 		r.AgentUploadPacks = counter(c, ag.metrics, "sluice_commands_total", `subcmd="upload-pack"`)
 		r.AgentPackObjects = counter(c, ag.metrics, "sluice_commands_total", `subcmd="pack-objects"`)
+		if m.Cgroups {
+			// Whether the CPU quota bound at all (cumulative over the
+			// agent's life: this mode only, since each mode has a fresh
+			// hierarchy).
+			r.QuotaPeriods = counter(c, ag.metrics, "sluice_cgroup_cpu_periods_total", `scope="parent"`)
+			r.QuotaThrottled = counter(c, ag.metrics, "sluice_cgroup_cpu_throttled_periods_total", `scope="parent"`)
+		}
 		r.Backoffs = countLines(ag.logPath, "adaptive limit backed off")
 		for _, s := range r.Samples {
 			r.AgentRSS = max(r.AgentRSS, s.AgentRSS)

@@ -87,3 +87,31 @@ func TestCountAndSummarize(t *testing.T) {
 		t.Errorf("summarize = %+v", s)
 	}
 }
+
+func TestModesQuotaTransportsAndRepeats(t *testing.T) {
+	ms, err := modes([]string{"static", "static+cgroups", "adaptive+cgroups", "adaptive-anon", "static"}, []string{"git", "ssh"}, "root", 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 10 {
+		t.Fatalf("%d modes, want 5 per transport", len(ms))
+	}
+	for _, m := range ms {
+		quota := strings.Contains(m.Policy, "cpu_quota_us = 150000")
+		if quota != m.Cgroups {
+			t.Errorf("%s: CPU quota %v, cgroups %v: the cgroup modes (and only they) carry the quota", m.label(), quota, m.Cgroups)
+		}
+	}
+	if ms[1].Policy[:strings.Index(ms[1].Policy, "[cgroups]")] != ms[0].Policy[:strings.Index(ms[0].Policy, "[cgroups]")] {
+		t.Error("static+cgroups does not run static's rules")
+	}
+	if !strings.Contains(ms[3].Policy, `memory_signal = "anon"`) {
+		t.Errorf("adaptive-anon policy:\n%s", ms[3].Policy)
+	}
+	if ms[4].Name != "static #2" || ms[9].label() != "static #2 (ssh)" || ms[5].label() != "static (ssh)" {
+		t.Errorf("labels %q %q %q", ms[4].label(), ms[9].label(), ms[5].label())
+	}
+	if _, err := modes([]string{"adaptive+psi"}, []string{"git"}, "r", 1); err == nil {
+		t.Error("an unknown mode was accepted")
+	}
+}

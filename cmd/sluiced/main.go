@@ -196,8 +196,9 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 			}
 		}()
 	}
-	ps := &pressureSource{a: a, cg: cg, exp: exp, log: log.Named("adaptive"), reported: map[string]bool{}}
-	go a.RunCalibrator(ctx, ps.sample)
+	ps := newPressureSource(a, cg, exp, cfg, log.Named("adaptive"))
+	defer ps.close()
+	go a.RunCalibrator(ctx, ps.sample, ps.kick)
 	log.Info("sluiced ready",
 		zap.String("version", version),
 		zap.String("socket", socketPath),
