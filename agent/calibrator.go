@@ -19,6 +19,9 @@ type Pressure struct {
 	Watcher string
 	// Detail gives the numbers that triggered it, for the log.
 	Detail string
+	// HoldOnly marks saturation rather than pressure: it holds additive
+	// increases back (see calibrator) and never decreases a limit.
+	HoldOnly bool
 }
 
 // PressureFunc samples every watcher once and returns those that see
@@ -38,7 +41,13 @@ type PressureFunc func(now time.Time) []Pressure
 //     +1 up to max_limit — but only for a rule in use (its busiest key
 //     runs at least half the limit, or something waits), so an idle host
 //     does not climb to max_limit and have no protection when a storm
-//     arrives.
+//     arrives; and only when the host has headroom: when at least half
+//     the samples since the last increase saw saturation (HoldOnly, CPU
+//     PSI over [adaptive] increase_max_psi_cpu), the increase is held. On
+//     a saturated CPU more concurrency only stretches every command and
+//     costs memory (measured in the clone-storm benchmark), yet halving
+//     on CPU contention alone throttled a healthy storm (psi_cpu as a
+//     backoff watcher), so saturation stops the climb without a cut.
 type calibrator struct {
 	a *Agent
 
@@ -50,9 +59,12 @@ type calibrator struct {
 }
 
 type adaptiveState struct {
-	lastIncrease      time.Time
-	lastBackoff       time.Time
-	lastBackoffReason string
+	// samples and saturated count the samples since the last increase
+	// check, and those that saw saturation.
+	samples, saturated int
+	lastIncrease       time.Time
+	lastBackoff        time.Time
+	lastBackoffReason  string
 }
 
 func newCalibrator(a *Agent) *calibrator {
@@ -75,6 +87,23 @@ func (c *calibrator) step(now time.Time, pressures []Pressure) {
 	ad := pol.Adaptive
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	var saturation []Pressure
+	n := 0
+	for _, p := range pressures {
+		if p.HoldOnly {
+			saturation = append(saturation, p)
+		} else {
+			pressures[n] = p
+			n++
+		}
+	}
+	pressures = pressures[:n]
+	c.eachAdaptiveLocked(pol, now, func(_ *policy.Limit, _ *Limiter, st *adaptiveState) {
+		st.samples++
+		if len(saturation) > 0 {
+			st.saturated++
+		}
+	})
 	if len(pressures) > 0 {
 		for _, p := range pressures {
 			c.a.obs.Backoff(p.Watcher)
@@ -90,6 +119,7 @@ func (c *calibrator) step(now time.Time, pressures []Pressure) {
 			next = max(next, r.MinLimit)
 			st.lastBackoff, st.lastBackoffReason = now, reason
 			st.lastIncrease = now // the increase clock restarts after a decrease
+			st.samples, st.saturated = 0, 0
 			if next != old {
 				lim.SetLimit(next)
 			}
@@ -103,8 +133,20 @@ func (c *calibrator) step(now time.Time, pressures []Pressure) {
 			return
 		}
 		st.lastIncrease = now
+		samples, saturated := st.samples, st.saturated
+		st.samples, st.saturated = 0, 0
 		s := lim.Stats()
 		if s.Limit >= r.MaxLimit || !inUse(s) {
+			return
+		}
+		if samples > 0 && 2*saturated >= samples {
+			detail := ""
+			if len(saturation) > 0 {
+				detail = describePressures(saturation)
+			}
+			c.a.log.Info("adaptive limit increase held: the host is saturated", zap.String("limit", r.Name),
+				zap.Int("limit_now", s.Limit), zap.Int("saturated_samples", saturated), zap.Int("samples", samples),
+				zap.String("last", detail))
 			return
 		}
 		lim.SetLimit(s.Limit + 1)

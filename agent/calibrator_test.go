@@ -191,3 +191,54 @@ func TestRunCalibratorKickSamplesAtOnce(t *testing.T) {
 		<-done
 	})
 }
+
+// TestCalibratorHoldsIncreaseOnSaturatedCPU: saturation (HoldOnly) in at
+// least half the samples of a calibration interval holds the +1 back and
+// never lowers the limit; in fewer than half, the limit climbs as usual.
+func TestCalibratorHoldsIncreaseOnSaturatedCPU(t *testing.T) {
+	a, obs := adaptiveAgent(t, 1, 2, 10)
+	// Keep the rule in use: both slots of one key taken.
+	l := a.limiter("upload-pack")
+	for i := 0; i < 2; i++ {
+		rel, _, err := l.Acquire(context.Background(), "k", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rel()
+	}
+	sat := []Pressure{{Watcher: "increase_gate_psi_cpu", Detail: "cpu some stalled 0.97", HoldOnly: true}}
+	t0 := time.Unix(1000, 0)
+	// The first sample (saturated) starts the increase clock at t0; the
+	// check comes with the sample at t0+30s: 31 samples, 16 saturated.
+	a.calib.step(t0, sat)
+	for s := 1; s <= 30; s++ {
+		var ps []Pressure
+		if s%2 == 0 {
+			ps = append(ps, sat...)
+		}
+		a.calib.step(t0.Add(time.Duration(s)*time.Second), ps)
+		if s == 29 && currentLimit(a) != 2 {
+			t.Fatalf("limit moved before the interval ended: %d", currentLimit(a))
+		}
+	}
+	if got := currentLimit(a); got != 2 {
+		t.Fatalf("limit %d after an interval half saturated, want 2 (held)", got)
+	}
+	if st := a.calib.rules["upload-pack"]; st.lastIncrease != t0.Add(30*time.Second) {
+		t.Fatalf("no increase check at t0+30s (last %v)", st.lastIncrease)
+	}
+	// The next interval, 10 of 30 saturated: +1 at t0+60s.
+	for s := 31; s <= 60; s++ {
+		var ps []Pressure
+		if s%3 == 0 {
+			ps = append(ps, sat...)
+		}
+		a.calib.step(t0.Add(time.Duration(s)*time.Second), ps)
+	}
+	if got := currentLimit(a); got != 3 {
+		t.Fatalf("limit %d after an interval a third saturated, want 3", got)
+	}
+	if len(obs.backoffs) != 0 {
+		t.Fatalf("saturation counted as backoff: %v", obs.backoffs)
+	}
+}

@@ -343,6 +343,12 @@ type Adaptive struct {
 	// task waited for a CPU (PSI "some") above which the psi_cpu watcher
 	// asks for backoff, in (0, 1]. Parse fills in 0.9 when absent.
 	PSICPUSomeThreshold float64 `toml:"psi_cpu_some_threshold"`
+	// IncreaseMaxPSICPU holds additive increases back while the CPU is
+	// saturated: when in at least half the samples since the last increase
+	// some task waited for a CPU (PSI "some") for this share of the sample
+	// window, the limit stays where it is (it is never lowered for it). In
+	// [0, 1]; 0 turns the hold off. Parse fills in 0.8 when absent.
+	IncreaseMaxPSICPU float64 `toml:"increase_max_psi_cpu"`
 	// Cooldown is how long after a backoff further pressure is ignored, so
 	// one pressure episode costs one decrease, not one per sample. Must be
 	// > 0; Parse fills in 5s when absent.
@@ -515,6 +521,7 @@ func defaults() *Config {
 			AnonThreshold:          0.6,
 			PSIMemoryFullThreshold: 0.1,
 			PSICPUSomeThreshold:    0.9,
+			IncreaseMaxPSICPU:      0.8,
 			Cooldown:               Duration{5 * time.Second},
 			Watchers:               append([]string(nil), DefaultWatchers...),
 			KernelEvents:           true,

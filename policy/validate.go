@@ -394,6 +394,9 @@ func (v *validator) adaptive() {
 			v.add(f.key, f.val, "must be a fraction in (0, 1]", "write a number such as 0.5")
 		}
 	}
+	if !(a.IncreaseMaxPSICPU >= 0 && a.IncreaseMaxPSICPU <= 1) {
+		v.add("adaptive.increase_max_psi_cpu", a.IncreaseMaxPSICPU, "must be a fraction in [0, 1]", "write a number such as 0.8, or 0 to let limits grow on a saturated CPU")
+	}
 	v.positive("adaptive.cooldown", a.Cooldown)
 	if a.MemorySignal != MemoryWorkingSet && a.MemorySignal != MemoryAnon {
 		v.add("adaptive.memory_signal", a.MemorySignal, "unknown memory signal", `write "working_set" or "anon"`)

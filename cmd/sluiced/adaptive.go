@@ -36,8 +36,19 @@ func watchers(ad *policy.Adaptive) []cgroup.Watcher {
 			out = append(out, &cgroup.PSIWatcher{Resource: "cpu", Threshold: ad.PSICPUSomeThreshold})
 		}
 	}
+	if ad.IncreaseMaxPSICPU > 0 {
+		out = append(out, &saturationGate{cgroup.PSIWatcher{Resource: "cpu", Threshold: ad.IncreaseMaxPSICPU}})
+	}
 	return out
 }
+
+// saturationGate watches CPU PSI "some" for [adaptive] increase_max_psi_cpu:
+// a CPU this contended gains nothing from more concurrency, so it holds
+// additive increases back — it never decreases a limit.
+type saturationGate struct{ cgroup.PSIWatcher }
+
+// Name is distinct from the psi_cpu watcher's, for the missing-signal log.
+func (g *saturationGate) Name() string { return "increase_gate_psi_cpu" }
 
 // hostMemory is the host's used (total minus available) and total memory.
 func hostMemory() (uint64, uint64, error) {
@@ -282,7 +293,8 @@ func (p *pressureSource) sample(now time.Time) []agent.Pressure {
 			continue
 		}
 		if v.Pressure {
-			out = append(out, agent.Pressure{Watcher: w.Name(), Detail: v.Detail})
+			_, hold := w.(*saturationGate)
+			out = append(out, agent.Pressure{Watcher: w.Name(), Detail: v.Detail, HoldOnly: hold})
 		}
 	}
 	return out
