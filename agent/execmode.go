@@ -179,6 +179,7 @@ func (a *Agent) runExec(adm *admission) {
 func (a *Agent) abandon(adm *admission) {
 	// The slot is not given back: the agent is stopping, and a waiter must
 	// not be admitted by it in the moment before it is told to fail over.
+	adm.watch.disarm() // this agent no longer enforces its timeouts
 	if adm.exec != nil {
 		a.endExec(adm)
 	}
