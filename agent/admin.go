@@ -309,17 +309,25 @@ type cpuTime int64
 // Microseconds converts clock ticks to µs.
 func (t cpuTime) Microseconds() int64 { return int64(t) * (1000000 / clockTicks) }
 
+// statFields splits a /proc/PID/stat line after the command name (field
+// 2), which may hold spaces and parentheses: fields[0] is field 3 (state).
+func statFields(b []byte) ([]string, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, errors.New("stat: no ')' after the command name")
+	}
+	return strings.Fields(string(b[i+1:])), nil
+}
+
 // parseStat returns the parent pid and utime+stime+cutime+cstime of a
 // /proc/PID/stat line. The command name (field 2) may hold spaces and
 // parentheses: fields are counted after its last ')'.
 func parseStat(b []byte) (ppid int, cpu cpuTime, err error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, 0, errors.New("stat: no ')' after the command name")
+	// ppid (field 4) is fields[1], utime (field 14) fields[11].
+	fields, err := statFields(b)
+	if err != nil {
+		return 0, 0, err
 	}
-	// After ')': field 3 (state) is fields[0], ppid (field 4) fields[1],
-	// utime (field 14) fields[11].
-	fields := strings.Fields(string(b[i+1:]))
 	const utime = 14 - 3
 	if len(fields) < utime+4 {
 		return 0, 0, fmt.Errorf("stat: %d fields after the command name, want at least %d", len(fields), utime+4)

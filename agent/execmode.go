@@ -177,8 +177,11 @@ func (a *Agent) runExec(adm *admission) {
 // abandon lets go of a running lease without recording an outcome, when
 // the agent stops while the command still runs.
 func (a *Agent) abandon(adm *admission) {
-	// The slot is not given back: the agent is stopping, and a waiter must
-	// not be admitted by it in the moment before it is told to fail over.
+	// A waiter the released slot admits is turned away by admit: the
+	// agent is stopping.
+	if adm.release != nil {
+		adm.release()
+	}
 	adm.watch.disarm() // this agent no longer enforces its timeouts
 	if adm.exec != nil {
 		a.endExec(adm)

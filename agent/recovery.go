@@ -1,18 +1,18 @@
 package agent
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/sluicehq/sluice/agent/wire"
 )
 
 // Surviving a restart.
@@ -128,7 +128,7 @@ func (a *Agent) Recover() (adopted, stale int, err error) {
 
 // adopt takes over the lease recorded in path, or says why not.
 func (a *Agent) adopt(path, id string) string {
-	b, err := readBounded(path, maxLeaseRecord)
+	b, err := wire.ReadFile(path, maxLeaseRecord)
 	if err != nil {
 		return err.Error()
 	}
@@ -196,24 +196,6 @@ func isLeaseID(name string) bool {
 	return true
 }
 
-// readBounded reads at most max bytes of path; a longer file is an error.
-func readBounded(path string, max int) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b := make([]byte, max+1)
-	n, err := f.Read(b)
-	if err != nil {
-		return nil, err
-	}
-	if n > max {
-		return nil, fmt.Errorf("record larger than %d bytes", max)
-	}
-	return b[:n], nil
-}
-
 // procStartTime returns pid's start time in clock ticks since boot
 // (/proc/PID/stat field 22).
 func procStartTime(pid int) (uint64, error) {
@@ -221,12 +203,10 @@ func procStartTime(pid int) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, errors.New("stat: no ')' after the command name")
+	fields, err := statFields(b)
+	if err != nil {
+		return 0, err
 	}
-	// Fields after ')' start at field 3 (state).
-	fields := strings.Fields(string(b[i+1:]))
 	const start = 22 - 3
 	if len(fields) <= start {
 		return 0, fmt.Errorf("stat: %d fields after the command name", len(fields))

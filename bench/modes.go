@@ -43,9 +43,9 @@ func compareModes(o options, dir, realGit string, env []string, repo string, res
 	}
 	// Is the exec agent really in exec mode? Its held process must be git
 	// itself, not a shim parent.
-	if p, err := holdOne(append([]string{shimUP}, repo), envFor(ex)); err == nil {
-		exe, _ := os.Readlink("/proc/" + strconv.Itoa(p.Process.Pid) + "/exe")
-		release(p)
+	if h, err := holdOne(append([]string{shimUP}, repo), envFor(ex)); err == nil {
+		exe, _ := os.Readlink("/proc/" + strconv.Itoa(h.cmd.Process.Pid) + "/exe")
+		h.release()
 		if !sameFile(exe, realGit) {
 			fmt.Printf("## Shim modes: skipped — the agent did not run in exec mode (held process is %s, not git): eBPF unavailable here?\n\n", exe)
 			return nil
@@ -80,10 +80,10 @@ func compareModes(o options, dir, realGit string, env []string, repo string, res
 	fmt.Printf("  %-26s %12s %12s %14s\n", "variant", "RSS MiB/cmd", "PSS MiB/cmd", "agent RSS MiB")
 	type mem struct{ rss, pss, agent float64 }
 	measure := func(argv []string, env []string, a *agentProc) (mem, error) {
-		var ps []*exec.Cmd
+		var ps []*held
 		defer func() {
-			for _, p := range ps {
-				release(p)
+			for _, h := range ps {
+				h.release()
 			}
 		}()
 		for i := 0; i < k; i++ {
@@ -96,8 +96,8 @@ func compareModes(o options, dir, realGit string, env []string, repo string, res
 		time.Sleep(200 * time.Millisecond)
 		tree := childrenTable()
 		var rss, pss int64
-		for _, p := range ps {
-			for _, pid := range tree.subtree(p.Process.Pid) {
+		for _, h := range ps {
+			for _, pid := range tree.subtree(h.cmd.Process.Pid) {
 				r, s := smapsRollup(pid)
 				rss += r
 				pss += s
@@ -139,9 +139,15 @@ func compareModes(o options, dir, realGit string, env []string, repo string, res
 	return nil
 }
 
+// held is an upload-pack waiting for its client on stdin.
+type held struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+}
+
 // holdOne starts argv (an upload-pack) and waits for its advertisement: it
 // is then admitted and waits for its client on stdin.
-func holdOne(argv, env []string) (*exec.Cmd, error) {
+func holdOne(argv, env []string) (*held, error) {
 	c := exec.Command(argv[0], argv[1:]...)
 	c.Env = env
 	c.Stderr = os.Stderr
@@ -163,21 +169,14 @@ func holdOne(argv, env []string) (*exec.Cmd, error) {
 		return nil, fmt.Errorf("%v: no advertisement: %w", argv, err)
 	}
 	go io.Copy(io.Discard, out)
-	holders[c] = in
-	return c, nil
+	return &held{cmd: c, stdin: in}, nil
 }
 
-// holders keeps the stdin of each held command, to release it.
-var holders = map[*exec.Cmd]io.WriteCloser{}
-
 // release tells a held upload-pack the client wants nothing and reaps it.
-func release(c *exec.Cmd) {
-	if in := holders[c]; in != nil {
-		in.Write([]byte("0000"))
-		in.Close()
-		delete(holders, c)
-	}
-	c.Wait()
+func (h *held) release() {
+	h.stdin.Write([]byte("0000"))
+	h.stdin.Close()
+	h.cmd.Wait()
 }
 
 func sameFile(a, b string) bool {
