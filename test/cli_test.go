@@ -34,18 +34,18 @@ func runCLI(t *testing.T, env []string, args ...string) (int, string, string) {
 	return cmd.ProcessState.ExitCode(), stdout.String(), stderr.String()
 }
 
-// statusJSON is the part of `sluice status --json` the tests read
-// (protojson: int64 as strings).
+// statusJSON is the part of `sluice status --json` the tests read (counts
+// are JSON numbers).
 type statusJSON struct {
 	ConfigPath string `json:"config_path"`
 	Limits     []struct {
-		Name           string `json:"name"`
-		InFlight       string `json:"in_flight"`
-		Queued         string `json:"queued"`
-		AdmittedTotal  string `json:"admitted_total"`
-		DroppedMaxSize string `json:"dropped_max_size"`
-		DroppedMaxTime string `json:"dropped_max_time"`
-		CurrentLimit   int    `json:"current_limit"`
+		Name           string  `json:"name"`
+		InFlight       float64 `json:"in_flight"`
+		Queued         float64 `json:"queued"`
+		AdmittedTotal  float64 `json:"admitted_total"`
+		DroppedMaxSize float64 `json:"dropped_max_size"`
+		DroppedMaxTime float64 `json:"dropped_max_time"`
+		CurrentLimit   int     `json:"current_limit"`
 	} `json:"limits"`
 	Leases []struct {
 		CorrelationID string `json:"correlation_id"`
@@ -53,15 +53,6 @@ type statusJSON struct {
 		Pid           int    `json:"pid"`
 		Key           string `json:"key"`
 	} `json:"leases"`
-}
-
-func num(t *testing.T, s string) float64 {
-	t.Helper()
-	v, err := strconv.ParseFloat(s, 64)
-	if err != nil {
-		t.Fatalf("number %q: %v", s, err)
-	}
-	return v
 }
 
 // TestCLIStatusAndTopWithGitInFlight holds one upload-pack running and one
@@ -109,7 +100,9 @@ max_queue_wait = "60s"
 	}
 	l := st.Limits[0]
 	for _, c := range []struct {
-		field, got, series string
+		field  string
+		got    float64
+		series string
 	}{
 		{"in_flight", l.InFlight, `sluice_concurrency_limiting_in_progress{limit="upload-pack"}`},
 		{"queued", l.Queued, `sluice_concurrency_limiting_queued{limit="upload-pack"}`},
@@ -117,11 +110,11 @@ max_queue_wait = "60s"
 		{"dropped_max_time", l.DroppedMaxTime, `sluice_requests_dropped_total{limit="upload-pack",reason="max_time"}`},
 		{"admitted_total", l.AdmittedTotal, `sluice_concurrency_limiting_acquiring_seconds_count{limit="upload-pack"}`},
 	} {
-		if num(t, c.got) != m[c.series] {
-			t.Errorf("status %s = %s, /metrics %s = %v", c.field, c.got, c.series, m[c.series])
+		if c.got != m[c.series] {
+			t.Errorf("status %s = %v, /metrics %s = %v", c.field, c.got, c.series, m[c.series])
 		}
 	}
-	if l.InFlight != "1" || l.Queued != "1" || l.DroppedMaxSize != "1" || l.CurrentLimit != 1 {
+	if l.InFlight != 1 || l.Queued != 1 || l.DroppedMaxSize != 1 || l.CurrentLimit != 1 {
 		t.Errorf("limit status %+v, want 1 in flight, 1 queued, 1 dropped", l)
 	}
 	states := map[string]string{}

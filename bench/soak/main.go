@@ -412,18 +412,16 @@ func (a *agentProc) statusGauges() (inFlight, queued int64, err error) {
 	}
 	var st struct {
 		Limits []struct {
-			InFlight string `json:"inFlight"`
-			Queued   string `json:"queued"`
+			InFlight int64 `json:"in_flight"`
+			Queued   int64 `json:"queued"`
 		} `json:"limits"`
 	}
 	if err := json.Unmarshal(out, &st); err != nil {
 		return 0, 0, fmt.Errorf("sluice status --json: %v", err)
 	}
 	for _, l := range st.Limits {
-		f, _ := strconv.ParseInt(l.InFlight, 10, 64)
-		q, _ := strconv.ParseInt(l.Queued, 10, 64)
-		inFlight += f
-		queued += q
+		inFlight += l.InFlight
+		queued += l.Queued
 	}
 	return inFlight, queued, nil
 }

@@ -102,7 +102,7 @@ func TestStatusTopAgainstAgent(t *testing.T) {
 	}
 	var st struct {
 		Limits []struct {
-			InFlight string `json:"in_flight"`
+			InFlight int64 `json:"in_flight"`
 		} `json:"limits"`
 		Leases []struct {
 			CorrelationID string `json:"correlation_id"`
@@ -112,7 +112,7 @@ func TestStatusTopAgainstAgent(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("%v:\n%s", err, out)
 	}
-	if len(st.Limits) != 1 || st.Limits[0].InFlight != "1" || len(st.Leases) != 1 || st.Leases[0].CorrelationID != "corr-held" || st.Leases[0].Key != "/srv/git/held.git" {
+	if len(st.Limits) != 1 || st.Limits[0].InFlight != 1 || len(st.Leases) != 1 || st.Leases[0].CorrelationID != "corr-held" || st.Leases[0].Key != "/srv/git/held.git" {
 		t.Errorf("status --json = %+v", st)
 	}
 

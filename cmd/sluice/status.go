@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -11,8 +9,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
 )
@@ -24,9 +20,11 @@ socket; for every rule the limit in force, requests in flight and queued,
 keys, admissions and drops, and the last adaptive backoff; cgroup and eBPF
 state.
 
---json prints the admin API's StatusResponse as protobuf JSON (field names
-as in admit.proto; 64-bit numbers are JSON strings and repository paths
-base64, as protojson encodes int64 and bytes), for scripts.
+--json prints the admin API's StatusResponse as JSON for scripts: field
+names as in admit.proto, every field present (zeros too), counts and sizes
+as JSON numbers, repository paths as UTF-8 strings (a byte that is not
+UTF-8 shows as \xNN). The README's "sluice status --json" section lists
+the fields.
 
 Needs root or membership of [agent] admin_group.
 
@@ -68,23 +66,6 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	}
 	renderStatus(stdout, st, time.Now())
 	return 0
-}
-
-// statusJSON encodes st with stable names (those of admit.proto) and every
-// field present, zeros included, so scripts need no defaults. protojson
-// varies its whitespace on purpose; the output is re-indented so that it
-// is byte-stable too.
-func statusJSON(st *admitpb.StatusResponse) ([]byte, error) {
-	b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(st)
-	if err != nil {
-		return nil, err
-	}
-	var out bytes.Buffer
-	if err := json.Indent(&out, b, "", "  "); err != nil {
-		return nil, err
-	}
-	out.WriteByte('\n')
-	return out.Bytes(), nil
 }
 
 // renderStatus writes the human status report; times are shown in now's

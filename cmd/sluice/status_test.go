@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -105,7 +107,9 @@ func TestCgroupLine(t *testing.T) {
 }
 
 func TestStatusJSON(t *testing.T) {
-	b, err := statusJSON(testStatus())
+	st := testStatus()
+	st.Leases[2].Repo = []byte("/srv/git/caf\xe9/\x00x.git") // Latin-1 é and a NUL: not UTF-8
+	b, err := statusJSON(st)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,34 +117,74 @@ func TestStatusJSON(t *testing.T) {
 		Version string `json:"version"`
 		Limits  []struct {
 			Name           string `json:"name"`
-			InFlight       string `json:"in_flight"`
-			Queued         string `json:"queued"`
-			DroppedMaxSize string `json:"dropped_max_size"`
-			DroppedMaxTime string `json:"dropped_max_time"`
+			InFlight       int64  `json:"in_flight"`
+			Queued         int64  `json:"queued"`
+			DroppedMaxSize uint64 `json:"dropped_max_size"`
+			DroppedMaxTime uint64 `json:"dropped_max_time"`
 			Adaptive       bool   `json:"adaptive"`
 		} `json:"limits"`
 		Leases []struct {
 			CorrelationID string `json:"correlation_id"`
-			CPUUsec       string `json:"cpu_usec"`
+			Repo          string `json:"repo"`
+			CPUUsec       int64  `json:"cpu_usec"`
 			Bucket        string `json:"bucket"`
 		} `json:"leases"`
 		Cgroups struct {
-			OomKills string `json:"oom_kills"`
+			OomKills uint64 `json:"oom_kills"`
 		} `json:"cgroups"`
 		EbpfState string `json:"ebpf_state"`
 	}
 	if err := json.Unmarshal(b, &got); err != nil {
 		t.Fatalf("%v\n%s", err, b)
 	}
-	if got.Version != "v1.2.3" || len(got.Limits) != 2 || got.Limits[0].InFlight != "3" || got.Limits[0].Queued != "2" ||
-		got.Limits[0].DroppedMaxSize != "4" || got.Limits[0].DroppedMaxTime != "1" || !got.Limits[1].Adaptive ||
-		got.Leases[1].CPUUsec != "9000000" || got.Leases[1].Bucket != "/sluice/repos/17" || got.Cgroups.OomKills != "1" ||
-		got.EbpfState != "running" {
+	if got.Version != "v1.2.3" || len(got.Limits) != 2 || got.Limits[0].InFlight != 3 || got.Limits[0].Queued != 2 ||
+		got.Limits[0].DroppedMaxSize != 4 || got.Limits[0].DroppedMaxTime != 1 || !got.Limits[1].Adaptive ||
+		got.Leases[1].CPUUsec != 9000000 || got.Leases[1].Bucket != "/sluice/repos/17" || got.Cgroups.OomKills != 1 ||
+		got.EbpfState != "running" || got.Leases[0].Repo != "/srv/git/group/project.git" {
 		t.Errorf("decoded %+v from\n%s", got, b)
 	}
-	// Zero values are present, so scripts need no defaults.
-	if !strings.Contains(string(b), `"in_flight": "0"`) || !strings.Contains(string(b), `"last_backoff_reason": ""`) {
-		t.Errorf("zero fields missing:\n%s", b)
+	if want := `/srv/git/caf\xe9/` + "\x00x.git"; got.Leases[2].Repo != want {
+		t.Errorf("non-UTF-8 repo = %q, want %q", got.Leases[2].Repo, want)
+	}
+	// Numbers are JSON numbers, zero values are present (scripts need no
+	// defaults), and no field is base64 or a quoted number.
+	for _, want := range []string{`"in_flight": 0`, `"in_flight": 3`, `"last_backoff_reason": ""`, `"cpu_usec": 9000000`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("%s missing:\n%s", want, b)
+		}
+	}
+	if strings.Contains(string(b), `"in_flight": "`) {
+		t.Errorf("a count is a string:\n%s", b)
+	}
+	// The output is stable: the same status encodes to the same bytes.
+	if b2, _ := statusJSON(st); !bytes.Equal(b, b2) {
+		t.Error("two encodings of one status differ")
+	}
+}
+
+// TestStatusJSONJq does what a script does: arithmetic in jq on the counts.
+func TestStatusJSONJq(t *testing.T) {
+	jq, err := exec.LookPath("jq")
+	if err != nil {
+		t.Skip("jq is not installed (apt-get install jq; the README's test command installs it)")
+	}
+	b, err := statusJSON(testStatus())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(jq, "-r", `[.limits[].in_flight] | add | . > 2 and . < 100`)
+	cmd.Stdin = bytes.NewReader(b)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("jq: %v", err)
+	}
+	if strings.TrimSpace(string(out)) != "true" {
+		t.Errorf("jq: sum of in_flight in (2,100) = %s, want true; input:\n%s", out, b)
+	}
+	cmd = exec.Command(jq, "-r", `.leases[0].repo`)
+	cmd.Stdin = bytes.NewReader(b)
+	if out, err = cmd.Output(); err != nil || strings.TrimSpace(string(out)) != "/srv/git/group/project.git" {
+		t.Errorf("jq .leases[0].repo = %q, %v", out, err)
 	}
 }
 
