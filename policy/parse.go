@@ -56,7 +56,7 @@ func Parse(name string, data []byte) (*Config, error) {
 	errs := s.errs
 
 	c := defaults()
-	err := toml.NewDecoder(bytes.NewReader(data)).DisallowUnknownFields().Decode(c)
+	err := toml.NewDecoder(bytes.NewReader(s.withoutRefused(data))).DisallowUnknownFields().Decode(c)
 	if err != nil {
 		var strict *toml.StrictMissingError
 		if !errors.As(err, &strict) {
@@ -75,7 +75,11 @@ func Parse(name string, data []byte) (*Config, error) {
 	c.Source = name
 	c.keys = s.keys
 	c.fillDefaults()
-	errs = append(errs, c.validate()...)
+	for _, e := range c.validate() {
+		if !s.wasRefused(e.path) {
+			errs = append(errs, e)
+		}
+	}
 	if len(errs) > 0 {
 		return nil, c.finish(errs)
 	}

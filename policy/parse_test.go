@@ -3,10 +3,12 @@ package policy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -245,6 +247,25 @@ func TestTypeErrors(t *testing.T) {
 	es := parseErrors(t, "[agent]\nmetrics_addr = 1\nfail_mode = true\n[ebpf]\nenabled = 1\n")
 	if len(es) != 3 || es[0].Line != 2 || es[1].Line != 3 || es[2].Line != 5 {
 		t.Errorf("got %v", es)
+	}
+}
+
+// TestEveryProblemAtOnce: a value of the wrong type does not hide the
+// problems of the rest of the file (validate reports every one), and the
+// key whose value was refused is not reported again as missing.
+func TestEveryProblemAtOnce(t *testing.T) {
+	doc := "[agent]\nfail_mode = \"sideways\"\n\n" +
+		"[[limit]]\nname = \"a\"\nmatch = [\"upload-pack\"]\nkey = \"repo\"\nmax_per_key = -3\nmax_queue_wait = \"forever\"\n" +
+		"[adaptive]\nsample_interval = 5\nbackoff_factor = 7.0\n"
+	es := parseErrors(t, doc)
+	var got []string
+	for _, e := range es {
+		got = append(got, fmt.Sprintf("%d %s", e.Line, e.Key))
+	}
+	want := []string{"2 agent.fail_mode", `8 limit "a".max_per_key`, `9 limit "a".max_queue_wait`,
+		"11 adaptive.sample_interval", "12 adaptive.backoff_factor"}
+	if !slices.Equal(got, want) {
+		t.Errorf("problems (line key):\n got %q\nwant %q\n%v", got, want, es)
 	}
 }
 

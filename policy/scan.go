@@ -174,7 +174,11 @@ type scanner struct {
 	counts map[string]int // array-of-tables path → elements seen
 	names  map[int]string // rule index → name as written
 	errs   []*Error
-	fatal  bool // the document cannot be decoded: syntax or type errors
+	fatal  bool // the document cannot be decoded: syntax or structural type errors
+	// refused are the lines of scalar values of the wrong type or out of
+	// range (reported in errs): Parse decodes the document without them,
+	// so the rest of the file is still validated.
+	refused map[int]string // line → key path
 
 	newlines []int // offsets of '\n' in the document, built on first use
 }
@@ -319,6 +323,46 @@ func (s *scanner) typeError(line int, path, value, problem, fix string) {
 	s.errs = append(s.errs, &Error{File: s.file, Line: line, path: path, Value: value, Problem: problem, Fix: fix})
 }
 
+// refuse reports a scalar value that cannot be decoded. Its line is left
+// out of the decode (see refused) when the value sits on that one line;
+// a multi-line string makes the document undecodable, as a type error.
+func (s *scanner) refuse(line int, path, value, problem, fix string) {
+	if strings.HasPrefix(value, `"""`) || strings.HasPrefix(value, "'''") {
+		s.typeError(line, path, value, problem, fix)
+		return
+	}
+	if s.refused == nil {
+		s.refused = make(map[int]string)
+	}
+	s.refused[line] = path
+	s.errs = append(s.errs, &Error{File: s.file, Line: line, path: path, Value: value, Problem: problem, Fix: fix})
+}
+
+// withoutRefused returns data with each refused line turned into a comment.
+func (s *scanner) withoutRefused(data []byte) []byte {
+	if len(s.refused) == 0 {
+		return data
+	}
+	lines := bytes.Split(data, []byte("\n"))
+	for l := range s.refused {
+		if l >= 1 && l <= len(lines) {
+			lines[l-1] = append([]byte("# "), lines[l-1]...)
+		}
+	}
+	return bytes.Join(lines, []byte("\n"))
+}
+
+// wasRefused reports whether path's value was refused: a "missing" problem
+// with it follows from leaving its line out and is not reported twice.
+func (s *scanner) wasRefused(path string) bool {
+	for _, p := range s.refused {
+		if p == path {
+			return true
+		}
+	}
+	return false
+}
+
 func join(path, key string) string {
 	if path == "" {
 		return key
@@ -449,7 +493,7 @@ func (s *scanner) value(path string, t reflect.Type, v *unstable.Node, line int,
 	case kInt:
 		if v.Kind == unstable.Integer {
 			if _, err := strconv.ParseInt(string(v.Data), 0, 64); err != nil {
-				s.typeError(line, path, raw, "is out of range", "write a smaller whole number")
+				s.refuse(line, path, raw, "is out of range", "write a smaller whole number")
 			}
 			return
 		}
@@ -465,11 +509,11 @@ func (s *scanner) value(path string, t reflect.Type, v *unstable.Node, line int,
 		switch v.Kind {
 		case unstable.String:
 			if _, err := parseDuration(string(v.Data)); err != nil {
-				s.typeError(line, path, raw, "is not a Go duration", `write one such as "30s" or "1m30s" (units ns, us, ms, s, m, h)`)
+				s.refuse(line, path, raw, "is not a Go duration", `write one such as "30s" or "1m30s" (units ns, us, ms, s, m, h)`)
 			}
 			return
 		case unstable.Integer, unstable.Float:
-			s.typeError(line, path, raw, "is a number, not a duration",
+			s.refuse(line, path, raw, "is a number, not a duration",
 				fmt.Sprintf("quote a Go duration with its unit, such as \"%ss\"", strings.ReplaceAll(raw, "_", "")))
 			return
 		}
@@ -522,7 +566,12 @@ func (s *scanner) value(path string, t reflect.Type, v *unstable.Node, line int,
 			return
 		}
 	}
-	s.typeError(line, path, raw, "is "+article(v.Kind)+", want "+want(k), fixFor(k, path))
+	switch v.Kind {
+	case unstable.String, unstable.Integer, unstable.Float, unstable.Bool:
+		s.refuse(line, path, raw, "is "+article(v.Kind)+", want "+want(k), fixFor(k, path))
+	default:
+		s.typeError(line, path, raw, "is "+article(v.Kind)+", want "+want(k), fixFor(k, path))
+	}
 }
 
 func article(k unstable.Kind) string {
