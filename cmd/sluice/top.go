@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"sort"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/gdamore/tcell/v2"
+	"golang.org/x/term"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
 )
@@ -25,8 +27,10 @@ queue, running time, CPU so far (the command's whole process tree) and cgroup
 bucket, under a header with each rule's in-flight and queued counts.
 
 Live mode fills the terminal and refreshes every --interval; keys: q quit,
-c sort by CPU, a sort by age. --once prints one plain snapshot, as wide as
-$COLUMNS (default 120), for scripts and logs.
+c sort by CPU, a sort by age. --once prints one plain snapshot for scripts
+and logs: as wide as $COLUMNS when set, else 120 columns on a terminal and
+every column at full width into a pipe or file. Columns that do not fit are
+named in a last line, never dropped silently.
 
 Needs root or membership of [agent] admin_group.
 
@@ -39,7 +43,7 @@ const (
 	sortAge = "age" // oldest first
 )
 
-// defaultTopWidth is the width of `top --once` without $COLUMNS.
+// defaultTopWidth is the width of `top --once` on a terminal without $COLUMNS.
 const defaultTopWidth = 120
 
 func runTop(args []string, stdout, stderr io.Writer) int {
@@ -77,9 +81,13 @@ func runTop(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, err)
 			return 1
 		}
+		// A terminal gets $COLUMNS (or 120); a pipe or file gets every
+		// column at full width, for logs and scripts.
 		width := defaultTopWidth
 		if n, err := strconv.Atoi(os.Getenv("COLUMNS")); err == nil && n > 0 {
 			width = n
+		} else if f, ok := stdout.(*os.File); !ok || !term.IsTerminal(int(f.Fd())) {
+			width = 0
 		}
 		io.WriteString(stdout, strings.Join(topLines(st, time.Now(), width, *sortBy), "\n")+"\n")
 		return 0
@@ -217,11 +225,16 @@ const minRepoWidth = 24
 
 // topLines renders a snapshot for a terminal width: header lines with the
 // agent and each rule's counts, the column header, and one line per
-// command, sorted by sortBy. No line is wider than width (in runes). The
+// command, sorted by sortBy. No line is wider than width (in runes; 0 means
+// no limit). Columns a narrow width cannot hold are named in a last line. The
 // repository column takes the width the fixed columns leave, paths
 // shortened from the left; the bucket column appears only when some
 // command has a bucket and the terminal is wide enough.
 func topLines(st *admitpb.StatusResponse, now time.Time, width int, sortBy string) []string {
+	limited := width > 0
+	if !limited {
+		width = math.MaxInt32
+	}
 	var lines []string
 	running, queued := 0, 0
 	for _, l := range st.Leases {
@@ -282,10 +295,12 @@ func topLines(st *admitpb.StatusResponse, now time.Time, width int, sortBy strin
 	}
 	need := min(longest, minRepoWidth)
 	repoWidth := 0
+	var hidden []string
 	for _, drop := range []string{"", "BUCKET", "USER", "REMOTE IP", "WAITED"} {
 		for i, c := range cols {
 			if c.title == drop {
 				cols = append(cols[:i:i], cols[i+1:]...)
+				hidden = append(hidden, drop)
 				break
 			}
 		}
@@ -337,6 +352,10 @@ func topLines(st *admitpb.StatusResponse, now time.Time, width int, sortBy strin
 	}
 	if len(leases) == 0 {
 		lines = append(lines, "(no git commands in flight)")
+	}
+	if len(hidden) > 0 && limited {
+		lines = append(lines, fmt.Sprintf("(%s hidden at %d columns: widen the terminal, set COLUMNS, or see sluice status)",
+			strings.Join(hidden, ", "), width))
 	}
 	for i := range lines {
 		lines[i] = fitRight(lines[i], width)

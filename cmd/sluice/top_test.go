@@ -21,11 +21,21 @@ func leaseRows(lines []string) []string {
 			inTable = true
 			continue
 		}
-		if inTable && l != "" {
+		if inTable && l != "" && !strings.HasPrefix(l, "(") {
 			ids = append(ids, strings.Fields(l)[0])
 		}
 	}
 	return ids
+}
+
+// header is the column header line of top's output.
+func header(lines []string) string {
+	for _, l := range lines {
+		if strings.HasPrefix(l, colHeaderStart) {
+			return l
+		}
+	}
+	return ""
 }
 
 func TestTopLines(t *testing.T) {
@@ -98,10 +108,19 @@ func TestTopLinesWidths(t *testing.T) {
 		case width >= 100:
 			// Shortened from the left: the repository's name survives;
 			// the bucket column gives way to it.
-			if strings.Contains(got, long) || !strings.Contains(got, "…") || !strings.Contains(got, "repository-name.git") || strings.Contains(got, "BUCKET") {
+			if strings.Contains(got, long) || !strings.Contains(got, "…") || !strings.Contains(got, "repository-name.git") || strings.Contains(header(lines), "BUCKET") {
 				t.Errorf("width %d: repository not shortened from the left:\n%s", width, got)
 			}
 		}
+	}
+	// A dropped column is named, never silently gone; without a width
+	// limit every column shows.
+	if got := topLines(st, testNow, 120, sortCPU); !strings.Contains(got[len(got)-1], "BUCKET hidden at 120 columns") {
+		t.Errorf("width 120: last line %q does not name the hidden column", got[len(got)-1])
+	}
+	if got := topLines(st, testNow, 0, sortCPU); !strings.Contains(header(got), "BUCKET") || !strings.Contains(strings.Join(got, "\n"), long) ||
+		strings.Contains(strings.Join(got, "\n"), "hidden") {
+		t.Errorf("width 0 (no limit) hides something:\n%s", strings.Join(got, "\n"))
 	}
 	// Without buckets the column goes away.
 	for _, l := range st.Leases {

@@ -63,6 +63,9 @@ func run(args []string, stderr io.Writer) int {
 	}
 	zc := zap.NewProductionConfig()
 	zc.Level = zap.NewAtomicLevelAt(level)
+	// Errors an operator sees are actionable messages (a refused reload
+	// names file, key and fix), not crashes: no Go stack traces in them.
+	zc.DisableStacktrace = true
 	zc.Sampling = nil // every finished command is logged, never sampled away
 	zc.EncoderConfig.TimeKey = "time"
 	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
