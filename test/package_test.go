@@ -109,8 +109,9 @@ var packageFiles = map[string]string{
 }
 
 // installPackage installs the package with dpkg -i, and purges it (and the
-// group sluice, when this test created it) at the end of t.
-func installPackage(t *testing.T) {
+// group sluice, when this test created it) at the end of t. It returns what
+// dpkg printed.
+func installPackage(t *testing.T) string {
 	t.Helper()
 	deb := theDeb(t)
 	if out, err := exec.Command("dpkg-query", "-W", "-f=${Status}", "sluice").Output(); err == nil && strings.Contains(string(out), "installed") {
@@ -125,7 +126,7 @@ func installPackage(t *testing.T) {
 			exec.Command("groupdel", "sluice").Run()
 		}
 	})
-	pkgRun(t, "dpkg", "-i", deb)
+	return pkgRun(t, "dpkg", "-i", deb)
 }
 
 // usePackage installs the package for a server test; see installPackage.
@@ -183,7 +184,7 @@ func TestPackageInstallRemove(t *testing.T) {
 		}
 	}
 	t.Run("installed", func(t *testing.T) {
-		installPackage(t)
+		dpkgOut := installPackage(t)
 		for path, target := range packageFiles {
 			st, err := os.Lstat(path)
 			if err != nil {
@@ -219,7 +220,11 @@ func TestPackageInstallRemove(t *testing.T) {
 			t.Errorf("postinst did not create the group sluice")
 		}
 		if _, err := os.Stat("/run/systemd/system"); err != nil {
-			// Without systemd the maintainer scripts start nothing.
+			// Without systemd the maintainer scripts start nothing, and
+			// say how to start it.
+			if !strings.Contains(dpkgOut, "sluice:     /usr/bin/sluiced --config /etc/sluice/sluice.toml") {
+				t.Errorf("postinst without systemd does not say how to start sluiced; dpkg printed:\n%s", dpkgOut)
+			}
 			exes, _ := filepath.Glob("/proc/[0-9]*/exe")
 			for _, exe := range exes {
 				if target, err := os.Readlink(exe); err == nil && target == "/usr/bin/sluiced" {
