@@ -333,7 +333,7 @@ func TestServerGitDaemon(t *testing.T) {
 	port := freePort(t)
 	env := s.serverEnv()
 	logf := filepath.Join(s.a.dir, "git-daemon.log")
-	startGroup(t, env, logf, daemon, "--reuseaddr", "--base-path="+s.repos, "--export-all",
+	daemonCmd := startGroup(t, env, logf, daemon, "--reuseaddr", "--base-path="+s.repos, "--export-all",
 		"--enable=receive-pack", "--listen=127.0.0.1", "--port="+strconv.Itoa(port))
 	waitListening(t, port, "git daemon")
 	url := fmt.Sprintf("git://127.0.0.1:%d/project.git", port)
@@ -364,7 +364,38 @@ func TestServerGitDaemon(t *testing.T) {
 	conn.Close()
 
 	t.Run("prometheus", func(t *testing.T) { s.prometheus(t) })
-	t.Run("sluice check", func(t *testing.T) { s.sluiceCheck(t) })
+	t.Run("sluice check", func(t *testing.T) { s.sluiceCheck(t, daemonCmd.Process.Pid) })
+	t.Run("sluice check without GIT_EXEC_PATH", func(t *testing.T) {
+		// The mistake of the first hour: PATH set, GIT_EXEC_PATH not, so
+		// git daemon runs /usr/lib/git-core/git upload-pack and every
+		// clone bypasses the shim. check must FAIL it, with the fix.
+		var broken []string
+		for _, kv := range s.serverEnv() {
+			if !strings.HasPrefix(kv, "GIT_EXEC_PATH=") {
+				broken = append(broken, kv)
+			}
+		}
+		port := freePort(t)
+		d := startGroup(t, broken, filepath.Join(s.a.dir, "git-daemon-broken.log"), daemon, "--reuseaddr",
+			"--base-path="+s.repos, "--export-all", "--listen=127.0.0.1", "--port="+strconv.Itoa(port))
+		waitListening(t, port, "git daemon")
+		out, code := s.runCheck(t, "--pid", strconv.Itoa(d.Process.Pid))
+		if code != 1 || !strings.Contains(out, "FAIL  exec path") || !strings.Contains(out, "GIT_EXEC_PATH is not set") ||
+			!strings.Contains(out, "fix: start git daemon with GIT_EXEC_PATH=/usr/lib/sluice/git-core") {
+			t.Errorf("sluice check of a git daemon without GIT_EXEC_PATH: exit %d\n%s", code, out)
+		}
+	})
+}
+
+// runCheck runs the installed `sluice check` with this setup's config and
+// socket and the given flags naming the server.
+func (s *serverSetup) runCheck(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command("/usr/bin/sluice", append([]string{"check", "--socket", s.a.socket,
+		"--config", filepath.Join(s.a.dir, "sluice.toml")}, args...)...)
+	cmd.Env = append(s.clientEnv(), "GIT_CONFIG_SYSTEM="+s.gitconfig, "GIT_CONFIG_NOSYSTEM=")
+	out, _ := cmd.CombinedOutput()
+	return string(out), cmd.ProcessState.ExitCode()
 }
 
 // prometheus starts a real Prometheus scraping sluiced and compares a
@@ -424,21 +455,18 @@ func (s *serverSetup) prometheus(t *testing.T) {
 	}
 }
 
-// sluiceCheck runs the installed `sluice check` against this wiring, then
-// without the hook line.
-func (s *serverSetup) sluiceCheck(t *testing.T) {
+// sluiceCheck runs the installed `sluice check` against this wiring (the
+// server named by its pid), then without the hook line.
+func (s *serverSetup) sluiceCheck(t *testing.T, pid int) {
 	check := func() (string, int) {
-		cmd := exec.Command("/usr/bin/sluice", "check", "--socket", s.a.socket,
-			"--config", filepath.Join(s.a.dir, "sluice.toml"), "--path", s.path)
-		cmd.Env = append(s.clientEnv(), "GIT_CONFIG_SYSTEM="+s.gitconfig, "GIT_CONFIG_NOSYSTEM=")
-		out, _ := cmd.CombinedOutput()
-		return string(out), cmd.ProcessState.ExitCode()
+		return s.runCheck(t, "--path", s.path, "--pid", strconv.Itoa(pid))
 	}
 	out, code := check()
 	if code != 0 {
 		t.Fatalf("sluice check on the configured machine: exit %d\n%s", code, out)
 	}
-	for _, want := range []string{"OK    agent", "OK    shim on PATH", "OK    packObjectsHook  uploadpack.packObjectsHook = /usr/bin/sluice-shim", "OK    config"} {
+	for _, want := range []string{"OK    agent", "OK    shim on PATH", "OK    packObjectsHook  uploadpack.packObjectsHook = /usr/bin/sluice-shim", "OK    config",
+		"OK    server           git daemon (pid " + strconv.Itoa(pid), "OK    server PATH", "OK    exec path", "OK    server access", "OK    server hook"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("sluice check output lacks %q:\n%s", want, out)
 		}
@@ -457,7 +485,8 @@ func (s *serverSetup) sluiceCheck(t *testing.T) {
 	defer os.WriteFile(s.gitconfig, orig, 0o644)
 	out, code = check()
 	if code != 1 || !strings.Contains(out, "FAIL  packObjectsHook  uploadpack.packObjectsHook is not set in the system gitconfig ("+s.gitconfig+")") ||
-		!strings.Contains(out, "fix: git config --system uploadpack.packObjectsHook /usr/bin/sluice-shim") {
+		!strings.Contains(out, "fix: git config --system uploadpack.packObjectsHook /usr/bin/sluice-shim") ||
+		!strings.Contains(out, "FAIL  server hook") {
 		t.Fatalf("sluice check without the hook: exit %d\n%s", code, out)
 	}
 }
@@ -581,6 +610,55 @@ SetEnv %s
 	}
 	hold.release()
 	hold.wait(t, 10*time.Second)
+
+	// sluice check of sshd's sessions for user git: right as wired, then
+	// each first-hour mistake FAILs with its fix.
+	sshdPid := func() string {
+		b, err := os.ReadFile(filepath.Join(dir, "sshd.pid"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}()
+	out, code := s.runCheck(t, "--pid", sshdPid, "--user", "git")
+	for _, want := range []string{"OK    server           sshd (pid " + sshdPid + ") sessions of user git", "OK    server PATH", "OK    exec path",
+		"OK    server access", "OK    server hook"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("sluice check of the sshd wiring: exit %d, lacks %q\n%s", code, want, out)
+		}
+	}
+	t.Run("sluice check without GIT_EXEC_PATH", func(t *testing.T) {
+		// SetEnv PATH=… but no GIT_EXEC_PATH: git-shell runs
+		// /usr/lib/git-core/git upload-pack, bypassing the shim.
+		var kept []string
+		for _, kv := range senv {
+			if !strings.HasPrefix(kv, "GIT_EXEC_PATH=") {
+				kept = append(kept, kv)
+			}
+		}
+		broken := strings.Replace(conf, "SetEnv "+strings.Join(senv, " "), "SetEnv "+strings.Join(kept, " "), 1)
+		os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(broken), 0o644)
+		defer os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(conf), 0o644)
+		out, code := s.runCheck(t, "--pid", sshdPid, "--user", "git")
+		if code != 1 || !strings.Contains(out, "FAIL  exec path") || !strings.Contains(out, "fix: in sshd_config, under Match User git: SetEnv GIT_EXEC_PATH=/usr/lib/sluice/git-core") {
+			t.Errorf("sluice check of sshd without GIT_EXEC_PATH: exit %d\n%s", code, out)
+		}
+	})
+	t.Run("sluice check with the server user outside the socket group", func(t *testing.T) {
+		// The socket and its directory in a group git is not in: its
+		// shims cannot reach the agent (and would fail open).
+		run := filepath.Dir(s.a.socket)
+		for _, p := range []string{run, s.a.socket} {
+			os.Chown(p, -1, 0)
+			defer os.Chown(p, -1, gid)
+		}
+		os.Chmod(run, 0o750)
+		out, code := s.runCheck(t, "--pid", sshdPid, "--user", "git")
+		if code != 1 || !strings.Contains(out, "FAIL  server access") || !strings.Contains(out, "permission denied") ||
+			!strings.Contains(out, "fix: adduser git root") {
+			t.Errorf("sluice check with git outside the socket's group: exit %d\n%s", code, out)
+		}
+	})
 }
 
 func TestServerHTTP(t *testing.T) {

@@ -26,25 +26,41 @@ import (
 	"github.com/sluicehq/sluice/policy"
 )
 
-const checkUsage = `usage: sluice check [flags]
+const checkUsage = `usage: sluice check [--unit NAME | --pid PID | --user USER] [--env NAME=value ...] [flags]
 
 Run the checks an installation needs and print each with OK, FAIL, WARN or
-SKIP and, when it is not OK, how to fix it:
+SKIP and, when it is not OK, how to fix it.
 
+The host:
   config          the policy file is valid
   agent           sluiced answers on its socket
   socket          the socket's mode and group let the Git server's user in
   cgroups         the cgroup hierarchy is writable and has the controllers
   bpf             BTF and CAP_BPF are there for the eBPF tracer
-  shim on PATH    git, git-upload-pack, git-receive-pack and
-                  git-upload-archive on the server's PATH are the shim
+  git             the real git runs, and its version
   packObjectsHook uploadpack.packObjectsHook runs the shim, from the system
                   gitconfig ($GIT_CONFIG_SYSTEM is honoured)
-  git             the real git runs, and its version
+
+The Git server, as it really runs (--unit, --pid, --user; without them every
+git daemon, fcgiwrap, gitea and sshd with a git-shell user found running):
+  server          what was found, and where its environment comes from
+                  (/proc/PID/environ; for sshd, sshd -T for the user)
+  server PATH     git, git-upload-pack, git-receive-pack, git-upload-archive
+                  on the server's PATH are the shim
+  exec path       git-shell, git daemon and git-http-backend run git through
+                  GIT_EXEC_PATH: it must hold the shim
+  server access   the server's uid and groups (those the running process has)
+                  can connect to the socket and read shim.conf: tried for real
+  server hook     uploadpack.packObjectsHook is the shim in the system or
+                  global gitconfig, read as the server's user
+
+--path PATH checks one PATH string as well (shim on PATH), for a server that
+cannot be named. fcgiwrap's CGI environment comes from the web server: give
+it with --env PATH=... --env GIT_EXEC_PATH=....
 
 WARN is a problem that does not stop sluice from limiting (cgroups or eBPF
-unavailable when not required). Exit status: 0 when no check FAILs, 1
-otherwise, 2 usage error.
+unavailable when not required; a server whose environment cannot be seen).
+Exit status: 0 when no check FAILs, 1 otherwise, 2 usage error.
 
 flags:
 `
@@ -70,7 +86,9 @@ type checkEnv struct {
 	configPath string // --config, or policy.DefaultPath
 	configSet  bool   // --config was given: a missing file is a failure
 	socket     string // --socket; "" resolves from the config
-	path       string // the server's PATH to look for git on
+	path       string // --path: a PATH to check the shim on; "" = none
+	server     serverFlags
+	procRoot   string // /proc
 	shim       string // the shim binary the PATH and hook must reach
 	cgroupRoot string // mountpoint of the cgroup file systems
 	procSelf   string // /proc/self
@@ -82,17 +100,25 @@ type checkEnv struct {
 }
 
 func runCheck(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 2 && args[0] == accessProbeArg {
+		return runAccessProbe(args[1], stdout)
+	}
 	fset := flag.NewFlagSet("check", flag.ContinueOnError)
 	env := checkEnv{
 		cgroupRoot: "/sys/fs/cgroup",
 		procSelf:   "/proc/self",
+		procRoot:   "/proc",
 		btf:        "/sys/kernel/btf/vmlinux",
 		getenv:     os.Getenv,
 		status:     agentStatus,
 	}
 	fset.StringVar(&env.configPath, "config", policy.DefaultPath, "policy file sluiced reads")
 	fset.StringVar(&env.socket, "socket", "", "sluiced's socket (default: $"+wire.SocketEnv+", then [agent] socket, then "+wire.RootSocket+")")
-	fset.StringVar(&env.path, "path", "/usr/lib/sluice/bin:"+os.Getenv("PATH"), "the PATH the Git server runs git with")
+	fset.StringVar(&env.path, "path", "", "also check that this PATH finds the shim (for a server check cannot name)")
+	fset.IntVar(&env.server.pid, "pid", 0, "pid of the Git server (sshd, git daemon, fcgiwrap, gitea)")
+	fset.StringVar(&env.server.unit, "unit", "", "systemd unit of the Git server")
+	fset.StringVar(&env.server.user, "user", "", "user server-side git runs as (with sshd: whose sessions to check)")
+	fset.Var(envFlag{&env.server.env}, "env", "NAME=value the server gives git, repeatable (fcgiwrap: what nginx passes)")
 	fset.StringVar(&env.shim, "shim", "/usr/bin/sluice-shim", "the installed shim")
 	if code, ok := parseFlags(fset, checkUsage, args, stdout, stderr); !ok {
 		return code
@@ -157,7 +183,15 @@ func runChecks(env checkEnv) []checkResult {
 	results = append(results, checkAgent(env, socket), checkSocket(cfg, socket))
 	results = append(results, checkCgroups(env, cfg), checkBPF(env, cfg))
 	realGit, r := checkRealGit(env, cfg)
-	results = append(results, checkShimOnPath(env), checkHook(env, realGit), r)
+	results = append(results, r, checkHook(env, realGit))
+	if env.path != "" {
+		results = append(results, checkShimOnPath(env))
+	}
+	servers, r := findServers(env, env.server)
+	results = append(results, r)
+	for _, s := range servers {
+		results = append(results, checkServer(env, s, realGit)...)
+	}
 	return results
 }
 
@@ -447,8 +481,12 @@ func checkRealGit(env checkEnv, cfg *policy.Config) (string, checkResult) {
 	if realGit == "" {
 		realGit = cfg.Git.Bin
 	}
+	search := env.path
+	if search == "" {
+		search = env.getenv("PATH")
+	}
 	if realGit == "" {
-		for _, dir := range filepath.SplitList(env.path) {
+		for _, dir := range filepath.SplitList(search) {
 			p := lookPath(dir, "git")
 			if p != "" && !sameFile(p, env.shim) {
 				realGit = p
@@ -457,7 +495,7 @@ func checkRealGit(env checkEnv, cfg *policy.Config) (string, checkResult) {
 		}
 	}
 	if realGit == "" {
-		r.status, r.detail = checkFail, "no real git on "+env.path
+		r.status, r.detail = checkFail, "no real git on "+search
 		r.fix = "install git (apt-get install git) or set [git] bin"
 		return "", r
 	}
