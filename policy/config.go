@@ -68,6 +68,9 @@ type Config struct {
 	// Source is the file name the policy was read from, DefaultSource for
 	// the embedded default policy; "" for a Config built by hand.
 	Source string `toml:"-"`
+	// DefaultLimits is true when the file defined no [[limit]] (nor an
+	// explicit `limit = []`) and the embedded default rules apply.
+	DefaultLimits bool `toml:"-"`
 
 	// keys maps key paths such as "limit[1].max_queue_wait" to where they
 	// are written; nil for a Config built by hand.

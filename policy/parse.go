@@ -32,6 +32,11 @@ func Default() *Config {
 	return c
 }
 
+// defaultLimits returns a copy of the embedded default policy's rules.
+func defaultLimits() []Limit {
+	return Default().Limits
+}
+
 // Load reads and parses the policy file at path. A read error wraps the
 // os error (errors.Is(err, fs.ErrNotExist) works); policy problems are
 // returned as Errors.
@@ -74,6 +79,14 @@ func Parse(name string, data []byte) (*Config, error) {
 	}
 	c.Source = name
 	c.keys = s.keys
+	if _, written := s.keys["limit"]; !written && s.counts["limit"] == 0 {
+		// "A key left out keeps the value shown": a file that defines no
+		// [[limit]] (one that only sets [agent] socket_group, say) keeps
+		// the default rules instead of silently running everything
+		// unlimited. `limit = []` is the explicit way to have none.
+		c.Limits = defaultLimits()
+		c.DefaultLimits = true
+	}
 	c.fillDefaults()
 	for _, e := range c.validate() {
 		if !s.wasRefused(e.path) {

@@ -80,9 +80,38 @@ func TestPrintDefaultsRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := Default()
-	if len(empty.Limits) != 0 || !reflect.DeepEqual(empty.Agent, d.Agent) || empty.Cgroups != d.Cgroups || !reflect.DeepEqual(empty.Adaptive, d.Adaptive) ||
+	if !reflect.DeepEqual(empty.Limits, d.Limits) || !empty.DefaultLimits || !reflect.DeepEqual(empty.Agent, d.Agent) || empty.Cgroups != d.Cgroups || !reflect.DeepEqual(empty.Adaptive, d.Adaptive) ||
 		empty.EBPF != d.EBPF || empty.Timeouts != d.Timeouts {
 		t.Errorf("empty file does not get the default sections: %+v", empty)
+	}
+}
+
+// TestNoLimitsKeepsDefaultRules: a file that defines no [[limit]] does not
+// silently turn every limit off; `limit = []` does, explicitly.
+func TestNoLimitsKeepsDefaultRules(t *testing.T) {
+	c, err := Parse("agent-only.toml", []byte("[agent]\nsocket_group = \"git\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.DefaultLimits || !slices.Equal(c.RuleNames(), Default().RuleNames()) || c.Agent.SocketGroup != "git" {
+		t.Errorf("agent-only file: DefaultLimits %v, rules %v", c.DefaultLimits, c.RuleNames())
+	}
+	if c.LimitFor("upload-pack") == nil {
+		t.Error("agent-only file: upload-pack matches no rule")
+	}
+	none, err := Parse("none.toml", []byte("limit = []\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if none.DefaultLimits || len(none.Limits) != 0 {
+		t.Errorf("limit = []: DefaultLimits %v, %d rules; want none", none.DefaultLimits, len(none.Limits))
+	}
+	one, err := Parse("one.toml", []byte("[[limit]]\nname = \"x\"\nmatch = [\"upload-pack\"]\nkey = \"repo\"\nmax_per_key = 1\nmax_queue_wait = \"1s\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if one.DefaultLimits || len(one.Limits) != 1 {
+		t.Errorf("one [[limit]]: DefaultLimits %v, %d rules; want exactly that one", one.DefaultLimits, len(one.Limits))
 	}
 }
 

@@ -19,6 +19,20 @@ const (
 	maxBuckets   = 65536
 	maxKillGrace = time.Minute
 	maxFeedback  = time.Hour
+	// Bounds of the adaptive loop's periods: sampling faster than
+	// minSample costs the agent a core and sees nothing new (cgroup stats
+	// change at the kernel's own pace); slower than a minute misses an OOM
+	// storm.
+	minSample      = 50 * time.Millisecond
+	maxSample      = time.Minute
+	minCalibration = time.Second
+	maxCalibration = time.Hour
+	maxCooldown    = 10 * time.Minute
+	// A negotiation timeout under a second would cut off healthy clones
+	// over a slow link; over a day it bounds nothing.
+	minNegotiation = time.Second
+	maxNegotiation = 24 * time.Hour
+	maxRuntime     = 30 * 24 * time.Hour
 	// maxConnections bounds [agent] max_connections: each connection costs
 	// a file descriptor and two goroutines.
 	maxConnections = 1000000
@@ -97,7 +111,10 @@ func (c *Config) validate() []*Error {
 
 func (v *validator) agent() {
 	a := &v.c.Agent
-	if a.Socket != "" && !path.IsAbs(a.Socket) {
+	switch {
+	case a.Socket != "" && badPathChar(a.Socket):
+		v.add("agent.socket", a.Socket, "contains a control character (a newline?)", `write a path such as "/run/sluice/sluice.sock" on one line`)
+	case a.Socket != "" && !path.IsAbs(a.Socket):
 		v.add("agent.socket", a.Socket, "must be an absolute path", `write a path such as "/run/sluice/sluice.sock", or remove the key for the default`)
 	}
 	if a.MetricsAddr != MetricsOff {
@@ -148,7 +165,11 @@ func checkHostPort(addr string) string {
 }
 
 func (v *validator) git() {
-	if b := v.c.Git.Bin; b != "" && !path.IsAbs(b) {
+	switch b := v.c.Git.Bin; {
+	case b == "":
+	case badPathChar(b):
+		v.add("git.bin", b, "contains a control character (a newline?)", `write the real git's path on one line, such as "/usr/bin/git"`)
+	case !path.IsAbs(b):
 		v.add("git.bin", b, "must be an absolute path", `write the real git's path, such as "/usr/bin/git", or remove the key to search PATH`)
 	}
 }
@@ -248,8 +269,13 @@ func (v *validator) limits() map[string]*Limit {
 		case w > maxQueueWait:
 			v.add(at("max_queue_wait"), l.MaxQueueWait, "must be at most 1h", `set a Go duration such as "60s"; a client waiting longer has usually given up`)
 		}
-		if l.MaxRuntime.Duration < 0 {
+		switch r := l.MaxRuntime.Duration; {
+		case r < 0:
 			v.add(at("max_runtime"), l.MaxRuntime, "must be >= 0", `set a Go duration such as "1h", or remove the key for no bound`)
+		case r > 0 && r < time.Second:
+			v.add(at("max_runtime"), l.MaxRuntime, "must be at least 1s", `set a Go duration such as "1h": a bound this short kills every command; remove the key for no bound`)
+		case r > maxRuntime:
+			v.add(at("max_runtime"), l.MaxRuntime, "must be at most 720h (30 days)", `set a Go duration such as "6h", or remove the key for no bound`)
 		}
 		v.limitBounds(l, at)
 	}
@@ -377,8 +403,12 @@ func (v *validator) cgroups() {
 
 func (v *validator) adaptive() {
 	a := &v.c.Adaptive
-	v.positive("adaptive.calibration_interval", a.CalibrationInterval)
-	v.positive("adaptive.sample_interval", a.SampleInterval)
+	v.within("adaptive.calibration_interval", a.CalibrationInterval, minCalibration, maxCalibration, "30s")
+	v.within("adaptive.sample_interval", a.SampleInterval, minSample, maxSample, "1s")
+	if a.SampleInterval.Duration > a.CalibrationInterval.Duration && a.CalibrationInterval.Duration >= minCalibration {
+		v.add("adaptive.sample_interval", a.SampleInterval, fmt.Sprintf("is longer than calibration_interval (%s)", a.CalibrationInterval),
+			"sample at least once per calibration, such as sample_interval = \"1s\"")
+	}
 	for _, f := range []struct {
 		key string
 		val float64
@@ -397,7 +427,7 @@ func (v *validator) adaptive() {
 	if !(a.IncreaseMaxPSICPU >= 0 && a.IncreaseMaxPSICPU <= 1) {
 		v.add("adaptive.increase_max_psi_cpu", a.IncreaseMaxPSICPU, "must be a fraction in [0, 1]", "write a number such as 0.8, or 0 to let limits grow on a saturated CPU")
 	}
-	v.positive("adaptive.cooldown", a.Cooldown)
+	v.within("adaptive.cooldown", a.Cooldown, time.Millisecond, maxCooldown, "5s")
 	if a.MemorySignal != MemoryWorkingSet && a.MemorySignal != MemoryAnon {
 		v.add("adaptive.memory_signal", a.MemorySignal, "unknown memory signal", `write "working_set" or "anon"`)
 	}
@@ -422,8 +452,13 @@ func (v *validator) timeouts() {
 		{"timeouts.upload_pack_negotiation", t.UploadPackNegotiation},
 		{"timeouts.upload_archive_negotiation", t.UploadArchiveNegotiation},
 	} {
-		if n.d.Duration < 0 {
+		switch d := n.d.Duration; {
+		case d < 0:
 			v.add(n.key, n.d, "must be >= 0", `set a Go duration such as "10m", or "0s" to disable the timeout`)
+		case d > 0 && d < minNegotiation:
+			v.add(n.key, n.d, "must be at least 1s", `set a Go duration such as "10m": a shorter one cuts off healthy clones on slow links; "0s" disables the timeout`)
+		case d > maxNegotiation:
+			v.add(n.key, n.d, "must be at most 24h", `set a Go duration such as "10m", or "0s" to disable the timeout`)
 		}
 	}
 	switch g := t.KillGrace.Duration; {
@@ -434,8 +469,27 @@ func (v *validator) timeouts() {
 	}
 }
 
-func (v *validator) positive(key string, d Duration) {
-	if d.Duration <= 0 {
-		v.add(key, d, "must be > 0", `set a Go duration such as "1s"`)
+// within checks lo <= d <= hi; example is a sensible value for the fix.
+func (v *validator) within(key string, d Duration, lo, hi time.Duration, example string) {
+	if d.Duration < lo || d.Duration > hi {
+		v.add(key, d, fmt.Sprintf("must be between %s and %s", fmtBound(lo), fmtBound(hi)), fmt.Sprintf("set a Go duration such as %q", example))
 	}
+}
+
+// fmtBound writes a bound as an operator would: "50ms", "1m", "1h".
+func fmtBound(d time.Duration) string {
+	switch {
+	case d >= time.Hour && d%time.Hour == 0:
+		return strconv.FormatInt(int64(d/time.Hour), 10) + "h"
+	case d >= time.Minute && d%time.Minute == 0:
+		return strconv.FormatInt(int64(d/time.Minute), 10) + "m"
+	}
+	return d.String()
+}
+
+// badPathChar reports whether p holds a control character: a path
+// written with one is a typo, and the agent writes some paths into
+// shim.conf, one per line.
+func badPathChar(p string) bool {
+	return strings.ContainsFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }

@@ -229,9 +229,17 @@ func TestValidateSections(t *testing.T) {
 		{"cpu_throttle_threshold negative", "[adaptive]\ncpu_throttle_threshold = -0.1\n",
 			wantErr{2, "adaptive.cpu_throttle_threshold", "-0.1", "(0, 1]", "0.5"}},
 		{"calibration_interval zero", "[adaptive]\ncalibration_interval = \"0s\"\n",
-			wantErr{2, "adaptive.calibration_interval", `"0s"`, "> 0", `"1s"`}},
+			wantErr{2, "adaptive.calibration_interval", `"0s"`, "must be between 1s and 1h", `"30s"`}},
+		{"sample_interval too fast", "[adaptive]\nsample_interval = \"1ns\"\n",
+			wantErr{2, "adaptive.sample_interval", `"1ns"`, "must be between 50ms and 1m", `"1s"`}},
+		{"sample_interval over calibration", "[adaptive]\nsample_interval = \"50s\"\ncalibration_interval = \"40s\"\n",
+			wantErr{2, "adaptive.sample_interval", `"50s"`, "longer than calibration_interval", `sample_interval = "1s"`}},
+		{"negotiation too short", "[timeouts]\nupload_pack_negotiation = \"10ms\"\n",
+			wantErr{2, "timeouts.upload_pack_negotiation", `"10ms"`, "at least 1s", `"0s" disables`}},
+		{"git bin with a newline", "[git]\nbin = \"/usr/bin/git\\n\"\n",
+			wantErr{2, "git.bin", `"/usr/bin/git\n"`, "control character", "one line"}},
 		{"sample_interval negative", "[adaptive]\nsample_interval = \"-1ms\"\n",
-			wantErr{2, "adaptive.sample_interval", `"-1ms"`, "> 0", `"1s"`}},
+			wantErr{2, "adaptive.sample_interval", `"-1ms"`, "must be between 50ms and 1m", `"1s"`}},
 		{"timeout negative", "[timeouts]\nupload_pack_negotiation = \"-1s\"\n",
 			wantErr{2, "timeouts.upload_pack_negotiation", `"-1s"`, ">= 0", `"0s" to disable`}},
 		{"archive timeout negative", "[timeouts]\nupload_archive_negotiation = \"-1m\"\n",
@@ -360,7 +368,7 @@ func TestAdaptiveWatchersAndSignal(t *testing.T) {
 		`w.toml:2: adaptive: watchers = ["memory", "swap", "memory"]: unknown watcher "swap"; use some of: memory, oom, cpu_throttle, psi_memory, psi_cpu`,
 		`watcher "memory" listed twice`,
 		`w.toml:3: adaptive: memory_signal = "rss": unknown memory signal; write "working_set" or "anon"`,
-		`w.toml:4: adaptive: cooldown = "0s": must be > 0`,
+		`w.toml:4: adaptive: cooldown = "0s": must be between 1ms and 10m`,
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("errors lack %q:\n%s", want, msg)

@@ -80,6 +80,12 @@ func validate(args []string, defaultPath string, stdout, stderr io.Writer) int {
 	if len(names) > 0 {
 		summary += ": " + strings.Join(names, ", ")
 	}
+	switch {
+	case cfg.DefaultLimits:
+		summary += "; the file defines no [[limit]], so the default rules apply (write limit = [] for none)"
+	case len(names) == 0:
+		summary += "; limit = []: no git command is limited"
+	}
 	fmt.Fprintf(stdout, "%s: ok (%s)\n", cfg.Source, summary)
 	return 0
 }

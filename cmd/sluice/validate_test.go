@@ -99,7 +99,7 @@ func TestValidateCommand(t *testing.T) {
 	t.Run("empty file", func(t *testing.T) {
 		empty := write(t, dir, "empty.toml", "")
 		code, out, _ := validateArgs(missing, empty)
-		if code != 0 || out != empty+": ok (0 rules)\n" {
+		if code != 0 || out != empty+": ok (4 rules: upload-pack, pack-objects, receive-pack, upload-archive; the file defines no [[limit]], so the default rules apply (write limit = [] for none))\n" {
 			t.Errorf("exit %d, stdout %q", code, out)
 		}
 	})
