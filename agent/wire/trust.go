@@ -103,6 +103,15 @@ func loadShimConfig(socket string, euid, egid int) ShimSetup {
 	failOpen := func(why string) { s.Config.FailClosed = false; s.FailWhy = why }
 	failClosed := func(why string) { s.Config.FailClosed = true; s.FailWhy = why }
 	failOpen(`fail_mode is "open"`)
+	if !filepath.IsAbs(socket) {
+		// A relative path would be looked up from git's working directory,
+		// a repository.
+		failClosed("failing closed because an untrusted socket path cannot choose fail_mode")
+		s.NoDial = true
+		s.Problem = &TrustError{Kind: TrustUntrusted, Path: socket, Msg: "not trusting socket path " + strconv.Quote(socket) +
+			": " + SocketEnv + " must be an absolute path"}
+		return s
+	}
 	dir := filepath.Dir(socket)
 	conf := ShimConfigPath(socket)
 
@@ -114,13 +123,13 @@ func loadShimConfig(socket string, euid, egid int) ShimSetup {
 	case syscall.ENOENT, syscall.ENOTDIR:
 		return s // nothing installed here: defaults, fail open
 	case syscall.EACCES:
-		failClosed("the fail mode cannot be read: failing closed")
+		failClosed("failing closed because fail_mode cannot be read")
 		s.NoDial = true
 		s.Problem = &TrustError{Kind: TrustDenied, Path: dir, Msg: "permission denied looking up " + dir + " as " +
 			who(euid, egid) + "; make the path to the socket searchable for the Git server's user, or point " + SocketEnv + " elsewhere"}
 		return s
 	default:
-		failClosed("the fail mode cannot be read: failing closed")
+		failClosed("failing closed because fail_mode cannot be read")
 		s.NoDial = true
 		s.Problem = &TrustError{Kind: TrustOther, Path: dir, Msg: "open " + dir + ": " + err.Error()}
 		return s
@@ -128,7 +137,7 @@ func loadShimConfig(socket string, euid, egid int) ShimSetup {
 	defer syscall.Close(dfd)
 	var dst syscall.Stat_t
 	if err := syscall.Fstat(dfd, &dst); err != nil {
-		failClosed("the fail mode cannot be read: failing closed")
+		failClosed("failing closed because fail_mode cannot be read")
 		s.NoDial = true
 		s.Problem = &TrustError{Kind: TrustOther, Path: dir, Msg: "stat " + dir + ": " + err.Error()}
 		return s
@@ -152,7 +161,7 @@ func loadShimConfig(socket string, euid, egid int) ShimSetup {
 		return uid == 0 || int(uid) == euid || (agentUID >= 0 && int(uid) == agentUID)
 	}
 	if !trusted(dst.Uid) || dst.Mode&0o022 != 0 {
-		failClosed("an untrusted directory cannot set the fail mode: failing closed")
+		failClosed("failing closed because an untrusted directory cannot choose fail_mode")
 		s.NoDial = true
 		s.Problem = &TrustError{Kind: TrustUntrusted, Path: dir, Msg: "not trusting " + dir + ": " + describe(&dst) +
 			"; it must belong to root or the agent's user" + agentNote(agentUID) + " and not be writable by group or others"}
@@ -179,7 +188,7 @@ func loadShimConfig(socket string, euid, egid int) ShimSetup {
 	case syscall.ENOENT:
 		return s // the agent has not written it yet: defaults
 	case syscall.ELOOP:
-		failClosed("an untrusted shim.conf cannot set the fail mode: failing closed")
+		failClosed("failing closed because an untrusted shim.conf cannot choose fail_mode")
 		s.NoDial = true
 		s.Problem = &TrustError{Kind: TrustUntrusted, Path: conf, Msg: "not trusting " + conf + ": it is a symbolic link"}
 		return s
@@ -201,7 +210,7 @@ func loadShimConfig(socket string, euid, egid int) ShimSetup {
 		return s
 	}
 	if cst.Mode&syscall.S_IFMT != syscall.S_IFREG || !trusted(cst.Uid) || cst.Mode&0o022 != 0 {
-		failClosed("an untrusted shim.conf cannot set the fail mode: failing closed")
+		failClosed("failing closed because an untrusted shim.conf cannot choose fail_mode")
 		s.NoDial = true
 		s.Problem = &TrustError{Kind: TrustUntrusted, Path: conf, Msg: "not trusting " + conf + ": " + describe(&cst) +
 			"; it must be a regular file belonging to root or the agent's user" + agentNote(agentUID) + ", not writable by group or others"}

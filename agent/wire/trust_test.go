@@ -48,6 +48,13 @@ func TestLoadShimConfigTrusted(t *testing.T) {
 	}
 }
 
+func TestLoadShimConfigRelative(t *testing.T) {
+	s := loadShimConfig("run/sluice.sock", 0, 0)
+	if s.Problem == nil || !s.NoDial || !s.Config.FailClosed || !strings.Contains(s.Problem.Error(), "must be an absolute path") {
+		t.Fatalf("relative socket path: %+v", s)
+	}
+}
+
 func TestLoadShimConfigMissing(t *testing.T) {
 	s := loadShimConfig(filepath.Join(t.TempDir(), "nope", "sluice.sock"), 1000, 1000)
 	if s.Problem != nil || s.NoDial || s.Config.FailClosed || s.Config.GitBin != "" {
