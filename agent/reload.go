@@ -141,6 +141,7 @@ func restartOnly(old, cfg *policy.Config) []string {
 	check("[agent] socket", old.Agent.Socket, cfg.Agent.Socket)
 	check("[agent] socket_group", old.Agent.SocketGroup, cfg.Agent.SocketGroup)
 	check("[agent] metrics_addr", old.Agent.MetricsAddr, cfg.Agent.MetricsAddr)
+	check("[agent] pprof", fmt.Sprint(old.Agent.Pprof), fmt.Sprint(cfg.Agent.Pprof))
 	check("[cgroups] mountpoint", old.Cgroups.Mountpoint, cfg.Cgroups.Mountpoint)
 	check("[cgroups] hierarchy_root", old.Cgroups.HierarchyRoot, cfg.Cgroups.HierarchyRoot)
 	check("[cgroups] enabled", fmt.Sprint(old.Cgroups.Enabled), fmt.Sprint(cfg.Cgroups.Enabled))

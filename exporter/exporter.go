@@ -75,6 +75,10 @@ type Options struct {
 	// Connections is read at scrape time for sluice_connections and
 	// sluice_connections_rejected_total; nil exports neither.
 	Connections ConnectionSource
+	// Pprof serves /debug/pprof/ ([agent] pprof). False (the default)
+	// answers 404 there: profiles of a root agent are not for every local
+	// user who can reach the metrics port.
+	Pprof bool
 }
 
 // Exporter holds sluice's metrics and serves them. Its recording methods are
@@ -87,6 +91,7 @@ type Exporter struct {
 	// unwrapped is sluice_unwrapped_exec_total{subcmd}.
 	unwrapped *prometheus.CounterVec
 	timeouts  *timeoutMetrics
+	pprof     bool // serve /debug/pprof/
 }
 
 // New builds an Exporter with its private registry: sluice's metrics plus the
@@ -103,6 +108,7 @@ func New(opts Options) *Exporter {
 		limits:    newLimitMetrics(),
 		unwrapped: newUnwrappedCounter(),
 		timeouts:  newTimeoutMetrics(),
+		pprof:     opts.Pprof,
 	}
 	cs := []prometheus.Collector{
 		collectors.NewGoCollector(),

@@ -206,9 +206,10 @@ func TestEndpoints(t *testing.T) {
 		{"healthz while not ready", "/healthz", true, 200, "ok\n"},
 		{"readyz ready", "/readyz", false, 200, "ok\n"},
 		{"readyz not ready", "/readyz", true, 503, "calibrator not started\n"},
-		{"pprof index", "/debug/pprof/", false, 200, "goroutine"},
-		{"pprof goroutine", "/debug/pprof/goroutine?debug=1", false, 200, "goroutine profile"},
-		{"pprof cmdline", "/debug/pprof/cmdline", false, 200, ""},
+		// pprof is off unless [agent] pprof = true (TestPprofGate).
+		{"pprof index off", "/debug/pprof/", false, 404, ""},
+		{"pprof goroutine off", "/debug/pprof/goroutine?debug=1", false, 404, ""},
+		{"pprof cmdline off", "/debug/pprof/cmdline", false, 404, ""},
 		{"index", "/", false, 200, "/metrics"},
 		{"metrics", "/metrics", false, 200, "sluice_build_info"},
 		{"unknown", "/nope", false, 404, ""},
@@ -238,6 +239,65 @@ func TestEndpoints(t *testing.T) {
 			t.Errorf("GET /readyz: %d %q, want 200 \"ok\\n\"", code, body)
 		}
 	})
+}
+
+// TestPprofGate: /debug/pprof/ answers 404 by default and is served, and
+// listed in the index, only with Options.Pprof ([agent] pprof = true).
+func TestPprofGate(t *testing.T) {
+	paths := []string{"/debug/pprof/", "/debug/pprof/goroutine?debug=1", "/debug/pprof/cmdline", "/debug/pprof/symbol", "/debug/pprof/heap"}
+	off := New(Options{}).Handler()
+	for _, p := range paths {
+		if code, body := get(t, off, p); code != 404 {
+			t.Errorf("pprof off: GET %s: status %d, want 404; body:\n%s", p, code, body)
+		}
+	}
+	if _, body := get(t, off, "/"); strings.Contains(body, "pprof") {
+		t.Errorf("pprof off: index mentions pprof:\n%s", body)
+	}
+	on := New(Options{Pprof: true}).Handler()
+	for _, p := range paths {
+		if code, body := get(t, on, p); code != 200 {
+			t.Errorf("pprof on: GET %s: status %d, want 200; body:\n%s", p, code, body)
+		}
+	}
+	if _, body := get(t, on, "/debug/pprof/goroutine?debug=1"); !strings.Contains(body, "goroutine profile") {
+		t.Errorf("pprof on: goroutine profile:\n%s", body)
+	}
+	if _, body := get(t, on, "/"); !strings.Contains(body, "/debug/pprof/") {
+		t.Errorf("pprof on: index lacks /debug/pprof/:\n%s", body)
+	}
+}
+
+func TestExposureWarning(t *testing.T) {
+	for _, tt := range []struct {
+		addr  string
+		ip    string
+		pprof bool
+		want  []string
+	}{
+		{"127.0.0.1:9780", "127.0.0.1", true, nil},
+		{"[::1]:9780", "::1", true, nil},
+		{"localhost:9780", "127.0.0.2", false, nil},
+		{"0.0.0.0:9780", "0.0.0.0", false, []string{`[agent] metrics_addr = "0.0.0.0:9780"`, "beyond loopback", "/metrics", "127.0.0.1:9780"}},
+		{":9780", "::", true, []string{`[agent] metrics_addr = ":9780"`, "/debug/pprof/", "/metrics"}},
+		{"10.1.2.3:9780", "10.1.2.3", false, []string{`"10.1.2.3:9780"`}},
+	} {
+		got := ExposureWarning(tt.addr, &net.TCPAddr{IP: net.ParseIP(tt.ip), Port: 9780}, tt.pprof)
+		if tt.want == nil {
+			if got != "" {
+				t.Errorf("%s: unexpected warning %q", tt.addr, got)
+			}
+			continue
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("%s: warning %q lacks %q", tt.addr, got, w)
+			}
+		}
+		if !tt.pprof && strings.Contains(got, "pprof") {
+			t.Errorf("%s: pprof off but the warning names it: %q", tt.addr, got)
+		}
+	}
 }
 
 // value returns the value of the named metric with exactly the given label

@@ -19,16 +19,20 @@ import (
 // context is done.
 const shutdownTimeout = 5 * time.Second
 
-// index is the body of "/".
-const index = `sluice agent
+// index is the body of "/"; pprofIndex is added when pprof is on.
+const (
+	index = `sluice agent
 /metrics       Prometheus metrics
-/debug/pprof/  Go profiling
 /healthz       200 while the process serves
 /readyz        200 when the agent admits requests, 503 and the reason otherwise
 `
+	pprofIndex = `/debug/pprof/  Go profiling ([agent] pprof = true)
+`
+)
 
-// Handler returns the agent's HTTP mux: /metrics, /debug/pprof/, /healthz,
-// /readyz and a text index at /. Any other path is 404.
+// Handler returns the agent's HTTP mux: /metrics, /healthz, /readyz, a text
+// index at /, and /debug/pprof/ only when Options.Pprof is set. Any other
+// path is 404.
 func (e *Exporter) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(e.reg, promhttp.HandlerOpts{
@@ -38,17 +42,21 @@ func (e *Exporter) Handler() http.Handler {
 		Registry:          e.reg,
 		EnableOpenMetrics: false,
 	}))
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	body := index
+	if e.pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		body += pprofIndex
+	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeText(w, http.StatusOK, "ok\n")
 	})
 	mux.HandleFunc("/readyz", e.serveReady)
 	mux.HandleFunc("/{$}", func(w http.ResponseWriter, _ *http.Request) {
-		writeText(w, http.StatusOK, index)
+		writeText(w, http.StatusOK, body)
 	})
 	return mux
 }
@@ -88,6 +96,23 @@ func Listen(addr string) (net.Listener, error) {
 		hint = err.Error()
 	}
 	return nil, &listenError{addr: addr, hint: hint, err: err}
+}
+
+// ExposureWarning returns a warning for a metrics listener reachable from
+// other hosts (addr is the listener's address, after Listen), or "" when it
+// listens on loopback only. metricsAddr is the configured value, named in the
+// message; pprof says whether /debug/pprof/ is served there too.
+func ExposureWarning(metricsAddr string, addr net.Addr, pprof bool) string {
+	tcp, ok := addr.(*net.TCPAddr)
+	if !ok || tcp.IP.IsLoopback() {
+		return ""
+	}
+	what := "/metrics (command counts, limit names, queue sizes), /healthz and /readyz"
+	if pprof {
+		what = "/debug/pprof/ (profiles, goroutine stacks and the command line of a root process), " + what
+	}
+	return fmt.Sprintf("[agent] metrics_addr = %q listens on %s, beyond loopback: anyone who can reach it can read %s without authentication; "+
+		"set metrics_addr to \"127.0.0.1:9780\" and scrape it locally or through an authenticating proxy, or firewall the port", metricsAddr, addr, what)
 }
 
 // listenError reports why the metrics listener could not be opened; it wraps

@@ -83,18 +83,24 @@ type Config struct {
 // Agent configures sluiced: where it listens and what the shim does when it
 // cannot answer.
 type Agent struct {
-	// Socket is the path of the agent's Unix socket. "" means the default:
-	// /run/sluice/sluice.sock as root, $XDG_RUNTIME_DIR/sluice/sluice.sock
-	// otherwise (resolved by wire.SocketPath, shared with the shim and CLI). Must be absolute when set.
+	// Socket is the path of the agent's Unix socket. "" means the default,
+	// /run/sluice/sluice.sock, whoever runs the agent (resolved by
+	// wire.SocketPath, shared with the shim and CLI; no per-user fallback).
+	// Must be absolute when set.
 	Socket string `toml:"socket"`
 	// SocketGroup is the group (name or numeric gid) that owns the socket
 	// (mode 0660) and its directory (mode 0750), so that a Git server running
 	// as another user can reach the agent. "" means the agent's own gid.
 	SocketGroup string `toml:"socket_group"`
 	// MetricsAddr is the host:port of the HTTP listener for /metrics,
-	// /debug/pprof/, /healthz and /readyz; MetricsOff disables it. "" means
-	// the default, 127.0.0.1:9780 (Parse fills it in).
+	// /healthz, /readyz (and /debug/pprof/ with Pprof); MetricsOff disables
+	// it. "" means the default, 127.0.0.1:9780 (Parse fills it in). An
+	// address beyond loopback is logged as a warning at start.
 	MetricsAddr string `toml:"metrics_addr"`
+	// Pprof serves Go's /debug/pprof/ on MetricsAddr. False (the default)
+	// answers 404 there: a root agent's profiles and goroutine stacks are
+	// not for every local user. Changing it needs a restart.
+	Pprof bool `toml:"pprof"`
 	// FailMode is what the shim does when the agent cannot answer: FailOpen
 	// runs git anyway and logs a warning, FailClosed rejects the command.
 	// "" means FailOpen.

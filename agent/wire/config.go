@@ -115,7 +115,8 @@ func FormatShimConfig(c ShimConfig) []byte {
 }
 
 // WriteShimConfig writes c to path atomically (temporary file in the same
-// directory, fsync, rename) with mode 0644, so a shim never reads a torn file.
+// directory, fsync, rename) with mode 0644, so a shim never reads a torn file,
+// and mirrors c.FailClosed in the directory's sticky bit (markFailMode).
 func WriteShimConfig(path string, c ShimConfig) error {
 	if strings.ContainsAny(c.GitBin, "\n\r") {
 		return errors.New("write shim config: git_bin contains a newline")
@@ -153,6 +154,31 @@ func WriteShimConfig(path string, c ShimConfig) error {
 		return err
 	}
 	ok = true
+	return markFailMode(filepath.Dir(path), c.FailClosed)
+}
+
+// markFailMode mirrors fail_mode in the sticky bit of dir (set: closed), so
+// a shim that may not read shim.conf (its user is not in the socket group)
+// still applies the configured fail mode: anyone can stat the directory.
+// The bit means nothing else on a directory nobody but its owner can write.
+// A directory the agent does not own is left alone (EPERM): shims that
+// cannot read shim.conf there fail open.
+func markFailMode(dir string, closed bool) error {
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		return err
+	}
+	mode := st.Mode & 0o7777
+	want := mode &^ syscall.S_ISVTX
+	if closed {
+		want |= syscall.S_ISVTX
+	}
+	if want == mode {
+		return nil
+	}
+	if err := syscall.Chmod(dir, want); err != nil && err != syscall.EPERM {
+		return &os.PathError{Op: "mark fail_mode on", Path: dir, Err: err}
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"io"
+	"os"
 	"syscall"
 	"time"
 	"unsafe"
@@ -50,7 +51,9 @@ func Dial(socket string, timeout time.Duration) (*Conn, error) {
 		if err == syscall.EAGAIN {
 			return nil, errors.New("connect " + socket + ": " + ErrTimeout.Error() + " (backlog full)")
 		}
-		return nil, errors.New("connect " + socket + ": " + err.Error())
+		// Same text as before; callers match the errno (EACCES: not in
+		// the socket group).
+		return nil, &os.PathError{Op: "connect", Path: socket, Err: err}
 	}
 	return c, nil
 }

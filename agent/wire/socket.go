@@ -1,14 +1,11 @@
 package wire
 
-import (
-	"os"
-	"strconv"
-	"syscall"
-)
+import "os"
 
 // Socket locations.
 const (
-	// RootSocket is the agent's socket when it runs as root.
+	// RootSocket is the agent's socket: every shim and the CLI use it,
+	// whatever user runs them, unless SocketEnv says otherwise.
 	RootSocket = "/run/sluice/sluice.sock"
 	// SocketEnv overrides the socket path for agent, shim and CLI alike.
 	SocketEnv = "SLUICE_SOCKET"
@@ -19,43 +16,24 @@ const (
 //
 //  1. $SLUICE_SOCKET if set;
 //  2. configured if non-empty (the agent's [agent] socket);
-//  3. as root, RootSocket;
-//  4. $XDG_RUNTIME_DIR/sluice/sluice.sock if it exists;
-//  5. RootSocket if it exists (a non-root shim, e.g. git run for an ssh user,
-//     must find the root agent);
-//  6. $XDG_RUNTIME_DIR/sluice/sluice.sock, or /tmp/sluice-UID/sluice.sock
-//     without XDG_RUNTIME_DIR.
+//  3. RootSocket.
+//
+// There is deliberately no per-user fallback ($XDG_RUNTIME_DIR, /tmp): the
+// shim reads shim.conf (which names the git binary it executes) next to the
+// socket, so the place must be one no other unprivileged user can create or
+// write. /run/sluice can only be made by root. An agent run by a non-root
+// user needs SLUICE_SOCKET or [agent] socket, and its shims need the same
+// SLUICE_SOCKET.
 func SocketPath(configured string) string {
-	return socketPath(configured, os.Geteuid(), os.Getenv, exists)
+	return socketPath(configured, os.Getenv)
 }
 
-func socketPath(configured string, euid int, getenv func(string) string, exists func(string) bool) string {
+func socketPath(configured string, getenv func(string) string) string {
 	if s := getenv(SocketEnv); s != "" {
 		return s
 	}
 	if configured != "" {
 		return configured
 	}
-	if euid == 0 {
-		return RootSocket
-	}
-	user := ""
-	if xdg := getenv("XDG_RUNTIME_DIR"); xdg != "" {
-		user = xdg + "/sluice/sluice.sock"
-		if exists(user) {
-			return user
-		}
-	}
-	if exists(RootSocket) {
-		return RootSocket
-	}
-	if user != "" {
-		return user
-	}
-	return "/tmp/sluice-" + strconv.Itoa(euid) + "/sluice.sock"
-}
-
-func exists(path string) bool {
-	var st syscall.Stat_t
-	return syscall.Stat(path, &st) == nil
+	return RootSocket
 }

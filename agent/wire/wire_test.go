@@ -425,37 +425,22 @@ func TestSocketPath(t *testing.T) {
 	if got := SocketPath("/configured"); got != "/configured" {
 		t.Errorf("configured: %q", got)
 	}
-	if os.Geteuid() == 0 {
-		if got := SocketPath(""); got != RootSocket {
-			t.Errorf("root: %q", got)
-		}
+	if got := SocketPath(""); got != RootSocket {
+		t.Errorf("default: %q", got)
 	}
 }
 
-func TestSocketPathNonRoot(t *testing.T) {
-	env := map[string]string{"XDG_RUNTIME_DIR": "/run/user/1000"}
-	have := map[string]bool{}
-	sp := func() string {
-		return socketPath("", 1000, func(k string) string { return env[k] }, func(p string) bool { return have[p] })
-	}
-	if got := sp(); got != "/run/user/1000/sluice/sluice.sock" {
-		t.Errorf("nothing exists: %q", got)
-	}
-	have[RootSocket] = true
-	if got := sp(); got != RootSocket {
-		t.Errorf("only the root agent's socket exists: %q", got)
-	}
-	have["/run/user/1000/sluice/sluice.sock"] = true
-	if got := sp(); got != "/run/user/1000/sluice/sluice.sock" {
-		t.Errorf("both exist: %q", got)
+// TestSocketPathNoUserFallback: whoever runs it, without SLUICE_SOCKET or a
+// configured socket the path is RootSocket; $XDG_RUNTIME_DIR and /tmp are
+// never consulted (issue 14: another user could plant shim.conf there).
+func TestSocketPathNoUserFallback(t *testing.T) {
+	env := map[string]string{"XDG_RUNTIME_DIR": "/run/user/1000", "TMPDIR": "/tmp"}
+	if got := socketPath("", func(k string) string { return env[k] }); got != RootSocket {
+		t.Errorf("non-root user with XDG_RUNTIME_DIR: %q, want %q", got, RootSocket)
 	}
 	delete(env, "XDG_RUNTIME_DIR")
-	if got := sp(); got != RootSocket {
-		t.Errorf("no XDG, root socket exists: %q", got)
-	}
-	delete(have, RootSocket)
-	if got := sp(); got != "/tmp/sluice-1000/sluice.sock" {
-		t.Errorf("no XDG, nothing exists: %q", got)
+	if got := socketPath("", func(k string) string { return env[k] }); got != RootSocket {
+		t.Errorf("no XDG_RUNTIME_DIR: %q, want %q", got, RootSocket)
 	}
 }
 

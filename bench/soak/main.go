@@ -190,7 +190,7 @@ enabled = false
 
 func startAgent(o options, dir string) (*agentProc, error) {
 	a := &agentProc{socket: filepath.Join(dir, "run", "sluice.sock"), cli: filepath.Join(o.bin, "sluice"), done: make(chan struct{})}
-	agentCfg := fmt.Sprintf("[agent]\nsocket = %q\nmetrics_addr = \"127.0.0.1:0\"\nfail_mode = \"open\"\n", a.socket)
+	agentCfg := fmt.Sprintf("[agent]\nsocket = %q\nmetrics_addr = \"127.0.0.1:0\"\npprof = true\nfail_mode = \"open\"\n", a.socket) // pprof: the leak check reads heap and goroutine profiles
 	if o.maxConns > 0 {
 		agentCfg += fmt.Sprintf("max_connections = %d\n", o.maxConns)
 	}

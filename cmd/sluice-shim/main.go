@@ -5,7 +5,10 @@
 // product's hottest path: it links no gRPC, protobuf, net, fmt or logging
 // library (deps_test.go enforces the budget).
 //
-// Flow: parse argv → read shim.conf next to the socket → find the real git →
+// Flow: parse argv → read shim.conf next to the socket, only if it and its
+// directory are trusted (wire.LoadShimConfig: owned by root or the agent,
+// not writable by others, no symbolic link; otherwise fail closed without
+// dialling, one "sluice:" line naming the path, owner and mode) → find the real git →
 // a subcommand shim.conf does not match is exec'd at once (no socket, no
 // environment changes but SLUICE_SHIM_EXEC, the exec-loop guard). A matched
 // one connects (50 ms connect timeout), sends the AdmitRequest and waits:
@@ -31,7 +34,10 @@
 //     serves [agent] max_connections): as if the agent were unreachable.
 //   - Agent unreachable, no answer in time or a broken answer: fail_mode
 //     "open" (default) execs git without a lease and logs a warning;
-//     "closed" prints why to stderr and exits 75.
+//     "closed" prints why to stderr and exits 75. Permission denied on the
+//     socket or shim.conf (the Git server's user is not in the socket
+//     group): the fail mode from the socket directory's sticky bit, and the
+//     message names the group to join.
 //   - The real git cannot be found, or would be the shim itself: a
 //     "sluice: …" line on stderr and exit 127.
 //
@@ -50,6 +56,7 @@ import (
 	"errors"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -82,17 +89,20 @@ func run(argv []string) int {
 		return 0
 	}
 	sock := wire.SocketPath("")
-	cfg, cfgErr := wire.ReadShimConfig(wire.ShimConfigPath(sock))
-	if cfgErr != nil && !errors.Is(cfgErr, os.ErrNotExist) {
-		warn("shim config: " + cfgErr.Error() + " (using defaults for what could not be read)")
-	}
+	setup := wire.LoadShimConfig(sock)
+	cfg := setup.Config
 	git, err := gitwrap.FindRealGit(os.Getenv, cfg.GitBin)
 	if err != nil {
 		os.Stderr.WriteString(err.Error() + "\n")
 		return exitNoGit
 	}
 	gitArgv := gitwrap.GitArgv(&inv)
-	if !cfg.Matches(inv.Subcommand) {
+	matched := cfg.Matches(inv.Subcommand)
+	if setup.Problem != nil && (!matched || !setup.NoDial) {
+		// A matched command that may not dial reports it once, below.
+		warn("shim config: " + setup.Problem.Error())
+	}
+	if !matched {
 		return execGit(git, gitArgv, os.Environ())
 	}
 
@@ -119,9 +129,15 @@ func run(argv []string) int {
 	// Fit what argv and the environment gave into the agent's bounds, so
 	// an odd CORRELATION_ID or user name never turns into a rejection.
 	req.Clamp()
+	if setup.NoDial {
+		return unavailable(&setup, sock, setup.Problem, git, gitArgv, env, corr)
+	}
 	conn, err := wire.Dial(sock, dialTimeout)
 	if err != nil {
-		return unavailable(&cfg, sock, err, git, gitArgv, env, corr)
+		if errors.Is(err, syscall.EACCES) {
+			err = errors.New("permission denied connecting as uid " + strconv.Itoa(os.Geteuid()) + "; " + wire.GroupFix(setup.SocketGID))
+		}
+		return unavailable(&setup, sock, err, git, gitArgv, env, corr)
 	}
 	var rep wire.Reply
 	if cfg.QueueFeedbackAfter > 0 {
@@ -133,7 +149,7 @@ func run(argv []string) int {
 	}
 	if err != nil {
 		conn.Close()
-		return unavailable(&cfg, sock, err, git, gitArgv, env, corr)
+		return unavailable(&setup, sock, err, git, gitArgv, env, corr)
 	}
 	if !rep.Admitted && rep.Reason == wire.ReasonUnavailable {
 		// The agent is shutting down or at its connection limit: the
@@ -143,7 +159,7 @@ func run(argv []string) int {
 		if why == "" {
 			why = "agent shutting down"
 		}
-		return unavailable(&cfg, sock, errors.New(why), git, gitArgv, env, corr)
+		return unavailable(&setup, sock, errors.New(why), git, gitArgv, env, corr)
 	}
 	if !rep.Admitted {
 		conn.Close()
@@ -191,10 +207,12 @@ func execGit(git string, argv, env []string) int {
 }
 
 // unavailable applies the fail mode when the agent cannot give an answer.
-func unavailable(cfg *wire.ShimConfig, sock string, reason error, git string, argv, env []string, corr string) int {
-	if cfg.FailClosed {
+// setup.FailWhy says where the fail mode came from (shim.conf, the socket
+// directory's sticky bit, or an untrusted place that forces "closed").
+func unavailable(setup *wire.ShimSetup, sock string, reason error, git string, argv, env []string, corr string) int {
+	if setup.Config.FailClosed {
 		os.Stderr.WriteString("sluice: admission service unavailable at " + sock + " (" + reason.Error() +
-			`); fail_mode is "closed": try again later` + "\n")
+			"); " + setup.FailWhy + ": try again later\n")
 		return exitTempFail
 	}
 	warn("admission service unavailable at " + sock + " (" + reason.Error() +

@@ -119,6 +119,7 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 		Limits:  limitSource{func() *agent.Agent { return a }},
 		// Set before a is: the exporter serves only after New.
 		Connections: connSource{func() *agent.Agent { return a }},
+		Pprof:       cfg.Agent.Pprof,
 	}
 	if cg != nil {
 		expOpts.Cgroups = cg
@@ -189,7 +190,10 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 			return err
 		}
 		go func() { errc <- exp.Serve(ctx, ln, log.Named("exporter")) }()
-		log.Info("metrics listening", zap.String("addr", ln.Addr().String()))
+		log.Info("metrics listening", zap.String("addr", ln.Addr().String()), zap.Bool("pprof", cfg.Agent.Pprof))
+		if w := exporter.ExposureWarning(cfg.Agent.MetricsAddr, ln.Addr(), cfg.Agent.Pprof); w != "" {
+			log.Warn(w, zap.String("key", "[agent] metrics_addr"), zap.String("value", cfg.Agent.MetricsAddr))
+		}
 	}
 	go func() { errc <- a.Serve(ctx, sock) }()
 	if tracer != nil {
