@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
+	"github.com/sluicehq/sluice/agent/limiter"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -99,7 +100,7 @@ type Agent struct {
 
 	mu       sync.RWMutex // guards the fields below
 	policy   *policy.Config
-	limiters map[string]*Limiter // by rule name
+	limiters map[string]*limiter.Limiter // by rule name
 }
 
 // New returns an agent enforcing opts.Policy.
@@ -129,14 +130,14 @@ func New(opts Options) *Agent {
 		stopping:   ctx,
 		stop:       cancel,
 		policy:     opts.Policy,
-		limiters:   make(map[string]*Limiter),
+		limiters:   make(map[string]*limiter.Limiter),
 	}
 	fdBudget() // read the open-file limit now, before anything can change it
 	a.calib = newCalibrator(a)
 	a.timeouts = newWatcher(a.log.Named("timeouts"), obs, realProcOps())
 	for i := range opts.Policy.Limits {
 		r := &opts.Policy.Limits[i]
-		a.limiters[r.Name] = NewLimiter(limiterConfig(r))
+		a.limiters[r.Name] = limiter.New(limiterConfig(r))
 	}
 	return a
 }
@@ -149,7 +150,7 @@ func (a *Agent) Policy() *policy.Config {
 }
 
 // ruleFor returns the rule matching subcommand and its limiter, or nils.
-func (a *Agent) ruleFor(subcommand string) (*policy.Limit, *Limiter) {
+func (a *Agent) ruleFor(subcommand string) (*policy.Limit, *limiter.Limiter) {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	r := a.policy.LimitFor(subcommand)
@@ -160,7 +161,7 @@ func (a *Agent) ruleFor(subcommand string) (*policy.Limit, *Limiter) {
 }
 
 // Limiters returns the stats of every rule's limiter in policy order.
-func (a *Agent) Limiters() []LimiterStats {
+func (a *Agent) Limiters() []limiter.Stats {
 	_, stats := a.limitsSnapshot()
 	return stats
 }
@@ -168,10 +169,10 @@ func (a *Agent) Limiters() []LimiterStats {
 // limitsSnapshot returns the policy in force and its limiters' stats (in
 // policy order), read together so a concurrent reload cannot pair a rule
 // with another rule's numbers.
-func (a *Agent) limitsSnapshot() (*policy.Config, []LimiterStats) {
+func (a *Agent) limitsSnapshot() (*policy.Config, []limiter.Stats) {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
-	out := make([]LimiterStats, 0, len(a.policy.Limits))
+	out := make([]limiter.Stats, 0, len(a.policy.Limits))
 	for _, r := range a.policy.Limits {
 		out = append(out, a.limiters[r.Name].Stats())
 	}

@@ -9,6 +9,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sluicehq/sluice/agent/limiter"
+
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -98,7 +100,7 @@ func (c *calibrator) step(now time.Time, pressures []Pressure) {
 		}
 	}
 	pressures = pressures[:n]
-	c.eachAdaptiveLocked(pol, now, func(_ *policy.Limit, _ *Limiter, st *adaptiveState) {
+	c.eachAdaptiveLocked(pol, now, func(_ *policy.Limit, _ *limiter.Limiter, st *adaptiveState) {
 		st.samples++
 		if len(saturation) > 0 {
 			st.saturated++
@@ -113,7 +115,7 @@ func (c *calibrator) step(now time.Time, pressures []Pressure) {
 		}
 		c.lastBackoff = now
 		reason := describePressures(pressures)
-		c.eachAdaptiveLocked(pol, now, func(r *policy.Limit, lim *Limiter, st *adaptiveState) {
+		c.eachAdaptiveLocked(pol, now, func(r *policy.Limit, lim *limiter.Limiter, st *adaptiveState) {
 			old := lim.Stats().Limit
 			next := int(math.Floor(float64(old) * ad.BackoffFactor))
 			next = max(next, r.MinLimit)
@@ -128,7 +130,7 @@ func (c *calibrator) step(now time.Time, pressures []Pressure) {
 		})
 		return
 	}
-	c.eachAdaptiveLocked(pol, now, func(r *policy.Limit, lim *Limiter, st *adaptiveState) {
+	c.eachAdaptiveLocked(pol, now, func(r *policy.Limit, lim *limiter.Limiter, st *adaptiveState) {
 		if now.Sub(st.lastIncrease) < ad.CalibrationInterval.Duration {
 			return
 		}
@@ -158,7 +160,7 @@ func (c *calibrator) step(now time.Time, pressures []Pressure) {
 
 // eachAdaptiveLocked calls f for every adaptive rule of pol that still
 // has a limiter, with its state.
-func (c *calibrator) eachAdaptiveLocked(pol *policy.Config, now time.Time, f func(*policy.Limit, *Limiter, *adaptiveState)) {
+func (c *calibrator) eachAdaptiveLocked(pol *policy.Config, now time.Time, f func(*policy.Limit, *limiter.Limiter, *adaptiveState)) {
 	for i := range pol.Limits {
 		r := &pol.Limits[i]
 		if !r.Adaptive {
@@ -173,7 +175,7 @@ func (c *calibrator) eachAdaptiveLocked(pol *policy.Config, now time.Time, f fun
 // inUse reports whether a rule's limit is being used enough to justify
 // raising it: its busiest key runs at least half the limit, or requests
 // wait.
-func inUse(s LimiterStats) bool {
+func inUse(s limiter.Stats) bool {
 	return s.Queued > 0 || 2*s.MaxKeyRunning >= s.Limit
 }
 
@@ -240,7 +242,7 @@ func hasAdaptive(p *policy.Config) bool {
 }
 
 // limiter returns rule name's limiter, nil when the rule is gone.
-func (a *Agent) limiter(name string) *Limiter {
+func (a *Agent) limiter(name string) *limiter.Limiter {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	return a.limiters[name]
