@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -68,7 +67,7 @@ func hostMemory() (uint64, uint64, error) {
 // calibrator.
 type pressureSource struct {
 	a   *agent.Agent
-	cg  *cgroups          // sluice's hierarchy; nil without
+	cg  cgroup.Manager    // sluice's hierarchy; nil without
 	own *cgroup.OwnCgroup // the agent's own limited cgroup when cg is nil; nil: the host
 	exp interface{ WatcherError(string) }
 	log *zap.Logger
@@ -90,12 +89,11 @@ type pressureSource struct {
 // newPressureSource decides what is watched and says so in the log, and
 // registers the kernel's memory notifications when [adaptive]
 // kernel_events is on.
-func newPressureSource(a *agent.Agent, cg *cgroups, exp interface{ WatcherError(string) }, cfg *policy.Config, log *zap.Logger) *pressureSource {
+func newPressureSource(a *agent.Agent, cg cgroup.Manager, exp interface{ WatcherError(string) }, cfg *policy.Config, log *zap.Logger) *pressureSource {
 	p := &pressureSource{a: a, cg: cg, exp: exp, log: log, kick: make(chan struct{}, 1), reported: map[string]bool{}, eventsFor: -1}
 	switch {
 	case cg != nil:
-		path := strings.TrimSuffix(cg.m.BucketPath(0), "/repos/0")
-		log.Info("adaptive: watching sluice's parent cgroup and its buckets", zap.String("cgroup", path),
+		log.Info("adaptive: watching sluice's parent cgroup and its buckets", zap.String("cgroup", cg.ParentPath()),
 			zap.Int64("memory_limit_bytes", cfg.Cgroups.MemoryBytes))
 	default:
 		own, err := cgroup.FindOwnCgroup(cfg.Cgroups.Mountpoint, "")
@@ -153,7 +151,7 @@ func (p *pressureSource) syncEventsLocked(cfg *policy.Config) {
 	}
 	var targets []cgroup.EventTarget
 	if p.cg != nil {
-		targets = cgroup.EventTargets(p.cg.m, pressureLevels)
+		targets = cgroup.EventTargets(p.cg, pressureLevels)
 	} else {
 		targets = p.own.EventTargets(pressureLevels)
 	}
@@ -239,18 +237,12 @@ func (p *pressureSource) stats() (cgroup.Stats, error) {
 		}
 		return cgroup.HostStats(), nil
 	}
-	s, err := p.cg.m.ParentStats()
-	if err != nil {
-		return s, err
+	t := cgroup.ReadTree(p.cg)
+	if t.ParentErr != nil {
+		return t.Parent, t.ParentErr
 	}
-	p.cg.mu.Lock()
-	n := p.cg.buckets
-	p.cg.mu.Unlock()
-	for i := 0; i < n; i++ {
-		if b, err := p.cg.m.BucketStats(i); err == nil {
-			s.OOMKills += b.OOMKills
-		}
-	}
+	s := t.Parent
+	s.OOMKills += t.Buckets.OOMKills
 	return s, nil
 }
 

@@ -117,8 +117,10 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 		// Set before a is: the exporter serves only after New.
 		Connections: connSource{func() *agent.Agent { return a }},
 	}
+	var cgStats cgroupStats
 	if cg != nil {
-		expOpts.Cgroups = cg
+		cgStats = cgroupStats{m: cg, failures: func() uint64 { return a.PlacementFailures() }}
+		expOpts.Cgroups = cgStats
 	}
 	exp := exporter.New(expOpts)
 	exp.SetLimits(cfg.RuleNames())
@@ -134,7 +136,7 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 				notes = append(notes, "shim.conf not rewritten: "+err.Error())
 			}
 			if cg != nil {
-				notes = append(notes, cg.update(&c.Cgroups)...)
+				notes = append(notes, updateCgroups(cg, &c.Cgroups)...)
 			}
 			return notes
 		},
@@ -147,7 +149,7 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 	}
 	opts.Describe = func(resp *admitpb.StatusResponse) {
 		if cg != nil {
-			resp.Cgroups = cg.status()
+			resp.Cgroups = cgStats.status()
 		} else {
 			resp.Cgroups = &admitpb.CgroupStatus{State: cgState}
 		}
@@ -157,9 +159,6 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 		opts.Placer = cg
 	}
 	a = agent.New(opts)
-	if cg != nil {
-		cg.failures = a.PlacementFailures
-	}
 
 	sock, err := agent.Listen(agent.SocketOptions{Path: socketPath, Group: cfg.Agent.SocketGroup})
 	if err != nil {
