@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sluicehq/sluice/agent/adaptive"
 	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/limiter"
 	"github.com/sluicehq/sluice/policy"
@@ -69,7 +70,7 @@ type Agent struct {
 	// stateDir holds running leases' state files ("" for none).
 	stateDir    string
 	stateErrors atomic.Uint64
-	calib       *calibrator
+	calib       *adaptive.Controller
 
 	describe   func(*admitpb.StatusResponse)
 	socket     string // set by Serve
@@ -133,7 +134,7 @@ func New(opts Options) *Agent {
 		limiters:   make(map[string]*limiter.Limiter),
 	}
 	fdBudget() // read the open-file limit now, before anything can change it
-	a.calib = newCalibrator(a)
+	a.calib = adaptive.NewController(adaptive.Options{Limits: adaptiveLimits{a}, Log: a.log, OnBackoff: obs.Backoff})
 	a.timeouts = newWatcher(a.log.Named("timeouts"), obs, realProcOps())
 	for i := range opts.Policy.Limits {
 		r := &opts.Policy.Limits[i]
@@ -159,6 +160,30 @@ func (a *Agent) ruleFor(subcommand string) (*policy.Limit, *limiter.Limiter) {
 	}
 	return r, a.limiters[r.Name]
 }
+
+// limiter returns rule name's limiter, nil when the rule is gone.
+func (a *Agent) limiter(name string) *limiter.Limiter {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.limiters[name]
+}
+
+// adaptiveLimits is the adaptive controller's view of the agent: the
+// policy in force and each rule's limiter.
+type adaptiveLimits struct{ a *Agent }
+
+func (l adaptiveLimits) Policy() *policy.Config { return l.a.Policy() }
+
+func (l adaptiveLimits) Limiter(rule string) adaptive.Adjustable {
+	if lim := l.a.limiter(rule); lim != nil {
+		return lim
+	}
+	return nil // not a typed nil: the controller checks for none
+}
+
+// RunAdaptive adapts the limits of adaptive rules to the pressures src
+// reports until ctx ends (see adaptive.Controller.Run).
+func (a *Agent) RunAdaptive(ctx context.Context, src adaptive.Source) { a.calib.Run(ctx, src) }
 
 // Limiters returns the stats of every rule's limiter in policy order.
 func (a *Agent) Limiters() []limiter.Stats {

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/sluicehq/sluice/agent"
+	"github.com/sluicehq/sluice/agent/adaptive"
 	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/wire"
 	"github.com/sluicehq/sluice/exporter"
@@ -195,9 +196,9 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 			}
 		}()
 	}
-	ps := newPressureSource(a, cg, exp, cfg, log.Named("adaptive"))
-	defer ps.close()
-	go a.RunCalibrator(ctx, ps.sample, ps.kick)
+	sensor := adaptive.NewSensor(adaptive.SensorOptions{Policy: a.Policy, Tree: cg, OnWatcherError: exp.WatcherError, Log: log.Named("adaptive")})
+	defer sensor.Close()
+	go a.RunAdaptive(ctx, sensor)
 	log.Info("sluiced ready",
 		zap.String("version", version),
 		zap.String("socket", socketPath),

@@ -1,4 +1,4 @@
-package main
+package adaptive
 
 import (
 	"errors"
@@ -6,78 +6,57 @@ import (
 	"sync"
 	"time"
 
-	"github.com/shirou/gopsutil/v3/mem"
 	"go.uber.org/zap"
 
-	"github.com/sluicehq/sluice/agent"
 	"github.com/sluicehq/sluice/cgroup"
 	"github.com/sluicehq/sluice/policy"
 )
 
-// watchers builds the pressure watchers [adaptive] asks for.
-func watchers(ad *policy.Adaptive) []cgroup.Watcher {
-	var out []cgroup.Watcher
-	for _, name := range ad.Watchers {
-		switch name {
-		case "memory":
-			w := &cgroup.MemoryWatcher{Threshold: ad.MemoryThreshold, Host: hostMemory}
-			if ad.MemorySignal == policy.MemoryAnon {
-				w.Anon, w.Threshold = true, ad.AnonThreshold
-			}
-			out = append(out, w)
-		case "oom":
-			out = append(out, &cgroup.OOMWatcher{})
-		case "cpu_throttle":
-			out = append(out, &cgroup.ThrottleWatcher{Threshold: ad.CPUThrottleThreshold})
-		case "psi_memory":
-			out = append(out, &cgroup.PSIWatcher{Resource: "memory", Full: true, Threshold: ad.PSIMemoryFullThreshold})
-		case "psi_cpu":
-			out = append(out, &cgroup.PSIWatcher{Resource: "cpu", Threshold: ad.PSICPUSomeThreshold})
-		}
-	}
-	if ad.IncreaseMaxPSICPU > 0 {
-		out = append(out, &saturationGate{cgroup.PSIWatcher{Resource: "cpu", Threshold: ad.IncreaseMaxPSICPU}})
-	}
-	return out
+// SensorOptions configure a Sensor.
+type SensorOptions struct {
+	// Policy returns the configuration in force; required. It is read at
+	// every sample, so a reload's watchers, thresholds and kernel_events
+	// apply from the next sample on.
+	Policy func() *policy.Config
+	// Tree is sluice's hierarchy; nil without sluice cgroups (disabled or
+	// unavailable).
+	Tree cgroup.Manager
+	// OnWatcherError counts a sample a watcher could not read (the
+	// watcher errors metric); nil counts nothing.
+	OnWatcherError func(watcher string)
+	// Log receives what is watched and why; nil discards it.
+	Log *zap.Logger
+
+	// A simulated host (in-package tests only): stats replaces the reading
+	// of the watched cgroup, findOwn cgroup.FindOwnCgroup, host the host's
+	// memory.
+	stats   func() (cgroup.Stats, error)
+	findOwn func(mountpoint, procSelfCgroup string) (*cgroup.OwnCgroup, error)
+	host    HostMemory
 }
 
-// saturationGate watches CPU PSI "some" for [adaptive] increase_max_psi_cpu:
-// a CPU this contended gains nothing from more concurrency, so it holds
-// additive increases back — it never decreases a limit.
-type saturationGate struct{ cgroup.PSIWatcher }
-
-// Name is distinct from the psi_cpu watcher's, for the missing-signal log.
-func (g *saturationGate) Name() string { return "increase_gate_psi_cpu" }
-
-// hostMemory is the host's used (total minus available) and total memory.
-func hostMemory() (uint64, uint64, error) {
-	v, err := mem.VirtualMemory()
-	if err != nil {
-		return 0, 0, err
-	}
-	return v.Total - v.Available, v.Total, nil
-}
-
-// pressureSource samples what the watchers protect and runs them over it:
+// Sensor samples what the watchers protect and runs them over it:
 // sluice's parent cgroup (with the buckets' OOM kills added, since a v1
 // parent does not count its children's); without sluice cgroups, the
 // agent's own memory cgroup when it has a limit (it stands for the Git
 // server's cgroup when sluiced runs beside the server); else the host.
 // It also turns the kernel's memory notifications into kicks for the
-// calibrator.
-type pressureSource struct {
-	a   *agent.Agent
-	cg  cgroup.Manager    // sluice's hierarchy; nil without
-	own *cgroup.OwnCgroup // the agent's own limited cgroup when cg is nil; nil: the host
-	exp interface{ WatcherError(string) }
-	log *zap.Logger
-	// kick wakes the calibrator for an immediate sample (buffer 1:
+// controller. It is the [Source] of a Controller on a real host.
+type Sensor struct {
+	policy         func() *policy.Config
+	cg             cgroup.Manager    // sluice's hierarchy; nil without
+	own            *cgroup.OwnCgroup // the agent's own limited cgroup when cg is nil; nil: the host
+	onWatcherError func(string)
+	log            *zap.Logger
+	read           func() (cgroup.Stats, error) // SensorOptions.stats, or nil
+	host           HostMemory
+	// kick wakes the controller for an immediate sample (buffer 1:
 	// notifications coalesce).
 	kick chan struct{}
 
 	mu       sync.Mutex // guards the fields below
 	pol      *policy.Config
-	ws       []cgroup.Watcher
+	ws       []Watcher
 	reported map[string]bool // missing signals already logged
 	oomNote  string          // an OOM notification not yet sampled
 	events   *cgroup.EventListener
@@ -86,17 +65,32 @@ type pressureSource struct {
 	eventsFor int
 }
 
-// newPressureSource decides what is watched and says so in the log, and
+// NewSensor decides what is watched and says so in the log, and
 // registers the kernel's memory notifications when [adaptive]
-// kernel_events is on.
-func newPressureSource(a *agent.Agent, cg cgroup.Manager, exp interface{ WatcherError(string) }, cfg *policy.Config, log *zap.Logger) *pressureSource {
-	p := &pressureSource{a: a, cg: cg, exp: exp, log: log, kick: make(chan struct{}, 1), reported: map[string]bool{}, eventsFor: -1}
+// kernel_events is on. Close unregisters them.
+func NewSensor(o SensorOptions) *Sensor {
+	p := &Sensor{policy: o.Policy, cg: o.Tree, onWatcherError: o.OnWatcherError, log: o.Log, read: o.stats, host: o.host,
+		kick: make(chan struct{}, 1), reported: map[string]bool{}, eventsFor: -1}
+	if p.onWatcherError == nil {
+		p.onWatcherError = func(string) {}
+	}
+	if p.log == nil {
+		p.log = zap.NewNop()
+	}
+	if p.host == nil {
+		p.host = hostMemory
+	}
+	findOwn := o.findOwn
+	if findOwn == nil {
+		findOwn = cgroup.FindOwnCgroup
+	}
+	cfg, cg, log := o.Policy(), o.Tree, p.log
 	switch {
 	case cg != nil:
 		log.Info("adaptive: watching sluice's parent cgroup and its buckets", zap.String("cgroup", cg.ParentPath()),
 			zap.Int64("memory_limit_bytes", cfg.Cgroups.MemoryBytes))
 	default:
-		own, err := cgroup.FindOwnCgroup(cfg.Cgroups.Mountpoint, "")
+		own, err := findOwn(cfg.Cgroups.Mountpoint, "")
 		switch {
 		case err != nil:
 			log.Warn("adaptive: cannot read the agent's own memory cgroup; watching the host's memory", zap.Error(err))
@@ -115,9 +109,13 @@ func newPressureSource(a *agent.Agent, cg cgroup.Manager, exp interface{ Watcher
 	// with a baseline now, so an OOM kill before the first tick is not
 	// taken for the baseline and missed. Level signals (memory) are read
 	// again at the first tick, so nothing is lost by discarding this one.
-	p.sample(time.Now())
+	p.Sample(time.Now())
 	return p
 }
+
+// Kicks implements Source: it receives when a kernel notification asks
+// for a sample now.
+func (p *Sensor) Kicks() <-chan struct{} { return p.kick }
 
 // pressureLevels are the v1 vmpressure levels that wake the watchers:
 // "medium" (the kernel reclaims actively) is early enough to catch the
@@ -127,9 +125,9 @@ var pressureLevels = []string{"medium", "critical"}
 
 // syncEventsLocked (re)registers the kernel notifications for cfg: at
 // start, and after a reload that changes kernel_events or the bucket count.
-func (p *pressureSource) syncEventsLocked(cfg *policy.Config) {
+func (p *Sensor) syncEventsLocked(cfg *policy.Config) {
 	want := -1
-	if cfg.Adaptive.KernelEvents && hasAdaptive(cfg) && (p.cg != nil || p.own != nil) {
+	if cfg.Adaptive.KernelEvents && Enabled(cfg) && (p.cg != nil || p.own != nil) {
 		want = 0
 		if p.cg != nil {
 			want = cfg.Cgroups.Repositories.Count
@@ -167,30 +165,22 @@ func (p *pressureSource) syncEventsLocked(cfg *policy.Config) {
 	}
 	p.log.Info("adaptive: kernel memory notifications registered", zap.Int("registrations", l.Registrations()))
 	p.events = l
-	go p.forward(l)
-}
-
-func hasAdaptive(cfg *policy.Config) bool {
-	for _, r := range cfg.Limits {
-		if r.Adaptive {
-			return true
-		}
-	}
-	return false
+	go p.forward(l.C(), l.Done())
 }
 
 // minKickGap bounds how often notifications other than OOM make the
-// calibrator sample: reclaim raises vmpressure events by the hundred, and
+// controller sample: reclaim raises vmpressure events by the hundred, and
 // one sample per gap sees all they could show. An OOM notification kicks
 // at once.
 const minKickGap = 50 * time.Millisecond
 
-// forward turns l's notifications into kicks until l is closed.
-func (p *pressureSource) forward(l *cgroup.EventListener) {
+// forward turns a listener's notifications into kicks until it is closed
+// (done).
+func (p *Sensor) forward(events <-chan cgroup.Event, done <-chan struct{}) {
 	var last time.Time
 	for {
 		select {
-		case ev, ok := <-l.C():
+		case ev, ok := <-events:
 			if !ok {
 				return
 			}
@@ -214,14 +204,14 @@ func (p *pressureSource) forward(l *cgroup.EventListener) {
 			case p.kick <- struct{}{}:
 			default:
 			}
-		case <-l.Done():
+		case <-done:
 			return
 		}
 	}
 }
 
-// close unregisters the kernel notifications.
-func (p *pressureSource) close() {
+// Close unregisters the kernel notifications.
+func (p *Sensor) Close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.events != nil {
@@ -230,7 +220,10 @@ func (p *pressureSource) close() {
 	}
 }
 
-func (p *pressureSource) stats() (cgroup.Stats, error) {
+func (p *Sensor) stats() (cgroup.Stats, error) {
+	if p.read != nil {
+		return p.read()
+	}
 	if p.cg == nil {
 		if p.own != nil {
 			return p.own.Stats()
@@ -246,18 +239,19 @@ func (p *pressureSource) stats() (cgroup.Stats, error) {
 	return s, nil
 }
 
-// sample implements agent.PressureFunc.
-func (p *pressureSource) sample(now time.Time) []agent.Pressure {
+// Sample implements Source: it reads the watched cgroup once and runs
+// every watcher over it.
+func (p *Sensor) Sample(now time.Time) []Pressure {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if pol := p.a.Policy(); pol != p.pol { // first call, or a reload
+	if pol := p.policy(); pol != p.pol { // first call, or a reload
 		p.pol = pol
-		p.ws = watchers(&pol.Adaptive)
+		p.ws = newWatchers(&pol.Adaptive, p.host)
 		p.syncEventsLocked(pol)
 	}
 	if p.oomNote != "" {
 		for _, w := range p.ws {
-			if o, ok := w.(*cgroup.OOMWatcher); ok {
+			if o, ok := w.(*OOMWatcher); ok {
 				o.Notify(p.oomNote)
 			}
 		}
@@ -268,25 +262,25 @@ func (p *pressureSource) sample(now time.Time) []agent.Pressure {
 		p.log.Warn("adaptive: reading cgroup stats", zap.Error(err))
 		return nil
 	}
-	var out []agent.Pressure
+	var out []Pressure
 	for _, w := range p.ws {
 		v, err := w.Observe(s, now)
 		if err != nil {
-			if errors.Is(err, cgroup.ErrSignalMissing) {
+			if errors.Is(err, ErrSignalMissing) {
 				if !p.reported[w.Name()] {
 					p.reported[w.Name()] = true
-					p.exp.WatcherError(w.Name())
+					p.onWatcherError(w.Name())
 					p.log.Warn("adaptive: a pressure signal is missing and is ignored", zap.String("watcher", w.Name()), zap.Error(err))
 				}
 				continue
 			}
-			p.exp.WatcherError(w.Name())
+			p.onWatcherError(w.Name())
 			p.log.Warn("adaptive: watcher error", zap.String("watcher", w.Name()), zap.Error(err))
 			continue
 		}
 		if v.Pressure {
 			_, hold := w.(*saturationGate)
-			out = append(out, agent.Pressure{Watcher: w.Name(), Detail: v.Detail, HoldOnly: hold})
+			out = append(out, Pressure{Watcher: w.Name(), Detail: v.Detail, HoldOnly: hold})
 		}
 	}
 	return out
