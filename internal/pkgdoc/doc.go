@@ -1,8 +1,10 @@
-// Package pkgdoc owns the check that every package of the module says, in
-// its doc comment, what it owns (issue 15): the test in this package runs
-// `go list ./...` and reads each package's doc comment from its files,
-// test files included (a package of tests only, such as test and
-// packaging, documents itself in one of them).
+// Package pkgdoc owns the checks that keep the package map as the README
+// draws it (issue 15). Its tests run `go list ./...` and check that every
+// package says, in its doc comment, what it owns (read from its files,
+// test files included: a package of tests only, such as test and
+// packaging, documents itself in one of them), and that no library but
+// the agent imports more than three of the module's packages (commands
+// are wiring and exempt).
 //
 // The rule: a library or test package's doc starts "Package <name> owns"
 // or "Package <name> holds", and names what it owns in that sentence; a

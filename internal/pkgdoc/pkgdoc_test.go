@@ -16,6 +16,7 @@ import (
 type listed struct {
 	ImportPath, Name, Dir string
 	GoFiles, TestGoFiles  []string
+	Imports               []string
 }
 
 // packages lists every package of the module with `go list -json ./...`.
@@ -81,6 +82,33 @@ func TestEveryPackageSaysWhatItOwns(t *testing.T) {
 		if !ok {
 			t.Errorf("%s: its doc comment must start with \"%s\" and say what the package owns; it is %q (write it in doc.go)",
 				p.ImportPath, strings.Join(prefixes, `" or "`), d)
+		}
+	}
+}
+
+// maxSluiceImports is how many of the module's packages a library may
+// import; the agent (the admission service, which composes the limiter,
+// the adaptive controller, the protocol and the policy) and the commands
+// (wiring) are exempt.
+const maxSluiceImports = 3
+
+// TestImportBudget: no library but the agent imports more than three of
+// the module's packages, so each idea stays in its own package (issue 15).
+func TestImportBudget(t *testing.T) {
+	const module = "github.com/sluicehq/sluice"
+	for _, p := range packages(t) {
+		if p.Name == "main" || p.ImportPath == module+"/agent" {
+			continue
+		}
+		var own []string
+		for _, imp := range p.Imports {
+			if imp == module || strings.HasPrefix(imp, module+"/") {
+				own = append(own, strings.TrimPrefix(imp, module+"/"))
+			}
+		}
+		if len(own) > maxSluiceImports {
+			t.Errorf("%s imports %d sluice packages %v, more than %d: split it, or let the agent or a command compose them",
+				p.ImportPath, len(own), own, maxSluiceImports)
 		}
 	}
 }
