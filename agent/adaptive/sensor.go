@@ -69,22 +69,22 @@ type Sensor struct {
 // registers the kernel's memory notifications when [adaptive]
 // kernel_events is on. Close unregisters them.
 func NewSensor(o SensorOptions) *Sensor {
-	p := &Sensor{policy: o.Policy, cg: o.Tree, onWatcherError: o.OnWatcherError, log: o.Log, read: o.stats, host: o.host,
+	s := &Sensor{policy: o.Policy, cg: o.Tree, onWatcherError: o.OnWatcherError, log: o.Log, read: o.stats, host: o.host,
 		kick: make(chan struct{}, 1), reported: map[string]bool{}, eventsFor: -1}
-	if p.onWatcherError == nil {
-		p.onWatcherError = func(string) {}
+	if s.onWatcherError == nil {
+		s.onWatcherError = func(string) {}
 	}
-	if p.log == nil {
-		p.log = zap.NewNop()
+	if s.log == nil {
+		s.log = zap.NewNop()
 	}
-	if p.host == nil {
-		p.host = hostMemory
+	if s.host == nil {
+		s.host = hostMemory
 	}
 	findOwn := o.findOwn
 	if findOwn == nil {
 		findOwn = cgroup.FindOwnCgroup
 	}
-	cfg, cg, log := o.Policy(), o.Tree, p.log
+	cfg, cg, log := o.Policy(), o.Tree, s.log
 	switch {
 	case cg != nil:
 		log.Info("adaptive: watching sluice's parent cgroup and its buckets", zap.String("cgroup", cg.ParentPath()),
@@ -97,25 +97,25 @@ func NewSensor(o SensorOptions) *Sensor {
 		case own == nil:
 			log.Info("adaptive: no sluice cgroups and no memory limit on the agent's own cgroup: watching the host's memory")
 		default:
-			p.own = own
+			s.own = own
 			log.Info("adaptive: no sluice cgroups: watching the agent's own memory cgroup, which has a limit (it stands for the Git server's)",
 				zap.String("cgroup", own.Path), zap.Bool("v2", own.V2), zap.Uint64("memory_limit_bytes", own.Limit))
 		}
 	}
-	p.mu.Lock()
-	p.syncEventsLocked(cfg)
-	p.mu.Unlock()
+	s.mu.Lock()
+	s.syncEventsLocked(cfg)
+	s.mu.Unlock()
 	// Prime the rate watchers (OOM kills, throttled periods, PSI totals)
 	// with a baseline now, so an OOM kill before the first tick is not
 	// taken for the baseline and missed. Level signals (memory) are read
 	// again at the first tick, so nothing is lost by discarding this one.
-	p.Sample(time.Now())
-	return p
+	s.Sample(time.Now())
+	return s
 }
 
 // Kicks implements Source: it receives when a kernel notification asks
 // for a sample now.
-func (p *Sensor) Kicks() <-chan struct{} { return p.kick }
+func (s *Sensor) Kicks() <-chan struct{} { return s.kick }
 
 // pressureLevels are the v1 vmpressure levels that wake the watchers:
 // "medium" (the kernel reclaims actively) is early enough to catch the
@@ -125,47 +125,47 @@ var pressureLevels = []string{"medium", "critical"}
 
 // syncEventsLocked (re)registers the kernel notifications for cfg: at
 // start, and after a reload that changes kernel_events or the bucket count.
-func (p *Sensor) syncEventsLocked(cfg *policy.Config) {
+func (s *Sensor) syncEventsLocked(cfg *policy.Config) {
 	want := -1
-	if cfg.Adaptive.KernelEvents && Enabled(cfg) && (p.cg != nil || p.own != nil) {
+	if cfg.Adaptive.KernelEvents && Enabled(cfg) && (s.cg != nil || s.own != nil) {
 		want = 0
-		if p.cg != nil {
+		if s.cg != nil {
 			want = cfg.Cgroups.Repositories.Count
 		}
 	}
-	if want == p.eventsFor {
+	if want == s.eventsFor {
 		return
 	}
-	if p.events != nil {
-		p.events.Close()
-		p.events = nil
+	if s.events != nil {
+		s.events.Close()
+		s.events = nil
 	}
-	p.eventsFor = want
+	s.eventsFor = want
 	if want < 0 {
 		if !cfg.Adaptive.KernelEvents {
-			p.log.Info("adaptive: kernel memory notifications off ([adaptive] kernel_events = false): polling every sample_interval")
+			s.log.Info("adaptive: kernel memory notifications off ([adaptive] kernel_events = false): polling every sample_interval")
 		}
 		return
 	}
 	var targets []cgroup.EventTarget
-	if p.cg != nil {
-		targets = cgroup.EventTargets(p.cg, pressureLevels)
+	if s.cg != nil {
+		targets = cgroup.EventTargets(s.cg, pressureLevels)
 	} else {
-		targets = p.own.EventTargets(pressureLevels)
+		targets = s.own.EventTargets(pressureLevels)
 	}
 	l, errs := cgroup.ListenEvents(targets)
 	if l == nil {
-		p.log.Warn("adaptive: kernel memory notifications unavailable: polling every sample_interval instead",
+		s.log.Warn("adaptive: kernel memory notifications unavailable: polling every sample_interval instead",
 			zap.Error(errors.Join(errs...)), zap.String("fix", "cgroup v1 needs write access to cgroup.event_control; v2 needs the memory controller (memory.events)"))
 		return
 	}
 	if len(errs) > 0 {
-		p.log.Warn("adaptive: some kernel memory notifications could not be registered; those are polled",
+		s.log.Warn("adaptive: some kernel memory notifications could not be registered; those are polled",
 			zap.Error(errors.Join(errs...)))
 	}
-	p.log.Info("adaptive: kernel memory notifications registered", zap.Int("registrations", l.Registrations()))
-	p.events = l
-	go p.forward(l.C(), l.Done())
+	s.log.Info("adaptive: kernel memory notifications registered", zap.Int("registrations", l.Registrations()))
+	s.events = l
+	go s.forward(l.C(), l.Done())
 }
 
 // minKickGap bounds how often notifications other than OOM make the
@@ -176,7 +176,7 @@ const minKickGap = 50 * time.Millisecond
 
 // forward turns a listener's notifications into kicks until it is closed
 // (done).
-func (p *Sensor) forward(events <-chan cgroup.Event, done <-chan struct{}) {
+func (s *Sensor) forward(events <-chan cgroup.Event, done <-chan struct{}) {
 	var last time.Time
 	for {
 		select {
@@ -190,18 +190,18 @@ func (p *Sensor) forward(events <-chan cgroup.Event, done <-chan struct{}) {
 					// removed (a bucket pruned by a reload): not an OOM.
 					continue
 				}
-				p.mu.Lock()
-				if p.oomNote == "" {
-					p.oomNote = "kernel OOM notification for " + ev.Dir
+				s.mu.Lock()
+				if s.oomNote == "" {
+					s.oomNote = "kernel OOM notification for " + ev.Dir
 				}
-				p.mu.Unlock()
+				s.mu.Unlock()
 			} else if time.Since(last) < minKickGap {
 				continue
 			}
 			last = time.Now()
-			p.log.Debug("adaptive: kernel memory notification", zap.Stringer("kind", ev.Kind), zap.String("cgroup", ev.Dir), zap.String("level", ev.Level))
+			s.log.Debug("adaptive: kernel memory notification", zap.Stringer("kind", ev.Kind), zap.String("cgroup", ev.Dir), zap.String("level", ev.Level))
 			select {
-			case p.kick <- struct{}{}:
+			case s.kick <- struct{}{}:
 			default:
 			}
 		case <-done:
@@ -211,71 +211,71 @@ func (p *Sensor) forward(events <-chan cgroup.Event, done <-chan struct{}) {
 }
 
 // Close unregisters the kernel notifications.
-func (p *Sensor) Close() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.events != nil {
-		p.events.Close()
-		p.events = nil
+func (s *Sensor) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.events != nil {
+		s.events.Close()
+		s.events = nil
 	}
 }
 
-func (p *Sensor) stats() (cgroup.Stats, error) {
-	if p.read != nil {
-		return p.read()
+func (s *Sensor) stats() (cgroup.Stats, error) {
+	if s.read != nil {
+		return s.read()
 	}
-	if p.cg == nil {
-		if p.own != nil {
-			return p.own.Stats()
+	if s.cg == nil {
+		if s.own != nil {
+			return s.own.Stats()
 		}
 		return cgroup.HostStats(), nil
 	}
-	t := cgroup.ReadTree(p.cg)
+	t := cgroup.ReadTree(s.cg)
 	if t.ParentErr != nil {
 		return t.Parent, t.ParentErr
 	}
-	s := t.Parent
-	s.OOMKills += t.Buckets.OOMKills
-	return s, nil
+	st := t.Parent
+	st.OOMKills += t.Buckets.OOMKills
+	return st, nil
 }
 
 // Sample implements Source: it reads the watched cgroup once and runs
 // every watcher over it.
-func (p *Sensor) Sample(now time.Time) []Pressure {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if pol := p.policy(); pol != p.pol { // first call, or a reload
-		p.pol = pol
-		p.ws = newWatchers(&pol.Adaptive, p.host)
-		p.syncEventsLocked(pol)
+func (s *Sensor) Sample(now time.Time) []Pressure {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if pol := s.policy(); pol != s.pol { // first call, or a reload
+		s.pol = pol
+		s.ws = newWatchers(&pol.Adaptive, s.host)
+		s.syncEventsLocked(pol)
 	}
-	if p.oomNote != "" {
-		for _, w := range p.ws {
+	if s.oomNote != "" {
+		for _, w := range s.ws {
 			if o, ok := w.(*OOMWatcher); ok {
-				o.Notify(p.oomNote)
+				o.Notify(s.oomNote)
 			}
 		}
-		p.oomNote = ""
+		s.oomNote = ""
 	}
-	s, err := p.stats()
+	st, err := s.stats()
 	if err != nil {
-		p.log.Warn("adaptive: reading cgroup stats", zap.Error(err))
+		s.log.Warn("adaptive: reading cgroup stats", zap.Error(err))
 		return nil
 	}
 	var out []Pressure
-	for _, w := range p.ws {
-		v, err := w.Observe(s, now)
+	for _, w := range s.ws {
+		v, err := w.Observe(st, now)
 		if err != nil {
 			if errors.Is(err, ErrSignalMissing) {
-				if !p.reported[w.Name()] {
-					p.reported[w.Name()] = true
-					p.onWatcherError(w.Name())
-					p.log.Warn("adaptive: a pressure signal is missing and is ignored", zap.String("watcher", w.Name()), zap.Error(err))
+				if !s.reported[w.Name()] {
+					s.reported[w.Name()] = true
+					s.onWatcherError(w.Name())
+					s.log.Warn("adaptive: a pressure signal is missing and is ignored", zap.String("watcher", w.Name()), zap.Error(err))
 				}
 				continue
 			}
-			p.onWatcherError(w.Name())
-			p.log.Warn("adaptive: watcher error", zap.String("watcher", w.Name()), zap.Error(err))
+			s.onWatcherError(w.Name())
+			s.log.Warn("adaptive: watcher error", zap.String("watcher", w.Name()), zap.Error(err))
 			continue
 		}
 		if v.Pressure {
