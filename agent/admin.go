@@ -197,7 +197,7 @@ func (a *Agent) Status() *admitpb.StatusResponse {
 			DroppedMaxTime:   int64(st.DroppedTime),
 			Keys:             int64(st.Keys),
 		})
-		if at, why := a.calib.lastBackoffOf(r.Name); !at.IsZero() {
+		if at, why := a.calib.LastBackoff(r.Name); !at.IsZero() {
 			resp.Limits[len(resp.Limits)-1].LastBackoffUnixUsec = at.UnixMicro()
 			resp.Limits[len(resp.Limits)-1].LastBackoffReason = why
 		}

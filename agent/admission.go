@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
+	"github.com/sluicehq/sluice/agent/limiter"
 	"github.com/sluicehq/sluice/agent/wire"
 	"github.com/sluicehq/sluice/policy"
 )
@@ -215,18 +216,18 @@ func (a *Agent) place(adm *admission, peer PeerCred) bool {
 }
 
 // reject logs and counts a request the limiter refused and tells the caller.
-func (a *Agent) reject(l *Lease, rule *policy.Limit, lim *Limiter, err error, waited time.Duration, send func(*admitpb.ServerMsg) error) {
+func (a *Agent) reject(l *Lease, rule *policy.Limit, lim *limiter.Limiter, err error, waited time.Duration, send func(*admitpb.ServerMsg) error) {
 	fields := append(a.leaseFields(l), zap.Duration("queue_wait", waited))
 	var reason admitpb.RejectReason
 	var drop, msg string
 	who := describeKey(rule.Key)
 	limit := lim.Stats().Limit
 	switch {
-	case errors.Is(err, ErrQueueFull):
+	case errors.Is(err, limiter.ErrQueueFull):
 		reason, drop = admitpb.RejectReason_REJECT_REASON_MAX_SIZE, DropMaxSize
 		msg = fmt.Sprintf("sluice: too many %s requests for %s: %d running and the queue of %d is full (limit %q); try again later",
 			l.Subcommand, who, limit, rule.MaxQueueSize, rule.Name)
-	case errors.Is(err, ErrQueueTimeout):
+	case errors.Is(err, limiter.ErrQueueTimeout):
 		reason, drop = admitpb.RejectReason_REJECT_REASON_MAX_TIME, DropMaxTime
 		msg = fmt.Sprintf("sluice: %s waited %s for a slot for %s (%d running, limit %q); try again later",
 			l.Subcommand, rule.MaxQueueWait.Duration, who, limit, rule.Name)

@@ -8,7 +8,9 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sluicehq/sluice/agent/adaptive"
 	"github.com/sluicehq/sluice/agent/admitpb"
+	"github.com/sluicehq/sluice/agent/limiter"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -68,7 +70,7 @@ type Agent struct {
 	// stateDir holds running leases' state files ("" for none).
 	stateDir    string
 	stateErrors atomic.Uint64
-	calib       *calibrator
+	calib       *adaptive.Controller
 
 	describe   func(*admitpb.StatusResponse)
 	socket     string // set by Serve
@@ -99,7 +101,7 @@ type Agent struct {
 
 	mu       sync.RWMutex // guards the fields below
 	policy   *policy.Config
-	limiters map[string]*Limiter // by rule name
+	limiters map[string]*limiter.Limiter // by rule name
 }
 
 // New returns an agent enforcing opts.Policy.
@@ -129,14 +131,14 @@ func New(opts Options) *Agent {
 		stopping:   ctx,
 		stop:       cancel,
 		policy:     opts.Policy,
-		limiters:   make(map[string]*Limiter),
+		limiters:   make(map[string]*limiter.Limiter),
 	}
 	fdBudget() // read the open-file limit now, before anything can change it
-	a.calib = newCalibrator(a)
+	a.calib = adaptive.NewController(adaptive.Options{Limits: adaptiveLimits{a}, Log: a.log, OnBackoff: obs.Backoff})
 	a.timeouts = newWatcher(a.log.Named("timeouts"), obs, realProcOps())
 	for i := range opts.Policy.Limits {
 		r := &opts.Policy.Limits[i]
-		a.limiters[r.Name] = NewLimiter(limiterConfig(r))
+		a.limiters[r.Name] = limiter.New(limiterConfig(r))
 	}
 	return a
 }
@@ -149,7 +151,7 @@ func (a *Agent) Policy() *policy.Config {
 }
 
 // ruleFor returns the rule matching subcommand and its limiter, or nils.
-func (a *Agent) ruleFor(subcommand string) (*policy.Limit, *Limiter) {
+func (a *Agent) ruleFor(subcommand string) (*policy.Limit, *limiter.Limiter) {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	r := a.policy.LimitFor(subcommand)
@@ -159,8 +161,32 @@ func (a *Agent) ruleFor(subcommand string) (*policy.Limit, *Limiter) {
 	return r, a.limiters[r.Name]
 }
 
+// limiter returns rule name's limiter, nil when the rule is gone.
+func (a *Agent) limiter(name string) *limiter.Limiter {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.limiters[name]
+}
+
+// adaptiveLimits is the adaptive controller's view of the agent: the
+// policy in force and each rule's limiter.
+type adaptiveLimits struct{ a *Agent }
+
+func (l adaptiveLimits) Policy() *policy.Config { return l.a.Policy() }
+
+func (l adaptiveLimits) Limiter(rule string) adaptive.Adjustable {
+	if lim := l.a.limiter(rule); lim != nil {
+		return lim
+	}
+	return nil // not a typed nil: the controller checks for none
+}
+
+// RunAdaptive adapts the limits of adaptive rules to the pressures src
+// reports until ctx ends (see adaptive.Controller.Run).
+func (a *Agent) RunAdaptive(ctx context.Context, src adaptive.Source) { a.calib.Run(ctx, src) }
+
 // Limiters returns the stats of every rule's limiter in policy order.
-func (a *Agent) Limiters() []LimiterStats {
+func (a *Agent) Limiters() []limiter.Stats {
 	_, stats := a.limitsSnapshot()
 	return stats
 }
@@ -168,10 +194,10 @@ func (a *Agent) Limiters() []LimiterStats {
 // limitsSnapshot returns the policy in force and its limiters' stats (in
 // policy order), read together so a concurrent reload cannot pair a rule
 // with another rule's numbers.
-func (a *Agent) limitsSnapshot() (*policy.Config, []LimiterStats) {
+func (a *Agent) limitsSnapshot() (*policy.Config, []limiter.Stats) {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
-	out := make([]LimiterStats, 0, len(a.policy.Limits))
+	out := make([]limiter.Stats, 0, len(a.policy.Limits))
 	for _, r := range a.policy.Limits {
 		out = append(out, a.limiters[r.Name].Stats())
 	}

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
+	"github.com/sluicehq/sluice/agent/limiter"
 	"github.com/sluicehq/sluice/agent/wire"
 )
 
@@ -126,7 +127,7 @@ func TestMaxConnections(t *testing.T) {
 // gone), and checks that the limiter tracks only live keys and that its
 // heap does not grow with the number of keys seen.
 func TestIdleKeysForgotten(t *testing.T) {
-	l := NewLimiter(LimiterConfig{Name: "t", Limit: 1, MaxQueueSize: 1, MaxQueueWait: time.Millisecond})
+	l := limiter.New(limiter.Config{Name: "t", Limit: 1, MaxQueueSize: 1, MaxQueueWait: time.Millisecond})
 	ctx := context.Background()
 	heap := func() uint64 {
 		runtime.GC()
@@ -162,17 +163,17 @@ func TestIdleKeysForgotten(t *testing.T) {
 	// The other ways out: queue full (MaxQueueSize 0 on a busy key),
 	// timed out, caller gone.
 	hold, _, _ := l.Acquire(ctx, "busy", nil)
-	if _, _, err := l.Acquire(ctx, "busy", nil); !errors.Is(err, ErrQueueTimeout) {
+	if _, _, err := l.Acquire(ctx, "busy", nil); !errors.Is(err, limiter.ErrQueueTimeout) {
 		t.Fatalf("second on busy key: %v, want timeout", err)
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	go func() { time.Sleep(0); cancel() }()
-	l.Reconfigure(LimiterConfig{Limit: 1, MaxQueueSize: 1, MaxQueueWait: time.Hour})
+	l.Reconfigure(limiter.Config{Limit: 1, MaxQueueSize: 1, MaxQueueWait: time.Hour})
 	if _, _, err := l.Acquire(cctx, "busy", nil); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled waiter: %v", err)
 	}
-	l.Reconfigure(LimiterConfig{Limit: 1, MaxQueueSize: 0, MaxQueueWait: time.Hour})
-	if _, _, err := l.Acquire(ctx, "busy", nil); !errors.Is(err, ErrQueueFull) {
+	l.Reconfigure(limiter.Config{Limit: 1, MaxQueueSize: 0, MaxQueueWait: time.Hour})
+	if _, _, err := l.Acquire(ctx, "busy", nil); !errors.Is(err, limiter.ErrQueueFull) {
 		t.Fatalf("full queue: %v", err)
 	}
 	hold()

@@ -1,6 +1,8 @@
 // Package agent owns sluiced's admission path: the Unix socket and its
 // protocol demultiplexer, the admission service (gRPC and the shim's
-// framing), the lease table and the keyed limiters.
+// framing), the admin API, reload and the lease table. It asks
+// agent/limiter for slots (the keyed semaphores and queues of each rule)
+// and lets agent/adaptive move the limits of adaptive rules.
 //
 // # One socket, two protocols
 //

@@ -10,12 +10,13 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
+	"github.com/sluicehq/sluice/agent/limiter"
 	"github.com/sluicehq/sluice/policy"
 )
 
 // limiterConfig is the limiter configuration of rule r.
-func limiterConfig(r *policy.Limit) LimiterConfig {
-	return LimiterConfig{
+func limiterConfig(r *policy.Limit) limiter.Config {
+	return limiter.Config{
 		Name:         r.Name,
 		Limit:        r.Limit(),
 		MaxQueueSize: r.MaxQueueSize,
@@ -67,7 +68,7 @@ func (a *Agent) Reload() *admitpb.ReloadResponse {
 
 	a.mu.Lock()
 	var changes []string
-	limiters := make(map[string]*Limiter, len(cfg.Limits))
+	limiters := make(map[string]*limiter.Limiter, len(cfg.Limits))
 	for i := range cfg.Limits {
 		r := &cfg.Limits[i]
 		lc := limiterConfig(r)
@@ -84,7 +85,7 @@ func (a *Agent) Reload() *admitpb.ReloadResponse {
 			}
 			limiters[r.Name] = lim
 		} else {
-			limiters[r.Name] = NewLimiter(lc)
+			limiters[r.Name] = limiter.New(lc)
 			changes = append(changes, fmt.Sprintf("%s: new rule matching %v, limit %d", r.Name, r.Match, lc.Limit))
 		}
 	}
@@ -125,7 +126,7 @@ func (a *Agent) Reload() *admitpb.ReloadResponse {
 
 func orderName(o string) string {
 	if o == "" {
-		return OrderFIFO
+		return limiter.OrderFIFO
 	}
 	return o
 }

@@ -201,10 +201,22 @@ func (c Config) withDefaults() (Config, error) {
 type Manager interface {
 	// Mode is the mode chosen at start-up.
 	Mode() Mode
-	// BucketPath is the path of bucket i relative to the hierarchy (the memory
-	// hierarchy on v1/hybrid, the unified tree on v2), e.g.
-	// "/process_api/7/sluice/repos/17", for logs and status; "" if i is out of range.
+	// ParentPath is the path of <base>/<root> relative to the hierarchy (the
+	// memory hierarchy on v1/hybrid, the unified tree on v2), e.g.
+	// "/process_api/7/sluice", for logs and status.
+	ParentPath() string
+	// BucketPath is the path of bucket i relative to the hierarchy, as
+	// ParentPath, e.g. "/process_api/7/sluice/repos/17", for logs and
+	// status; "" if i is out of range.
 	BucketPath(i int) string
+	// Buckets is the bucket count in force: Config.Buckets of New or of the
+	// last Update that succeeded. Surplus buckets kept because they still
+	// hold processes are not counted.
+	Buckets() int
+	// Bucket chooses repo's bucket: [BucketFor] over the bucket count in
+	// force. A reload that changes the count may move a repository to
+	// another bucket for new commands.
+	Bucket(repo []byte) int
 	// Place moves pid into bucket i in every hierarchy sluice uses (v1 memory,
 	// cpu, cpuacct, pids; the unified directory).
 	Place(pid int, bucket int) error

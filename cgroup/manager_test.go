@@ -335,6 +335,21 @@ func TestCreateAdoptPlace(t *testing.T) {
 	if m.Mode() != ModeUnified && ps.MemoryUsage < st.MemoryUsage {
 		t.Errorf("parent memory %d < bucket memory %d: not hierarchical", ps.MemoryUsage, st.MemoryUsage)
 	}
+	// The accessors the agent and sluiced use instead of cutting paths.
+	if got, want := m.ParentPath(), path.Dir(path.Dir(m.BucketPath(2))); got != want || !strings.HasSuffix(got, "/"+root) {
+		t.Errorf("ParentPath() = %q, want %q (ending in /%s)", got, want, root)
+	}
+	if m.Buckets() != 4 {
+		t.Errorf("Buckets() = %d, want 4", m.Buckets())
+	}
+	for _, repo := range []string{"/srv/a.git", "/srv/b.git", "/srv/c.git"} {
+		if got := m.Bucket([]byte(repo)); got != BucketFor([]byte(repo), 4) {
+			t.Errorf("Bucket(%q) = %d, want BucketFor(…, 4) = %d", repo, got, BucketFor([]byte(repo), 4))
+		}
+	}
+	if tree := ReadTree(m); tree.ParentErr != nil || tree.Buckets.Processes != 1 || tree.Parent.MemoryLimit != ps.MemoryLimit {
+		t.Errorf("ReadTree = %+v, want the parent read and 1 process summed over the buckets", tree)
+	}
 
 	// Adopt: a second New on the same hierarchy keeps the process where it is.
 	m2, err := New(cfg, zaptest.NewLogger(t))
@@ -417,6 +432,9 @@ func TestUpdateLimitsAndBuckets(t *testing.T) {
 	if m.BucketPath(3) != "" || m.Place(c.pid(), 3) == nil {
 		t.Error("bucket 3 still addressable after shrinking to 2")
 	}
+	if m.Buckets() != 2 || m.Bucket([]byte("/srv/x.git")) != BucketFor([]byte("/srv/x.git"), 2) {
+		t.Errorf("after shrinking to 2: Buckets() = %d", m.Buckets())
+	}
 	// Grow again: bucket 3 is adopted with its process.
 	if err := m.Update(cfg); err != nil {
 		t.Fatal(err)
@@ -431,6 +449,9 @@ func TestUpdateLimitsAndBuckets(t *testing.T) {
 	bad.Root = "other"
 	if err := m.Update(bad); err == nil {
 		t.Error("Update changing the root: no error")
+	}
+	if m.Buckets() != 4 {
+		t.Errorf("Buckets() = %d after growing back and a refused Update, want 4", m.Buckets())
 	}
 }
 
@@ -541,6 +562,12 @@ func TestUnifiedTree(t *testing.T) {
 	checkPlaced(t, c.pid(), map[string]string{"": want})
 	if m.BucketPath(1) != want || m.UnifiedDir(1) != filepath.Join(mm.mount, want) {
 		t.Errorf("BucketPath %q UnifiedDir %q, want %q under %s", m.BucketPath(1), m.UnifiedDir(1), want, mm.mount)
+	}
+	if got := m.ParentPath(); got != path.Join(ownCgroup(t)[""], cfg.Root) {
+		t.Errorf("ParentPath() = %q, want %q", got, path.Join(ownCgroup(t)[""], cfg.Root))
+	}
+	if m.Buckets() != 3 {
+		t.Errorf("Buckets() = %d, want 3", m.Buckets())
 	}
 	st, err := m.BucketStats(1)
 	if err != nil {

@@ -324,3 +324,15 @@ func readV2Stats(dir string) (Stats, error) {
 	st.Processes = len(pids)
 	return st, nil
 }
+
+// HostStats is the host read as a cgroup with no memory limit: no memory
+// figures (a reader that needs them falls back to the host's memory) and
+// the system-wide pressure files. The adaptive watchers read it when
+// neither sluice's cgroups nor the agent's own cgroup ([FindOwnCgroup])
+// have a memory limit.
+func HostStats() Stats {
+	return Stats{
+		MemoryPressure: readPSI("/proc/pressure/memory"),
+		CPUPressure:    readPSI("/proc/pressure/cpu"),
+	}
+}

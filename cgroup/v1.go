@@ -30,6 +30,9 @@ type v1Manager struct {
 	cfg     Config
 	parent  cgroup1.Cgroup
 	buckets []cgroup1.Cgroup
+	// count is the bucket count in force: set once New or Update has
+	// succeeded in every hierarchy, the unified tree included.
+	count int
 }
 
 func newV1(cfg Config, mode Mode, own map[string]string, log *zap.Logger) (Manager, error) {
@@ -78,6 +81,7 @@ func newV1(cfg Config, mode Mode, own map[string]string, log *zap.Logger) (Manag
 	if err := m.applyLocked(cfg); err != nil {
 		return nil, err
 	}
+	m.count = cfg.Buckets
 	return m, nil
 }
 
@@ -161,6 +165,16 @@ func (m *v1Manager) bucket(i int) (cgroup1.Cgroup, error) {
 	return m.buckets[i], nil
 }
 
+func (m *v1Manager) ParentPath() string { return path.Join(m.bases[cgroup1.Memory], m.root) }
+
+func (m *v1Manager) Buckets() int {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.count
+}
+
+func (m *v1Manager) Bucket(repo []byte) int { return BucketFor(repo, m.Buckets()) }
+
 func (m *v1Manager) BucketPath(i int) string {
 	if _, err := m.bucket(i); err != nil {
 		return ""
@@ -206,8 +220,11 @@ func (m *v1Manager) Update(cfg Config) error {
 		return err
 	}
 	if m.uni != nil {
-		return m.uni.Update(cfg)
+		if err := m.uni.Update(cfg); err != nil {
+			return err
+		}
 	}
+	m.count = cfg.Buckets
 	return nil
 }
 

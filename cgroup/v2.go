@@ -252,6 +252,18 @@ func (m *v2Manager) inRange(i int) bool {
 	return i >= 0 && i < len(m.buckets)
 }
 
+func (m *v2Manager) ParentPath() string { return m.group("") }
+
+// Buckets is the count of the last applyLocked that succeeded (it sets
+// cfg last).
+func (m *v2Manager) Buckets() int {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.cfg.Buckets
+}
+
+func (m *v2Manager) Bucket(repo []byte) int { return BucketFor(repo, m.Buckets()) }
+
 func (m *v2Manager) BucketPath(i int) string {
 	if !m.inRange(i) {
 		return ""

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/sluicehq/sluice/agent"
+	"github.com/sluicehq/sluice/agent/adaptive"
 	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/wire"
 	"github.com/sluicehq/sluice/exporter"
@@ -121,8 +122,10 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 		Connections: connSource{func() *agent.Agent { return a }},
 		Pprof:       cfg.Agent.Pprof,
 	}
+	var cgStats cgroupStats
 	if cg != nil {
-		expOpts.Cgroups = cg
+		cgStats = cgroupStats{m: cg, failures: func() uint64 { return a.PlacementFailures() }}
+		expOpts.Cgroups = cgStats
 	}
 	exp := exporter.New(expOpts)
 	exp.SetLimits(cfg.RuleNames())
@@ -138,7 +141,7 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 				notes = append(notes, "shim.conf not rewritten: "+err.Error())
 			}
 			if cg != nil {
-				notes = append(notes, cg.update(&c.Cgroups)...)
+				notes = append(notes, updateCgroups(cg, &c.Cgroups)...)
 			}
 			return notes
 		},
@@ -151,7 +154,7 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 	}
 	opts.Describe = func(resp *admitpb.StatusResponse) {
 		if cg != nil {
-			resp.Cgroups = cg.status()
+			resp.Cgroups = cgStats.status()
 		} else {
 			resp.Cgroups = &admitpb.CgroupStatus{State: cgState}
 		}
@@ -161,9 +164,6 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 		opts.Placer = cg
 	}
 	a = agent.New(opts)
-	if cg != nil {
-		cg.failures = a.PlacementFailures
-	}
 
 	sock, err := agent.Listen(agent.SocketOptions{Path: socketPath, Group: cfg.Agent.SocketGroup})
 	if err != nil {
@@ -203,9 +203,9 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 			}
 		}()
 	}
-	ps := newPressureSource(a, cg, exp, cfg, log.Named("adaptive"))
-	defer ps.close()
-	go a.RunCalibrator(ctx, ps.sample, ps.kick)
+	sensor := adaptive.NewSensor(adaptive.SensorOptions{Policy: a.Policy, Tree: cg, OnWatcherError: exp.WatcherError, Log: log.Named("adaptive")})
+	defer sensor.Close()
+	go a.RunAdaptive(ctx, sensor)
 	log.Info("sluiced ready",
 		zap.String("version", version),
 		zap.String("socket", socketPath),

@@ -1,4 +1,4 @@
-package agent
+package adaptive
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sluicehq/sluice/agent/limiter"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -20,15 +21,51 @@ type Pressure struct {
 	// Detail gives the numbers that triggered it, for the log.
 	Detail string
 	// HoldOnly marks saturation rather than pressure: it holds additive
-	// increases back (see calibrator) and never decreases a limit.
+	// increases back (see Controller) and never decreases a limit.
 	HoldOnly bool
 }
 
-// PressureFunc samples every watcher once and returns those that see
-// pressure. It is called from one goroutine, once per sample interval.
-type PressureFunc func(now time.Time) []Pressure
+// Source is where the controller's samples come from: a [Sensor] on a
+// real host, a simulated host in tests.
+type Source interface {
+	// Sample runs every watcher once at now and returns the pressures
+	// seen. It is called from one goroutine, once per sample.
+	Sample(now time.Time) []Pressure
+	// Kicks receives when a sample should be taken at once (a kernel
+	// memory notification); nil never does.
+	Kicks() <-chan struct{}
+}
 
-// calibrator runs AIMD over the adaptive rules. Limits are per rule and
+// Adjustable is what the controller reads and moves on one rule's limit;
+// *limiter.Limiter implements it.
+type Adjustable interface {
+	Stats() limiter.Stats
+	SetLimit(n int)
+}
+
+// Limits is the controller's view of the limits it adapts: the policy in
+// force (its [adaptive] section and which rules are adaptive) and each
+// rule's limiter. The agent implements it; it is read at every sample, so
+// a reload's rules and limiters are used from the next sample on.
+type Limits interface {
+	Policy() *policy.Config
+	// Limiter returns rule's limiter, nil when a reload removed the rule.
+	Limiter(rule string) Adjustable
+}
+
+// Options configure a Controller.
+type Options struct {
+	// Limits are the limits adapted; required.
+	Limits Limits
+	// Log receives the decisions (backoff, increase, held increase); nil
+	// discards them.
+	Log *zap.Logger
+	// OnBackoff counts one sample in which watcher saw pressure (the
+	// `watcher` label of the backoff metric); nil counts nothing.
+	OnBackoff func(watcher string)
+}
+
+// Controller runs AIMD over the adaptive rules. Limits are per rule and
 // apply to every key of the rule, as in Gitaly.
 //
 //   - Multiplicative decrease: as soon as a sample shows pressure, every
@@ -48,8 +85,10 @@ type PressureFunc func(now time.Time) []Pressure
 //     costs memory (measured in the clone-storm benchmark), yet halving
 //     on CPU contention alone throttled a healthy storm (psi_cpu as a
 //     backoff watcher), so saturation stops the climb without a cut.
-type calibrator struct {
-	a *Agent
+type Controller struct {
+	limits    Limits
+	log       *zap.Logger
+	onBackoff func(watcher string)
 
 	mu    sync.Mutex // guards the fields below
 	rules map[string]*adaptiveState
@@ -67,12 +106,22 @@ type adaptiveState struct {
 	lastBackoffReason  string
 }
 
-func newCalibrator(a *Agent) *calibrator {
-	return &calibrator{a: a, rules: make(map[string]*adaptiveState)}
+// NewController returns a controller over opts.Limits. It starts from the
+// limits as they are (initial_limit after a start) and does nothing until
+// Run or Step.
+func NewController(opts Options) *Controller {
+	c := &Controller{limits: opts.Limits, log: opts.Log, onBackoff: opts.OnBackoff, rules: make(map[string]*adaptiveState)}
+	if c.log == nil {
+		c.log = zap.NewNop()
+	}
+	if c.onBackoff == nil {
+		c.onBackoff = func(string) {}
+	}
+	return c
 }
 
 // stateLocked returns the state of rule name, creating it at now.
-func (c *calibrator) stateLocked(name string, now time.Time) *adaptiveState {
+func (c *Controller) stateLocked(name string, now time.Time) *adaptiveState {
 	st := c.rules[name]
 	if st == nil {
 		st = &adaptiveState{lastIncrease: now}
@@ -81,9 +130,10 @@ func (c *calibrator) stateLocked(name string, now time.Time) *adaptiveState {
 	return st
 }
 
-// step applies one sample's pressures at now.
-func (c *calibrator) step(now time.Time, pressures []Pressure) {
-	pol, _ := c.a.limitsSnapshot()
+// Step applies one sample's pressures at now. Run calls it once per
+// sample; a simulated host may call it directly.
+func (c *Controller) Step(now time.Time, pressures []Pressure) {
+	pol := c.limits.Policy()
 	ad := pol.Adaptive
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -98,7 +148,7 @@ func (c *calibrator) step(now time.Time, pressures []Pressure) {
 		}
 	}
 	pressures = pressures[:n]
-	c.eachAdaptiveLocked(pol, now, func(_ *policy.Limit, _ *Limiter, st *adaptiveState) {
+	c.eachAdaptiveLocked(pol, now, func(_ *policy.Limit, _ Adjustable, st *adaptiveState) {
 		st.samples++
 		if len(saturation) > 0 {
 			st.saturated++
@@ -106,14 +156,14 @@ func (c *calibrator) step(now time.Time, pressures []Pressure) {
 	})
 	if len(pressures) > 0 {
 		for _, p := range pressures {
-			c.a.obs.Backoff(p.Watcher)
+			c.onBackoff(p.Watcher)
 		}
 		if !c.lastBackoff.IsZero() && now.Sub(c.lastBackoff) < ad.Cooldown.Duration {
 			return // the same episode: already backed off
 		}
 		c.lastBackoff = now
 		reason := describePressures(pressures)
-		c.eachAdaptiveLocked(pol, now, func(r *policy.Limit, lim *Limiter, st *adaptiveState) {
+		c.eachAdaptiveLocked(pol, now, func(r *policy.Limit, lim Adjustable, st *adaptiveState) {
 			old := lim.Stats().Limit
 			next := int(math.Floor(float64(old) * ad.BackoffFactor))
 			next = max(next, r.MinLimit)
@@ -123,12 +173,12 @@ func (c *calibrator) step(now time.Time, pressures []Pressure) {
 			if next != old {
 				lim.SetLimit(next)
 			}
-			c.a.log.Warn("adaptive limit backed off", zap.String("limit", r.Name),
+			c.log.Warn("adaptive limit backed off", zap.String("limit", r.Name),
 				zap.Int("old", old), zap.Int("new", next), zap.String("reason", reason))
 		})
 		return
 	}
-	c.eachAdaptiveLocked(pol, now, func(r *policy.Limit, lim *Limiter, st *adaptiveState) {
+	c.eachAdaptiveLocked(pol, now, func(r *policy.Limit, lim Adjustable, st *adaptiveState) {
 		if now.Sub(st.lastIncrease) < ad.CalibrationInterval.Duration {
 			return
 		}
@@ -144,13 +194,13 @@ func (c *calibrator) step(now time.Time, pressures []Pressure) {
 			if len(saturation) > 0 {
 				detail = describePressures(saturation)
 			}
-			c.a.log.Info("adaptive limit increase held: the host is saturated", zap.String("limit", r.Name),
+			c.log.Info("adaptive limit increase held: the host is saturated", zap.String("limit", r.Name),
 				zap.Int("limit_now", s.Limit), zap.Int("saturated_samples", saturated), zap.Int("samples", samples),
 				zap.String("last", detail))
 			return
 		}
 		lim.SetLimit(s.Limit + 1)
-		c.a.log.Info("adaptive limit increased", zap.String("limit", r.Name),
+		c.log.Info("adaptive limit increased", zap.String("limit", r.Name),
 			zap.Int("old", s.Limit), zap.Int("new", s.Limit+1),
 			zap.Int("busiest_key_running", s.MaxKeyRunning), zap.Int("queued", s.Queued))
 	})
@@ -158,13 +208,13 @@ func (c *calibrator) step(now time.Time, pressures []Pressure) {
 
 // eachAdaptiveLocked calls f for every adaptive rule of pol that still
 // has a limiter, with its state.
-func (c *calibrator) eachAdaptiveLocked(pol *policy.Config, now time.Time, f func(*policy.Limit, *Limiter, *adaptiveState)) {
+func (c *Controller) eachAdaptiveLocked(pol *policy.Config, now time.Time, f func(*policy.Limit, Adjustable, *adaptiveState)) {
 	for i := range pol.Limits {
 		r := &pol.Limits[i]
 		if !r.Adaptive {
 			continue
 		}
-		if lim := c.a.limiter(r.Name); lim != nil {
+		if lim := c.limits.Limiter(r.Name); lim != nil {
 			f(r, lim, c.stateLocked(r.Name, now))
 		}
 	}
@@ -173,7 +223,7 @@ func (c *calibrator) eachAdaptiveLocked(pol *policy.Config, now time.Time, f fun
 // inUse reports whether a rule's limit is being used enough to justify
 // raising it: its busiest key runs at least half the limit, or requests
 // wait.
-func inUse(s LimiterStats) bool {
+func inUse(s limiter.Stats) bool {
 	return s.Queued > 0 || 2*s.MaxKeyRunning >= s.Limit
 }
 
@@ -185,8 +235,9 @@ func describePressures(ps []Pressure) string {
 	return strings.Join(parts, "; ")
 }
 
-// lastBackoffOf returns rule name's last decrease and why.
-func (c *calibrator) lastBackoffOf(name string) (time.Time, string) {
+// LastBackoff returns rule name's last decrease and why (zero when it
+// never backed off), for `sluice status`.
+func (c *Controller) LastBackoff(name string) (time.Time, string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if st := c.rules[name]; st != nil {
@@ -195,21 +246,21 @@ func (c *calibrator) lastBackoffOf(name string) (time.Time, string) {
 	return time.Time{}, ""
 }
 
-// RunCalibrator samples src every [adaptive] sample_interval and adapts
-// the limits of adaptive rules until ctx ends. Without adaptive rules it
-// still runs (a reload may add some) but does nothing.
+// Run samples src every [adaptive] sample_interval and adapts the limits
+// of adaptive rules until ctx ends. Without adaptive rules it still runs
+// (a reload may add some) but does nothing.
 //
-// A receive on kick (nil: none) samples at once instead of at the next
-// tick: the kernel's memory notifications (OOM, vmpressure, v2
-// memory.events) arrive on it, so a backoff follows an OOM within
-// milliseconds rather than up to one sample interval later. The cool-down
-// still applies, so one episode costs one decrease however many
-// notifications it raises. The sender rate-limits what it sends (a
-// vmpressure burst is hundreds of events); every sample restarts the
-// interval.
-func (a *Agent) RunCalibrator(ctx context.Context, src PressureFunc, kick <-chan struct{}) {
+// A receive on src.Kicks() samples at once instead of at the next tick:
+// the kernel's memory notifications (OOM, vmpressure, v2 memory.events)
+// arrive on it, so a backoff follows an OOM within milliseconds rather
+// than up to one sample interval later. The cool-down still applies, so
+// one episode costs one decrease however many notifications it raises.
+// The sender rate-limits what it sends (a vmpressure burst is hundreds of
+// events); every sample restarts the interval.
+func (c *Controller) Run(ctx context.Context, src Source) {
+	kick := src.Kicks()
 	for {
-		interval := a.Policy().Adaptive.SampleInterval.Duration
+		interval := c.limits.Policy().Adaptive.SampleInterval.Duration
 		if interval <= 0 {
 			interval = time.Second
 		}
@@ -222,26 +273,21 @@ func (a *Agent) RunCalibrator(ctx context.Context, src PressureFunc, kick <-chan
 		case <-kick:
 			timer.Stop()
 		}
-		if !hasAdaptive(a.Policy()) {
+		if !Enabled(c.limits.Policy()) {
 			continue
 		}
 		now := time.Now()
-		a.calib.step(now, src(now))
+		c.Step(now, src.Sample(now))
 	}
 }
 
-func hasAdaptive(p *policy.Config) bool {
-	for _, r := range p.Limits {
+// Enabled reports whether cfg has an adaptive rule: without one, nothing
+// is sampled and no kernel notification is registered.
+func Enabled(cfg *policy.Config) bool {
+	for _, r := range cfg.Limits {
 		if r.Adaptive {
 			return true
 		}
 	}
 	return false
-}
-
-// limiter returns rule name's limiter, nil when the rule is gone.
-func (a *Agent) limiter(name string) *Limiter {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	return a.limiters[name]
 }

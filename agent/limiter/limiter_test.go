@@ -1,4 +1,4 @@
-package agent
+package limiter
 
 import (
 	"context"
@@ -27,7 +27,7 @@ func start(ctx context.Context, l *Limiter, key string, id int, out chan<- resul
 
 func TestLimiterQueueFullAndTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l := NewLimiter(LimiterConfig{Name: "r", Limit: 2, MaxQueueSize: 5, MaxQueueWait: time.Second})
+		l := New(Config{Name: "r", Limit: 2, MaxQueueSize: 5, MaxQueueWait: time.Second})
 		ctx := context.Background()
 		out := make(chan result, 20)
 		for i := 0; i < 2; i++ {
@@ -83,7 +83,7 @@ func TestLimiterQueueFullAndTimeout(t *testing.T) {
 
 func testOrder(t *testing.T, order string, wantFirst int) {
 	synctest.Test(t, func(t *testing.T) {
-		l := NewLimiter(LimiterConfig{Name: "r", Limit: 1, MaxQueueSize: 10, MaxQueueWait: time.Minute, Order: order})
+		l := New(Config{Name: "r", Limit: 1, MaxQueueSize: 10, MaxQueueWait: time.Minute, Order: order})
 		ctx := context.Background()
 		out := make(chan result, 10)
 		start(ctx, l, "k", 0, out)
@@ -113,7 +113,7 @@ func TestLimiterFIFO(t *testing.T) { testOrder(t, OrderFIFO, 1) }
 func TestLimiterLIFO(t *testing.T) { testOrder(t, OrderLIFO, 3) }
 
 func TestLimiterKeysIndependent(t *testing.T) {
-	l := NewLimiter(LimiterConfig{Name: "r", Limit: 1, MaxQueueSize: 0, MaxQueueWait: time.Second})
+	l := New(Config{Name: "r", Limit: 1, MaxQueueSize: 0, MaxQueueWait: time.Second})
 	relA, _, err := l.Acquire(context.Background(), "a", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -135,7 +135,7 @@ func TestLimiterKeysIndependent(t *testing.T) {
 
 func TestLimiterCancelLeavesQueue(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l := NewLimiter(LimiterConfig{Name: "r", Limit: 1, MaxQueueSize: 10, MaxQueueWait: time.Hour})
+		l := New(Config{Name: "r", Limit: 1, MaxQueueSize: 10, MaxQueueWait: time.Hour})
 		hold, _, _ := l.Acquire(context.Background(), "k", nil)
 		ctx, cancel := context.WithCancel(context.Background())
 		out := make(chan result, 2)
@@ -163,7 +163,7 @@ func TestLimiterCancelLeavesQueue(t *testing.T) {
 
 func TestLimiterPositions(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l := NewLimiter(LimiterConfig{Name: "r", Limit: 1, MaxQueueSize: 10, MaxQueueWait: time.Hour})
+		l := New(Config{Name: "r", Limit: 1, MaxQueueSize: 10, MaxQueueWait: time.Hour})
 		hold, _, _ := l.Acquire(context.Background(), "k", nil)
 		var mu sync.Mutex
 		seen := map[int][]string{}
@@ -198,7 +198,7 @@ func TestLimiterPositions(t *testing.T) {
 
 func TestLimiterSetLimitAdmitsWaiters(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		l := NewLimiter(LimiterConfig{Name: "r", Limit: 1, MaxQueueSize: 10, MaxQueueWait: time.Hour})
+		l := New(Config{Name: "r", Limit: 1, MaxQueueSize: 10, MaxQueueWait: time.Hour})
 		hold, _, _ := l.Acquire(context.Background(), "k", nil)
 		out := make(chan result, 2)
 		start(context.Background(), l, "k", 1, out)
@@ -216,4 +216,77 @@ func TestLimiterSetLimitAdmitsWaiters(t *testing.T) {
 			t.Fatalf("stats = %+v", s)
 		}
 	})
+}
+
+// fakeClock is a hand-driven Clock: time moves only in advance, and a
+// timer fires when advance passes its deadline.
+type fakeClock struct {
+	mu     sync.Mutex
+	now    time.Time
+	timers []fakeTimer
+}
+
+type fakeTimer struct {
+	at time.Time
+	c  chan time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) NewTimer(d time.Duration) (<-chan time.Time, func() bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := fakeTimer{at: c.now.Add(d), c: make(chan time.Time, 1)}
+	c.timers = append(c.timers, t)
+	return t.c, func() bool { return false }
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	kept := c.timers[:0]
+	for _, t := range c.timers {
+		if !t.at.After(c.now) {
+			t.c <- c.now
+			continue
+		}
+		kept = append(kept, t)
+	}
+	c.timers = kept
+}
+
+// TestLimiterInjectedClock: with WithClock, max_queue_wait and the wait
+// reported are measured on the injected clock, not the real one (a
+// simulated host drives time itself).
+func TestLimiterInjectedClock(t *testing.T) {
+	clk := &fakeClock{now: time.Unix(1000, 0)}
+	l := New(Config{Name: "r", Limit: 1, MaxQueueSize: 1, MaxQueueWait: time.Hour}, WithClock(clk))
+	hold, _, err := l.Acquire(context.Background(), "k", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold()
+	out := make(chan result, 1)
+	queued := make(chan struct{})
+	go func() {
+		rel, waited, err := l.Acquire(context.Background(), "k", func(int, int) { close(queued) })
+		out <- result{release: rel, err: err, waited: waited}
+	}()
+	<-queued // the waiter holds its timer now
+	clk.advance(59 * time.Minute)
+	select {
+	case r := <-out:
+		t.Fatalf("gave up before max_queue_wait on the injected clock: %+v", r)
+	default:
+	}
+	clk.advance(time.Minute)
+	r := <-out
+	if !errors.Is(r.err, ErrQueueTimeout) || r.waited != time.Hour {
+		t.Fatalf("after an hour of injected time: err %v, waited %v; want ErrQueueTimeout after 1h", r.err, r.waited)
+	}
 }

@@ -1,9 +1,14 @@
-package cgroup
+package adaptive
 
 import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/shirou/gopsutil/v3/mem"
+
+	"github.com/sluicehq/sluice/cgroup"
+	"github.com/sluicehq/sluice/policy"
 )
 
 // ErrSignalMissing is returned by a watcher whose signal this host does
@@ -29,7 +34,7 @@ type Watcher interface {
 	// Name is the `watcher` metric label.
 	Name() string
 	// Observe reads sample s taken at now.
-	Observe(s Stats, now time.Time) (Verdict, error)
+	Observe(s cgroup.Stats, now time.Time) (Verdict, error)
 }
 
 // HostMemory reports the host's memory in bytes: used (total minus
@@ -51,7 +56,7 @@ type MemoryWatcher struct {
 
 func (w *MemoryWatcher) Name() string { return "memory" }
 
-func (w *MemoryWatcher) Observe(s Stats, _ time.Time) (Verdict, error) {
+func (w *MemoryWatcher) Observe(s cgroup.Stats, _ time.Time) (Verdict, error) {
 	if s.MemoryLimit == 0 {
 		if w.Host == nil {
 			return Verdict{}, fmt.Errorf("memory: the watched cgroup has no memory limit and no host fallback: %w", ErrSignalMissing)
@@ -102,7 +107,7 @@ func (w *OOMWatcher) Notify(detail string) {
 	}
 }
 
-func (w *OOMWatcher) Observe(s Stats, now time.Time) (Verdict, error) {
+func (w *OOMWatcher) Observe(s cgroup.Stats, now time.Time) (Verdict, error) {
 	prev, seen := w.last, w.seen
 	w.last, w.seen = s.OOMKills, true
 	grew := seen && s.OOMKills > prev
@@ -136,7 +141,7 @@ type ThrottleWatcher struct {
 
 func (w *ThrottleWatcher) Name() string { return "cpu_throttle" }
 
-func (w *ThrottleWatcher) Observe(s Stats, _ time.Time) (Verdict, error) {
+func (w *ThrottleWatcher) Observe(s cgroup.Stats, _ time.Time) (Verdict, error) {
 	pp, pt, seen := w.periods, w.throttle, w.seen
 	w.periods, w.throttle, w.seen = s.CPUPeriods, s.CPUThrottledPeriods, true
 	if !seen || s.CPUPeriods <= pp {
@@ -164,7 +169,7 @@ type PSIWatcher struct {
 
 func (w *PSIWatcher) Name() string { return "psi_" + w.Resource }
 
-func (w *PSIWatcher) Observe(s Stats, now time.Time) (Verdict, error) {
+func (w *PSIWatcher) Observe(s cgroup.Stats, now time.Time) (Verdict, error) {
 	p := s.CPUPressure
 	if w.Resource == "memory" {
 		p = s.MemoryPressure
@@ -189,13 +194,48 @@ func (w *PSIWatcher) Observe(s Stats, now time.Time) (Verdict, error) {
 
 func mib(b uint64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
 
-// HostStats is what the watchers see when neither sluice's cgroups nor the
-// agent's own cgroup ([FindOwnCgroup]) have a memory limit: no memory
-// limit (so the memory watcher watches the host) and the system-wide
-// pressure files.
-func HostStats() Stats {
-	return Stats{
-		MemoryPressure: readPSI("/proc/pressure/memory"),
-		CPUPressure:    readPSI("/proc/pressure/cpu"),
+// newWatchers builds the watchers [adaptive] asks for, in its order, and
+// the saturation gate when increase_max_psi_cpu is set. host is the memory
+// watcher's fallback when the watched cgroup has no memory limit.
+func newWatchers(ad *policy.Adaptive, host HostMemory) []Watcher {
+	var out []Watcher
+	for _, name := range ad.Watchers {
+		switch name {
+		case "memory":
+			w := &MemoryWatcher{Threshold: ad.MemoryThreshold, Host: host}
+			if ad.MemorySignal == policy.MemoryAnon {
+				w.Anon, w.Threshold = true, ad.AnonThreshold
+			}
+			out = append(out, w)
+		case "oom":
+			out = append(out, &OOMWatcher{})
+		case "cpu_throttle":
+			out = append(out, &ThrottleWatcher{Threshold: ad.CPUThrottleThreshold})
+		case "psi_memory":
+			out = append(out, &PSIWatcher{Resource: "memory", Full: true, Threshold: ad.PSIMemoryFullThreshold})
+		case "psi_cpu":
+			out = append(out, &PSIWatcher{Resource: "cpu", Threshold: ad.PSICPUSomeThreshold})
+		}
 	}
+	if ad.IncreaseMaxPSICPU > 0 {
+		out = append(out, &saturationGate{PSIWatcher{Resource: "cpu", Threshold: ad.IncreaseMaxPSICPU}})
+	}
+	return out
+}
+
+// saturationGate watches CPU PSI "some" for [adaptive] increase_max_psi_cpu:
+// a CPU this contended gains nothing from more concurrency, so it holds
+// additive increases back — it never decreases a limit.
+type saturationGate struct{ PSIWatcher }
+
+// Name is distinct from the psi_cpu watcher's, for the missing-signal log.
+func (g *saturationGate) Name() string { return "increase_gate_psi_cpu" }
+
+// hostMemory is the host's used (total minus available) and total memory.
+func hostMemory() (uint64, uint64, error) {
+	v, err := mem.VirtualMemory()
+	if err != nil {
+		return 0, 0, err
+	}
+	return v.Total - v.Available, v.Total, nil
 }

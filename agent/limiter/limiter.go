@@ -1,4 +1,4 @@
-package agent
+package limiter
 
 import (
 	"context"
@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// Queue orders a Limiter can serve waiters in.
+// Queue orders a Limiter can serve waiters in (policy queue_order).
 const (
 	OrderFIFO = "fifo"
 	OrderLIFO = "lifo"
@@ -21,8 +21,8 @@ var (
 	ErrQueueTimeout = errors.New("queue wait exceeded")
 )
 
-// LimiterConfig is the static part of one rule's limiter.
-type LimiterConfig struct {
+// Config is the static part of one rule's limiter.
+type Config struct {
 	// Name is the rule name, used in metrics and messages.
 	Name string
 	// Limit is the in-flight limit per key; below 1 it is treated as 1.
@@ -41,10 +41,11 @@ type LimiterConfig struct {
 // Limit() requests per key run at once, up to MaxQueueSize more wait, and a
 // waiter gives up after MaxQueueWait. One Limiter serves one policy rule.
 type Limiter struct {
-	name string
+	name  string
+	clock Clock
 
 	mu    sync.Mutex // guards the fields below
-	cfg   LimiterConfig
+	cfg   Config
 	limit int
 	keys  map[string]*keyState
 	// Totals across keys, kept so that stats never walk the key map.
@@ -67,19 +68,30 @@ type waiter struct {
 	pos chan [2]int
 }
 
-// NewLimiter returns a limiter for cfg.
-func NewLimiter(cfg LimiterConfig) *Limiter {
+// Option changes how New builds a Limiter.
+type Option func(*Limiter)
+
+// WithClock makes the limiter read time from c instead of the real clock
+// (a simulated host; see Clock).
+func WithClock(c Clock) Option { return func(l *Limiter) { l.clock = c } }
+
+// New returns a limiter for cfg.
+func New(cfg Config, opts ...Option) *Limiter {
 	if cfg.Limit < 1 {
 		cfg.Limit = 1
 	}
-	return &Limiter{name: cfg.Name, cfg: cfg, limit: cfg.Limit, keys: make(map[string]*keyState)}
+	l := &Limiter{name: cfg.Name, clock: realClock{}, cfg: cfg, limit: cfg.Limit, keys: make(map[string]*keyState)}
+	for _, o := range opts {
+		o(l)
+	}
+	return l
 }
 
 // Name returns the rule name.
 func (l *Limiter) Name() string { return l.name }
 
 // Config returns the limiter's configuration.
-func (l *Limiter) Config() LimiterConfig {
+func (l *Limiter) Config() Config {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.cfg
@@ -89,7 +101,7 @@ func (l *Limiter) Config() LimiterConfig {
 // dropped: requests already queued keep their place and the wait bound
 // they started with, even if the new queue is smaller; a new limit applies
 // to admissions from now on (a higher one admits waiters at once).
-func (l *Limiter) Reconfigure(cfg LimiterConfig) {
+func (l *Limiter) Reconfigure(cfg Config) {
 	if cfg.Limit < 1 {
 		cfg.Limit = 1
 	}
@@ -113,7 +125,7 @@ type QueueFunc func(position, length int)
 // It fails with ErrQueueFull, ErrQueueTimeout, or ctx's error when ctx ends
 // first (the waiter then leaves the queue at once).
 func (l *Limiter) Acquire(ctx context.Context, key string, onQueued QueueFunc) (release func(), waited time.Duration, err error) {
-	start := time.Now()
+	start := l.clock.Now()
 	l.mu.Lock()
 	ks := l.keys[key]
 	if ks == nil {
@@ -140,28 +152,29 @@ func (l *Limiter) Acquire(ctx context.Context, key string, onQueued QueueFunc) (
 	maxWait := l.cfg.MaxQueueWait
 	l.mu.Unlock()
 
-	timer := time.NewTimer(maxWait)
-	defer timer.Stop()
+	expired, stop := l.clock.NewTimer(maxWait)
+	defer stop()
+	since := func() time.Duration { return l.clock.Now().Sub(start) }
 	for {
 		select {
 		case <-w.ready:
-			return l.releaser(key), time.Since(start), nil
+			return l.releaser(key), since(), nil
 		case p := <-w.pos:
 			if onQueued != nil {
 				onQueued(p[0], p[1])
 			}
-		case <-timer.C:
+		case <-expired:
 			if l.leave(key, w, true) {
-				return l.releaser(key), time.Since(start), nil
+				return l.releaser(key), since(), nil
 			}
-			return nil, time.Since(start), ErrQueueTimeout
+			return nil, since(), ErrQueueTimeout
 		case <-ctx.Done():
 			if l.leave(key, w, false) {
 				// Admitted in the same instant the caller went away:
 				// give the slot back so the next waiter gets it.
 				l.releaser(key)()
 			}
-			return nil, time.Since(start), ctx.Err()
+			return nil, since(), ctx.Err()
 		}
 	}
 }
@@ -287,8 +300,8 @@ func (l *Limiter) SetLimit(n int) {
 	}
 }
 
-// LimiterStats is a point-in-time view of a Limiter.
-type LimiterStats struct {
+// Stats is a point-in-time view of a Limiter.
+type Stats struct {
 	Name                  string
 	Limit                 int
 	Running, Queued, Keys int
@@ -299,14 +312,14 @@ type LimiterStats struct {
 }
 
 // Stats returns the limiter's counters.
-func (l *Limiter) Stats() LimiterStats {
+func (l *Limiter) Stats() Stats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	busiest := 0
 	for _, ks := range l.keys {
 		busiest = max(busiest, ks.running)
 	}
-	return LimiterStats{
+	return Stats{
 		Name: l.name, Limit: l.limit, MaxKeyRunning: busiest,
 		Running: l.running, Queued: l.queued, Keys: len(l.keys),
 		Admitted: l.admitted, DroppedSize: l.droppedSize, DroppedTime: l.droppedTime,
