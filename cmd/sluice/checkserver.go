@@ -615,7 +615,7 @@ func checkServerAccess(env checkEnv, s *gitServer) checkResult {
 	runErr := cmd.Run()
 	text := strings.TrimSpace(out.String())
 	who := fmt.Sprintf("uid %d (%s) with groups %s", s.uid, s.user, groupList(s.gid, s.groups))
-	if runErr != nil && !strings.HasPrefix(text, "socket") {
+	if runErr != nil && !strings.HasPrefix(text, "socket") && !strings.HasPrefix(text, "shim.conf") {
 		r.status = checkSkip
 		r.detail = fmt.Sprintf("could not run %s as %s: %v %s", self, who, runErr, text)
 		r.fix = "install sluice where every user can run it (/usr/bin/sluice)"
@@ -661,24 +661,26 @@ func groupList(gid uint32, groups []uint32) string {
 	return strings.Join(names, ",")
 }
 
-// runAccessProbe is the probe child: it connects to socket and reads
-// shim.conf as the shim would, printing one line each, and exits 1 when
-// either fails.
+// runAccessProbe is the probe child: it does what the shim does on start —
+// load and trust-check shim.conf next to socket (wire.LoadShimConfig), then
+// connect — printing one line each, and exits 1 when either fails.
 func runAccessProbe(socket string, stdout io.Writer) int {
 	code := 0
+	setup := wire.LoadShimConfig(socket)
+	if setup.Problem != nil {
+		fmt.Fprintf(stdout, "shim.conf %s: %s\n", wire.ShimConfigPath(socket), setup.Problem.Error())
+		code = 1
+	}
+	if setup.NoDial {
+		return 1
+	}
 	conn, err := wire.Dial(socket, time.Second)
 	if err != nil {
 		fmt.Fprintf(stdout, "socket %s: %s\n", socket, describeAccessErr(err))
-		code = 1
-	} else {
-		conn.Close()
-		fmt.Fprintf(stdout, "socket %s: ok\n", socket)
+		return 1
 	}
-	conf := wire.ShimConfigPath(socket)
-	if _, err := wire.ReadShimConfig(conf); err != nil {
-		fmt.Fprintf(stdout, "shim.conf %s: %s\n", conf, describeAccessErr(err))
-		code = 1
-	}
+	conn.Close()
+	fmt.Fprintf(stdout, "socket %s: ok\n", socket)
 	return code
 }
 
