@@ -156,8 +156,10 @@ func (a *Agent) warnFDBudget() {
 	}
 }
 
-// Who gets a connection when they are scarce. Every connection is counted
-// against max_connections (M) and against its uid (SO_PEERCRED at accept):
+// Who gets a connection when they are scarce. Every connection, and every
+// gRPC call on a connection, is counted against max_connections (M) and
+// against its uid (SO_PEERCRED at accept), so many calls multiplexed on one
+// connection cannot get around the caps:
 //
 //   - a uid other than root, sluiced's own and admin_group's members may
 //     hold at most max_connections_per_uid (P, a quarter of M by default),
@@ -168,7 +170,8 @@ func (a *Agent) warnFDBudget() {
 //     uid and admin_group (the reserve), so `sluice status` answers while
 //     everybody else is refused;
 //   - a refused shim gets an explicit Rejected (PERMISSION for its uid's
-//     cap, MAX_SIZE for max_connections), never UNAVAILABLE: it exits 75
+//     cap, MAX_SIZE for max_connections), never UNAVAILABLE, and a refused
+//     gRPC call RESOURCE_EXHAUSTED with the same line: the shim exits 75
 //     ("try again later") whatever fail_mode says. A saturated agent is
 //     alive and shedding load; turning that into fail-open would let any
 //     user who fills the table run everybody's git without limits.
@@ -192,33 +195,49 @@ func (a *Agent) connLimits() connLimits {
 	return connLimits{max: m, perUID: min(p, m), reserve: adminReserve(m)}
 }
 
-// tryConn counts a new connection from uid. It returns the function that
-// uncounts it (idempotent), or nil and the refusal reason. privileged says
-// whether the peer is root, sluiced's uid or in admin_group; it is called
-// only when the connection would be refused otherwise. Only one goroutine
-// (the accept loop) calls tryConn, so the counts it decides on can only
-// go down before it adds the connection.
+// tryConn counts a new connection (or gRPC call) from uid. It returns the
+// function that uncounts it (idempotent), or nil and the refusal reason.
+// privileged says whether the peer is root, sluiced's uid or in
+// admin_group; it is called only when the connection would be refused
+// otherwise, and outside the lock (it may read /proc).
 func (c *connCounter) tryConn(l connLimits, uid uint32, privileged func() bool) (func(), string) {
 	c.mu.Lock()
-	open, n := c.open, c.perUID[uid]
+	if c.open < l.max-l.reserve && c.perUID[uid] < l.perUID {
+		c.add(uid)
+		c.mu.Unlock()
+		return c.release(uid), ""
+	}
+	full, overUID := c.open >= l.max, c.perUID[uid] >= l.perUID
 	c.mu.Unlock()
-	switch {
-	case open >= l.max:
+	if full {
 		return nil, RejectMaxConnections
-	case open < l.max-l.reserve && n < l.perUID:
-	case privileged():
-	case n >= l.perUID:
-		return nil, RejectPerUID
-	default:
+	}
+	if !privileged() {
+		if overUID {
+			return nil, RejectPerUID
+		}
 		return nil, RejectMaxConnections
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.open >= l.max {
+		return nil, RejectMaxConnections
+	}
+	c.add(uid)
+	return c.release(uid), ""
+}
+
+// add counts a connection of uid; c.mu must be held.
+func (c *connCounter) add(uid uint32) {
 	c.open++
 	if c.perUID == nil {
 		c.perUID = map[uint32]int64{}
 	}
 	c.perUID[uid]++
+}
+
+// release returns the function that uncounts a connection of uid once.
+func (c *connCounter) release(uid uint32) func() {
 	var once sync.Once
 	return func() {
 		once.Do(func() {
@@ -229,7 +248,7 @@ func (c *connCounter) tryConn(l connLimits, uid uint32, privileged func() bool) 
 				delete(c.perUID, uid)
 			}
 		})
-	}, ""
+	}
 }
 
 // privilegedPeer reports whether cred may use the reserve and is exempt
@@ -255,36 +274,39 @@ func (a *Agent) tryConn(cred PeerCred) (func(), string) {
 	return a.conns.tryConn(a.connLimits(), cred.UID, func() bool { return a.privilegedPeer(cred) })
 }
 
-// refuseConn answers a connection tryConn refused with a shim Rejected
-// frame and closes it, without reading anything. The reason is never
-// UNAVAILABLE, so the shim exits 75 whatever its fail_mode (see above). A
-// gRPC client sees a broken connection.
-func (a *Agent) refuseConn(c *net.UnixConn, cred PeerCred, reason string) {
+// refusal counts a refusal and returns the reason code and the line the
+// shim (or gRPC client) shows. The code is never UNAVAILABLE, so the shim
+// exits 75 whatever its fail_mode (see above).
+func (a *Agent) refusal(cred PeerCred, reason string) (admitpb.RejectReason, string) {
 	n := a.conns.count(reason)
 	l := a.connLimits()
 	src := a.policySource()
-	var rej *admitpb.ServerMsg
-	switch reason {
-	case RejectPerUID:
-		rej = rejected(admitpb.RejectReason_REJECT_REASON_PERMISSION, "", fmt.Sprintf(
-			"sluice: too many connections from uid %d ([agent] max_connections_per_uid = %d in %s); try again later, or raise max_connections_per_uid if uid %d is the Git server's",
-			cred.UID, l.perUID, src, cred.UID))
+	if reason == RejectPerUID {
 		if n == 1 || n%1000 == 0 {
 			a.log.Warn("connection refused: the uid holds [agent] max_connections_per_uid connections; raise it if this uid is the Git server's",
 				zap.Uint32("uid", cred.UID), zap.Int32("pid", cred.PID), zap.Int64("max_connections_per_uid", l.perUID),
 				zap.String("config", src), zap.Uint64("refused_total", n))
 		}
-	default:
-		rej = rejected(admitpb.RejectReason_REJECT_REASON_MAX_SIZE, "", fmt.Sprintf(
-			"sluice: the admission service is at its connection limit ([agent] max_connections = %d in %s); try again later",
-			l.max, src))
-		if n == 1 || n%1000 == 0 {
-			a.log.Warn("connection refused: max_connections open; raise [agent] max_connections if this is legitimate load",
-				zap.Int64("max_connections", l.max), zap.Int64("reserved_for_admin", l.reserve),
-				zap.Uint32("uid", cred.UID), zap.String("config", src), zap.Uint64("refused_total", n))
-		}
+		return admitpb.RejectReason_REJECT_REASON_PERMISSION, fmt.Sprintf(
+			"sluice: too many connections from uid %d ([agent] max_connections_per_uid = %d in %s); try again later, or raise max_connections_per_uid if uid %d is the Git server's",
+			cred.UID, l.perUID, src, cred.UID)
 	}
-	b, _ := proto.Marshal(rej)
+	if n == 1 || n%1000 == 0 {
+		a.log.Warn("connection refused: max_connections open; raise [agent] max_connections if this is legitimate load",
+			zap.Int64("max_connections", l.max), zap.Int64("reserved_for_admin", l.reserve),
+			zap.Uint32("uid", cred.UID), zap.String("config", src), zap.Uint64("refused_total", n))
+	}
+	return admitpb.RejectReason_REJECT_REASON_MAX_SIZE, fmt.Sprintf(
+		"sluice: the admission service is at its connection limit ([agent] max_connections = %d in %s); try again later",
+		l.max, src)
+}
+
+// refuseConn answers a connection tryConn refused with a shim Rejected
+// frame and closes it, without reading anything. A gRPC client sees a
+// broken connection.
+func (a *Agent) refuseConn(c *net.UnixConn, cred PeerCred, reason string) {
+	code, msg := a.refusal(cred, reason)
+	b, _ := proto.Marshal(rejected(code, "", msg))
 	_ = c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
 	_, _ = c.Write(wire.AppendFrame(nil, b))
 	c.Close()

@@ -3,10 +3,15 @@ package agent
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
 )
@@ -134,7 +139,9 @@ func TestGRPCHandshakeAndIdleBounds(t *testing.T) {
 		"Admit without request":  dial([]byte(h2Preface), settings, h2CallHeaders("/sluice.v1.Admission/Admit")),
 		"Status without request": dial([]byte(h2Preface), settings, h2CallHeaders("/sluice.v1.Admin/Status")),
 	}
-	waitUntil(t, "five connections counted", func() bool { open, _ := a.Connections(); return open == 5 })
+	// Five connections, and the two calls once the agent reads their
+	// headers.
+	waitUntil(t, "five connections counted", func() bool { open, _ := a.Connections(); return open >= 5 })
 	// Bound: the handshake or request timeout, then MaxConnectionIdle,
 	// then the GOAWAY grace (5 s); ×2 as a hang detector.
 	limit := 2 * (helloTimeout + grpcMaxIdle + 5*time.Second)
@@ -208,5 +215,43 @@ max_queue_wait = "1m"
 	defer cancel2()
 	if _, err := admitpb.NewAdminClient(cc).Status(ctx2, &admitpb.StatusRequest{}); err != nil {
 		t.Fatalf("status after an idle close: %v", err)
+	}
+}
+
+// TestGRPCCallsCounted: calls multiplexed on one gRPC connection count
+// against max_connections like connections, so one connection cannot
+// carry more leases than the caps allow; a refused call gets
+// RESOURCE_EXHAUSTED with the shim's line, and its place comes back when
+// a call ends.
+func TestGRPCCallsCounted(t *testing.T) {
+	a, sock := startTestAgent(t, "[agent]\nmax_connections = 3\n"+testPolicy)
+	cc := grpcClient(t, sock)
+	var held []admitpb.Admission_AdmitClient
+	for i := range 2 {
+		s, m := admitGRPC(t, cc, &admitpb.AdmitRequest{Command: "git-upload-pack", Subcommand: "upload-pack", Repo: []byte(fmt.Sprintf("/srv/c%d.git", i)), WorkerPid: 1})
+		if m.GetAdmitted() == nil {
+			t.Fatalf("call %d: %v", i, m)
+		}
+		held = append(held, s)
+	}
+	if open, _ := a.Connections(); open != 3 {
+		t.Fatalf("one connection with two calls counts %d, want 3", open)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := admitpb.NewAdmissionClient(cc).Admit(ctx)
+	if err == nil {
+		_, err = s.Recv()
+	}
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "max_connections = 3") {
+		t.Fatalf("third call: %v; want RESOURCE_EXHAUSTED naming max_connections", err)
+	}
+	if r := a.ConnectionsRejected()[RejectMaxConnections]; r != 1 {
+		t.Fatalf("refusals counted: %d, want 1", r)
+	}
+	held[0].CloseSend()
+	waitUntil(t, "a call uncounted", func() bool { open, _ := a.Connections(); return open == 2 })
+	if _, err := admitpb.NewAdminClient(cc).Status(ctx, &admitpb.StatusRequest{}); err != nil {
+		t.Fatalf("status once a call ended: %v", err)
 	}
 }

@@ -452,15 +452,13 @@ func credFromContext(ctx context.Context) (PeerCred, bool) {
 // timer that cancels the call, disarmed by requestArrived), and a
 // connection with no call in progress (no queued or admitted Admit, no
 // admin call) is closed after grpcMaxIdle (keepalive.MaxConnectionIdle: a
-// GOAWAY, and the close at most 5 s later). At most grpcMaxStreams calls run
-// on one connection, so one connection cannot hold unbounded goroutines.
-// A queued or admitted Admit keeps its connection as long as it needs
-// (bounded by max_queue_wait and by the connection caps). The CLI's
-// client reconnects by itself after an idle close.
-const (
-	grpcMaxIdle    = 10 * time.Second
-	grpcMaxStreams = 16
-)
+// GOAWAY, and the close at most 5 s later). Each call is counted like a
+// connection against max_connections and max_connections_per_uid (the tap
+// handle), so multiplexing calls on one connection gets around no cap. A
+// queued or admitted Admit keeps its connection as long as it needs
+// (bounded by max_queue_wait and by those caps). The CLI's client
+// reconnects by itself after an idle close.
+const grpcMaxIdle = 10 * time.Second
 
 func (a *Agent) grpcServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
@@ -468,9 +466,8 @@ func (a *Agent) grpcServerOptions() []grpc.ServerOption {
 		grpc.MaxRecvMsgSize(wire.MaxFrame),
 		grpc.MaxSendMsgSize(4 << 20),
 		grpc.ConnectionTimeout(helloTimeout),
-		grpc.MaxConcurrentStreams(grpcMaxStreams),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: grpcMaxIdle}),
-		grpc.InTapHandle(a.armRequestTimer),
+		grpc.InTapHandle(a.tapCall),
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 			// A unary handler runs once its request has arrived.
 			requestArrived(ctx)
@@ -484,21 +481,33 @@ type requestTimerKey struct{}
 // errNoRequest cancels a call whose request did not arrive in time.
 var errNoRequest = errors.New("no request within the hello timeout")
 
-// armRequestTimer gives a new call helloTimeout to send its request: then
-// its context is cancelled (a blocked Recv returns) unless requestArrived
-// was called first.
-func (a *Agent) armRequestTimer(ctx context.Context, _ *tap.Info) (context.Context, error) {
+// tapCall runs when a gRPC call opens, before its handler: it counts the
+// call against the caller's caps (refusing it with RESOURCE_EXHAUSTED and
+// the shim's line when over them) and gives it helloTimeout to send its
+// request: then its context is cancelled (a blocked Recv returns) unless
+// requestArrived was called first. Both end with the call.
+func (a *Agent) tapCall(ctx context.Context, _ *tap.Info) (context.Context, error) {
+	release := func() {}
+	if cred, ok := credFromContext(ctx); ok {
+		done, reason := a.tryConn(cred)
+		if done == nil {
+			_, msg := a.refusal(cred, reason)
+			return nil, status.Error(codes.ResourceExhausted, msg)
+		}
+		release = done
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	t := time.AfterFunc(helloTimeout, func() {
 		a.conns.count(RejectHandshake)
 		cancel(errNoRequest)
 	})
-	// The call's own context ends with the call: release the timer then.
-	context.AfterFunc(ctx, func() { t.Stop(); cancel(nil) })
+	// The call's context ends with the call: release its place and the
+	// timer then.
+	context.AfterFunc(ctx, func() { t.Stop(); release(); cancel(nil) })
 	return context.WithValue(ctx, requestTimerKey{}, t), nil
 }
 
-// requestArrived disarms the timer armRequestTimer set for this call.
+// requestArrived disarms the timer tapCall set for this call.
 func requestArrived(ctx context.Context) {
 	if t, ok := ctx.Value(requestTimerKey{}).(*time.Timer); ok {
 		t.Stop()

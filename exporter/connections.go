@@ -27,7 +27,7 @@ func newConnCollector(src ConnectionSource) *connCollector {
 	return &connCollector{
 		src: src,
 		open: prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "connections"),
-			"Connections the agent serves on its admission socket now (shims queued or holding a lease, CLI calls).",
+			"Connections the agent serves on its admission socket now (shims queued or holding a lease, gRPC clients), plus the gRPC calls in progress on them: each counts against [agent] max_connections and max_connections_per_uid.",
 			nil, nil),
 		rejected: prometheus.NewDesc(prometheus.BuildFQName(namespace, "", "connections_rejected_total"),
 			"Connections refused or closed by the agent, by reason: max_connections (the table, or its share outside the root/admin reserve, was full), per_uid (the peer's uid held max_connections_per_uid), handshake (no hello, HTTP/2 handshake or request in time). Refused shims exit 75 whatever fail_mode says.",
