@@ -16,9 +16,10 @@ package agent
 //   - request fields: wire.MaxRepoBytes, MaxUserBytes, … (validateRequest);
 //   - the hello: a connection must say which protocol it speaks and send
 //     its request within helloTimeout (shim framing); a gRPC connection
-//     must finish the HTTP/2 handshake within helloTimeout, each call must
-//     send its request within helloTimeout, and a connection with no call
-//     in progress is closed after grpcMaxIdle (see grpcServerOptions). A
+//     must finish the HTTP/2 handshake and open its first call within
+//     helloTimeout, each call must send its request within helloTimeout,
+//     and a connection with no call in progress is closed after
+//     grpcMaxIdle (see grpcServerOptions). A
 //     queued or admitted request keeps its connection as long as it needs;
 //     that is bounded by the caps above and by max_queue_wait;
 //   - queues: max_queue_size per key and max_queue_wait per waiter;

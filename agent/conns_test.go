@@ -112,10 +112,11 @@ func readUntilClosed(t *testing.T, c net.Conn, limit time.Duration) error {
 
 // TestGRPCHandshakeAndIdleBounds plays clients that hold gRPC connections
 // without using them: a partial HTTP/2 preface, a finished handshake and
-// then nothing, and a call opened without its request. The agent closes
-// each (handshake: ConnectionTimeout; no request: the call is cancelled;
-// idle: MaxConnectionIdle, even when the client ignores GOAWAY) and
-// uncounts it. Before the fix all three stayed open for good.
+// then no call, calls opened without their request, and a finished call
+// followed by nothing. The agent closes each (handshake: ConnectionTimeout;
+// no call: the first-call timer; no request: the call is cancelled and the
+// connection closed; idle: MaxConnectionIdle, even when the client ignores
+// GOAWAY) and uncounts it. Before the fix all of them stayed open for good.
 func TestGRPCHandshakeAndIdleBounds(t *testing.T) {
 	a, sock := startTestAgent(t, testPolicy)
 	dial := func(payload ...[]byte) net.Conn {
@@ -138,10 +139,11 @@ func TestGRPCHandshakeAndIdleBounds(t *testing.T) {
 		"handshake, then idle":   dial([]byte(h2Preface), settings),
 		"Admit without request":  dial([]byte(h2Preface), settings, h2CallHeaders("/sluice.v1.Admission/Admit")),
 		"Status without request": dial([]byte(h2Preface), settings, h2CallHeaders("/sluice.v1.Admin/Status")),
+		// A whole Status call, then nothing (and no answer to GOAWAY).
+		"a call, then idle": dial([]byte(h2Preface), settings, h2CallHeaders("/sluice.v1.Admin/Status"), h2Frame(0x0, 0x1, 1, make([]byte, 5))),
 	}
-	// Five connections, and the two calls once the agent reads their
-	// headers.
-	waitUntil(t, "five connections counted", func() bool { open, _ := a.Connections(); return open >= 5 })
+	// Six connections, and the calls once the agent reads their headers.
+	waitUntil(t, "six connections counted", func() bool { open, _ := a.Connections(); return open >= 6 })
 	// Bound: the handshake or request timeout, then MaxConnectionIdle,
 	// then the GOAWAY grace (5 s); ×2 as a hang detector.
 	limit := 2 * (helloTimeout + grpcMaxIdle + 5*time.Second)

@@ -178,6 +178,15 @@ func (a *Agent) dispatch(c *net.UnixConn, cred PeerCred, gln *chanListener, done
 		// (grpc.ConnectionTimeout) and the idle time that follows.
 		_ = c.SetReadDeadline(time.Time{})
 		pc := &peekedConn{UnixConn: c, first: first[0], cred: cred, onClose: done, a: a}
+		// The first call must open within helloTimeout too: a client
+		// that finishes the HTTP/2 handshake and then says nothing is
+		// closed like a silent shim, without waiting for grpcMaxIdle.
+		time.AfterFunc(helloTimeout, func() {
+			if !pc.called.Load() && !pc.closed.Load() {
+				a.conns.count(RejectHandshake)
+				pc.Close()
+			}
+		})
 		handed = true
 		if !gln.deliver(pc) {
 			pc.Close()
@@ -330,12 +339,16 @@ type peekedConn struct {
 	a *Agent
 	// handshook is set once the gRPC server cleared the handshake deadline.
 	handshook atomic.Bool
+	// called is set when the first gRPC call opens (tapCall); closed when
+	// the connection is closed.
+	called, closed atomic.Bool
 
 	closeOnce sync.Once
 }
 
 // Close closes the connection and the peer's pidfd.
 func (c *peekedConn) Close() error {
+	c.closed.Store(true)
 	err := c.UnixConn.Close()
 	c.closeOnce.Do(func() {
 		c.cred.close()
@@ -353,7 +366,7 @@ func (c *peekedConn) Read(p []byte) (int, error) {
 		return 1, nil
 	}
 	n, err := c.UnixConn.Read(p)
-	if err != nil && c.a != nil && !c.handshook.Load() && isTimeout(err) {
+	if err != nil && c.a != nil && !c.handshook.Load() && !c.called.Load() && isTimeout(err) {
 		c.a.conns.count(RejectHandshake)
 	}
 	return n, err
@@ -412,6 +425,7 @@ type peerCredentials struct{}
 type credInfo struct {
 	credentials.CommonAuthInfo
 	cred PeerCred
+	conn *peekedConn
 }
 
 func (credInfo) AuthType() string { return "peercred" }
@@ -421,7 +435,7 @@ func (peerCredentials) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthIn
 	if !ok {
 		return nil, nil, errors.New("connection without peer credentials")
 	}
-	return c, credInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}, cred: pc.cred}, nil
+	return c, credInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}, cred: pc.cred, conn: pc}, nil
 }
 
 func (peerCredentials) ClientHandshake(_ context.Context, _ string, c net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -447,9 +461,11 @@ func credFromContext(ctx context.Context) (PeerCred, bool) {
 
 // gRPC connections are bounded like the shim framing's hello: the HTTP/2
 // handshake must be done within helloTimeout of dispatch handing the
-// connection over (grpc.ConnectionTimeout), each call must send its
+// connection over (grpc.ConnectionTimeout), the first call must open within
+// helloTimeout of the hand-over (dispatch), each call must send its
 // request within helloTimeout of opening its stream (the tap handle arms a
-// timer that cancels the call, disarmed by requestArrived), and a
+// timer that cancels the call and closes the connection, disarmed by
+// requestArrived), and a
 // connection with no call in progress (no queued or admitted Admit, no
 // admin call) is closed after grpcMaxIdle (keepalive.MaxConnectionIdle: a
 // GOAWAY, and the close at most 5 s later). Each call is counted like a
@@ -484,10 +500,18 @@ var errNoRequest = errors.New("no request within the hello timeout")
 // tapCall runs when a gRPC call opens, before its handler: it counts the
 // call against the caller's caps (refusing it with RESOURCE_EXHAUSTED and
 // the shim's line when over them) and gives it helloTimeout to send its
-// request: then its context is cancelled (a blocked Recv returns) unless
-// requestArrived was called first. Both end with the call.
+// request: then the call is cancelled (a blocked Recv returns) and its
+// connection closed, unless requestArrived was called first. Both end with
+// the call.
 func (a *Agent) tapCall(ctx context.Context, _ *tap.Info) (context.Context, error) {
 	release := func() {}
+	var pc *peekedConn
+	if p, ok := peer.FromContext(ctx); ok {
+		if ci, ok := p.AuthInfo.(credInfo); ok && ci.conn != nil {
+			pc = ci.conn
+			pc.called.Store(true)
+		}
+	}
 	if cred, ok := credFromContext(ctx); ok {
 		done, reason := a.tryConn(cred)
 		if done == nil {
@@ -500,6 +524,11 @@ func (a *Agent) tapCall(ctx context.Context, _ *tap.Info) (context.Context, erro
 	t := time.AfterFunc(helloTimeout, func() {
 		a.conns.count(RejectHandshake)
 		cancel(errNoRequest)
+		// Every gRPC client sends a call's request with its headers:
+		// a connection that does not is closed, not left to idle.
+		if pc != nil {
+			pc.Close()
+		}
 	})
 	// The call's context ends with the call: release its place and the
 	// timer then.

@@ -320,19 +320,37 @@ func TestConnFloodPerUID(t *testing.T) {
 	}
 }
 
+// statusAs runs `sluice status` as u with extra supplementary groups and
+// returns its exit code and output.
+func statusAs(t *testing.T, a *agentProc, u testUser, groups []uint32) (int, string) {
+	t.Helper()
+	cli := filepath.Join(t.TempDir(), "sluice")
+	copyExecutable(t, bins.cli, cli)
+	openSocketToAll(t, a, filepath.Dir(cli), filepath.Dir(filepath.Dir(cli)))
+	cmd := exec.Command(cli, "status", "--socket", a.socket)
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/nonexistent"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: u.uid, Gid: u.gid, Groups: groups}}
+	out, err := cmd.CombinedOutput()
+	if _, ok := err.(*exec.ExitError); err != nil && !ok {
+		t.Fatalf("run sluice status as %s: %v", u.name, err)
+	}
+	return cmd.ProcessState.ExitCode(), string(out)
+}
+
 // TestConnSaturationNeverFailsOpen: the connections open to ordinary uids
 // are all taken (here by one uid whose cap allows it, standing for an
 // attacker with several uids). Another uid's shim is refused with exit 75
-// whatever fail_mode says, never run without a lease, and root's `sluice
-// status` still answers from the reserve. Before the fix the shim applied
+// whatever fail_mode says, never run without a lease, and `sluice status`
+// still answers from the reserve, for root and for a member of
+// admin_group (by a supplementary group). Before the fix the shim applied
 // fail_mode (open: git ran unlimited) and status was refused.
 func TestConnSaturationNeverFailsOpen(t *testing.T) {
 	for _, mode := range []string{"open", "closed"} {
 		t.Run(mode, func(t *testing.T) {
-			attacker, gitsrv := newTestUser(t, "atk"), newTestUser(t, "git")
+			attacker, gitsrv, ops := newTestUser(t, "atk"), newTestUser(t, "git"), newTestUser(t, "ops")
 			a := newAgentDir(t)
 			// Reserve: min(16, 24/2) = 12, so 12 places for ordinary uids.
-			a.agentExtra = "max_connections = 24\nmax_connections_per_uid = 24"
+			a.agentExtra = fmt.Sprintf("max_connections = 24\nmax_connections_per_uid = 24\nadmin_group = %q", ops.name)
 			a.start(uploadPackRule, mode)
 			conns := connectAs(t, a, attacker, 13)
 			for i, c := range conns[:12] {
@@ -349,9 +367,16 @@ func TestConnSaturationNeverFailsOpen(t *testing.T) {
 				t.Fatalf("Git server's shim with the table full (fail_mode %s): exit %d, stderr %q; want exit 75 and %q, never git without a lease", mode, code, stderr, want)
 			}
 			statusAsRoot(t, a, "with max_connections reached by another uid")
+			if code, out := statusAs(t, a, ops, []uint32{ops.gid}); code != 0 {
+				t.Fatalf("sluice status as admin_group member %s with max_connections reached: exit %d\n%s", ops.name, code, out)
+			}
+			// Not in admin_group: no place in the reserve.
+			if code, out := statusAs(t, a, gitsrv, nil); code == 0 {
+				t.Fatalf("sluice status as %s (not admin) answered from the reserve:\n%s", gitsrv.name, out)
+			}
 			statusAsRoot(t, a, "a second time")
-			if v := a.metric(`sluice_connections_rejected_total{reason="max_connections"}`); v != 2 {
-				t.Errorf(`sluice_connections_rejected_total{reason="max_connections"} = %v, want 2`, v)
+			if v := a.metric(`sluice_connections_rejected_total{reason="max_connections"}`); v < 3 {
+				t.Errorf(`sluice_connections_rejected_total{reason="max_connections"} = %v, want at least 3`, v)
 			}
 			if v := a.metric(`sluice_commands_total{cmd="git",outcome="ok",subcmd="upload-pack"}`); v != 0 {
 				t.Errorf("a command ran under the rule while the table was full: ok = %v", v)
@@ -365,12 +390,16 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 var h2Settings = []byte{0, 0, 0, 4, 0, 0, 0, 0, 0}
 
-// h2AdmitHeaders opens an Admit call on stream 1 (HEADERS, END_HEADERS,
-// no request message follows), HPACK-encoded by hand.
-func h2AdmitHeaders() []byte {
+// h2EmptyRequest is a DATA frame (END_STREAM) on stream 1 carrying an
+// empty gRPC message.
+var h2EmptyRequest = []byte{0, 0, 5, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0}
+
+// h2CallHeaders opens a call of method on stream 1 (HEADERS, END_HEADERS),
+// HPACK-encoded by hand.
+func h2CallHeaders(method string) []byte {
 	lit := func(b []byte, s string) []byte { return append(append(b, byte(len(s))), s...) }
 	h := []byte{0x83, 0x86}
-	h = lit(append(h, 0x04), "/sluice.v1.Admission/Admit")
+	h = lit(append(h, 0x04), method)
 	h = lit(append(h, 0x01), "local")
 	h = lit(append(h, 0x0f, 0x10), "application/grpc")
 	h = lit(lit(append(h, 0x00), "te"), "trailers")
@@ -382,11 +411,13 @@ func h2AdmitHeaders() []byte {
 // TestConnHandshakeFlood: an attacker uid opens connections and never
 // finishes with them: silent, shim magic only, half a request, half an
 // HTTP/2 preface, a preface without SETTINGS, a finished HTTP/2 handshake
-// left idle (ignoring the agent's GOAWAY), and a gRPC Admit call that never
-// sends its request. The agent closes every one of them within its bounds
-// (5 s handshake, 5 s per request, 10 s idle, 5 s GOAWAY grace), counts
-// them, and meanwhile serves the Git server's uid and root. Before the fix
-// the gRPC ones stayed open for good.
+// left without a call, a gRPC Admit call that never sends its request, and
+// a finished call followed by nothing (ignoring the agent's GOAWAY). The
+// agent closes every one of them within its bounds (5 s to say hello and
+// send the request, or finish the HTTP/2 handshake and open a call, 5 s
+// per call request, 10 s idle after the last call plus 5 s GOAWAY grace),
+// counts them, and meanwhile serves the Git server's uid and root. Before
+// the fix the gRPC ones stayed open for good.
 func TestConnHandshakeFlood(t *testing.T) {
 	attacker, gitsrv := newTestUser(t, "atk"), newTestUser(t, "git")
 	a := startAgent(t, uploadPackRule, "open")
@@ -401,7 +432,10 @@ func TestConnHandshakeFlood(t *testing.T) {
 		{"half an HTTP/2 preface", [][]byte{[]byte(h2Preface[:8])}},
 		{"preface without SETTINGS", [][]byte{[]byte(h2Preface)}},
 		{"HTTP/2 handshake, then idle", [][]byte{[]byte(h2Preface), h2Settings}},
-		{"Admit call without request", [][]byte{[]byte(h2Preface), h2Settings, h2AdmitHeaders()}},
+		{"Admit call without request", [][]byte{[]byte(h2Preface), h2Settings, h2CallHeaders("/sluice.v1.Admission/Admit")}},
+		// A whole Status call (refused: not admin), then nothing; the
+		// client ignores the agent's GOAWAY.
+		{"a call, then idle", [][]byte{[]byte(h2Preface), h2Settings, h2CallHeaders("/sluice.v1.Admin/Status"), h2EmptyRequest}},
 	}
 	const each = 3
 	conns := connectAs(t, a, attacker, each*len(kinds))
@@ -422,26 +456,31 @@ func TestConnHandshakeFlood(t *testing.T) {
 	// Hang detector, not a timing assertion: twice the longest bound.
 	limit := 2 * (5*time.Second + 10*time.Second + 5*time.Second)
 	type result struct {
-		name string
-		err  error
+		name  string
+		err   error
+		after time.Duration
 	}
 	results := make(chan result, len(conns))
+	start := time.Now()
 	for i, c := range conns {
 		go func() {
 			c.SetReadDeadline(time.Now().Add(limit))
 			// The agent may answer (a GOAWAY, an HTTP/2 SETTINGS) before it
 			// closes: read to EOF.
 			_, err := io.Copy(io.Discard, c)
-			results <- result{kinds[i/each].name, err}
+			results <- result{kinds[i/each].name, err, time.Since(start)}
 		}()
 	}
 	for range conns {
 		if r := <-results; r.err != nil {
 			t.Errorf("%s: %v; want the agent to close the connection", r.name, r.err)
+		} else {
+			t.Logf("%s: closed by the agent after %v", r.name, r.after.Round(100*time.Millisecond))
 		}
 	}
 	waitFor(t, 10*time.Second, "the flood uncounted", func() bool { return a.metric("sluice_connections") == 0 })
-	// Every kind but the idle handshake is a handshake or request timeout.
+	// Every kind but the idle one after a call is a handshake or request
+	// timeout.
 	if v := a.metric(`sluice_connections_rejected_total{reason="handshake"}`); v < float64(each*(len(kinds)-1)) {
 		t.Errorf(`sluice_connections_rejected_total{reason="handshake"} = %v, want at least %d`, v, each*(len(kinds)-1))
 	}
