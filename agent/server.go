@@ -459,19 +459,23 @@ func credFromContext(ctx context.Context) (PeerCred, bool) {
 	return ci.cred, ok
 }
 
-// gRPC connections are bounded like the shim framing's hello: the HTTP/2
-// handshake must be done within helloTimeout of dispatch handing the
-// connection over (grpc.ConnectionTimeout), the first call must open within
-// helloTimeout of the hand-over (dispatch), each call must send its
-// request within helloTimeout of opening its stream (the tap handle arms a
-// timer that cancels the call and closes the connection, disarmed by
-// requestArrived), and a
-// connection with no call in progress (no queued or admitted Admit, no
-// admin call) is closed after grpcMaxIdle (keepalive.MaxConnectionIdle: a
-// GOAWAY, and the close at most 5 s later). Each call is counted like a
-// connection against max_connections and max_connections_per_uid (the tap
-// handle), so multiplexing calls on one connection gets around no cap. A
-// queued or admitted Admit keeps its connection as long as it needs
+// gRPC connections are bounded like the shim framing's hello:
+//   - the HTTP/2 handshake must be done within helloTimeout of dispatch
+//     handing the connection over (grpc.ConnectionTimeout);
+//   - the first call must open within helloTimeout of the hand-over
+//     (dispatch's timer);
+//   - each call must send its request within helloTimeout of opening its
+//     stream (tapCall arms a timer that cancels the call and closes the
+//     connection, disarmed by requestArrived);
+//   - a connection with no call in progress (no queued or admitted Admit,
+//     no admin call) is closed after grpcMaxIdle
+//     (keepalive.MaxConnectionIdle: a GOAWAY, and the close at most 5 s
+//     later even if the client ignores it);
+//   - each call counts like a connection against max_connections and
+//     max_connections_per_uid (tapCall), so multiplexing calls on one
+//     connection gets around no cap.
+//
+// A queued or admitted Admit keeps its connection as long as it needs
 // (bounded by max_queue_wait and by those caps). The CLI's client
 // reconnects by itself after an idle close.
 const grpcMaxIdle = 10 * time.Second
