@@ -73,6 +73,11 @@ type connCounter struct {
 	perUID map[uint32]int64 // entries with a zero count are deleted
 
 	rejected [3]atomic.Uint64 // indexed like RejectReasons
+
+	adminMu  sync.Mutex     // guards the fields below
+	adminPol *policy.Config // the policy adminGID was resolved for
+	adminGID uint32
+	adminErr error
 }
 
 // Connections returns how many connections the agent serves now and how
@@ -260,14 +265,27 @@ func (a *Agent) privilegedPeer(cred PeerCred) bool {
 	if cred.UID == 0 || cred.UID == uint32(os.Geteuid()) {
 		return true
 	}
-	err := authorize(cred, a.Policy().Agent.AdminGroup, func(pid int32) ([]uint32, error) {
+	pol := a.Policy()
+	err := authorize(cred, pol.Agent.AdminGroup, func(pid int32) ([]uint32, error) {
 		g, err := procGroups(pid)
 		if err == nil && !cred.alive() {
 			err = errors.New("peer process exited")
 		}
 		return g, err
-	}, lookupGroupID)
+	}, func(string) (uint32, error) { return a.conns.adminGroupID(pol) })
 	return err == nil
+}
+
+// adminGroupID resolves admin_group once per policy: a refused connection
+// must not cost a read of /etc/group in the accept loop.
+func (c *connCounter) adminGroupID(pol *policy.Config) (uint32, error) {
+	c.adminMu.Lock()
+	defer c.adminMu.Unlock()
+	if c.adminPol != pol {
+		c.adminGID, c.adminErr = lookupGroupID(pol.Agent.AdminGroup)
+		c.adminPol = pol
+	}
+	return c.adminGID, c.adminErr
 }
 
 // tryConn counts a new connection from cred; see connCounter.tryConn.
