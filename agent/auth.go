@@ -154,5 +154,8 @@ func accessChanges(old, cfg *policy.Agent) []string {
 	if old.MaxConnections != cfg.MaxConnections {
 		out = append(out, fmt.Sprintf("max_connections %d -> %d", old.MaxConnections, cfg.MaxConnections))
 	}
+	if old.ConnectionsPerUID() != cfg.ConnectionsPerUID() {
+		out = append(out, fmt.Sprintf("max_connections_per_uid %d -> %d", old.ConnectionsPerUID(), cfg.ConnectionsPerUID()))
+	}
 	return out
 }

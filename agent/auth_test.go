@@ -220,7 +220,8 @@ func TestAccessChanges(t *testing.T) {
 	old := policy.Agent{MaxConnections: 10, AdmitUsers: []string{}}
 	cfg := policy.Agent{MaxConnections: 20, AdmitUsers: []string{"git"}, AdmitGroups: []string{"www-data", "1001"}}
 	got := strings.Join(accessChanges(&old, &cfg), "; ")
-	want := "admit_users [] -> [git]; admit_groups [] -> [www-data, 1001]; max_connections 10 -> 20"
+	// The per-uid cap follows max_connections when unset.
+	want := "admit_users [] -> [git]; admit_groups [] -> [www-data, 1001]; max_connections 10 -> 20; max_connections_per_uid 2 -> 5"
 	if got != want {
 		t.Fatalf("accessChanges = %q, want %q", got, want)
 	}

@@ -74,20 +74,27 @@ func TestMaxConnections(t *testing.T) {
 	if open, rej := a.Connections(); open != 3 || rej != 0 {
 		t.Fatalf("Connections() = %d, %d; want 3, 0", open, rej)
 	}
-	// The fourth: a shim gets Rejected/UNAVAILABLE (it applies fail_mode).
-	wc, err := wire.Dial(sock, time.Second)
+	// The fourth: a shim gets Rejected/MAX_SIZE, never UNAVAILABLE (which
+	// would make it apply fail_mode): it exits 75 whatever fail_mode says.
+	c4, err := net.Dial("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rep, err := wc.Admit(&wire.AdmitRequest{Command: "git", Subcommand: "upload-pack", Repo: []byte("/srv/x.git")}, time.Now().Add(5*time.Second), nil)
-	wc.Close()
-	if err == nil && (rep.Admitted || rep.Reason != wire.ReasonUnavailable || !strings.Contains(rep.Message, "max_connections")) {
-		t.Fatalf("over the limit: %+v, want Rejected UNAVAILABLE naming max_connections", rep)
+	c4.SetReadDeadline(time.Now().Add(10 * time.Second))
+	f, err := wire.ReadFrame(c4, nil)
+	c4.Close()
+	if err != nil {
+		t.Fatalf("over the limit: %v, want a Rejected frame", err)
 	}
-	// err != nil (the agent closed before our request was written) is the
-	// other legitimate outcome: the shim treats both as unavailable.
+	rep, err := wire.DecodeServerMsg(f)
+	if err != nil || rep.Kind != wire.ServerRejected || rep.Reply.Reason == wire.ReasonUnavailable || !strings.Contains(rep.Reply.Message, "max_connections = 3") {
+		t.Fatalf("over the limit: %+v, %v; want Rejected (not UNAVAILABLE) naming max_connections", rep, err)
+	}
 	if _, rej := a.Connections(); rej != 1 {
 		t.Fatalf("rejected = %d, want 1", rej)
+	}
+	if r := a.ConnectionsRejected(); r[RejectMaxConnections] != 1 || r[RejectPerUID] != 0 {
+		t.Fatalf("rejected by reason = %v", r)
 	}
 	// A gRPC client over the limit fails; it does not hang.
 	cc := grpcClient(t, sock)

@@ -53,9 +53,11 @@
 // # Rejections
 //
 // A request is rejected when its key's queue is full (max_size), when it
-// waited max_queue_wait (max_time), when it is malformed (invalid), or while
-// the agent shuts down or already serves max_connections (unavailable: the
-// shim then applies fail_mode), or when the caller may not admit
-// (permission: always a rejection, never a fail-over). The rejection
-// carries one line for the git client, starting with "sluice: ".
+// waited max_queue_wait (max_time), when it is malformed (invalid), while
+// the agent shuts down (unavailable: the shim then applies fail_mode), when
+// the agent already serves max_connections (max_size) or the caller's uid
+// max_connections_per_uid (permission), or when the caller may not admit
+// (permission). Only unavailable is a fail-over: a saturated agent never
+// turns into git without a lease (bounds.go). The rejection carries one
+// line for the git client, starting with "sluice: ".
 package agent

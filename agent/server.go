@@ -7,15 +7,19 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
@@ -43,11 +47,7 @@ func (a *Agent) Serve(ctx context.Context, sock *Socket) error {
 	a.socket = path
 	a.mu.Unlock()
 
-	gs := grpc.NewServer(
-		grpc.Creds(peerCredentials{}),
-		grpc.MaxRecvMsgSize(wire.MaxFrame),
-		grpc.MaxSendMsgSize(4<<20),
-	)
+	gs := grpc.NewServer(a.grpcServerOptions()...)
 	admitpb.RegisterAdmissionServer(gs, admissionService{a: a})
 	admitpb.RegisterAdminServer(gs, adminService{a: a})
 	gln := newChanListener(ln.Addr())
@@ -81,16 +81,16 @@ func (a *Agent) Serve(ctx context.Context, sock *Socket) error {
 				return
 			}
 			backoff = 0
-			done := a.tryConn()
-			if done == nil {
-				a.refuseConn(c)
-				continue
-			}
 			cred, err := peerCred(c)
 			if err != nil {
 				a.log.Warn("reading peer credentials", zap.Error(err))
 				c.Close()
-				done()
+				continue
+			}
+			done, reason := a.tryConn(cred)
+			if done == nil {
+				a.refuseConn(c, cred, reason)
+				cred.close()
 				continue
 			}
 			conns.Add(1)
@@ -165,14 +165,28 @@ func (a *Agent) dispatch(c *net.UnixConn, cred PeerCred, gln *chanListener, done
 	_ = c.SetReadDeadline(time.Now().Add(helloTimeout))
 	var first [1]byte
 	if _, err := io.ReadFull(c, first[:]); err != nil {
+		if isTimeout(err) {
+			a.conns.count(RejectHandshake)
+		}
 		cred.close()
 		c.Close()
 		return
 	}
 	switch first[0] {
 	case 'P': // "PRI * HTTP/2.0": gRPC
+		// The gRPC server bounds the rest of the handshake
+		// (grpc.ConnectionTimeout) and the idle time that follows.
 		_ = c.SetReadDeadline(time.Time{})
-		pc := &peekedConn{UnixConn: c, first: first[0], cred: cred, onClose: done}
+		pc := &peekedConn{UnixConn: c, first: first[0], cred: cred, onClose: done, a: a}
+		// The first call must open within helloTimeout too: a client
+		// that finishes the HTTP/2 handshake and then says nothing is
+		// closed like a silent shim, without waiting for grpcMaxIdle.
+		time.AfterFunc(helloTimeout, func() {
+			if !pc.called.Load() && !pc.closed.Load() {
+				a.conns.count(RejectHandshake)
+				pc.Close()
+			}
+		})
 		handed = true
 		if !gln.deliver(pc) {
 			pc.Close()
@@ -195,14 +209,24 @@ func (a *Agent) serveShim(c *net.UnixConn, cred PeerCred) {
 	defer c.Close()
 	r := bufio.NewReaderSize(c, 512)
 	magic := make([]byte, len(wire.Magic)-1)
+	// The read deadline dispatch set (helloTimeout from accept) still
+	// runs: the magic and the whole admit frame must arrive before it, so
+	// a connection that says hello and then nothing, or drips its request
+	// a byte at a time, is closed like a silent one.
 	if _, err := io.ReadFull(r, magic); err != nil || string(magic) != wire.Magic[1:] {
-		a.log.Warn("bad shim handshake", zap.Int32("pid", cred.PID), zap.Uint32("uid", cred.UID))
+		if isTimeout(err) {
+			a.conns.count(RejectHandshake)
+		}
+		a.log.Warn("bad shim handshake", zap.Int32("pid", cred.PID), zap.Uint32("uid", cred.UID), zap.Error(err))
 		return
 	}
 	var buf []byte
 	frame, err := wire.ReadFrame(r, buf)
 	if err != nil {
-		a.log.Warn("reading admission request", zap.Int32("pid", cred.PID), zap.Error(err))
+		if isTimeout(err) {
+			a.conns.count(RejectHandshake)
+		}
+		a.log.Warn("reading admission request", zap.Int32("pid", cred.PID), zap.Uint32("uid", cred.UID), zap.Error(err))
 		return
 	}
 	_ = c.SetReadDeadline(time.Time{})
@@ -276,6 +300,7 @@ func (s admissionService) Admit(stream admitpb.Admission_AdmitServer) error {
 	if err != nil {
 		return err
 	}
+	requestArrived(stream.Context())
 	if first.GetAdmit() == nil {
 		return status.Error(codes.InvalidArgument, "first message must be an admit request")
 	}
@@ -310,12 +335,20 @@ type peekedConn struct {
 	cred  PeerCred
 	// onClose uncounts the connection; nil for none.
 	onClose func()
+	// a counts a handshake that timed out; nil in tests.
+	a *Agent
+	// handshook is set once the gRPC server cleared the handshake deadline.
+	handshook atomic.Bool
+	// called is set when the first gRPC call opens (tapCall); closed when
+	// the connection is closed.
+	called, closed atomic.Bool
 
 	closeOnce sync.Once
 }
 
 // Close closes the connection and the peer's pidfd.
 func (c *peekedConn) Close() error {
+	c.closed.Store(true)
 	err := c.UnixConn.Close()
 	c.closeOnce.Do(func() {
 		c.cred.close()
@@ -332,7 +365,21 @@ func (c *peekedConn) Read(p []byte) (int, error) {
 		p[0] = c.first
 		return 1, nil
 	}
-	return c.UnixConn.Read(p)
+	n, err := c.UnixConn.Read(p)
+	if err != nil && c.a != nil && !c.handshook.Load() && !c.called.Load() && isTimeout(err) {
+		c.a.conns.count(RejectHandshake)
+	}
+	return n, err
+}
+
+// SetDeadline is how the gRPC server bounds the HTTP/2 handshake
+// (grpc.ConnectionTimeout): it clears the deadline once the handshake is
+// done.
+func (c *peekedConn) SetDeadline(t time.Time) error {
+	if t.IsZero() {
+		c.handshook.Store(true)
+	}
+	return c.UnixConn.SetDeadline(t)
 }
 
 // chanListener hands connections chosen by dispatch to the gRPC server.
@@ -378,6 +425,7 @@ type peerCredentials struct{}
 type credInfo struct {
 	credentials.CommonAuthInfo
 	cred PeerCred
+	conn *peekedConn
 }
 
 func (credInfo) AuthType() string { return "peercred" }
@@ -387,7 +435,7 @@ func (peerCredentials) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthIn
 	if !ok {
 		return nil, nil, errors.New("connection without peer credentials")
 	}
-	return c, credInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}, cred: pc.cred}, nil
+	return c, credInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}, cred: pc.cred, conn: pc}, nil
 }
 
 func (peerCredentials) ClientHandshake(_ context.Context, _ string, c net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -409,4 +457,97 @@ func credFromContext(ctx context.Context) (PeerCred, bool) {
 	}
 	ci, ok := p.AuthInfo.(credInfo)
 	return ci.cred, ok
+}
+
+// gRPC connections are bounded like the shim framing's hello:
+//   - the HTTP/2 handshake must be done within helloTimeout of dispatch
+//     handing the connection over (grpc.ConnectionTimeout);
+//   - the first call must open within helloTimeout of the hand-over
+//     (dispatch's timer);
+//   - each call must send its request within helloTimeout of opening its
+//     stream (tapCall arms a timer that cancels the call and closes the
+//     connection, disarmed by requestArrived);
+//   - a connection with no call in progress (no queued or admitted Admit,
+//     no admin call) is closed after grpcMaxIdle
+//     (keepalive.MaxConnectionIdle: a GOAWAY, and the close at most 5 s
+//     later even if the client ignores it);
+//   - each call counts like a connection against max_connections and
+//     max_connections_per_uid (tapCall), so multiplexing calls on one
+//     connection gets around no cap.
+//
+// A queued or admitted Admit keeps its connection as long as it needs
+// (bounded by max_queue_wait and by those caps). The CLI's client
+// reconnects by itself after an idle close.
+const grpcMaxIdle = 10 * time.Second
+
+func (a *Agent) grpcServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.Creds(peerCredentials{}),
+		grpc.MaxRecvMsgSize(wire.MaxFrame),
+		grpc.MaxSendMsgSize(4 << 20),
+		grpc.ConnectionTimeout(helloTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: grpcMaxIdle}),
+		grpc.InTapHandle(a.tapCall),
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			// A unary handler runs once its request has arrived.
+			requestArrived(ctx)
+			return h(ctx, req)
+		}),
+	}
+}
+
+type requestTimerKey struct{}
+
+// errNoRequest cancels a call whose request did not arrive in time.
+var errNoRequest = errors.New("no request within the hello timeout")
+
+// tapCall runs when a gRPC call opens, before its handler: it counts the
+// call against the caller's caps (refusing it with RESOURCE_EXHAUSTED and
+// the shim's line when over them) and gives it helloTimeout to send its
+// request: then the call is cancelled (a blocked Recv returns) and its
+// connection closed, unless requestArrived was called first. Both end with
+// the call.
+func (a *Agent) tapCall(ctx context.Context, _ *tap.Info) (context.Context, error) {
+	release := func() {}
+	var pc *peekedConn
+	if p, ok := peer.FromContext(ctx); ok {
+		if ci, ok := p.AuthInfo.(credInfo); ok && ci.conn != nil {
+			pc = ci.conn
+			pc.called.Store(true)
+		}
+	}
+	if cred, ok := credFromContext(ctx); ok {
+		done, reason := a.tryConn(cred)
+		if done == nil {
+			_, msg := a.refusal(cred, reason)
+			return nil, status.Error(codes.ResourceExhausted, msg)
+		}
+		release = done
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	t := time.AfterFunc(helloTimeout, func() {
+		a.conns.count(RejectHandshake)
+		cancel(errNoRequest)
+		// Every gRPC client sends a call's request with its headers:
+		// a connection that does not is closed, not left to idle.
+		if pc != nil {
+			pc.Close()
+		}
+	})
+	// The call's context ends with the call: release its place and the
+	// timer then.
+	context.AfterFunc(ctx, func() { t.Stop(); release(); cancel(nil) })
+	return context.WithValue(ctx, requestTimerKey{}, t), nil
+}
+
+// requestArrived disarms the timer tapCall set for this call.
+func requestArrived(ctx context.Context) {
+	if t, ok := ctx.Value(requestTimerKey{}).(*time.Timer); ok {
+		t.Stop()
+	}
+}
+
+// isTimeout reports a read that hit its deadline.
+func isTimeout(err error) bool {
+	return errors.Is(err, os.ErrDeadlineExceeded)
 }

@@ -58,7 +58,9 @@ func (fakeCgroups) CgroupStats() ([]CgroupStat, uint64, bool) {
 // fakeConns reports 7 open connections and 3 refused.
 type fakeConns struct{}
 
-func (fakeConns) ConnectionStats() (int, uint64) { return 7, 3 }
+func (fakeConns) ConnectionStats() (int, map[string]uint64) {
+	return 7, map[string]uint64{"max_connections": 3, "per_uid": 2, "handshake": 1}
+}
 
 // recordedExporter is an Exporter with a fixed set of recorded events, the
 // input of the golden and promtool tests.

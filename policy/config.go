@@ -125,15 +125,45 @@ type Agent struct {
 	AdmitGroups []string `toml:"admit_groups"`
 	// MaxConnections bounds the connections the agent serves at once (shims
 	// queued or holding a lease, CLI calls). A connection beyond it is
-	// answered "unavailable" and closed at once, and the shim applies
-	// fail_mode. 0 means DefaultMaxConnections.
+	// refused at once: its shim exits 75 ("try again later") whatever
+	// fail_mode says. The last few are kept for root and admin_group (see
+	// agent/bounds.go). 0 means DefaultMaxConnections.
 	MaxConnections int `toml:"max_connections"`
+	// MaxConnectionsPerUID bounds the connections one uid may hold at once,
+	// so that one local user cannot take the connections the Git server's
+	// user needs. Root, the agent's own uid and admin_group are exempt. A
+	// connection beyond it is refused: its shim exits 75 whatever fail_mode
+	// says. 0 means MaxConnections / 4 (see ConnectionsPerUID).
+	MaxConnectionsPerUID int `toml:"max_connections_per_uid"`
+}
+
+// ConnectionsPerUID is the per-uid connection cap in force:
+// MaxConnectionsPerUID, or DefaultMaxConnectionsPerUID when it is 0.
+func (a *Agent) ConnectionsPerUID() int {
+	if a.MaxConnectionsPerUID > 0 {
+		return a.MaxConnectionsPerUID
+	}
+	m := a.MaxConnections
+	if m <= 0 {
+		m = DefaultMaxConnections
+	}
+	return DefaultMaxConnectionsPerUID(m)
 }
 
 // DefaultMaxConnections is Agent.MaxConnections when unset: far above the
 // leases and queues of the default policy, far below the file descriptors
 // sluiced's systemd unit allows (LimitNOFILE=1048576).
 const DefaultMaxConnections = 10000
+
+// DefaultMaxConnectionsPerUID is the per-uid cap when MaxConnectionsPerUID is 0: a
+// quarter of max_connections (2,500 by default). A local attacker usually
+// has one uid, two with a compromised service account: a quarter each
+// leaves the Git server's user at least half of max_connections, and 2,500
+// running or queued git processes of one user are far beyond what the
+// default rules let in.
+func DefaultMaxConnectionsPerUID(maxConnections int) int {
+	return max(1, maxConnections/4)
+}
 
 // Git says where the real git binary is.
 type Git struct {

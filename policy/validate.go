@@ -134,6 +134,10 @@ func (v *validator) agent() {
 	if a.MaxConnections < 1 || a.MaxConnections > maxConnections {
 		v.add("agent.max_connections", a.MaxConnections, fmt.Sprintf("must be in [1, %d]", maxConnections), fmt.Sprintf("write a number such as %d, or remove the key for the default", DefaultMaxConnections))
 	}
+	if n := a.MaxConnectionsPerUID; a.MaxConnections >= 1 && (n < 0 || n > a.MaxConnections) {
+		v.add("agent.max_connections_per_uid", n, fmt.Sprintf("must be in [0, max_connections = %d] (0: a quarter of max_connections)", a.MaxConnections),
+			fmt.Sprintf("write a number such as %d (a quarter of max_connections), or 0 or nothing for that default", DefaultMaxConnectionsPerUID(a.MaxConnections)))
+	}
 	for _, k := range []struct {
 		key   string
 		names []string

@@ -206,6 +206,10 @@ func TestValidateSections(t *testing.T) {
 			wantErr{2, "agent.max_connections", "-1", "must be in [1, 1000000]", "such as 10000"}},
 		{"max_connections huge", "[agent]\nmax_connections = 2000000\n",
 			wantErr{2, "agent.max_connections", "2000000", "must be in [1, 1000000]", "remove the key"}},
+		{"max_connections_per_uid negative", "[agent]\nmax_connections_per_uid = -1\n",
+			wantErr{2, "agent.max_connections_per_uid", "-1", "must be in [0, max_connections = 10000]", "such as 2500"}},
+		{"max_connections_per_uid above max_connections", "[agent]\nmax_connections = 100\nmax_connections_per_uid = 101\n",
+			wantErr{3, "agent.max_connections_per_uid", "101", "must be in [0, max_connections = 100]", "such as 25 (a quarter of max_connections), or 0 or nothing"}},
 		{"admit_users empty name", "[agent]\nadmit_users = [\"git\", \"\"]\n",
 			wantErr{2, "agent.admit_users", `["git", ""]`, `entry "" is not a user name`, `["git", "1001"]`}},
 		{"admit_groups with space", "[agent]\nadmit_groups = [\"git users\"]\n",
@@ -372,6 +376,29 @@ func TestAdaptiveWatchersAndSignal(t *testing.T) {
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("errors lack %q:\n%s", want, msg)
+		}
+	}
+}
+
+// TestMaxConnectionsPerUIDDefault: unset, the per-uid cap is a quarter of
+// max_connections, whatever max_connections is.
+func TestMaxConnectionsPerUIDDefault(t *testing.T) {
+	for _, tt := range []struct {
+		toml string
+		want int
+	}{
+		{"", 2500},
+		{"[agent]\nmax_connections = 100\n", 25},
+		{"[agent]\nmax_connections = 3\n", 1},
+		{"[agent]\nmax_connections = 100\nmax_connections_per_uid = 0\n", 25},
+		{"[agent]\nmax_connections = 100\nmax_connections_per_uid = 100\n", 100},
+	} {
+		c, err := Parse("t.toml", []byte(tt.toml))
+		if err != nil {
+			t.Fatalf("%q: %v", tt.toml, err)
+		}
+		if got := c.Agent.ConnectionsPerUID(); got != tt.want {
+			t.Errorf("%q: max_connections_per_uid = %d, want %d", tt.toml, got, tt.want)
 		}
 	}
 }

@@ -872,7 +872,7 @@ func holdConns(o options, a *agentProc) (*connsResult, error) {
 			case m.Kind == wire.ServerAdmitted:
 				res.Admitted++
 				conns[i] = c
-			case m.Kind == wire.ServerRejected && m.Reply.Reason == wire.ReasonUnavailable:
+			case m.Kind == wire.ServerRejected: // over max_connections: MAX_SIZE (exit 75 in the shim)
 				res.Refused++
 				c.Close()
 			default:
@@ -887,7 +887,7 @@ func holdConns(o options, a *agentProc) (*connsResult, error) {
 		return res, err
 	}
 	m, _ := a.scrape()
-	res.RejectedTot = m["sluice_connections_rejected_total"]
+	res.RejectedTot = m[`sluice_connections_rejected_total{reason="max_connections"}`] + m[`sluice_connections_rejected_total{reason="per_uid"}`]
 	fmt.Printf("holding %d connections (admitted %d, other %d, refused %d, errors %d; sluice_connections %g, sluice_connections_rejected_total %g)\n",
 		o.conns, res.Admitted, res.Queued, res.Refused, res.Errors, m["sluice_connections"], res.RejectedTot)
 	for _, c := range conns {

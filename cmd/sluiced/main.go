@@ -278,10 +278,11 @@ func (s limitSource) LimitStats() []exporter.LimitStat {
 // connSource feeds the exporter's connection metrics from the agent.
 type connSource struct{ agent func() *agent.Agent }
 
-func (s connSource) ConnectionStats() (int, uint64) {
+func (s connSource) ConnectionStats() (int, map[string]uint64) {
 	a := s.agent()
 	if a == nil {
-		return 0, 0
+		return 0, nil
 	}
-	return a.Connections()
+	open, _ := a.Connections()
+	return open, a.ConnectionsRejected()
 }
