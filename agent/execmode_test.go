@@ -453,4 +453,3 @@ func TestProcStartTime(t *testing.T) {
 		t.Fatal("no error for a pid that cannot exist")
 	}
 }
-
