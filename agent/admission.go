@@ -114,6 +114,7 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 		_ = send(rejected(admitpb.RejectReason_REJECT_REASON_INVALID, "", "sluice: invalid admission request: "+err.Error()))
 		return nil
 	}
+	a.servers.noteRequest(int(peer.PID), a.Policy().EBPF.ServerComms, time.Now())
 	// A pack-objects arriving ends the negotiation of the upload-pack it
 	// runs under, even if it now waits in a queue.
 	a.timeouts.noteStart(int(peer.PID), req.Subcommand, "admission")

@@ -95,7 +95,7 @@ type Agent struct {
 	// acl caches [agent] admit_users and admit_groups, resolved.
 	acl aclCache
 
-	unwrapped  unwrappedLog
+	servers    *serverTable
 	execMu     sync.Mutex
 	execLeases map[int]*execLease // by pid; guarded by execMu
 
@@ -123,6 +123,7 @@ func New(opts Options) *Agent {
 		tracer:     opts.Tracer,
 		stateDir:   opts.StateDir,
 		execLeases: make(map[int]*execLease),
+		servers:    newServerTable(defaultProcFS),
 		configPath: opts.ConfigPath,
 		describe:   opts.Describe,
 		onReload:   opts.OnReload,

@@ -337,24 +337,34 @@ func TestExecModeNeedsTracerAndShim(t *testing.T) {
 }
 
 func TestGitExecutedCountsOnlyUnwrappedLimitedCommands(t *testing.T) {
-	obs := &recordingObserver{}
-	cfg, err := policy.Parse("test.toml", []byte(execPolicy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := New(Options{Policy: cfg, Log: zaptest.NewLogger(t), Observer: obs})
-	for _, e := range []GitExec{
+	execs := []GitExec{
 		{PID: 10, Argv: []string{"/usr/lib/git-core/git-pack-objects", "--stdout"}},   // counted
 		{PID: 11, Argv: []string{"git", "-c", "a=b", "upload-pack", "/srv/a.git"}},    // counted
 		{PID: 12, Root: 12, Argv: []string{"git", "pack-objects", "--stdout"}},        // admitted in place
 		{PID: 13, Root: 9, Argv: []string{"git", "pack-objects", "--revs"}},           // child of an admitted git
 		{PID: 14, Argv: []string{"git", "status"}},                                    // not limited
 		{PID: 15, Argv: []string{"/usr/lib/git-core/git-receive-pack", "/srv/a.git"}}, // no rule matches it here
-	} {
-		a.GitExecuted(e)
 	}
-	if got := strings.Join(obs.unwrapped, ","); got != "pack-objects,upload-pack" {
+	run := func(extra string) []string {
+		obs := &recordingObserver{}
+		cfg, err := policy.Parse("test.toml", []byte(execPolicy+extra))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := New(Options{Policy: cfg, Log: zaptest.NewLogger(t), Observer: obs})
+		for _, e := range execs {
+			a.GitExecuted(e)
+		}
+		return obs.unwrapped
+	}
+	// unwrapped_scope = "all": every exec outside an admitted tree.
+	if got := strings.Join(run("\n[ebpf]\nunwrapped_scope = \"all\"\n"), ","); got != "pack-objects,upload-pack" {
 		t.Fatalf("unwrapped = %q, want pack-objects,upload-pack", got)
+	}
+	// The default, "servers": these pids descend from no Git server (they
+	// do not even exist), so none is counted.
+	if got := run(""); len(got) != 0 {
+		t.Fatalf("unwrapped with the default scope = %q, want none", got)
 	}
 }
 
@@ -441,27 +451,5 @@ func TestProcStartTime(t *testing.T) {
 	}
 	if _, err := procStartTime(1 << 30); err == nil {
 		t.Fatal("no error for a pid that cannot exist")
-	}
-}
-
-func TestUnwrappedLogBucket(t *testing.T) {
-	var u unwrappedLog
-	now := time.Unix(1000, 0)
-	for i := 0; i < unwrappedLogBurst; i++ {
-		if ok, _ := u.allow(now); !ok {
-			t.Fatalf("line %d of the burst refused", i)
-		}
-	}
-	for i := 0; i < 5; i++ {
-		if ok, _ := u.allow(now); ok {
-			t.Fatal("line beyond the burst allowed")
-		}
-	}
-	ok, n := u.allow(now.Add(unwrappedLogEvery))
-	if !ok || n != 5 {
-		t.Fatalf("after one interval: ok=%v suppressed=%d, want true and 5", ok, n)
-	}
-	if ok, _ := u.allow(now.Add(unwrappedLogEvery)); ok {
-		t.Fatal("a second line in the same interval allowed")
 	}
 }

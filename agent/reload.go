@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"slices"
+	"strings"
 
 	"go.uber.org/zap"
 
@@ -80,8 +81,7 @@ func (a *Agent) Reload() *admitpb.ReloadResponse {
 			}
 			if prev := lim.Config(); prev != lc {
 				lim.Reconfigure(lc)
-				changes = append(changes, fmt.Sprintf("%s: limit %d -> %d, max_queue_size %d -> %d, max_queue_wait %s -> %s, queue_order %s -> %s",
-					r.Name, prev.Limit, lc.Limit, prev.MaxQueueSize, lc.MaxQueueSize, prev.MaxQueueWait, lc.MaxQueueWait, orderName(prev.Order), orderName(lc.Order)))
+				changes = append(changes, limiterChanges(r.Name, prev, lc))
 			}
 			limiters[r.Name] = lim
 		} else {
@@ -147,4 +147,26 @@ func restartOnly(old, cfg *policy.Config) []string {
 	check("[cgroups] hierarchy_root", old.Cgroups.HierarchyRoot, cfg.Cgroups.HierarchyRoot)
 	check("[cgroups] enabled", fmt.Sprint(old.Cgroups.Enabled), fmt.Sprint(cfg.Cgroups.Enabled))
 	return errs
+}
+
+// limiterChanges describes what a reload changed in a rule's limiter: only
+// the fields that differ ("upload-pack: limit 20 -> 10").
+func limiterChanges(name string, prev, cur limiter.Config) string {
+	var parts []string
+	if prev.Limit != cur.Limit {
+		parts = append(parts, fmt.Sprintf("limit %d -> %d", prev.Limit, cur.Limit))
+	}
+	if prev.MaxQueueSize != cur.MaxQueueSize {
+		parts = append(parts, fmt.Sprintf("max_queue_size %d -> %d", prev.MaxQueueSize, cur.MaxQueueSize))
+	}
+	if prev.MaxQueueWait != cur.MaxQueueWait {
+		parts = append(parts, fmt.Sprintf("max_queue_wait %s -> %s", prev.MaxQueueWait, cur.MaxQueueWait))
+	}
+	if prev.Order != cur.Order {
+		parts = append(parts, fmt.Sprintf("queue_order %s -> %s", orderName(prev.Order), orderName(cur.Order)))
+	}
+	if len(parts) == 0 {
+		parts = append(parts, "settings changed") // a field this list does not know yet
+	}
+	return name + ": " + strings.Join(parts, ", ")
 }

@@ -62,7 +62,8 @@ func TestReloadKeepsLeases(t *testing.T) {
 	// Lower the limit to 1 while two run and one waits.
 	write(strings.Replace(reloadPolicy, "%d", "1", 1))
 	resp := a.Reload()
-	if !resp.Applied || len(resp.Changes) != 1 || !strings.Contains(resp.Changes[0], "limit 2 -> 1") {
+	// Only what changed is named: no "max_queue_size 5 -> 5".
+	if !resp.Applied || len(resp.Changes) != 1 || !strings.HasSuffix(resp.Changes[0], ": limit 2 -> 1") {
 		t.Fatalf("reload: %+v", resp)
 	}
 	if len(reloaded) != 1 {

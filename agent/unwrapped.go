@@ -4,12 +4,12 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/sluicehq/sluice/gitwrap"
+	"github.com/sluicehq/sluice/policy"
 )
 
 // GitExec is an exec of the real git seen by the tracer.
@@ -23,49 +23,15 @@ type GitExec struct {
 	Argv       []string
 }
 
-// The unwrapped-exec log is a token bucket: bursts of up to
-// unwrappedLogBurst lines, then one per unwrappedLogEvery; the metric
-// counts every exec.
-const (
-	unwrappedLogEvery = time.Second
-	unwrappedLogBurst = 10
-)
-
-// unwrappedLog rate-limits the log of unwrapped execs.
-type unwrappedLog struct {
-	mu         sync.Mutex
-	tokens     float64
-	last       time.Time
-	suppressed int
-}
-
-// allow takes a token at now; it returns false (and counts the line as
-// suppressed) when none is left.
-func (u *unwrappedLog) allow(now time.Time) (ok bool, suppressedBefore int) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.last.IsZero() {
-		u.tokens = unwrappedLogBurst
-	} else {
-		u.tokens = min(unwrappedLogBurst, u.tokens+now.Sub(u.last).Seconds()/unwrappedLogEvery.Seconds())
-	}
-	u.last = now
-	if u.tokens < 1 {
-		u.suppressed++
-		return false, 0
-	}
-	u.tokens--
-	n := u.suppressed
-	u.suppressed = 0
-	return true, n
-}
-
 // GitExecuted is called for every exec of the real git the tracer sees. An
-// exec outside every admitted process tree, of a subcommand the policy
-// limits, went around sluice: a server calling git-core programs directly,
-// a forgotten code path, a cron job. It is counted by subcommand
-// (sluice_unwrapped_exec_total) and logged with what finds the hole: pid,
-// parent and working directory.
+// exec outside every admitted tree, of a subcommand the policy limits, went
+// around sluice: a server calling git-core programs directly, a forgotten
+// code path. Within [ebpf] unwrapped_scope (servers.go: by default only
+// execs that descend from a Git server) it is counted by subcommand
+// (sluice_unwrapped_exec_total), attributed to its server (`sluice
+// status`), and logged with what finds the hole — pid, parent, working
+// directory, argv — at once for a server's first, then at most once a
+// minute per server with the count since the previous line.
 func (a *Agent) GitExecuted(e GitExec) {
 	inv := gitwrap.Parse(e.Argv)
 	if inv.Subcommand == "" {
@@ -80,21 +46,32 @@ func (a *Agent) GitExecuted(e GitExec) {
 	if r, _ := a.ruleFor(inv.Subcommand); r == nil {
 		return
 	}
-	a.obs.Unwrapped(inv.Subcommand)
-	ok, suppressed := a.unwrapped.allow(time.Now())
+	pol := a.Policy()
+	server, ok := a.servers.serverOf(e.PID, pol.EBPF.ServerComms)
+	if !ok && e.PPID > 1 {
+		server, ok = a.servers.serverOf(e.PPID, pol.EBPF.ServerComms) // e.PID already gone
+	}
 	if !ok {
+		if pol.EBPF.UnwrappedScope != policy.ScopeAll {
+			return // not a Git server's: a developer's or a cron job's git
+		}
+		server = serverID{Comm: e.ParentComm, PID: e.PPID}
+	}
+	a.obs.Unwrapped(inv.Subcommand)
+	cwd, _ := os.Readlink("/proc/" + strconv.Itoa(e.PID) + "/cwd")
+	logNow, count := a.servers.noteUnwrapped(server, describeExec(e.PID, inv.Subcommand, cwd), time.Now())
+	if !logNow {
 		return
 	}
-
-	cwd, _ := os.Readlink("/proc/" + strconv.Itoa(e.PID) + "/cwd")
 	argv := strings.Join(e.Argv, " ")
 	if len(argv) > 256 {
 		argv = argv[:256] + "…"
 	}
 	a.log.Warn("git ran without admission: it bypassed the sluice shim",
+		zap.String("server", server.Comm), zap.Int("server_pid", server.PID),
+		zap.Int("count_since_last_line", count),
 		zap.String("subcmd", inv.Subcommand), zap.Int("pid", e.PID), zap.Int("ppid", e.PPID),
 		zap.String("parent_comm", e.ParentComm), zap.String("cwd", cwd),
 		zap.String("filename", e.Filename), zap.String("argv", argv),
-		zap.Int("not_logged_since_last", suppressed),
-		zap.String("fix", "make the server run git through the shim (PATH and GIT_EXEC_PATH, see packaging/README.md)"))
+		zap.String("fix", "make the server run git through the shim (PATH and GIT_EXEC_PATH, see packaging/README.md); sluice check --pid "+strconv.Itoa(server.PID)+" says what is missing"))
 }

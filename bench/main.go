@@ -23,7 +23,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -37,6 +36,7 @@ import (
 
 	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/wire"
+	istats "github.com/sluicehq/sluice/internal/stats"
 )
 
 func main() {
@@ -341,33 +341,10 @@ func interleave(n int, dir string, env, shimEnv, direct, viaShim []string) (d, s
 	return d, s, nil
 }
 
-type stats struct {
-	N                   int
-	P50, P95, P99, Mean float64
-}
+// stats is a series' summary: internal/stats' nearest-rank percentiles.
+type stats = istats.Summary[float64]
 
-func summarize(v []float64) stats {
-	if len(v) == 0 {
-		return stats{}
-	}
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	pct := func(p float64) float64 {
-		i := int(p*float64(len(s))+0.5) - 1
-		if i < 0 {
-			i = 0
-		}
-		if i >= len(s) {
-			i = len(s) - 1
-		}
-		return s[i]
-	}
-	sum := 0.0
-	for _, x := range s {
-		sum += x
-	}
-	return stats{N: len(s), P50: pct(0.50), P95: pct(0.95), P99: pct(0.99), Mean: sum / float64(len(s))}
-}
+func summarize(v []float64) stats { return istats.Summarize(v) }
 
 func printRow(name string, s stats) {
 	fmt.Printf("%-44s %9.3f %9.3f %9.3f %9.3f\n", name, s.P50, s.P95, s.P99, s.Mean)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluicehq/sluice/internal/stats"
 )
 
 // BenchmarkPlacement measures what putting a new process into a bucket costs:
@@ -140,13 +142,9 @@ func BenchmarkPlacement(b *testing.B) {
 }
 
 func percentile(ds []time.Duration, p int) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
 	s := slices.Clone(ds)
 	slices.Sort(s)
-	i := (len(s)*p + 99) / 100
-	return s[max(i-1, 0)]
+	return stats.Percentile(s, float64(p)/100)
 }
 
 func report(b *testing.B, ds []time.Duration, prefix string) {

@@ -11,7 +11,16 @@ const CorrelationEnv = "CORRELATION_ID"
 
 // RemoteIP returns the client's address as the server told git, or "" (see
 // the package doc for the order of variables).
+//
+// REMOTE_ADDR comes first: git daemon and CGI servers (git-http-backend,
+// Gitea's HTTP) set it for the connection they serve, and nothing passes it
+// on by accident, while SSH_CONNECTION is inherited by everything started
+// from an ssh login — such as a git daemon an operator started by hand,
+// whose clients would otherwise all share the operator's address.
 func RemoteIP(getenv Env) string {
+	if ip := ParseIP(getenv("REMOTE_ADDR")); ip != "" {
+		return ip
+	}
 	for _, k := range [...]string{"SSH_CONNECTION", "SSH_CLIENT"} {
 		if v := getenv(k); v != "" {
 			first, _, _ := strings.Cut(strings.TrimLeft(v, " "), " ")
@@ -20,7 +29,7 @@ func RemoteIP(getenv Env) string {
 			}
 		}
 	}
-	return ParseIP(getenv("REMOTE_ADDR"))
+	return ""
 }
 
 // ParseIP normalises an address as servers write it: "192.0.2.1",

@@ -22,7 +22,10 @@ func TestRemoteIP(t *testing.T) {
 		{map[string]string{"REMOTE_ADDR": "[2001:db8::5]"}, "2001:db8::5"},     // git daemon, IPv6
 		{map[string]string{"REMOTE_ADDR": "[2001:db8::5]:443"}, "2001:db8::5"}, // with port
 		{map[string]string{"REMOTE_ADDR": "203.0.113.5:8080"}, "203.0.113.5"},
-		{map[string]string{"SSH_CONNECTION": "192.0.2.7 1 2 3", "REMOTE_ADDR": "203.0.113.5"}, "192.0.2.7"},
+		// git daemon started from an ssh login: the inherited SSH_CONNECTION
+		// is the operator's, REMOTE_ADDR the client's.
+		{map[string]string{"SSH_CONNECTION": "192.0.2.7 1 2 3", "REMOTE_ADDR": "203.0.113.5"}, "203.0.113.5"},
+		{map[string]string{"SSH_CONNECTION": "192.0.2.7 1 2 3", "REMOTE_ADDR": "garbage"}, "192.0.2.7"},
 		{map[string]string{"REMOTE_ADDR": "unix:/run/x.sock"}, ""},
 		{map[string]string{"REMOTE_ADDR": "[::1"}, ""},
 		{map[string]string{"REMOTE_ADDR": "\xff\x00"}, ""},

@@ -23,12 +23,15 @@
 //
 // # Repository
 //
-// The repository key is an absolute, lexically cleaned path (filepath.Clean;
-// symlinks are NOT resolved — one readlink per component costs more than the
-// key is worth, so a repository reached through two different symlinked paths
-// gets two keys). -C options apply in order, relative to each other.
+// The repository key is the physical path git opens: symlinks resolved and
+// each ".." taken from where the path before it really is (as chdir does),
+// so a symlinked path, ".." across a symlink and "~/" under a symlinked HOME
+// key the same as the real path (filepath.EvalSymlinks: one lstat per
+// component, on the matched path only). A path that does not resolve is
+// cleaned lexically. -C options apply in order, relative to each other.
 // upload-pack, receive-pack and upload-archive take their directory argument
-// (the last non-option argument); unless upload-pack has --strict, the same
+// (the non-option argument; options may follow it, and `--timeout N` takes
+// the next argument as its value); unless upload-pack has --strict, the same
 // suffixes git's enter_repo tries ("/.git", "", ".git/.git", ".git") are probed
 // with stat so that host:repo and host:repo.git key the same, and "~" /
 // "~user" are expanded as git does. Other subcommands (pack-objects in hook
@@ -39,11 +42,17 @@
 //
 // # Client address (first that parses as an IP address wins)
 //
-//  1. SSH_CONNECTION, first field (OpenSSH; also reaches git under Gitea and
+//  1. REMOTE_ADDR (git daemon and CGI servers — git-http-backend under
+//     nginx+fcgiwrap or Apache — set it for the connection they serve; IPv6
+//     in brackets);
+//  2. SSH_CONNECTION, first field (OpenSSH; also reaches git under Gitea and
 //     Forgejo behind OpenSSH, whose `serv` passes its environment on);
-//  2. SSH_CLIENT, first field (older OpenSSH);
-//  3. REMOTE_ADDR (CGI: git-http-backend under nginx+fcgiwrap or Apache;
-//     git daemon sets it too, IPv6 in brackets).
+//  3. SSH_CLIENT, first field (older OpenSSH).
+//
+// REMOTE_ADDR wins because nothing passes it on by accident, while
+// SSH_CONNECTION is inherited by everything started from an ssh login: a
+// git daemon an operator started by hand would otherwise key every client
+// by the operator's own address.
 //
 // Ports, brackets and zones are stripped and IPv4-mapped IPv6 addresses are
 // unmapped; anything that does not parse gives "". X-Forwarded-For

@@ -56,14 +56,33 @@ func repo(inv *Invocation, cwd string, getenv Env, passwd string) string {
 			p = join(dir, gd)
 		}
 	}
-	return stripDotGit(filepath.Clean(p))
+	return stripDotGit(physical(p))
 }
 
-// dirArg returns the last non-option argument (everything after "--" is
-// one) and whether --strict was given.
+// physical returns the path the kernel resolves p to — symlinks followed,
+// each ".." taken from where the path before it really is, as git's
+// chdir() into the repository does — so that every spelling of one
+// repository (a symlinked path, ".." across a symlink, "~/" with a
+// symlinked HOME) gives one key. A path that does not resolve (not there,
+// not searchable) is cleaned lexically instead.
+//
+// The key is computed before git opens the repository: a local user who
+// can swap a symlink in between changes only which key their own request
+// is counted under, and such a user can run git without sluice anyway.
+func physical(p string) string {
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		return r
+	}
+	return filepath.Clean(p)
+}
+
+// dirArg returns the non-option argument (everything after "--" is one;
+// git's parse-options lets options follow it, and `--timeout N` takes the
+// next argument as its value) and whether --strict was given.
 func dirArg(args []string) (dir string, strict bool) {
 	opts := true
-	for _, a := range args {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
 		switch {
 		case opts && a == "--":
 			opts = false
@@ -71,6 +90,8 @@ func dirArg(args []string) (dir string, strict bool) {
 			strict = true
 		case opts && a == "--no-strict":
 			strict = false
+		case opts && a == "--timeout":
+			i++ // its value
 		case opts && strings.HasPrefix(a, "-"):
 		default:
 			dir = a
@@ -79,12 +100,13 @@ func dirArg(args []string) (dir string, strict bool) {
 	return dir, strict
 }
 
-// join resolves p against dir and cleans it.
+// join resolves p against dir without cleaning: ".." must be resolved by
+// physical, after the symlinks before it.
 func join(dir, p string) string {
 	if filepath.IsAbs(p) {
-		return filepath.Clean(p)
+		return p
 	}
-	return filepath.Join(dir, p)
+	return dir + "/" + p
 }
 
 // stripDotGit removes one trailing "/.git" from a cleaned path.

@@ -71,3 +71,37 @@ func TestRepo(t *testing.T) {
 		})
 	}
 }
+
+// TestRepoPhysical: every spelling of one repository gives one key, as
+// git's chdir() resolves it: a symlinked path, ".." across a symlink, "~/"
+// with a symlinked HOME, and options around the directory argument.
+func TestRepoPhysical(t *testing.T) {
+	root := t.TempDir()
+	real := filepath.Join(root, "srv", "git", "project.git")
+	mkGitDir(t, real)
+	os.MkdirAll(filepath.Join(root, "deep", "er"), 0o755)
+	// link → srv/git; "link/../git/project.git" is srv/git/project.git to
+	// the kernel (the parent of the link's target), "git/project.git"
+	// under root lexically.
+	os.Symlink(filepath.Join(root, "srv", "git"), filepath.Join(root, "link"))
+	os.Symlink(filepath.Join(root, "srv", "git"), filepath.Join(root, "deep", "er", "via"))
+	os.Symlink(filepath.Join(root, "srv", "git"), filepath.Join(root, "home"))
+	env := map[string]string{"HOME": filepath.Join(root, "home")}
+	getenv := func(k string) string { return env[k] }
+	for _, argv := range [][]string{
+		{"git-upload-pack", real},
+		{"git-upload-pack", filepath.Join(root, "link", "project.git")},
+		{"git-upload-pack", filepath.Join(root, "link", "project")},
+		{"git-upload-pack", root + "/deep/er/via/../git/project.git"},
+		{"git-upload-pack", "~/project.git"},
+		{"git", "upload-pack", real, "--timeout", "30"},
+		{"git", "upload-pack", "--timeout", "30", real},
+		{"git", "upload-pack", "--strict", "--timeout=0", root + "/link/project.git"},
+		{"git", "-C", root + "/link", "upload-pack", "project.git"},
+	} {
+		inv := Parse(argv)
+		if got := repo(&inv, "/", getenv, "/nonexistent"); got != real {
+			t.Errorf("%q: key %q, want %q", argv, got, real)
+		}
+	}
+}

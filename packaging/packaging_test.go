@@ -42,7 +42,7 @@ var exported = []string{
 	"sluice_cgroup_cpu_periods_total", "sluice_cgroup_cpu_throttled_periods_total",
 	"sluice_cgroup_cpu_throttled_seconds_total", "sluice_cgroup_oom_kills_total", "sluice_cgroup_processes",
 	"sluice_cgroup_placement_failures_total", "sluice_timeouts_total",
-	"sluice_unwrapped_exec_total", // not exported yet: comes with the eBPF tracer
+	"sluice_unwrapped_exec_total",
 }
 
 var metricRe = regexp.MustCompile(`sluice_[a-z_]+`)

@@ -431,7 +431,22 @@ type EBPF struct {
 	// logs why and runs without. False means off. Parse fills in true when
 	// absent.
 	Enabled bool `toml:"enabled"`
+	// UnwrappedScope says which unwrapped execs (limited git subcommands
+	// run outside every admitted tree) are counted and logged: "servers"
+	// (those descending from a Git server process: git daemon, fcgiwrap,
+	// Gitea, non-interactive sshd sessions, ServerComms) or "all". Parse
+	// fills in "servers" when absent.
+	UnwrappedScope string `toml:"unwrapped_scope"`
+	// ServerComms adds process names (as /proc/PID/comm shows them, at
+	// most 15 characters) whose descendants are a Git server's.
+	ServerComms []string `toml:"server_comms"`
 }
+
+// Unwrapped exec scopes ([ebpf] unwrapped_scope).
+const (
+	ScopeServers = "servers"
+	ScopeAll     = "all"
+)
 
 // Timeouts bounds phases of git commands (Gitaly's semantics: only the
 // negotiation phase is bounded, never the transfer; see agent/timeouts.go).
@@ -565,7 +580,7 @@ func defaults() *Config {
 			Watchers:               append([]string(nil), DefaultWatchers...),
 			KernelEvents:           true,
 		},
-		EBPF: EBPF{Enabled: true},
+		EBPF: EBPF{Enabled: true, UnwrappedScope: ScopeServers, ServerComms: []string{}},
 		Timeouts: Timeouts{
 			UploadPackNegotiation:    Duration{10 * time.Minute},
 			UploadArchiveNegotiation: Duration{time.Minute},

@@ -44,7 +44,7 @@ func TestDefault(t *testing.T) {
 	}
 	// Every section of the file says what the code defaults say.
 	d := defaults()
-	if !reflect.DeepEqual(c.Agent, d.Agent) || c.Git != d.Git || c.Cgroups != d.Cgroups || !reflect.DeepEqual(c.Adaptive, d.Adaptive) || c.EBPF != d.EBPF || c.Timeouts != d.Timeouts {
+	if !reflect.DeepEqual(c.Agent, d.Agent) || c.Git != d.Git || c.Cgroups != d.Cgroups || !reflect.DeepEqual(c.Adaptive, d.Adaptive) || !reflect.DeepEqual(c.EBPF, d.EBPF) || c.Timeouts != d.Timeouts {
 		t.Errorf("default.toml and defaults() disagree:\nfile %+v\ncode %+v", c, d)
 	}
 	if !c.Cgroups.Enabled || c.Cgroups.Required || !c.EBPF.Enabled || c.Agent.MetricsAddr != "127.0.0.1:9780" || c.Agent.FailMode != FailOpen {
@@ -81,7 +81,7 @@ func TestPrintDefaultsRoundTrip(t *testing.T) {
 	}
 	d := Default()
 	if !reflect.DeepEqual(empty.Limits, d.Limits) || !empty.DefaultLimits || !reflect.DeepEqual(empty.Agent, d.Agent) || empty.Cgroups != d.Cgroups || !reflect.DeepEqual(empty.Adaptive, d.Adaptive) ||
-		empty.EBPF != d.EBPF || empty.Timeouts != d.Timeouts {
+		!reflect.DeepEqual(empty.EBPF, d.EBPF) || empty.Timeouts != d.Timeouts {
 		t.Errorf("empty file does not get the default sections: %+v", empty)
 	}
 }

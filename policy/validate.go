@@ -101,6 +101,7 @@ func (c *Config) validate() []*Error {
 	v.cgroups()
 	v.adaptive()
 	v.timeouts()
+	v.ebpf()
 	if len(v.errs) > 0 {
 		c.bySub = nil
 		return v.errs
@@ -496,4 +497,19 @@ func fmtBound(d time.Duration) string {
 // shim.conf, one per line.
 func badPathChar(p string) bool {
 	return strings.ContainsFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f })
+}
+
+func (v *validator) ebpf() {
+	e := &v.c.EBPF
+	if e.UnwrappedScope != ScopeServers && e.UnwrappedScope != ScopeAll {
+		v.add("ebpf.unwrapped_scope", e.UnwrappedScope, `must be "servers" or "all"`,
+			`use "servers" to report only git run by a Git server without the shim, "all" for every git process on the host`)
+	}
+	for _, c := range e.ServerComms {
+		if c == "" || len(c) > 15 || badPathChar(c) || strings.Contains(c, "/") {
+			v.add("ebpf.server_comms", e.ServerComms, fmt.Sprintf("entry %q is not a command name", c),
+				`write names as /proc/PID/comm shows them (at most 15 characters, no "/"), such as ["my-git-server"]`)
+			break
+		}
+	}
 }

@@ -3,6 +3,7 @@ package test
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -186,11 +187,11 @@ func TestExecModeCPUMatchesWait4(t *testing.T) {
 	}
 }
 
-// TestUnwrappedExecIsCounted: git-core programs run directly are counted
-// and logged with their pid; a storm of other execs, and git subcommands
-// no rule limits, are not.
+// TestUnwrappedExecIsCounted: with [ebpf] unwrapped_scope = "all", git-core
+// programs run directly are counted and logged with their pid; a storm of
+// other execs, and git subcommands no rule limits, are not.
 func TestUnwrappedExecIsCounted(t *testing.T) {
-	a := startAgent(t, execLimits, "open")
+	a := startAgent(t, execLimits+"\n[ebpf]\nunwrapped_scope = \"all\"\n", "open")
 	a.requireTracer(t)
 	repo := makeRepo(t, a.dir, "r", 2)
 	out, err := exec.Command(bins.realGit, "--exec-path").Output()
@@ -300,4 +301,59 @@ func sameFile(a, b string) bool {
 	sa, err1 := os.Stat(a)
 	sb, err2 := os.Stat(b)
 	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
+}
+
+// TestUnwrappedScopeServers: with the default scope, a clone served by a git
+// daemon that is not wired through the shim is reported (attributed to the
+// daemon's pid, with the count) while git run by anything else — here the
+// test itself — is not.
+func TestUnwrappedScopeServers(t *testing.T) {
+	daemon := "/usr/lib/git-core/git-daemon"
+	if _, err := os.Stat(daemon); err != nil {
+		t.Skipf("git daemon is not installed (%v): apt-get install git", err)
+	}
+	a := startAgent(t, execLimits, "open")
+	a.requireTracer(t)
+	repos := filepath.Join(a.dir, "repos")
+	os.MkdirAll(repos, 0o755)
+	src := makeRepo(t, a.dir, "r", 2)
+	git(t, a.dir, baseEnv(a.dir), "clone", "-q", "--bare", src, filepath.Join(repos, "r.git"))
+	// Not a server's: the test runs git-pack-objects itself.
+	out, err := exec.Command(bins.realGit, "--exec-path").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := exec.Command(filepath.Join(strings.TrimSpace(string(out)), "git-pack-objects"), "--revs", "--stdout")
+	direct.Dir = src
+	direct.Stdin = strings.NewReader(git(t, src, baseEnv(a.dir), "for-each-ref", "--format=%(objectname)") + "\n")
+	if err := direct.Run(); err != nil {
+		t.Fatalf("git-pack-objects run directly: %v", err)
+	}
+	// A server's: an unwired git daemon serving a clone.
+	port := freePort(t)
+	d := startGroup(t, baseEnv(a.dir), filepath.Join(a.dir, "daemon.log"), daemon, "--reuseaddr", "--base-path="+repos,
+		"--export-all", "--listen=127.0.0.1", "--port="+strconv.Itoa(port))
+	waitListening(t, port, "git daemon")
+	git(t, a.dir, baseEnv(a.dir), "clone", "-q", fmt.Sprintf("git://127.0.0.1:%d/r.git", port), filepath.Join(a.dir, "clone"))
+	var line map[string]any
+	waitFor(t, 5*time.Second, "the daemon's unwrapped upload-pack logged", func() bool {
+		for _, l := range a.logLines("git ran without admission: it bypassed the sluice shim") {
+			if l["server"] == "git-daemon" && int(l["server_pid"].(float64)) == d.Process.Pid {
+				line = l
+				return true
+			}
+		}
+		return false
+	})
+	if line["count_since_last_line"] != 1.0 || !strings.Contains(line["fix"].(string), "sluice check --pid "+strconv.Itoa(d.Process.Pid)) {
+		t.Errorf("log line %v: want count 1 and the check command for the daemon", line)
+	}
+	for _, l := range a.logLines("git ran without admission: it bypassed the sluice shim") {
+		if int(l["pid"].(float64)) == direct.Process.Pid {
+			t.Errorf("the test's own git-pack-objects was reported: %v", l)
+		}
+	}
+	if got := a.metric(`sluice_unwrapped_exec_total{subcmd="upload-pack"}`); got < 1 {
+		t.Errorf("sluice_unwrapped_exec_total{subcmd=upload-pack} = %v, want >= 1", got)
+	}
 }

@@ -4,11 +4,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	istats "github.com/sluicehq/sluice/internal/stats"
 )
 
 // TestNegotiationWatchOverhead measures what watching the negotiation phase
@@ -146,22 +147,10 @@ func procCPU(t *testing.T, pid int) time.Duration {
 	return total
 }
 
-// stats returns p50, p95, p99 (nearest rank) and the mean of d.
+// stats returns p50, p95, p99 (internal/stats: nearest rank) and the mean of d.
 func stats(d []time.Duration) (p50, p95, p99, mean time.Duration) {
-	if len(d) == 0 {
-		return
-	}
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	rank := func(p float64) time.Duration {
-		i := int(p*float64(len(s))+0.999999) - 1
-		return s[min(max(i, 0), len(s)-1)]
-	}
-	var sum time.Duration
-	for _, x := range s {
-		sum += x
-	}
-	return rank(0.50), rank(0.95), rank(0.99), sum / time.Duration(len(s))
+	s := istats.SummarizeDurations(d)
+	return s.P50, s.P95, s.P99, s.Mean
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -41,6 +41,13 @@ type daemonSetup struct {
 // pack-objects` from its exec path, which is the shim too.
 func startDaemonSetup(t *testing.T, limits, agentExtra string, hook bool, randomBytes int) *daemonSetup {
 	t.Helper()
+	return startDaemonSetupEnv(t, limits, agentExtra, hook, randomBytes, nil)
+}
+
+// startDaemonSetupEnv is startDaemonSetup with extra variables in git
+// daemon's environment.
+func startDaemonSetupEnv(t *testing.T, limits, agentExtra string, hook bool, randomBytes int, extraEnv []string) *daemonSetup {
+	t.Helper()
 	daemon := "/usr/lib/git-core/git-daemon"
 	if _, err := os.Stat(daemon); err != nil {
 		t.Skipf("git daemon is not installed (%v): apt-get install git", err)
@@ -80,6 +87,7 @@ func startDaemonSetup(t *testing.T, limits, agentExtra string, hook bool, random
 		"SLUICE_SHIM_LOG=" + a.shimLog,
 		"LANG=C",
 	}
+	env = append(env, extraEnv...)
 	startGroup(t, env, s.daemonLog, daemon, "--reuseaddr", "--base-path="+s.repos, "--export-all",
 		"--enable=upload-archive", "--listen=127.0.0.1", "--port="+strconv.Itoa(s.port))
 	waitListening(t, s.port, "git daemon")

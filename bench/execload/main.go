@@ -23,7 +23,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +31,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicehq/sluice/ebpf"
+	"github.com/sluicehq/sluice/internal/stats"
 )
 
 func main() {
@@ -375,15 +375,6 @@ func stopSleepers(cmds []*exec.Cmd) {
 type summary struct{ p50, p95, p99, mean time.Duration }
 
 func summarize(d []time.Duration) summary {
-	if len(d) == 0 {
-		return summary{}
-	}
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	var sum time.Duration
-	for _, v := range s {
-		sum += v
-	}
-	q := func(p float64) time.Duration { return s[min(len(s)-1, int(p*float64(len(s))))] }
-	return summary{q(0.50), q(0.95), q(0.99), sum / time.Duration(len(s))}
+	s := stats.SummarizeDurations(d)
+	return summary{s.P50, s.P95, s.P99, s.Mean}
 }

@@ -33,7 +33,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,6 +41,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/internal/stats"
 )
 
 func main() {
@@ -784,17 +784,9 @@ func printSoak(r *soakResult) {
 }
 
 func percentiles(d []time.Duration) (p50, p95, p99, mean float64) {
-	if len(d) == 0 {
-		return
-	}
-	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	s := stats.SummarizeDurations(d)
 	ms := func(x time.Duration) float64 { return float64(x) / 1e6 }
-	var sum time.Duration
-	for _, x := range d {
-		sum += x
-	}
-	at := func(q float64) float64 { return ms(d[min(len(d)-1, int(q*float64(len(d))))]) }
-	return at(0.50), at(0.95), at(0.99), ms(sum / time.Duration(len(d)))
+	return ms(s.P50), ms(s.P95), ms(s.P99), ms(s.Mean)
 }
 
 // pickRepo sends half the requests to one hot repository, so its queue

@@ -79,6 +79,10 @@ func run(args []string, stderr io.Writer) int {
 	if note != "" {
 		log.Info(note)
 	}
+	if cfg.DefaultLimits && note == "" {
+		log.Info("the policy file defines no [[limit]]: the default rules apply (write limit = [] to limit nothing)",
+			zap.String("config", *configPath), zap.Strings("rules", cfg.RuleNames()))
+	}
 	configFile := ""
 	if note == "" {
 		configFile = *configPath
