@@ -67,6 +67,7 @@ type Agent struct {
 	started time.Time
 	// stateDir holds running leases' state files ("" for none).
 	stateDir    string
+	stateFD     int // stateDir, opened and checked by Recover; -1 before
 	stateErrors atomic.Uint64
 	calib       *calibrator
 
@@ -120,6 +121,7 @@ func New(opts Options) *Agent {
 		placer:     opts.Placer,
 		tracer:     opts.Tracer,
 		stateDir:   opts.StateDir,
+		stateFD:    -1,
 		execLeases: make(map[int]*execLease),
 		configPath: opts.ConfigPath,
 		describe:   opts.Describe,
