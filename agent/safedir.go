@@ -90,11 +90,12 @@ func openTrustedDir(path string, role dirRole) (int, error) {
 			if last {
 				mode = role.mode
 			}
-			if err := unix.Mkdirat(fd, name, mode); err != nil && !errors.Is(err, unix.EEXIST) {
+			merr := unix.Mkdirat(fd, name, mode)
+			if merr != nil && !errors.Is(merr, unix.EEXIST) {
 				unix.Close(fd)
-				return -1, fmt.Errorf("create %s %s: %w", role.what, next, err)
+				return -1, fmt.Errorf("create %s %s: %w", role.what, next, merr)
 			}
-			created = err == nil
+			created = merr == nil
 			nfd, err = unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		}
 		unix.Close(fd)
