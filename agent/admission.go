@@ -334,7 +334,7 @@ func validateRequest(r *admitpb.AdmitRequest) error {
 		return fmt.Errorf("subcommand %q: want 1-%d characters of a-z, 0-9 and -", r.Subcommand, maxNameBytes)
 	}
 	if len(r.Command) > maxNameBytes || strings.ContainsAny(r.Command, "/\x00") {
-		return fmt.Errorf("command %q: want a program name without '/'", r.Command)
+		return fmt.Errorf("command %q: want a program name without '/'", cleanText(r.Command, maxShownCommand))
 	}
 	if n := len(r.Repo); n > maxRepoBytes {
 		return fmt.Errorf("repo path is %d bytes, more than %d", n, maxRepoBytes)
@@ -356,7 +356,7 @@ func validateRequest(r *admitpb.AdmitRequest) error {
 		}
 	}
 	if len(r.User) > maxUserBytes || strings.IndexByte(r.User, 0) >= 0 {
-		return fmt.Errorf("user %q: want at most %d bytes without NUL", r.User, maxUserBytes)
+		return fmt.Errorf("user %q: want at most %d bytes without NUL", cleanText(r.User, maxShownUser), maxUserBytes)
 	}
 	// Control characters in the correlation id and the user are escaped
 	// for display (cleanLease), not refused: an odd environment must not

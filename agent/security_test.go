@@ -578,3 +578,32 @@ func TestCorrelationIDEscaped(t *testing.T) {
 		}
 	}
 }
+
+// FuzzLeaseRecord feeds arbitrary state-file contents through the record
+// parsing and cleaning recovery does: nothing shown keeps a control
+// character or exceeds its bound.
+func FuzzLeaseRecord(f *testing.F) {
+	f.Add([]byte(`{"pid":1,"correlation_id":"\u001b[2J\n","user":"a\u202eb","repo":"L2V0Yw=="}`))
+	f.Add([]byte(`{"pid":-1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var rec leaseRecord
+		if json.Unmarshal(b, &rec) != nil {
+			return
+		}
+		rec.sanitize()
+		for name, v := range map[string]string{"correlation_id": rec.CorrelationID, "user": rec.User,
+			"command": rec.Command, "remote_ip": rec.RemoteIP, "repo": string(rec.Repo)} {
+			for _, r := range v {
+				if shownControl(r) {
+					t.Fatalf("%s %q keeps control %U", name, v, r)
+				}
+			}
+			if !utf8.ValidString(v) {
+				t.Fatalf("%s %q is not UTF-8", name, v)
+			}
+		}
+		if len(rec.CorrelationID) > maxShownCorrID || len(rec.User) > maxShownUser || len(rec.Repo) > maxShownRepo {
+			t.Fatal("a field exceeds its bound")
+		}
+	})
+}
