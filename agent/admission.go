@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"go.uber.org/zap"
 
@@ -129,6 +128,9 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 		Peer:          peer,
 		Arrived:       time.Now(),
 	}
+	// Everything the caller wrote that a log line or a message may show is
+	// cleaned here, once (sanitize.go); the key below uses the raw request.
+	cleanLease(l)
 	adm := &admission{lease: l, bucket: -1}
 	if a.placer != nil {
 		adm.bucket = a.placer.Bucket(req.Repo)
@@ -334,7 +336,7 @@ func validateRequest(r *admitpb.AdmitRequest) error {
 		return fmt.Errorf("subcommand %q: want 1-%d characters of a-z, 0-9 and -", r.Subcommand, maxNameBytes)
 	}
 	if len(r.Command) > maxNameBytes || strings.ContainsAny(r.Command, "/\x00") {
-		return fmt.Errorf("command %q: want a program name without '/'", r.Command)
+		return fmt.Errorf("command %q: want a program name without '/'", cleanText(r.Command, maxShownCommand))
 	}
 	if n := len(r.Repo); n > maxRepoBytes {
 		return fmt.Errorf("repo path is %d bytes, more than %d", n, maxRepoBytes)
@@ -356,10 +358,13 @@ func validateRequest(r *admitpb.AdmitRequest) error {
 		}
 	}
 	if len(r.User) > maxUserBytes || strings.IndexByte(r.User, 0) >= 0 {
-		return fmt.Errorf("user %q: want at most %d bytes without NUL", r.User, maxUserBytes)
+		return fmt.Errorf("user %q: want at most %d bytes without NUL", cleanText(r.User, maxShownUser), maxUserBytes)
 	}
-	if len(r.CorrelationId) > maxCorrIDBytes || !printable(r.CorrelationId) {
-		return fmt.Errorf("correlation_id %q: want at most %d printable characters", r.CorrelationId, maxCorrIDBytes)
+	// Control characters in the correlation id and the user are escaped
+	// for display (cleanLease), not refused: an odd environment must not
+	// turn into a refused git command.
+	if len(r.CorrelationId) > maxCorrIDBytes {
+		return fmt.Errorf("correlation_id is %d bytes, more than %d", len(r.CorrelationId), maxCorrIDBytes)
 	}
 	return nil
 }
@@ -370,18 +375,6 @@ func isName(s string) bool {
 	}
 	for _, c := range []byte(s) {
 		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
-
-func printable(s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
 			return false
 		}
 	}

@@ -69,6 +69,7 @@ type Agent struct {
 	started time.Time
 	// stateDir holds running leases' state files ("" for none).
 	stateDir    string
+	stateFD     int // stateDir, opened and checked by Recover; -1 before
 	stateErrors atomic.Uint64
 	calib       *adaptive.Controller
 
@@ -122,6 +123,7 @@ func New(opts Options) *Agent {
 		placer:     opts.Placer,
 		tracer:     opts.Tracer,
 		stateDir:   opts.StateDir,
+		stateFD:    -1,
 		execLeases: make(map[int]*execLease),
 		servers:    newServerTable(defaultProcFS),
 		configPath: opts.ConfigPath,

@@ -16,11 +16,15 @@
 //
 // # Leases
 //
-// A lease lives exactly as long as the connection (or gRPC stream) that
-// asked for it. The shim keeps it open while git runs and sends Finished
-// with the exit status and resource usage before closing; if the shim dies,
-// even by SIGKILL, the kernel closes the socket and the slot is released at
-// once. A waiter whose connection closes leaves its queue at once.
+// A lease lives as long as the connection (or gRPC stream) that asked for
+// it and the peer process that opened it, whichever ends first. The shim
+// keeps it open while git runs and sends Finished with the exit status and
+// resource usage before closing; if the shim dies, even by SIGKILL, the
+// kernel closes the socket and the slot is released at once. A peer that
+// exits while its connection lives on (handed to a child) releases the
+// slot too: the agent watches the peer's pidfd (execmode.go,
+// holdSupervised). A waiter whose connection closes leaves its queue at
+// once.
 //
 // The caller is identified by SO_PEERCRED, read when the connection is
 // accepted; nothing the request claims about pid, uid or gid is used.
@@ -49,6 +53,31 @@
 // timeouts.go says how that start is seen and why it is the right point for
 // protocol v0/v1 and v2; on expiry the command is told on stderr, SIGTERMed
 // and, after kill_grace, SIGKILLed with its descendants.
+//
+// # Trust boundaries
+//
+// The agent is root; its callers are not. Three rules keep it from acting
+// for them beyond what they could do themselves:
+//
+//   - It trusts only files it could have written (safedir.go): the socket
+//     directory and leases/ must belong to the agent's uid and not be
+//     writable by group or others, every directory above them must belong
+//     to root or the agent and not be writable by others (unless sticky),
+//     and no symlink is followed on the way; sluiced refuses to start
+//     otherwise, naming the path, owner, mode and the fix. Lease records
+//     are created, read and removed relative to the checked directory's
+//     descriptor, with O_NOFOLLOW, and adopted only from a regular,
+//     singly linked file owned by the agent and not writable by others.
+//   - It writes to a caller only through a descriptor the caller holds
+//     open for writing (stderr.go): never by reopening a path, never
+//     blocking, never on a set-id file or a kernel pseudo file.
+//     Caller-supplied text (correlation id, user, command, remote address,
+//     repository) is escaped and bounded once, where a request enters
+//     (sanitize.go), before any log line or message shows it.
+//   - It signals only through pidfds (timeouts.go): the peer's, taken when
+//     its connection was accepted, and those of descendants proven to
+//     descend from it while that pidfd was alive. Nothing is ever signalled
+//     by pid number, so a reused pid is never hit.
 //
 // # Rejections
 //

@@ -220,3 +220,48 @@ func waitReadable(f *os.File) {
 		return err != nil && err != unix.EINTR || n > 0
 	})
 }
+
+// holdSupervised waits for the end of a supervised lease and returns the
+// shim's report: the Finished message (nil when the connection closed
+// without one, next is then closed) — or the exit of the peer process,
+// whichever comes first. A lease is the peer's, not the connection's: a
+// shim that handed its connection to a process that lives on (or leaked
+// it to git) must not keep the slot after it exited. A shim that reported
+// before exiting has its Finished in the socket already, so it is still
+// taken when it arrives within exitEventGrace of the exit. Without a
+// pidfd (kernel without SO_PEERPIDFD and pidfd_open failing at accept)
+// only the connection counts.
+func (a *Agent) holdSupervised(adm *admission, next <-chan *admitpb.Finished) *admitpb.Finished {
+	var f *os.File
+	if p := adm.lease.Peer.pidfd; p >= 0 {
+		if fd, err := unix.FcntlInt(uintptr(p), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+			if err := unix.SetNonblock(fd, true); err == nil {
+				f = os.NewFile(uintptr(fd), "pidfd")
+			} else {
+				unix.Close(fd)
+			}
+		}
+	}
+	if f == nil {
+		return <-next
+	}
+	defer f.Close() // also ends the waiter below
+	gone := make(chan struct{})
+	go func() {
+		waitReadable(f)
+		close(gone)
+	}()
+	select {
+	case fin := <-next:
+		return fin
+	case <-gone:
+	}
+	select {
+	case fin := <-next:
+		return fin
+	case <-time.After(exitEventGrace):
+	}
+	a.log.Warn("the process holding the lease exited but its connection is still open (handed to another process?); lease released",
+		a.leaseFields(adm.lease)...)
+	return nil
+}

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // SocketOptions say where and how to create the admission socket.
@@ -54,20 +56,14 @@ func Listen(opts SocketOptions) (*Socket, error) {
 		}
 		gid = g
 	}
-	dir := filepath.Dir(path)
-	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
-		if err := os.MkdirAll(dir, 0o750); err != nil {
-			return nil, fmt.Errorf("create socket directory %s: %w", dir, err)
-		}
-		if err := os.Chmod(dir, 0o750); err != nil {
-			return nil, err
-		}
-		if gid >= 0 {
-			if err := os.Chown(dir, -1, gid); err != nil {
-				return nil, fmt.Errorf("chown socket directory %s: %w", dir, err)
-			}
-		}
+	// The directory is checked (and created) without following symlinks;
+	// an unsafe one is refused (safedir.go). Once checked, no other user can
+	// change what is in it, so the names below are safe to use.
+	dfd, err := openTrustedDir(filepath.Dir(path), dirRole{what: "socket directory", mode: 0o750, gid: gid})
+	if err != nil {
+		return nil, err
 	}
+	unix.Close(dfd)
 	if err := removeStaleSocket(path); err != nil {
 		return nil, err
 	}

@@ -17,7 +17,12 @@ type PeerCred struct {
 	// pidfd refers to the peer process itself (SO_PEERPIDFD, Linux 6.5+;
 	// else pidfd_open at accept time), so a later check cannot be fooled by
 	// the pid being reused; -1 when neither is available. Owned by the
-	// connection: closed with it.
+	// connection: closed with it. Every signal the agent sends goes
+	// through it (or pidfds proven from it), never through PID. Residual
+	// risk on kernels before 6.5: the pidfd_open fallback runs at accept,
+	// so a peer that connected and exited, and whose pid was reused before
+	// the agent accepted, would be mistaken for its successor; with
+	// SO_PEERPIDFD the kernel pins the process at connect time.
 	pidfd int
 }
 
@@ -49,7 +54,9 @@ func peerCred(c *net.UnixConn) (PeerCred, error) {
 }
 
 // alive reports whether the peer process still exists. With a pidfd the
-// answer is about that very process, never a successor reusing its pid.
+// answer is about that very process, never a successor reusing its pid;
+// without one it is kill(pid, 0), which delivers nothing (cgroup placement
+// uses it as a best-effort check only).
 func (p PeerCred) alive() bool {
 	if p.pidfd >= 0 {
 		return unix.PidfdSendSignal(p.pidfd, 0, nil, 0) == nil

@@ -112,7 +112,7 @@ func TestProcTreeOnRealProcesses(t *testing.T) {
 func TestKillTreeKillsDescendants(t *testing.T) {
 	// sh ignores SIGTERM and waits for its child; SIGKILL must reach both.
 	sh, child := startTree(t, `trap '' TERM; bash -c 'exec -a git-pack-objects sleep 60' & wait`)
-	w := &watch{pid: sh.Process.Pid, pidfd: dupPidfd(PeerCred{PID: int32(sh.Process.Pid), pidfd: -1})}
+	w := &watch{pid: sh.Process.Pid, pidfd: openPidfd(t, sh.Process.Pid)}
 	defer unix.Close(w.pidfd)
 	if err := w.signal(unix.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -165,7 +165,7 @@ func TestTellStderr(t *testing.T) {
 			}
 			w.Close()
 			defer func() { cmd.Process.Kill(); cmd.Wait() }()
-			wt := &watch{pid: cmd.Process.Pid, pidfd: dupPidfd(PeerCred{PID: int32(cmd.Process.Pid), pidfd: -1})}
+			wt := &watch{pid: cmd.Process.Pid, pidfd: openPidfd(t, cmd.Process.Pid)}
 			defer unix.Close(wt.pidfd)
 			if err := tellStderr(wt, "sluice: hello\n"); err != nil {
 				t.Skipf("pidfd_getfd refused (%v): needs CAP_SYS_PTRACE over the process", err)
@@ -177,4 +177,15 @@ func TestTellStderr(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openPidfd opens a pidfd of pid, a child of the test that has not been
+// reaped (so the pid cannot have been reused).
+func openPidfd(t *testing.T, pid int) int {
+	t.Helper()
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		t.Skipf("pidfd_open: %v (needs Linux 5.3+)", err)
+	}
+	return fd
 }

@@ -11,8 +11,6 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
-
-	"github.com/sluicehq/sluice/agent/wire"
 )
 
 // Surviving a restart.
@@ -73,7 +71,13 @@ func (a *Agent) saveLease(adm *admission, peer PeerCred) {
 		}
 		var b []byte
 		if b, err = json.Marshal(&rec); err == nil {
-			err = os.WriteFile(filepath.Join(a.stateDir, l.ID), b, 0o600)
+			if a.stateFD < 0 {
+				err = errors.New("the state directory was not opened (Recover not called)")
+			} else {
+				// Relative to the checked directory, never through a symlink
+				// and never over an existing file.
+				err = writeNewFile(a.stateFD, l.ID, b)
+			}
 		}
 	}
 	if err != nil {
@@ -90,7 +94,7 @@ func (a *Agent) dropLease(adm *admission) {
 	if !adm.saved {
 		return
 	}
-	if err := os.Remove(filepath.Join(a.stateDir, adm.lease.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := unix.Unlinkat(a.stateFD, adm.lease.ID, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		a.log.Warn("cannot remove a lease state file", append(a.leaseFields(adm.lease), zap.Error(err))...)
 	}
 }
@@ -103,22 +107,31 @@ func (a *Agent) Recover() (adopted, stale int, err error) {
 	if a.stateDir == "" {
 		return 0, 0, nil
 	}
-	if err := os.MkdirAll(a.stateDir, 0o700); err != nil {
-		return 0, 0, fmt.Errorf("state directory %s: %w (fix: make it writable by the agent, or check [agent] socket)", a.stateDir, err)
+	// leases/ and every directory above it are checked, and leases/ is
+	// held open: every state file is then reached relative to it
+	// (safedir.go). An unsafe directory is an error: sluiced refuses to
+	// start.
+	fd, err := openTrustedDir(a.stateDir, dirRole{what: "state directory", mode: 0o700, gid: -1})
+	if err != nil {
+		return 0, 0, err
 	}
-	ents, err := os.ReadDir(a.stateDir)
+	if a.stateFD >= 0 {
+		unix.Close(a.stateFD)
+	}
+	a.stateFD = fd
+	names, err := readDirNames(fd)
 	if err != nil {
 		return 0, 0, fmt.Errorf("state directory %s: %w", a.stateDir, err)
 	}
-	for _, e := range ents {
-		path := filepath.Join(a.stateDir, e.Name())
-		if !e.Type().IsRegular() || !isLeaseID(e.Name()) {
+	for _, name := range names {
+		if !isLeaseID(name) {
 			continue
 		}
-		if why := a.adopt(path, e.Name()); why != "" {
+		path := filepath.Join(a.stateDir, name)
+		if why := a.adopt(name); why != "" {
 			stale++
-			a.log.Info("lease state not adopted", zap.String("file", path), zap.String("why", why))
-			_ = os.Remove(path)
+			a.log.Warn("lease state not adopted", zap.String("file", path), zap.String("why", why))
+			_ = unix.Unlinkat(fd, name, 0) // removes a symlink itself, never its target
 			continue
 		}
 		adopted++
@@ -126,9 +139,22 @@ func (a *Agent) Recover() (adopted, stale int, err error) {
 	return adopted, stale, nil
 }
 
-// adopt takes over the lease recorded in path, or says why not.
-func (a *Agent) adopt(path, id string) string {
-	b, err := wire.ReadFile(path, maxLeaseRecord)
+// readDirNames lists the directory dirfd (through a duplicate, so dirfd's
+// offset is untouched).
+func readDirNames(dirfd int) ([]string, error) {
+	dup, err := unix.Openat(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(dup), "leases")
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+// adopt takes over the lease recorded in the state file id, or says why not.
+// Only a file the agent itself could have written is read (safedir.go).
+func (a *Agent) adopt(id string) string {
+	b, err := readTrustedFile(a.stateFD, id, maxLeaseRecord)
 	if err != nil {
 		return err.Error()
 	}
@@ -136,6 +162,7 @@ func (a *Agent) adopt(path, id string) string {
 	if err := json.Unmarshal(b, &rec); err != nil || rec.PID <= 0 {
 		return fmt.Sprintf("unreadable record: %v", err)
 	}
+	rec.sanitize()
 	// The same pid and start time name the same process; check again after
 	// the pidfd is open, so a pid reused in between is never adopted.
 	if st, err := procStartTime(rec.PID); err != nil || st != rec.Start {

@@ -276,7 +276,7 @@ func (a *Agent) serveShim(c *net.UnixConn, cred PeerCred) {
 		a.runExec(adm)
 		return
 	}
-	fin := <-next
+	fin := a.holdSupervised(adm, next) // ends also when the peer exits (execmode.go)
 	if fin == nil && a.stopping.Err() != nil {
 		// Shutdown closed the connection, not the shim: git still runs.
 		a.abandon(adm)
@@ -312,18 +312,21 @@ func (s admissionService) Admit(stream admitpb.Admission_AdmitServer) error {
 		s.a.runExec(adm)
 		return nil
 	}
-	var fin *admitpb.Finished
-	for {
-		m, err := stream.Recv()
-		if err != nil {
-			break
+	next := make(chan *admitpb.Finished, 1)
+	go func() {
+		defer close(next)
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			if f := m.GetFinished(); f != nil {
+				next <- f
+				return
+			}
 		}
-		if f := m.GetFinished(); f != nil {
-			fin = f
-			break
-		}
-	}
-	s.a.finish(adm, fin)
+	}()
+	s.a.finish(adm, s.a.holdSupervised(adm, next)) // ends also when the peer exits
 	return nil
 }
 

@@ -61,13 +61,18 @@ package agent
 // # On expiry
 //
 // One line "sluice: <subcommand> exceeded <name> = <value>; …" is written to
-// the peer's stderr (pidfd_getfd of its fd 2, written without blocking; best
-// effort — over git:// the server keeps stderr), a log line with the
+// the peer's stderr (pidfd_getfd of its fd 2, written through that very
+// descriptor only if it is open for writing, without blocking: stderr.go;
+// best effort — over git:// the server keeps stderr), a log line with the
 // correlation id, sluice_timeouts_total{limit,kind}, SIGTERM to the peer
 // and its descendants (the supervising shim also forwards it to git), and
-// after [timeouts] kill_grace SIGKILL to whatever is left of that tree,
-// pinned by pidfds so nothing else is ever signalled. At most one timeout
-// acts on a lease.
+// after [timeouts] kill_grace SIGKILL to whatever is left of that tree.
+// Every signal goes through a pidfd: the peer's own (taken when its
+// connection was accepted) and pidfds of its descendants proven to
+// descend from it while its pidfd was alive (pinDescendants). Once the
+// peer is gone nothing new is pinned, and nothing is ever signalled by
+// pid number, so a process that reuses a pid is never touched. At most
+// one timeout acts on a lease.
 //
 // # Reload
 //
@@ -75,6 +80,7 @@ package agent
 // force when it was admitted; a reload applies to leases admitted after it.
 
 import (
+	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -234,16 +240,12 @@ func (wr *watcher) arm(l *Lease, rule *policy.Limit, cfg *policy.Config) *watch 
 }
 
 // dupPidfd returns a pidfd of the peer owned by the caller: a duplicate of
-// the connection's (which closes with it), else a new one; -1 when
-// neither works.
+// the connection's (which closes with it); -1 when the connection has
+// none. It never opens one by pid now: by the time a lease runs, the pid
+// may name another process.
 func dupPidfd(p PeerCred) int {
 	if p.pidfd >= 0 {
 		if fd, err := unix.FcntlInt(uintptr(p.pidfd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
-			return fd
-		}
-	}
-	if p.PID > 0 {
-		if fd, err := unix.PidfdOpen(int(p.PID), 0); err == nil {
 			return fd
 		}
 	}
@@ -508,49 +510,31 @@ func formatDuration(d time.Duration) string {
 	return s
 }
 
-// signal sends sig to the peer, through its pidfd when there is one.
-// Called with w.mu held.
+// errNoPidfd is returned when a timeout would signal a peer the agent
+// holds no pidfd of: it never signals by pid number.
+var errNoPidfd = errors.New("no pidfd of the peer process: not signalled (the agent never signals by pid number)")
+
+// signal sends sig to the peer through its pidfd. Called with w.mu held.
 func (w *watch) signal(sig unix.Signal) error {
-	if w.pidfd >= 0 {
-		return unix.PidfdSendSignal(w.pidfd, sig, nil, 0)
-	}
-	return unix.Kill(w.pid, sig)
-}
-
-// tellStderr writes msg to the peer's standard error without ever
-// blocking: a socket gets a MSG_DONTWAIT send, anything else (pipe, tty,
-// file) is reopened through /proc with O_NONBLOCK (a new open file
-// description, so the process's own flags are untouched) and O_APPEND.
-func tellStderr(w *watch, msg string) error {
 	if w.pidfd < 0 {
-		return unix.EBADF
+		return errNoPidfd
 	}
-	fd, err := unix.PidfdGetfd(w.pidfd, 2, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return err
-	}
-	if st.Mode&unix.S_IFMT == unix.S_IFSOCK {
-		_, err := unix.SendmsgN(fd, []byte(msg), nil, nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
-		return err
-	}
-	wfd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(fd), unix.O_WRONLY|unix.O_NONBLOCK|unix.O_APPEND|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(wfd)
-	_, err = unix.Write(wfd, []byte(msg))
-	return err
+	return unix.PidfdSendSignal(w.pidfd, sig, nil, 0)
 }
 
-// pinDescendants returns pidfds of pid's descendants. Each pidfd is
-// taken after the snapshot and the process's parent checked again, so a
-// pid reused in between is never pinned.
-func pinDescendants(pid int) []int {
+// pinDescendants returns pidfds of the descendants of the process root
+// whose pidfd is rootfd, and only of those: nothing while that process is
+// gone (its pid may name a stranger now). The tree comes from a /proc
+// snapshot, which knows pids only, so each pidfd is proven to be the
+// right process by induction, parents first: a process d is pinned when,
+// after pidfd_open(d), /proc says d's parent is p and p's pidfd (already
+// proven) still refers to a live (or zombie, not yet reaped) process —
+// then p's pid could not have been reused when d's parent was read, so d
+// was p's child when its pidfd was taken.
+func pinDescendants(rootfd, root int) []int {
+	if rootfd < 0 || !pidfdAlive(rootfd) {
+		return nil
+	}
 	s, err := defaultProcFS.takeSnapshot()
 	if err != nil {
 		return nil
@@ -561,27 +545,40 @@ func pinDescendants(pid int) []int {
 			parent[k] = pp
 		}
 	}
+	proven := map[int]int{root: rootfd}
 	var fds []int
-	for _, d := range s.descendants(pid) {
+	for _, d := range s.descendants(root) { // breadth first: parents before children
+		pfd, ok := proven[parent[d]]
+		if !ok {
+			continue
+		}
 		fd, err := unix.PidfdOpen(d, 0)
 		if err != nil {
 			continue
 		}
-		if pp, err := defaultProcFS.ppid(d); err != nil || pp != parent[d] {
+		if pp, err := defaultProcFS.ppid(d); err != nil || pp != parent[d] || !pidfdAlive(pfd) {
 			unix.Close(fd)
 			continue
 		}
+		proven[d] = fd
 		fds = append(fds, fd)
 	}
 	return fds
 }
 
+// pidfdAlive reports whether the process of pidfd fd has not been reaped.
+func pidfdAlive(fd int) bool {
+	return unix.PidfdSendSignal(fd, 0, nil, 0) == nil
+}
+
 // termTree sends SIGTERM to the peer and its descendants, and keeps the
 // descendants pinned for the SIGKILL sweep (once the peer exits they are
-// reparented and no longer found under it). Called with w.mu held.
+// reparented and no longer found under it). Everything goes through
+// pidfds: when the peer is gone, nothing is pinned and nothing signalled by
+// number. Called with w.mu held.
 func termTree(w *watch) error {
-	if len(w.pinned) == 0 && w.pid > 0 {
-		w.pinned = pinDescendants(w.pid)
+	if len(w.pinned) == 0 {
+		w.pinned = pinDescendants(w.pidfd, w.pid)
 	}
 	err := w.signal(unix.SIGTERM)
 	for _, fd := range w.pinned {
@@ -595,10 +592,7 @@ func termTree(w *watch) error {
 // pinned before the peer is killed (killing it reparents them). Called
 // with w.mu held.
 func killTree(w *watch) (int, error) {
-	var fds []int
-	if w.alive() {
-		fds = pinDescendants(w.pid)
-	}
+	fds := pinDescendants(w.pidfd, w.pid)
 	n := 0
 	var err error
 	if w.alive() {
@@ -617,13 +611,10 @@ func killTree(w *watch) (int, error) {
 	return n, err
 }
 
-// alive reports whether the peer still runs (never a successor reusing
-// its pid when there is a pidfd). Called with w.mu held.
+// alive reports whether the peer still runs: only a pidfd can say so
+// about that very process. Called with w.mu held.
 func (w *watch) alive() bool {
-	if w.pidfd >= 0 {
-		return unix.PidfdSendSignal(w.pidfd, 0, nil, 0) == nil
-	}
-	return w.pid > 0 && unix.Kill(w.pid, 0) == nil
+	return w.pidfd >= 0 && pidfdAlive(w.pidfd)
 }
 
 // NoteGitExec tells the agent that a git process running subcommand was

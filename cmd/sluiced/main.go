@@ -180,8 +180,10 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 	// Listen refused to start beside a live agent, so the commands recorded
 	// in the state directory are nobody's now: take them over before the
 	// first admission, so limits count them from the start.
+	// An unsafe or unusable state directory stops the agent (agent/safedir.go).
 	if adopted, stale, err := a.Recover(); err != nil {
-		log.Warn("restart recovery failed; commands still running from before are not counted", zap.Error(err))
+		sock.Close()
+		return err
 	} else if adopted+stale > 0 {
 		log.Info("restart recovery", zap.Int("adopted", adopted), zap.Int("stale_records_removed", stale))
 	}
