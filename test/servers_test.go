@@ -78,8 +78,14 @@ type serverSetup struct {
 
 func newServerSetup(t *testing.T) *serverSetup {
 	t.Helper()
+	return newServerSetupWith(t, serverLimits)
+}
+
+// newServerSetupWith is newServerSetup with the agent's [[limit]] rules.
+func newServerSetupWith(t *testing.T, limits string) *serverSetup {
+	t.Helper()
 	usePackage(t)
-	a := startAgent(t, serverLimits, "open")
+	a := startAgent(t, limits, "open")
 	s := &serverSetup{a: a, repos: filepath.Join(a.dir, "repos"), client: filepath.Join(a.dir, "client"),
 		gitconfig: filepath.Join(a.dir, "server-gitconfig"), path: installedBin + ":/usr/bin:/bin"}
 	for _, d := range []string{s.repos, s.client} {
@@ -324,19 +330,31 @@ func waitListening(t *testing.T, port int, what string) {
 	})
 }
 
-func TestServerGitDaemon(t *testing.T) {
+// startGitDaemon starts git daemon (receive-pack and upload-archive
+// enabled) and returns the URL of project.git, its port and its log file.
+func (s *serverSetup) startGitDaemon(t *testing.T, daemon string) (url string, port int, logf string) {
+	t.Helper()
+	port = freePort(t)
+	logf = filepath.Join(s.a.dir, "git-daemon.log")
+	startGroup(t, s.serverEnv(), logf, daemon, "--reuseaddr", "--base-path="+s.repos, "--export-all",
+		"--enable=receive-pack", "--enable=upload-archive", "--listen=127.0.0.1", "--port="+strconv.Itoa(port))
+	waitListening(t, port, "git daemon")
+	return fmt.Sprintf("git://127.0.0.1:%d/project.git", port), port, logf
+}
+
+// needGitDaemon returns git daemon's path or skips.
+func needGitDaemon(t *testing.T) string {
 	daemon := "/usr/lib/git-core/git-daemon"
 	if _, err := os.Stat(daemon); err != nil {
 		t.Skipf("git daemon is not installed (%v): apt-get install git", err)
 	}
+	return daemon
+}
+
+func TestServerGitDaemon(t *testing.T) {
+	daemon := needGitDaemon(t)
 	s := newServerSetup(t)
-	port := freePort(t)
-	env := s.serverEnv()
-	logf := filepath.Join(s.a.dir, "git-daemon.log")
-	startGroup(t, env, logf, daemon, "--reuseaddr", "--base-path="+s.repos, "--export-all",
-		"--enable=receive-pack", "--listen=127.0.0.1", "--port="+strconv.Itoa(port))
-	waitListening(t, port, "git daemon")
-	url := fmt.Sprintf("git://127.0.0.1:%d/project.git", port)
+	url, port, logf := s.startGitDaemon(t, daemon)
 
 	s.exercise(t, url, s.clientEnv())
 	s.checkRemoteIP(t)
@@ -352,9 +370,9 @@ func TestServerGitDaemon(t *testing.T) {
 	fmt.Fprintf(conn, "%04x%s", len(req)+4, req)
 	s.waitUploadPackHeld(t)
 	out := s.rejectedClone(t, url, s.clientEnv())
-	// git:// carries no stderr to the client: it sees the connection end,
-	// and the shim's line lands in git daemon's log.
-	if !strings.Contains(out, "remote end hung up") && !strings.Contains(out, "Could not read from remote") {
+	// git:// carries no stderr to the client: the shim's ERR packet
+	// does, and its line lands in git daemon's log too.
+	if !strings.Contains(out, "fatal: remote error: sluice: ") {
 		t.Errorf("client output for a rejection over git://: %s", out)
 	}
 	waitFor(t, 5*time.Second, "the sluice: line in git daemon's log", func() bool {
@@ -504,7 +522,8 @@ func (s *serverSetup) shareWith(t *testing.T, uid, gid int) {
 	})
 }
 
-func TestServerSSH(t *testing.T) {
+// needSSHD returns sshd's path or skips.
+func needSSHD(t *testing.T) string {
 	sshd := "/usr/sbin/sshd"
 	if _, err := os.Stat(sshd); err != nil {
 		t.Skip("sshd is not installed (apt-get install openssh-server)")
@@ -515,7 +534,14 @@ func TestServerSSH(t *testing.T) {
 	if _, err := os.Stat("/usr/bin/git-shell"); err != nil {
 		t.Skip("git-shell is not installed")
 	}
-	s := newServerSetup(t)
+	return sshd
+}
+
+// startSSHD starts sshd for the git user (git-shell) and returns the
+// ssh:// URL of project.git, the ssh command line, the client's
+// environment (GIT_SSH_COMMAND set), the port and sshd's log file.
+func (s *serverSetup) startSSHD(t *testing.T, sshd string) (url, sshCmd string, env []string, port int, logf string) {
+	t.Helper()
 	u := gitUser(t)
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
@@ -532,7 +558,7 @@ func TestServerSSH(t *testing.T) {
 	pkgRun(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, "client_key"))
 	pub, _ := os.ReadFile(filepath.Join(dir, "client_key.pub"))
 	os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o644)
-	port := freePort(t)
+	port = freePort(t)
 	senv := s.serverEnv()
 	conf := fmt.Sprintf(`Port %d
 ListenAddress 127.0.0.1
@@ -549,19 +575,26 @@ AcceptEnv GIT_PROTOCOL
 SetEnv %s
 `, port, dir, dir, dir, strings.Join(senv, " "))
 	os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(conf), 0o644)
-	logf := filepath.Join(dir, "sshd.log")
+	logf = filepath.Join(dir, "sshd.log")
 	startGroup(t, os.Environ(), filepath.Join(dir, "sshd.out"), sshd, "-D", "-f", filepath.Join(dir, "sshd_config"), "-E", logf)
 	waitListening(t, port, "sshd")
 
-	sshCmd := fmt.Sprintf("ssh -F /dev/null -i %s/client_key -o IdentitiesOnly=yes -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o LogLevel=ERROR -o BatchMode=yes", dir)
-	env := s.clientEnv("GIT_SSH_COMMAND=" + sshCmd)
-	url := fmt.Sprintf("ssh://git@127.0.0.1:%d%s", port, s.upstream)
-	defer func() {
+	sshCmd = fmt.Sprintf("ssh -F /dev/null -i %s/client_key -o IdentitiesOnly=yes -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o LogLevel=ERROR -o BatchMode=yes", dir)
+	env = s.clientEnv("GIT_SSH_COMMAND=" + sshCmd)
+	url = fmt.Sprintf("ssh://git@127.0.0.1:%d%s", port, s.upstream)
+	t.Cleanup(func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(logf)
 			t.Logf("sshd log:\n%s", b)
 		}
-	}()
+	})
+	return url, sshCmd, env, port, logf
+}
+
+func TestServerSSH(t *testing.T) {
+	sshd := needSSHD(t)
+	s := newServerSetup(t)
+	url, sshCmd, env, port, _ := s.startSSHD(t, sshd)
 	s.exercise(t, url, env)
 	s.checkRemoteIP(t)
 	for _, m := range s.agentLines("command finished") {
@@ -575,15 +608,17 @@ SetEnv %s
 		"git-upload-pack '"+s.upstream+"'")...)
 	s.waitUploadPackHeld(t)
 	out := s.rejectedClone(t, url, env)
-	// ssh carries the server's stderr: the client sees the shim's line.
-	if !strings.Contains(out, "sluice: ") {
+	// The client prints the shim's ERR packet as the reason.
+	if !strings.Contains(out, "fatal: remote error: sluice: ") {
 		t.Errorf("over ssh the client should see the sluice: line; got:\n%s", out)
 	}
 	hold.release()
 	hold.wait(t, 10*time.Second)
 }
 
-func TestServerHTTP(t *testing.T) {
+// needHTTP returns the paths of nginx, fcgiwrap and git-http-backend or
+// skips.
+func needHTTP(t *testing.T) (nginx, fcgiwrap, backend string) {
 	nginx, err := exec.LookPath("nginx")
 	if err != nil {
 		if _, err = os.Stat("/usr/sbin/nginx"); err != nil {
@@ -591,16 +626,23 @@ func TestServerHTTP(t *testing.T) {
 		}
 		nginx = "/usr/sbin/nginx"
 	}
-	fcgiwrap := "/usr/sbin/fcgiwrap"
+	fcgiwrap = "/usr/sbin/fcgiwrap"
 	if _, err := os.Stat(fcgiwrap); err != nil {
 		t.Skip("fcgiwrap is not installed (apt-get install fcgiwrap)")
 	}
-	backend := "/usr/lib/git-core/git-http-backend"
+	backend = "/usr/lib/git-core/git-http-backend"
 	if _, err := os.Stat(backend); err != nil {
 		t.Skip("git-http-backend is not installed (apt-get install git)")
 	}
-	s := newServerSetup(t)
-	dir := filepath.Join(s.a.dir, "http")
+	return nginx, fcgiwrap, backend
+}
+
+// startHTTP starts fcgiwrap and nginx (access log on) in front of
+// git-http-backend and returns the URL of project.git and the directory
+// holding the servers' logs (access.log, error.log, fcgiwrap.log).
+func (s *serverSetup) startHTTP(t *testing.T, nginx, fcgiwrap, backend string) (url, dir string) {
+	t.Helper()
+	dir = filepath.Join(s.a.dir, "http")
 	os.MkdirAll(filepath.Join(dir, "tmp"), 0o755)
 	fsock := filepath.Join(dir, "fcgiwrap.sock")
 	startGroup(t, []string{"PATH=/usr/bin:/bin"}, filepath.Join(dir, "fcgiwrap.log"), fcgiwrap, "-c", "2", "-s", "unix:"+fsock)
@@ -620,7 +662,7 @@ pid %[1]s/nginx.pid;
 error_log %[1]s/error.log;
 events { worker_connections 64; }
 http {
-    access_log off;
+    access_log %[1]s/access.log;
     client_body_temp_path %[1]s/tmp/body;
     fastcgi_temp_path %[1]s/tmp/fastcgi;
     proxy_temp_path %[1]s/tmp/proxy;
@@ -645,13 +687,20 @@ http {
 	os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644)
 	startGroup(t, []string{"PATH=/usr/sbin:/usr/bin:/bin"}, filepath.Join(dir, "nginx.out"), nginx, "-e", filepath.Join(dir, "error.log"), "-p", dir, "-c", filepath.Join(dir, "nginx.conf"))
 	waitListening(t, port, "nginx")
-	defer func() {
+	t.Cleanup(func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
 			t.Logf("nginx error log:\n%s", b)
 		}
-	}()
-	url := fmt.Sprintf("http://127.0.0.1:%d/project.git", port)
+	})
+	return fmt.Sprintf("http://127.0.0.1:%d/project.git", port), dir
+}
+
+func TestServerHTTP(t *testing.T) {
+	nginx, fcgiwrap, backend := needHTTP(t)
+	s := newServerSetup(t)
+	url, dir := s.startHTTP(t, nginx, fcgiwrap, backend)
+	port, _ := strconv.Atoi(url[strings.LastIndexByte(url, ':')+1 : strings.LastIndexByte(url, '/')])
 	s.exercise(t, url, s.clientEnv())
 	s.checkRemoteIP(t)
 
@@ -666,9 +715,9 @@ http {
 	fmt.Fprintf(conn, "POST /project.git/git-upload-pack HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-git-upload-pack-request\r\nGit-Protocol: version=2\r\nContent-Length: 100000\r\n\r\n")
 	s.waitUploadPackHeld(t)
 	out := s.rejectedClone(t, url, s.clientEnv())
-	// Over HTTP the shim's stderr is the CGI's stderr, which fcgiwrap
-	// writes to its own stderr. The client only sees the request fail.
-	if !strings.Contains(out, "remote end hung up") && !strings.Contains(out, "RPC failed") {
+	// Over HTTP the shim's ERR packet is the response body; its stderr
+	// is the CGI's stderr, which fcgiwrap writes to its own stderr.
+	if !strings.Contains(out, "fatal: remote error: sluice: ") {
 		t.Errorf("client output for a rejection over http: %s", out)
 	}
 	waitFor(t, 5*time.Second, "the sluice: line in fcgiwrap's log", func() bool {

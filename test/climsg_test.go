@@ -1,0 +1,188 @@
+package test
+
+// climsg_test.go: every rejected git client hears why. Real servers (git
+// daemon, sshd + git-shell, nginx + fcgiwrap + git-http-backend) and the
+// real git client, protocol v0, v1 and v2, for clone (upload-pack), push
+// (receive-pack) and `git archive --remote` (upload-archive; git:// and
+// ssh — git-http-backend does not serve it). Slots are held by raw git://
+// requests that never finish (limits keyed "global", no queue), so every
+// client is rejected with the rule's reason; its stderr must carry the
+// "sluice:" line with the reason, the limit, the retry hint and the
+// correlation id that the agent's "rejected" log line carries.
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// climsgLimits: one slot per subcommand for the whole server, no queue.
+const climsgLimits = `
+[[limit]]
+name = "upload-pack"
+match = ["upload-pack"]
+key = "global"
+max_per_key = 1
+max_queue_size = 0
+max_queue_wait = "7s"
+
+[[limit]]
+name = "receive-pack"
+match = ["receive-pack"]
+key = "global"
+max_per_key = 1
+max_queue_size = 0
+max_queue_wait = "7s"
+
+[[limit]]
+name = "upload-archive"
+match = ["upload-archive"]
+key = "global"
+max_per_key = 1
+max_queue_size = 0
+max_queue_wait = "7s"
+`
+
+var correlationRE = regexp.MustCompile(`\(correlation id ([0-9a-f]{16})\)`)
+
+// holdOverGitDaemon sends a git:// request for service and never goes on,
+// so the server's command holds its slot until the test ends.
+func (s *serverSetup) holdOverGitDaemon(t *testing.T, port int, service, limit string) {
+	t.Helper()
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	req := fmt.Sprintf("git-%s /project.git\x00host=127.0.0.1:%d\x00", service, port)
+	fmt.Fprintf(conn, "%04x%s", len(req)+4, req)
+	waitFor(t, 10*time.Second, "a "+service+" holding its slot", func() bool {
+		return s.a.metric(`sluice_concurrency_limiting_in_progress{limit="`+limit+`"}`) == 1
+	})
+}
+
+// clientRun runs the real git client and returns its stderr and exit code.
+func clientRun(dir string, env []string, args ...string) (string, int) {
+	cmd := exec.Command(bins.realGit, args...)
+	cmd.Dir = dir
+	cmd.Env = env
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.Stdout = &stderr
+	cmd.Run()
+	return stderr.String(), cmd.ProcessState.ExitCode()
+}
+
+// checkRefusal asserts what a rejected client printed: the sluice: line
+// (once), the reason, the limit, the retry hint and a correlation id that
+// the agent logged with its rejection.
+func (s *serverSetup) checkRefusal(t *testing.T, what, out string, code int, limit string) {
+	t.Helper()
+	t.Logf("%s: exit %d, client printed:\n%s", what, code, out)
+	if code == 0 {
+		t.Errorf("%s: exit 0, want a failure", what)
+	}
+	if n := strings.Count(out, "sluice: "); n != 1 {
+		t.Errorf("%s: %d sluice: lines, want exactly 1", what, n)
+	}
+	for _, want := range []string{"fatal: remote error: sluice: ", "(limit \"" + limit + "\")", "is full", "try again in 7s"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("%s: client output lacks %q", what, want)
+		}
+	}
+	m := correlationRE.FindStringSubmatch(out)
+	if m == nil {
+		t.Errorf("%s: no correlation id in the client's output", what)
+		return
+	}
+	found := false
+	waitFor(t, 5*time.Second, "the agent's rejected line with correlation id "+m[1], func() bool {
+		for _, l := range s.agentLines("rejected") {
+			if l["correlation_id"] == m[1] {
+				found = l["limit"] == limit
+				return true
+			}
+		}
+		return false
+	})
+	if !found {
+		t.Errorf("%s: the agent's rejected line for %s does not name limit %s", what, m[1], limit)
+	}
+}
+
+func TestClientsHearRejections(t *testing.T) {
+	daemon := needGitDaemon(t)
+	sshd := needSSHD(t)
+	nginx, fcgiwrap, backend := needHTTP(t)
+	s := newServerSetupWith(t, climsgLimits)
+	gitURL, port, daemonLog := s.startGitDaemon(t, daemon)
+	sshURL, _, sshEnv, _, _ := s.startSSHD(t, sshd)
+	httpURL, httpDir := s.startHTTP(t, nginx, fcgiwrap, backend)
+
+	// A work tree to push from, cloned straight from the repository.
+	work := filepath.Join(s.client, "work")
+	git(t, s.client, s.clientEnv(), "clone", "-q", "--no-local", s.upstream, work)
+	os.WriteFile(filepath.Join(work, "new.txt"), []byte("new\n"), 0o644)
+	git(t, work, s.clientEnv(), "add", "new.txt")
+	git(t, work, s.clientEnv(), "commit", "-q", "-m", "new")
+	before := refs(t, s.upstream)
+
+	s.holdOverGitDaemon(t, port, "upload-pack", "upload-pack")
+	s.holdOverGitDaemon(t, port, "receive-pack", "receive-pack")
+	s.holdOverGitDaemon(t, port, "upload-archive", "upload-archive")
+
+	transports := []struct {
+		name string
+		url  string
+		env  []string
+	}{
+		{"git", gitURL, s.clientEnv()},
+		{"ssh", sshURL, sshEnv},
+		{"http", httpURL, s.clientEnv()},
+	}
+	for _, tr := range transports {
+		for _, v := range []string{"0", "1", "2"} {
+			t.Run(tr.name+"/v"+v, func(t *testing.T) {
+				env := append(append([]string(nil), tr.env...), "GIT_TERMINAL_PROMPT=0")
+				dst := filepath.Join(s.client, "clone-"+tr.name+"-v"+v)
+				out, code := clientRun(s.client, env, "-c", "protocol.version="+v, "clone", tr.url, dst)
+				s.checkRefusal(t, "clone", out, code, "upload-pack")
+				if _, err := os.Stat(dst); !os.IsNotExist(err) {
+					t.Errorf("clone left %s behind (%v)", dst, err)
+				}
+
+				out, code = clientRun(work, env, "-c", "protocol.version="+v, "push", tr.url, "HEAD:refs/heads/pushed-"+tr.name+"-v"+v)
+				s.checkRefusal(t, "push", out, code, "receive-pack")
+
+				if tr.name == "http" {
+					return // git-http-backend serves no upload-archive
+				}
+				tarball := filepath.Join(s.client, "archive-"+tr.name+"-v"+v+".tar")
+				out, code = clientRun(s.client, env, "-c", "protocol.version="+v, "archive", "--remote="+tr.url, "-o", tarball, "HEAD")
+				s.checkRefusal(t, "archive", out, code, "upload-archive")
+			})
+		}
+	}
+	if got := refs(t, s.upstream); got != before {
+		t.Errorf("a rejected push changed the repository:\n%s\nvs\n%s", got, before)
+	}
+
+	// The servers' own logs: git daemon's stderr and fcgiwrap's carry the
+	// same line; nginx logs the rejected requests with status 200 (the
+	// shim runs after git-http-backend sent its headers; see README).
+	daemonOut, _ := os.ReadFile(daemonLog)
+	if !strings.Contains(string(daemonOut), `sluice: too many upload-pack requests for this server`) {
+		t.Errorf("git daemon's log lacks the rejection:\n%s", daemonOut)
+	}
+	access, _ := os.ReadFile(filepath.Join(httpDir, "access.log"))
+	if !regexp.MustCompile(`"GET /project.git/info/refs\?service=git-upload-pack HTTP/1.1" 200 `).Match(access) {
+		t.Errorf("nginx access log:\n%s", access)
+	}
+}
