@@ -78,44 +78,89 @@ func AppendErrPkt(dst []byte, msg string) []byte {
 // refusal is not lost to a TCP reset (a socket closed with unread input
 // resets the connection, and the client's kernel may then discard what it
 // had not yet read) and a relaying git-http-backend does not fail writing
-// the request body. It never blocks past deadline.
-func Drain(fd int, untilFlush bool, max int, deadline time.Time) {
+// the request body. It returns the payload of the request's first pkt-line
+// (nil when there was none). It never blocks past deadline.
+func Drain(fd int, untilFlush bool, max int, deadline time.Time) (first []byte) {
 	buf := make([]byte, 8192)
-	var pending []byte // unparsed pkt-line bytes when untilFlush
+	var pending []byte // unparsed pkt-line bytes while still parsing
+	parsing := true
 	for total := 0; total < max; {
 		left := time.Until(deadline)
 		if left <= 0 || !readable(fd, left) {
-			return
+			return first
 		}
 		n, err := syscall.Read(fd, buf)
 		if err == syscall.EINTR {
 			continue
 		}
 		if n <= 0 || err != nil {
-			return
+			return first
 		}
 		total += n
-		if !untilFlush {
+		if !parsing {
 			continue
 		}
 		pending = append(pending, buf[:n]...)
-		for {
-			typ, _, rest, err := ParsePkt(pending)
+		for parsing {
+			typ, payload, rest, err := ParsePkt(pending)
+			if err == ErrPktLength {
+				parsing = false // not pkt-lines
+				break
+			}
 			if err != nil {
-				if err != ErrPktLength {
-					break // need more bytes
-				}
-				return // not pkt-lines: stop reading
+				break // need more bytes
 			}
 			pending = rest
-			if typ == PktFlush {
-				return
+			if first == nil && typ == PktData {
+				first = append([]byte{}, payload...)
+			}
+			if typ == PktFlush && untilFlush {
+				return first
+			}
+			if first != nil && !untilFlush {
+				parsing = false // only the first packet was wanted
 			}
 		}
 		if len(pending) > PktMax {
-			return
+			parsing = false
+		}
+		if !parsing {
+			pending = nil
+			if untilFlush {
+				return first
+			}
 		}
 	}
+	return first
+}
+
+// SidebandRequested reports whether a receive-pack request's first
+// command line (payload of its first pkt-line) asks for side-band or
+// side-band-64k: the answer is then multiplexed, and a refusal must be a
+// band 3 ("fatal error") packet, since the client's demultiplexer reads a
+// bare "ERR …" as band 'E'.
+func SidebandRequested(first []byte) bool {
+	_, caps, ok := strings.Cut(string(first), "\x00")
+	if !ok {
+		return false
+	}
+	for _, c := range strings.Fields(caps) {
+		if c == "side-band" || c == "side-band-64k" {
+			return true
+		}
+	}
+	return false
+}
+
+// AppendBand3Pkt appends msg as a side-band fatal-error packet
+// ("\x03" + msg + "\n"), which the client prints as "remote: msg".
+func AppendBand3Pkt(dst []byte, msg string) []byte {
+	msg, _, _ = strings.Cut(msg, "\n")
+	if max := PktDataMax - len("\x03\n"); len(msg) > max {
+		msg = msg[:max]
+	}
+	b, _ := AppendPktString(dst, "\x03"+msg+"\n")
+	return b
 }
 
 // readable waits until fd has input (or EOF), at most d.

@@ -70,3 +70,34 @@ func TestDrain(t *testing.T) {
 		t.Errorf("left %d bytes before EOF", n)
 	}
 }
+
+func TestSideband(t *testing.T) {
+	cmd := "0000000000000000000000000000000000000000 1111111111111111111111111111111111111111 refs/heads/x"
+	for _, c := range []struct {
+		first string
+		want  bool
+	}{
+		{cmd + "\x00 report-status side-band-64k quiet object-format=sha1 agent=git/2.39.5", true},
+		{cmd + "\x00report-status side-band", true},
+		{cmd + "\x00report-status", false},
+		{cmd, false},
+		{"", false},
+	} {
+		if got := SidebandRequested([]byte(c.first)); got != c.want {
+			t.Errorf("%q: %v", c.first, got)
+		}
+	}
+	if got := string(AppendBand3Pkt(nil, "sluice: busy\nmore")); got != "0012\x03sluice: busy\n" {
+		t.Errorf("band 3 packet %q", got)
+	}
+}
+
+// Drain returns the first pkt-line of a request read to EOF.
+func TestDrainFirst(t *testing.T) {
+	r, w, _ := os.Pipe()
+	defer r.Close()
+	go func() { w.WriteString("0009first0008next0000PACK\x00\x01binary"); w.Close() }()
+	if got := string(Drain(int(r.Fd()), false, 1<<20, time.Now().Add(time.Hour))); got != "first" {
+		t.Errorf("first %q", got)
+	}
+}

@@ -14,6 +14,10 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -50,6 +54,9 @@ max_queue_size = 0
 max_queue_wait = "7s"
 `
 
+// remoteError is how git prints an ERR packet.
+const remoteError = "fatal: remote error: "
+
 var correlationRE = regexp.MustCompile(`\(correlation id ([0-9a-f]{16})\)`)
 
 // holdOverGitDaemon sends a git:// request for service and never goes on,
@@ -81,9 +88,9 @@ func clientRun(dir string, env []string, args ...string) (string, int) {
 }
 
 // checkRefusal asserts what a rejected client printed: the sluice: line
-// (once), the reason, the limit, the retry hint and a correlation id that
-// the agent logged with its rejection.
-func (s *serverSetup) checkRefusal(t *testing.T, what, out string, code int, limit string) {
+// (once, after prefix), the reason, the limit, the retry hint and a
+// correlation id that the agent logged with its rejection.
+func (s *serverSetup) checkRefusal(t *testing.T, what, out string, code int, limit, prefix string) {
 	t.Helper()
 	t.Logf("%s: exit %d, client printed:\n%s", what, code, out)
 	if code == 0 {
@@ -92,7 +99,7 @@ func (s *serverSetup) checkRefusal(t *testing.T, what, out string, code int, lim
 	if n := strings.Count(out, "sluice: "); n != 1 {
 		t.Errorf("%s: %d sluice: lines, want exactly 1", what, n)
 	}
-	for _, want := range []string{"fatal: remote error: sluice: ", "(limit \"" + limit + "\")", "is full", "try again in 7s"} {
+	for _, want := range []string{prefix + "sluice: ", "(limit \"" + limit + "\")", "is full", "try again in 7s"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("%s: client output lacks %q", what, want)
 		}
@@ -153,20 +160,20 @@ func TestClientsHearRejections(t *testing.T) {
 				env := append(append([]string(nil), tr.env...), "GIT_TERMINAL_PROMPT=0")
 				dst := filepath.Join(s.client, "clone-"+tr.name+"-v"+v)
 				out, code := clientRun(s.client, env, "-c", "protocol.version="+v, "clone", tr.url, dst)
-				s.checkRefusal(t, "clone", out, code, "upload-pack")
+				s.checkRefusal(t, "clone", out, code, "upload-pack", remoteError)
 				if _, err := os.Stat(dst); !os.IsNotExist(err) {
 					t.Errorf("clone left %s behind (%v)", dst, err)
 				}
 
 				out, code = clientRun(work, env, "-c", "protocol.version="+v, "push", tr.url, "HEAD:refs/heads/pushed-"+tr.name+"-v"+v)
-				s.checkRefusal(t, "push", out, code, "receive-pack")
+				s.checkRefusal(t, "push", out, code, "receive-pack", remoteError)
 
 				if tr.name == "http" {
 					return // git-http-backend serves no upload-archive
 				}
 				tarball := filepath.Join(s.client, "archive-"+tr.name+"-v"+v+".tar")
 				out, code = clientRun(s.client, env, "-c", "protocol.version="+v, "archive", "--remote="+tr.url, "-o", tarball, "HEAD")
-				s.checkRefusal(t, "archive", out, code, "upload-archive")
+				s.checkRefusal(t, "archive", out, code, "upload-archive", remoteError)
 			})
 		}
 	}
@@ -185,4 +192,98 @@ func TestClientsHearRejections(t *testing.T) {
 	if !regexp.MustCompile(`"GET /project.git/info/refs\?service=git-upload-pack HTTP/1.1" 200 `).Match(access) {
 		t.Errorf("nginx access log:\n%s", access)
 	}
+}
+
+// TestClientsHearRejectionsOnPost: over smart HTTP every request runs its
+// own upload-pack or receive-pack, so a client admitted for the ref
+// advertisement (GET info/refs) may be rejected at its POST. A proxy in
+// front of nginx takes the slot just before it forwards the client's
+// first POST.
+func TestClientsHearRejectionsOnPost(t *testing.T) {
+	daemon := needGitDaemon(t)
+	nginx, fcgiwrap, backend := needHTTP(t)
+	s := newServerSetupWith(t, climsgLimits)
+	_, port, _ := s.startGitDaemon(t, daemon)
+	httpURL, httpDir := s.startHTTP(t, nginx, fcgiwrap, backend)
+	target, err := neturl.Parse(httpURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target.Path = ""
+
+	work := filepath.Join(s.client, "work")
+	git(t, s.client, s.clientEnv(), "clone", "-q", "--no-local", s.upstream, work)
+	os.WriteFile(filepath.Join(work, "new.txt"), []byte("new\n"), 0o644)
+	git(t, work, s.clientEnv(), "add", "new.txt")
+	git(t, work, s.clientEnv(), "commit", "-q", "-m", "new")
+
+	for _, c := range []struct {
+		v, service, limit string
+	}{
+		{"0", "upload-pack", "upload-pack"}, {"1", "upload-pack", "upload-pack"}, {"2", "upload-pack", "upload-pack"},
+		{"0", "receive-pack", "receive-pack"}, {"1", "receive-pack", "receive-pack"}, {"2", "receive-pack", "receive-pack"},
+	} {
+		t.Run(c.service+"/v"+c.v, func(t *testing.T) {
+			var held *net.TCPConn
+			var posts int
+			rp := httputil.NewSingleHostReverseProxy(target)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodPost && held == nil {
+					posts++
+					held = s.holdSlot(t, port, c.service, c.limit)
+				}
+				rp.ServeHTTP(w, r)
+			}))
+			defer srv.Close()
+			defer func() {
+				if held != nil {
+					held.Close()
+					waitFor(t, 10*time.Second, "the held slot released", func() bool {
+						return s.a.metric(`sluice_concurrency_limiting_in_progress{limit="`+c.limit+`"}`) == 0
+					})
+				}
+			}()
+			url := srv.URL + "/project.git"
+			env := append(s.clientEnv(), "GIT_TERMINAL_PROMPT=0")
+			var out string
+			var code int
+			if c.service == "upload-pack" {
+				dst := filepath.Join(s.client, "post-clone-v"+c.v)
+				out, code = clientRun(s.client, env, "-c", "protocol.version="+c.v, "clone", url, dst)
+				if _, err := os.Stat(dst); !os.IsNotExist(err) {
+					t.Errorf("clone left %s behind (%v)", dst, err)
+				}
+			} else {
+				out, code = clientRun(work, env, "-c", "protocol.version="+c.v, "push", url, "HEAD:refs/heads/post-v"+c.v)
+			}
+			if posts == 0 {
+				t.Fatalf("the client sent no POST:\n%s", out)
+			}
+			// A push's answer is multiplexed: the band 3 packet prints as
+			// "remote: …" (send-pack's demultiplexer does not die on it).
+			prefix := remoteError
+			if c.service == "receive-pack" {
+				prefix = "remote: "
+			}
+			s.checkRefusal(t, c.service+" POST", out, code, c.limit, prefix)
+		})
+	}
+	access, _ := os.ReadFile(filepath.Join(httpDir, "access.log"))
+	t.Logf("nginx access log:\n%s", access)
+}
+
+// holdSlot is holdOverGitDaemon returning the connection, so the caller
+// can give the slot back.
+func (s *serverSetup) holdSlot(t *testing.T, port int, service, limit string) *net.TCPConn {
+	t.Helper()
+	conn, err := net.DialTCP("tcp", nil, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := fmt.Sprintf("git-%s /project.git\x00host=127.0.0.1:%d\x00", service, port)
+	fmt.Fprintf(conn, "%04x%s", len(req)+4, req)
+	waitFor(t, 10*time.Second, "a "+service+" holding its slot", func() bool {
+		return s.a.metric(`sluice_concurrency_limiting_in_progress{limit="`+limit+`"}`) == 1
+	})
+	return conn
 }

@@ -27,10 +27,15 @@ import (
 // upload-archive's client sends its arguments before it reads the answer,
 // and an HTTP POST carries a request body: that input is read (bounded by
 // drainMax and drainFor) so that git-http-backend does not fail writing it
-// and a git:// socket is not reset with the answer unread.
+// and a git:// socket is not reset with the answer unread. A push's POST
+// (receive-pack --stateless-rpc) that asked for side-band gets its refusal
+// as a band 3 packet — its client demultiplexes the answer and would read
+// a bare ERR as "protocol error: bad band #69" — printed as
+// "remote: sluice: …"; the ref advertisement before it (GET info/refs) is
+// never multiplexed and gets the ERR.
 const (
-	drainMax = 1 << 20
-	drainFor = 2 * time.Second
+	drainMax = 64 << 20
+	drainFor = 5 * time.Second
 	// failClosedRetry is the retry hint when the agent could not be asked:
 	// long enough for a restarted agent to be back.
 	failClosedRetry = "5s"
@@ -42,10 +47,20 @@ const (
 // leaves out).
 func refuse(inv *gitwrap.Invocation, line, detail string) int {
 	st := gitwrap.ClientStream(inv)
-	if st.ERR {
+	switch {
+	case st.DrainEOF:
+		// An HTTP POST: read the request first (its first line says
+		// whether a push's answer is multiplexed), then answer.
+		first := gitwrap.Drain(0, false, drainMax, time.Now().Add(drainFor))
+		if inv.Subcommand == "receive-pack" && gitwrap.SidebandRequested(first) {
+			os.Stdout.Write(gitwrap.AppendBand3Pkt(nil, line))
+		} else {
+			os.Stdout.Write(gitwrap.AppendErrPkt(nil, line))
+		}
+	case st.ERR:
 		os.Stdout.Write(gitwrap.AppendErrPkt(nil, line))
-		if st.DrainFlush || st.DrainEOF {
-			gitwrap.Drain(0, st.DrainFlush, drainMax, time.Now().Add(drainFor))
+		if st.DrainFlush {
+			gitwrap.Drain(0, true, drainMax, time.Now().Add(drainFor))
 		}
 	}
 	if !st.ERR || os.Getenv("SSH_CONNECTION") == "" || detail != line {

@@ -56,6 +56,9 @@ func TestRefusalOnEachStream(t *testing.T) {
 	line := fullMsg + " (correlation id c0ffee)"
 	archiveArgs := "0012argument HEAD\n" + "0000"
 	post := "0032want 0123456789012345678901234567890123456789\n00000009done\n"
+	cmd := "0000000000000000000000000000000000000000 0123456789012345678901234567890123456789 refs/heads/x\x00"
+	push := string(gitwrap.AppendFlush(must(gitwrap.AppendPktString(nil, cmd+" report-status side-band-64k")))) + "PACK…"
+	pushPlain := string(gitwrap.AppendFlush(must(gitwrap.AppendPktString(nil, cmd+" report-status")))) + "PACK…"
 	for _, c := range []struct {
 		name       string
 		argv       []string
@@ -77,6 +80,9 @@ func TestRefusalOnEachStream(t *testing.T) {
 		// git-http-backend: info/refs reads nothing, the POST body is read.
 		{"http info/refs", []string{"git", "upload-pack", "--stateless-rpc", "--advertise-refs", "."}, nil, "body", errPkt(line), line + "\n", 0},
 		{"http POST", []string{"git", "upload-pack", "--stateless-rpc", "."}, nil, post, errPkt(line), line + "\n", int64(len(post))},
+		// A push's POST that asked for side-band: a band 3 packet.
+		{"http push POST", []string{"git", "receive-pack", "--stateless-rpc", "."}, nil, push, string(gitwrap.AppendBand3Pkt(nil, line)), line + "\n", int64(len(push))},
+		{"http push POST without side-band", []string{"git", "receive-pack", "--stateless-rpc", "."}, nil, pushPlain, errPkt(line), line + "\n", int64(len(pushPlain))},
 		// Hook mode: stdout is pack data for upload-pack; stderr only.
 		{"hook pack-objects", []string{"sluice-shim", "git", "pack-objects", "--revs", "--stdout"}, []string{"GIT_DIR=."}, "", "", line + "\n", 0},
 	} {
@@ -123,4 +129,11 @@ func TestRefusalFailClosed(t *testing.T) {
 	if !strings.Contains(stderr, e.sock) {
 		t.Errorf("stderr %q lacks the socket", stderr)
 	}
+}
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
 }
