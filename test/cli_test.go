@@ -321,8 +321,13 @@ func TestCLIDemo(t *testing.T) {
 		"git daemon ready: git://127.0.0.1:",
 		"in flight 2, queued",
 		": ok in ",
+		"run 1 of 2, without sluice",
+		"run 2 of 2, with sluice",
 		"rejected after ",
-		`sluice: too many upload-pack requests for this repository`,
+		// The client's own words, with the id the agent logged.
+		`: sluice: too many upload-pack requests for this repository`,
+		"try again in 3s (correlation id ",
+		"side by side, 12 clients",
 		"what 'sluice top --once' shows now:",
 		`sluice_requests_dropped_total{limit="upload-pack",reason="max_size"} `,
 		`sluice_commands_total{cmd="git",outcome="ok",subcmd="upload-pack"} `,
@@ -331,9 +336,13 @@ func TestCLIDemo(t *testing.T) {
 			t.Errorf("demo output lacks %q", want)
 		}
 	}
-	// Every clone either ran or was rejected by sluice: nothing else broke.
+	// Every clone either ran or was rejected by sluice: nothing else broke,
+	// and a waiting line is never taken for a reason.
 	if strings.Contains(out, ": failed after ") {
 		t.Errorf("some clones failed for another reason than a rejection")
+	}
+	if strings.Contains(out, "rejected after") && strings.Contains(out, ": sluice: waiting") {
+		t.Errorf("a waiting line shown as a rejection reason")
 	}
 	if t.Failed() {
 		t.Logf("stdout:\n%s\nstderr:\n%s", out, stderr.String())
