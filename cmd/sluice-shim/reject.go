@@ -2,6 +2,8 @@ package main
 
 import (
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/sluicehq/sluice/agent/wire"
@@ -47,6 +49,10 @@ const (
 // leaves out).
 func refuse(inv *gitwrap.Invocation, line, detail string) int {
 	st := gitwrap.ClientStream(inv)
+	// A client that already hung up must not turn the refusal into death
+	// by SIGPIPE (the Go runtime raises it for EPIPE on fd 1 and 2): the
+	// shim still exits 75.
+	signal.Ignore(syscall.SIGPIPE)
 	switch {
 	case st.DrainEOF:
 		// An HTTP POST: read the request first (its first line says

@@ -137,3 +137,21 @@ func must(b []byte, err error) []byte {
 	}
 	return b
 }
+
+// A client gone before the refusal is written: still exit 75, not SIGPIPE.
+func TestRefusalClientGone(t *testing.T) {
+	e := newEnv(t)
+	startAgent(t, e.sock, rejectWith(wire.ReasonMaxSize, fullMsg))
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	defer w.Close()
+	c := e.cmd([]string{"git-upload-pack", "."}, "FAKE_GIT=exit:0")
+	c.Stdout = w
+	res := runCmd(t, c)
+	if !res.ws.Exited() || res.ws.ExitStatus() != exitTempFail {
+		t.Errorf("%s, want exit %d", describe(res.ws), exitTempFail)
+	}
+}
