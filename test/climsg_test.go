@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -63,16 +64,8 @@ var correlationRE = regexp.MustCompile(`\(correlation id ([0-9a-f]{16})\)`)
 // so the server's command holds its slot until the test ends.
 func (s *serverSetup) holdOverGitDaemon(t *testing.T, port int, service, limit string) {
 	t.Helper()
-	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := s.holdSlot(t, port, service, limit)
 	t.Cleanup(func() { conn.Close() })
-	req := fmt.Sprintf("git-%s /project.git\x00host=127.0.0.1:%d\x00", service, port)
-	fmt.Fprintf(conn, "%04x%s", len(req)+4, req)
-	waitFor(t, 10*time.Second, "a "+service+" holding its slot", func() bool {
-		return s.a.metric(`sluice_concurrency_limiting_in_progress{limit="`+limit+`"}`) == 1
-	})
 }
 
 // clientRun runs the real git client and returns its stderr and exit code.
@@ -130,7 +123,7 @@ func TestClientsHearRejections(t *testing.T) {
 	nginx, fcgiwrap, backend := needHTTP(t)
 	s := newServerSetupWith(t, climsgLimits)
 	gitURL, port, daemonLog := s.startGitDaemon(t, daemon)
-	sshURL, _, sshEnv, _, _ := s.startSSHD(t, sshd)
+	sshURL, sshEnv := s.startSSHD(t, sshd)
 	httpURL, httpDir := s.startHTTP(t, nginx, fcgiwrap, backend)
 
 	// A work tree to push from, cloned straight from the repository.
@@ -272,8 +265,8 @@ func TestClientsHearRejectionsOnPost(t *testing.T) {
 	t.Logf("nginx access log:\n%s", access)
 }
 
-// holdSlot is holdOverGitDaemon returning the connection, so the caller
-// can give the slot back.
+// holdSlot sends a git:// request for service and never goes on, so the
+// server's command holds its slot until the returned connection is closed.
 func (s *serverSetup) holdSlot(t *testing.T, port int, service, limit string) *net.TCPConn {
 	t.Helper()
 	conn, err := net.DialTCP("tcp", nil, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
@@ -286,4 +279,178 @@ func (s *serverSetup) holdSlot(t *testing.T, port int, service, limit string) *n
 		return s.a.metric(`sluice_concurrency_limiting_in_progress{limit="`+limit+`"}`) == 1
 	})
 	return conn
+}
+
+// Servers for these tests: the same wiring as servers_test.go (the
+// installed package, loopback), with upload-archive enabled on git daemon
+// and nginx's access log on.
+
+// startGitDaemon starts git daemon (receive-pack and upload-archive
+// enabled) and returns the URL of project.git, its port and its log file.
+func (s *serverSetup) startGitDaemon(t *testing.T, daemon string) (url string, port int, logf string) {
+	t.Helper()
+	port = freePort(t)
+	logf = filepath.Join(s.a.dir, "git-daemon.log")
+	startGroup(t, s.serverEnv(), logf, daemon, "--reuseaddr", "--base-path="+s.repos, "--export-all",
+		"--enable=receive-pack", "--enable=upload-archive", "--listen=127.0.0.1", "--port="+strconv.Itoa(port))
+	waitListening(t, port, "git daemon")
+	return fmt.Sprintf("git://127.0.0.1:%d/project.git", port), port, logf
+}
+
+// needGitDaemon returns git daemon's path or skips.
+func needGitDaemon(t *testing.T) string {
+	daemon := "/usr/lib/git-core/git-daemon"
+	if _, err := os.Stat(daemon); err != nil {
+		t.Skipf("git daemon is not installed (%v): apt-get install git", err)
+	}
+	return daemon
+}
+
+// needSSHD returns sshd's path or skips.
+func needSSHD(t *testing.T) string {
+	sshd := "/usr/sbin/sshd"
+	if _, err := os.Stat(sshd); err != nil {
+		t.Skip("sshd is not installed (apt-get install openssh-server)")
+	}
+	if _, err := exec.LookPath("ssh-keygen"); err != nil {
+		t.Skip("ssh-keygen is not installed (apt-get install openssh-client)")
+	}
+	if _, err := os.Stat("/usr/bin/git-shell"); err != nil {
+		t.Skip("git-shell is not installed")
+	}
+	return sshd
+}
+
+// startSSHD starts sshd for the git user (git-shell) and returns the
+// ssh:// URL of project.git and the client's environment (GIT_SSH_COMMAND
+// set).
+func (s *serverSetup) startSSHD(t *testing.T, sshd string) (url string, env []string) {
+	t.Helper()
+	u := gitUser(t)
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	s.shareWith(t, uid, gid)
+	if _, err := os.Stat("/run/sshd"); err != nil {
+		if err := os.Mkdir("/run/sshd", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove("/run/sshd") })
+	}
+	dir := filepath.Join(s.a.dir, "sshd")
+	os.Mkdir(dir, 0o755)
+	pkgRun(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, "host_key"))
+	pkgRun(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, "client_key"))
+	pub, _ := os.ReadFile(filepath.Join(dir, "client_key.pub"))
+	os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o644)
+	port := freePort(t)
+	senv := s.serverEnv()
+	conf := fmt.Sprintf(`Port %d
+ListenAddress 127.0.0.1
+HostKey %s/host_key
+PidFile %s/sshd.pid
+AuthorizedKeysFile %s/authorized_keys
+UsePAM no
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AllowUsers git
+AcceptEnv GIT_PROTOCOL
+SetEnv %s
+`, port, dir, dir, dir, strings.Join(senv, " "))
+	os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(conf), 0o644)
+	logf := filepath.Join(dir, "sshd.log")
+	startGroup(t, os.Environ(), filepath.Join(dir, "sshd.out"), sshd, "-D", "-f", filepath.Join(dir, "sshd_config"), "-E", logf)
+	waitListening(t, port, "sshd")
+
+	sshCmd := fmt.Sprintf("ssh -F /dev/null -i %s/client_key -o IdentitiesOnly=yes -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o LogLevel=ERROR -o BatchMode=yes", dir)
+	env = s.clientEnv("GIT_SSH_COMMAND=" + sshCmd)
+	url = fmt.Sprintf("ssh://git@127.0.0.1:%d%s", port, s.upstream)
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logf)
+			t.Logf("sshd log:\n%s", b)
+		}
+	})
+	return url, env
+}
+
+// needHTTP returns the paths of nginx, fcgiwrap and git-http-backend or
+// skips.
+func needHTTP(t *testing.T) (nginx, fcgiwrap, backend string) {
+	nginx, err := exec.LookPath("nginx")
+	if err != nil {
+		if _, err = os.Stat("/usr/sbin/nginx"); err != nil {
+			t.Skip("nginx is not installed (apt-get install nginx)")
+		}
+		nginx = "/usr/sbin/nginx"
+	}
+	fcgiwrap = "/usr/sbin/fcgiwrap"
+	if _, err := os.Stat(fcgiwrap); err != nil {
+		t.Skip("fcgiwrap is not installed (apt-get install fcgiwrap)")
+	}
+	backend = "/usr/lib/git-core/git-http-backend"
+	if _, err := os.Stat(backend); err != nil {
+		t.Skip("git-http-backend is not installed (apt-get install git)")
+	}
+	return nginx, fcgiwrap, backend
+}
+
+// startHTTP starts fcgiwrap and nginx (access log on) in front of
+// git-http-backend and returns the URL of project.git and the directory
+// holding the servers' logs (access.log, error.log, fcgiwrap.log).
+func (s *serverSetup) startHTTP(t *testing.T, nginx, fcgiwrap, backend string) (url, dir string) {
+	t.Helper()
+	dir = filepath.Join(s.a.dir, "http")
+	os.MkdirAll(filepath.Join(dir, "tmp"), 0o755)
+	fsock := filepath.Join(dir, "fcgiwrap.sock")
+	startGroup(t, []string{"PATH=/usr/bin:/bin"}, filepath.Join(dir, "fcgiwrap.log"), fcgiwrap, "-c", "2", "-s", "unix:"+fsock)
+	waitFor(t, 10*time.Second, "fcgiwrap's socket", func() bool { _, err := os.Stat(fsock); return err == nil })
+
+	port := freePort(t)
+	var params strings.Builder
+	for _, kv := range append(s.serverEnv(), "GIT_PROJECT_ROOT="+s.repos, "GIT_HTTP_EXPORT_ALL=1") {
+		k, v, _ := strings.Cut(kv, "=")
+		fmt.Fprintf(&params, "            fastcgi_param %s %q;\n", k, v)
+	}
+	conf := fmt.Sprintf(`user root;
+daemon off;
+master_process off;
+worker_processes 1;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log;
+events { worker_connections 64; }
+http {
+    access_log %[1]s/access.log;
+    client_body_temp_path %[1]s/tmp/body;
+    fastcgi_temp_path %[1]s/tmp/fastcgi;
+    proxy_temp_path %[1]s/tmp/proxy;
+    uwsgi_temp_path %[1]s/tmp/uwsgi;
+    scgi_temp_path %[1]s/tmp/scgi;
+    server {
+        listen 127.0.0.1:%[2]d;
+        location / {
+            client_max_body_size 0;
+            fastcgi_request_buffering off;
+            fastcgi_buffering off;
+            include /etc/nginx/fastcgi_params;
+            fastcgi_param SCRIPT_FILENAME %[3]s;
+            fastcgi_param PATH_INFO $uri;
+            fastcgi_param GIT_PROTOCOL $http_git_protocol;
+            fastcgi_param REMOTE_USER $remote_user;
+%[4]s            fastcgi_pass unix:%[5]s;
+        }
+    }
+}
+`, dir, port, backend, params.String(), fsock)
+	os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644)
+	startGroup(t, []string{"PATH=/usr/sbin:/usr/bin:/bin"}, filepath.Join(dir, "nginx.out"), nginx, "-e", filepath.Join(dir, "error.log"), "-p", dir, "-c", filepath.Join(dir, "nginx.conf"))
+	waitListening(t, port, "nginx")
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+			t.Logf("nginx error log:\n%s", b)
+		}
+	})
+	return fmt.Sprintf("http://127.0.0.1:%d/project.git", port), dir
 }

@@ -330,31 +330,19 @@ func waitListening(t *testing.T, port int, what string) {
 	})
 }
 
-// startGitDaemon starts git daemon (receive-pack and upload-archive
-// enabled) and returns the URL of project.git, its port and its log file.
-func (s *serverSetup) startGitDaemon(t *testing.T, daemon string) (url string, port int, logf string) {
-	t.Helper()
-	port = freePort(t)
-	logf = filepath.Join(s.a.dir, "git-daemon.log")
-	startGroup(t, s.serverEnv(), logf, daemon, "--reuseaddr", "--base-path="+s.repos, "--export-all",
-		"--enable=receive-pack", "--enable=upload-archive", "--listen=127.0.0.1", "--port="+strconv.Itoa(port))
-	waitListening(t, port, "git daemon")
-	return fmt.Sprintf("git://127.0.0.1:%d/project.git", port), port, logf
-}
-
-// needGitDaemon returns git daemon's path or skips.
-func needGitDaemon(t *testing.T) string {
+func TestServerGitDaemon(t *testing.T) {
 	daemon := "/usr/lib/git-core/git-daemon"
 	if _, err := os.Stat(daemon); err != nil {
 		t.Skipf("git daemon is not installed (%v): apt-get install git", err)
 	}
-	return daemon
-}
-
-func TestServerGitDaemon(t *testing.T) {
-	daemon := needGitDaemon(t)
 	s := newServerSetup(t)
-	url, port, logf := s.startGitDaemon(t, daemon)
+	port := freePort(t)
+	env := s.serverEnv()
+	logf := filepath.Join(s.a.dir, "git-daemon.log")
+	startGroup(t, env, logf, daemon, "--reuseaddr", "--base-path="+s.repos, "--export-all",
+		"--enable=receive-pack", "--listen=127.0.0.1", "--port="+strconv.Itoa(port))
+	waitListening(t, port, "git daemon")
+	url := fmt.Sprintf("git://127.0.0.1:%d/project.git", port)
 
 	s.exercise(t, url, s.clientEnv())
 	s.checkRemoteIP(t)
@@ -522,8 +510,7 @@ func (s *serverSetup) shareWith(t *testing.T, uid, gid int) {
 	})
 }
 
-// needSSHD returns sshd's path or skips.
-func needSSHD(t *testing.T) string {
+func TestServerSSH(t *testing.T) {
 	sshd := "/usr/sbin/sshd"
 	if _, err := os.Stat(sshd); err != nil {
 		t.Skip("sshd is not installed (apt-get install openssh-server)")
@@ -534,14 +521,7 @@ func needSSHD(t *testing.T) string {
 	if _, err := os.Stat("/usr/bin/git-shell"); err != nil {
 		t.Skip("git-shell is not installed")
 	}
-	return sshd
-}
-
-// startSSHD starts sshd for the git user (git-shell) and returns the
-// ssh:// URL of project.git, the ssh command line, the client's
-// environment (GIT_SSH_COMMAND set), the port and sshd's log file.
-func (s *serverSetup) startSSHD(t *testing.T, sshd string) (url, sshCmd string, env []string, port int, logf string) {
-	t.Helper()
+	s := newServerSetup(t)
 	u := gitUser(t)
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
@@ -558,7 +538,7 @@ func (s *serverSetup) startSSHD(t *testing.T, sshd string) (url, sshCmd string, 
 	pkgRun(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, "client_key"))
 	pub, _ := os.ReadFile(filepath.Join(dir, "client_key.pub"))
 	os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o644)
-	port = freePort(t)
+	port := freePort(t)
 	senv := s.serverEnv()
 	conf := fmt.Sprintf(`Port %d
 ListenAddress 127.0.0.1
@@ -575,26 +555,19 @@ AcceptEnv GIT_PROTOCOL
 SetEnv %s
 `, port, dir, dir, dir, strings.Join(senv, " "))
 	os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(conf), 0o644)
-	logf = filepath.Join(dir, "sshd.log")
+	logf := filepath.Join(dir, "sshd.log")
 	startGroup(t, os.Environ(), filepath.Join(dir, "sshd.out"), sshd, "-D", "-f", filepath.Join(dir, "sshd_config"), "-E", logf)
 	waitListening(t, port, "sshd")
 
-	sshCmd = fmt.Sprintf("ssh -F /dev/null -i %s/client_key -o IdentitiesOnly=yes -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o LogLevel=ERROR -o BatchMode=yes", dir)
-	env = s.clientEnv("GIT_SSH_COMMAND=" + sshCmd)
-	url = fmt.Sprintf("ssh://git@127.0.0.1:%d%s", port, s.upstream)
-	t.Cleanup(func() {
+	sshCmd := fmt.Sprintf("ssh -F /dev/null -i %s/client_key -o IdentitiesOnly=yes -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o LogLevel=ERROR -o BatchMode=yes", dir)
+	env := s.clientEnv("GIT_SSH_COMMAND=" + sshCmd)
+	url := fmt.Sprintf("ssh://git@127.0.0.1:%d%s", port, s.upstream)
+	defer func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(logf)
 			t.Logf("sshd log:\n%s", b)
 		}
-	})
-	return url, sshCmd, env, port, logf
-}
-
-func TestServerSSH(t *testing.T) {
-	sshd := needSSHD(t)
-	s := newServerSetup(t)
-	url, sshCmd, env, port, _ := s.startSSHD(t, sshd)
+	}()
 	s.exercise(t, url, env)
 	s.checkRemoteIP(t)
 	for _, m := range s.agentLines("command finished") {
@@ -616,9 +589,7 @@ func TestServerSSH(t *testing.T) {
 	hold.wait(t, 10*time.Second)
 }
 
-// needHTTP returns the paths of nginx, fcgiwrap and git-http-backend or
-// skips.
-func needHTTP(t *testing.T) (nginx, fcgiwrap, backend string) {
+func TestServerHTTP(t *testing.T) {
 	nginx, err := exec.LookPath("nginx")
 	if err != nil {
 		if _, err = os.Stat("/usr/sbin/nginx"); err != nil {
@@ -626,23 +597,16 @@ func needHTTP(t *testing.T) (nginx, fcgiwrap, backend string) {
 		}
 		nginx = "/usr/sbin/nginx"
 	}
-	fcgiwrap = "/usr/sbin/fcgiwrap"
+	fcgiwrap := "/usr/sbin/fcgiwrap"
 	if _, err := os.Stat(fcgiwrap); err != nil {
 		t.Skip("fcgiwrap is not installed (apt-get install fcgiwrap)")
 	}
-	backend = "/usr/lib/git-core/git-http-backend"
+	backend := "/usr/lib/git-core/git-http-backend"
 	if _, err := os.Stat(backend); err != nil {
 		t.Skip("git-http-backend is not installed (apt-get install git)")
 	}
-	return nginx, fcgiwrap, backend
-}
-
-// startHTTP starts fcgiwrap and nginx (access log on) in front of
-// git-http-backend and returns the URL of project.git and the directory
-// holding the servers' logs (access.log, error.log, fcgiwrap.log).
-func (s *serverSetup) startHTTP(t *testing.T, nginx, fcgiwrap, backend string) (url, dir string) {
-	t.Helper()
-	dir = filepath.Join(s.a.dir, "http")
+	s := newServerSetup(t)
+	dir := filepath.Join(s.a.dir, "http")
 	os.MkdirAll(filepath.Join(dir, "tmp"), 0o755)
 	fsock := filepath.Join(dir, "fcgiwrap.sock")
 	startGroup(t, []string{"PATH=/usr/bin:/bin"}, filepath.Join(dir, "fcgiwrap.log"), fcgiwrap, "-c", "2", "-s", "unix:"+fsock)
@@ -662,7 +626,7 @@ pid %[1]s/nginx.pid;
 error_log %[1]s/error.log;
 events { worker_connections 64; }
 http {
-    access_log %[1]s/access.log;
+    access_log off;
     client_body_temp_path %[1]s/tmp/body;
     fastcgi_temp_path %[1]s/tmp/fastcgi;
     proxy_temp_path %[1]s/tmp/proxy;
@@ -687,20 +651,13 @@ http {
 	os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644)
 	startGroup(t, []string{"PATH=/usr/sbin:/usr/bin:/bin"}, filepath.Join(dir, "nginx.out"), nginx, "-e", filepath.Join(dir, "error.log"), "-p", dir, "-c", filepath.Join(dir, "nginx.conf"))
 	waitListening(t, port, "nginx")
-	t.Cleanup(func() {
+	defer func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
 			t.Logf("nginx error log:\n%s", b)
 		}
-	})
-	return fmt.Sprintf("http://127.0.0.1:%d/project.git", port), dir
-}
-
-func TestServerHTTP(t *testing.T) {
-	nginx, fcgiwrap, backend := needHTTP(t)
-	s := newServerSetup(t)
-	url, dir := s.startHTTP(t, nginx, fcgiwrap, backend)
-	port, _ := strconv.Atoi(url[strings.LastIndexByte(url, ':')+1 : strings.LastIndexByte(url, '/')])
+	}()
+	url := fmt.Sprintf("http://127.0.0.1:%d/project.git", port)
 	s.exercise(t, url, s.clientEnv())
 	s.checkRemoteIP(t)
 

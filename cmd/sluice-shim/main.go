@@ -26,14 +26,15 @@
 //     caller's uid/gid not allowed by [agent] admit_users/admit_groups): the
 //     agent's one-line message ("sluice: …") with the correlation id goes
 //     to the client as an ERR pkt-line when the shim stands in for
-//     upload-pack, receive-pack or upload-archive, and to stderr (reject.go);
-//     the shim exits 75 (EX_TEMPFAIL: "try again later"). In hook mode the
-//     client sees it as "remote: sluice: …".
+//     upload-pack, receive-pack or upload-archive, and to stderr; the shim
+//     exits 75 (EX_TEMPFAIL: "try again later"). In hook mode the client
+//     sees it as "remote: sluice: …". fail_mode "closed" refuses the same
+//     way (reject.go).
 //   - Rejected as unavailable (the agent is shutting down, or already
 //     serves [agent] max_connections): as if the agent were unreachable.
 //   - Agent unreachable, no answer in time or a broken answer: fail_mode
 //     "open" (default) execs git without a lease and logs a warning;
-//     "closed" refuses like a rejection (reject.go) and exits 75.
+//     "closed" prints why to stderr and exits 75.
 //   - The real git cannot be found, or would be the shim itself: a
 //     "sluice: …" line on stderr and exit 127.
 //
@@ -79,6 +80,7 @@ func main() {
 
 func run(argv []string) int {
 	inv := gitwrap.Parse(argv)
+	refusing = &inv
 	if inv.ShimVersion {
 		os.Stdout.WriteString("sluice-shim " + version + " " + runtime.Version() + "\n")
 		return 0
@@ -123,7 +125,7 @@ func run(argv []string) int {
 	req.Clamp()
 	conn, err := wire.Dial(sock, dialTimeout)
 	if err != nil {
-		return unavailable(&cfg, &inv, sock, err, git, gitArgv, env, corr)
+		return unavailable(&cfg, sock, err, git, gitArgv, env, corr)
 	}
 	var rep wire.Reply
 	if cfg.QueueFeedbackAfter > 0 {
@@ -135,7 +137,7 @@ func run(argv []string) int {
 	}
 	if err != nil {
 		conn.Close()
-		return unavailable(&cfg, &inv, sock, err, git, gitArgv, env, corr)
+		return unavailable(&cfg, sock, err, git, gitArgv, env, corr)
 	}
 	if !rep.Admitted && rep.Reason == wire.ReasonUnavailable {
 		// The agent is shutting down or at its connection limit: the
@@ -145,7 +147,7 @@ func run(argv []string) int {
 		if why == "" {
 			why = "agent shutting down"
 		}
-		return unavailable(&cfg, &inv, sock, errors.New(why), git, gitArgv, env, corr)
+		return unavailable(&cfg, sock, errors.New(why), git, gitArgv, env, corr)
 	}
 	if !rep.Admitted {
 		conn.Close()
@@ -193,9 +195,9 @@ func execGit(git string, argv, env []string) int {
 }
 
 // unavailable applies the fail mode when the agent cannot give an answer.
-func unavailable(cfg *wire.ShimConfig, inv *gitwrap.Invocation, sock string, reason error, git string, argv, env []string, corr string) int {
+func unavailable(cfg *wire.ShimConfig, sock string, reason error, git string, argv, env []string, corr string) int {
 	if cfg.FailClosed {
-		return refuse(inv, failClosedLine(corr), "sluice: admission service unavailable at "+sock+" ("+reason.Error()+
+		return refuse(refusing, failClosedLine(corr), "sluice: admission service unavailable at "+sock+" ("+reason.Error()+
 			`); fail_mode is "closed": try again in `+failClosedRetry+" (correlation id "+corr+")")
 	}
 	warn("admission service unavailable at " + sock + " (" + reason.Error() +

@@ -43,6 +43,10 @@ const (
 	failClosedRetry = "5s"
 )
 
+// refusing is the invocation being served, for unavailable's refusal (the
+// shim runs one command on one goroutine).
+var refusing *gitwrap.Invocation
+
 // refuse tells the client why it may not run git and returns the shim's
 // exit code. line is the one-line "sluice: …" reason for the ERR packet;
 // detail is the stderr line (it may name paths or uids the ERR packet
