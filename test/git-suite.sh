@@ -9,7 +9,10 @@
 #   make NO_CURL=1 NO_EXPAT=1 NO_OPENSSL=1 NO_GETTEXT=1 NO_TCLTK=1 NO_PERL=1 \
 #        NO_PYTHON=1 t/helper/test-tool templates GIT-BUILD-OPTIONS
 # The scripts run the INSTALLED git (GIT_TEST_INSTALLED) through a directory
-# whose only entry, git, is the shim. TEST defaults to
+# whose only entry, git, is the shim, with an exec path (GIT_TEST_EXEC_PATH)
+# mirroring the real one but for git, git-upload-pack, git-receive-pack and
+# git-upload-archive, which are the shim: so local transports (file://,
+# "git fetch ..") reach the shim too, as on a wired server. TEST defaults to
 # t5530-upload-pack-error.sh. Exits with the first failing script's status;
 # prints how many commands sluiced admitted.
 set -eu
@@ -27,8 +30,15 @@ cleanup() {
 	rm -rf "$dir"
 }
 trap cleanup EXIT INT TERM
-mkdir "$dir/bin"
+mkdir "$dir/bin" "$dir/exec"
 ln -s "$here/bin/sluice-shim" "$dir/bin/git"
+real=$(git --exec-path)
+for f in "$real"/*; do
+	ln -s "$f" "$dir/exec/${f##*/}"
+done
+for f in git git-upload-pack git-receive-pack git-upload-archive; do
+	ln -sf "$here/bin/sluice-shim" "$dir/exec/$f"
+done
 cat > "$dir/sluice.toml" <<EOF
 [agent]
 socket = "$dir/sluice.sock"
@@ -58,7 +68,7 @@ done
 status=0
 for t in "$@"; do
 	(cd "$src/t" && SLUICE_SOCKET="$dir/sluice.sock" SLUICE_SHIM_LOG="$dir/shim.log" \
-		GIT_TEST_INSTALLED="$dir/bin" sh "$t") || { status=$?; break; }
+		GIT_TEST_INSTALLED="$dir/bin" GIT_TEST_EXEC_PATH="$dir/exec" sh "$t") || { status=$?; break; }
 done
 echo "sluiced admitted $(grep -c '"msg":"command finished"' "$dir/sluiced.log") commands through the shim"
 exit $status
