@@ -355,8 +355,10 @@ func TestCLIDemo(t *testing.T) {
 // clone storm: it must stop everything it started and remove its files.
 func TestCLIDemoInterrupted(t *testing.T) {
 	cmd, stdout, stderr, tmp := startDemo(t, "--clients", "6", "--duration", "30s")
+	// The first storm (without sluice) starts right after its heading; the
+	// one through sluice only after it ends.
 	waitFor(t, 60*time.Second, "the clone storm to start", func() bool {
-		return strings.Contains(stdout.String(), "in flight 2")
+		return strings.Contains(stdout.String(), "run 1 of 2, without sluice")
 	})
 	cmd.Process.Signal(syscall.SIGINT)
 	err := cmd.Wait()
