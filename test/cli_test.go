@@ -273,7 +273,9 @@ func processesMentioning(s string) []string {
 func startDemo(t *testing.T, args ...string) (*exec.Cmd, *lockedBuffer, *lockedBuffer, string) {
 	t.Helper()
 	tmp := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	// Two storms (without sluice, then through it): on a loaded 2-core
+	// machine each clone of the demo repository may take most of a minute.
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Second)
 	t.Cleanup(cancel)
 	cmd := exec.CommandContext(ctx, bins.cli, append([]string{"demo"}, args...)...)
 	cmd.Env = append(baseEnv(tmp), "TMPDIR="+tmp)
