@@ -225,15 +225,22 @@ func (a *Agent) reject(l *Lease, rule *policy.Limit, lim *limiter.Limiter, err e
 	var drop, msg string
 	who := describeKey(rule.Key)
 	limit := lim.Stats().Limit
+	// The retry hint is the rule's max_queue_wait in whole seconds (at
+	// least 1): a client that comes back after it finds the queue it met
+	// turned over at least once.
+	retry := int64((rule.MaxQueueWait.Duration + time.Second - 1) / time.Second)
+	if retry < 1 {
+		retry = 1
+	}
 	switch {
 	case errors.Is(err, limiter.ErrQueueFull):
 		reason, drop = admitpb.RejectReason_REJECT_REASON_MAX_SIZE, DropMaxSize
-		msg = fmt.Sprintf("sluice: too many %s requests for %s: %d running and the queue of %d is full (limit %q); try again later",
-			l.Subcommand, who, limit, rule.MaxQueueSize, rule.Name)
+		msg = fmt.Sprintf("sluice: too many %s requests for %s: %d running and the queue of %d is full (limit %q); try again in %ds",
+			l.Subcommand, who, limit, rule.MaxQueueSize, rule.Name, retry)
 	case errors.Is(err, limiter.ErrQueueTimeout):
 		reason, drop = admitpb.RejectReason_REJECT_REASON_MAX_TIME, DropMaxTime
-		msg = fmt.Sprintf("sluice: %s waited %s for a slot for %s (%d running, limit %q); try again later",
-			l.Subcommand, rule.MaxQueueWait.Duration, who, limit, rule.Name)
+		msg = fmt.Sprintf("sluice: %s waited %s for a slot for %s (%d running, limit %q); try again in %ds",
+			l.Subcommand, rule.MaxQueueWait.Duration, who, limit, rule.Name, retry)
 	case errors.Is(err, errUnavailable):
 		reason, drop = admitpb.RejectReason_REJECT_REASON_UNAVAILABLE, DropUnavailable
 		msg = msgUnavailable

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -58,6 +59,11 @@ func TestFailClosedWithAgentStopped(t *testing.T) {
 	}
 	if !strings.Contains(out, "sluice: admission service unavailable") || !strings.Contains(out, `fail_mode is "closed"`) {
 		t.Fatalf("fail-closed output does not explain itself:\n%s", out)
+	}
+	// The client's own reason, from the shim's ERR packet, without the
+	// socket path.
+	if !regexp.MustCompile(`fatal: remote error: sluice: admission service unavailable \(fail_mode closed\); try again in 5s \(correlation id [0-9a-f]{16}\)\n`).MatchString(out) {
+		t.Fatalf("fail-closed clone: no remote error line:\n%s", out)
 	}
 	// With the agent back, the same clone works.
 	a.start(uploadPackRule, "closed")

@@ -331,6 +331,7 @@ type proc struct {
 	stdin  io.WriteCloser
 	stderr *lockedBuffer
 	first  chan struct{} // closed when stdout produced its first byte
+	head   []byte        // stdout's first read, set before first is closed
 	done   chan struct{}
 	err    error
 }
@@ -363,7 +364,7 @@ func startProc(t *testing.T, dir string, env []string, argv ...string) *proc {
 		for {
 			n, err := out.Read(b[:])
 			if n > 0 {
-				once.Do(func() { close(p.first) })
+				once.Do(func() { p.head = append([]byte(nil), b[:n]...); close(p.first) })
 			}
 			if err != nil {
 				return
@@ -411,7 +412,18 @@ func (p *proc) wait(t *testing.T, timeout time.Duration) int {
 func (p *proc) admitted() bool {
 	select {
 	case <-p.first:
-		return true
+		return !p.refused()
+	default:
+		return false
+	}
+}
+
+// refused reports whether stdout began with the shim's refusal, an ERR
+// pkt-line, rather than git's output.
+func (p *proc) refused() bool {
+	select {
+	case <-p.first:
+		return len(p.head) >= 8 && string(p.head[4:8]) == "ERR "
 	default:
 		return false
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -76,10 +77,10 @@ func TestShimAdmitPermission(t *testing.T) {
 				}
 				return
 			}
-			want := fmt.Sprintf("sluice: permission denied: uid 65534 (gid %d) may not ask for admission ([agent] admit_users / admit_groups in %s); add the Git server's user or group there\n",
-				tt.gid, filepath.Join(a.dir, "sluice.toml"))
-			if code != 75 || stderr != want {
-				t.Fatalf("refused caller: exit %d, stderr %q; want exit 75 and %q", code, stderr, want)
+			want := regexp.MustCompile("^" + regexp.QuoteMeta(fmt.Sprintf("sluice: permission denied: uid 65534 (gid %d) may not ask for admission ([agent] admit_users / admit_groups in %s); add the Git server's user or group there",
+				tt.gid, filepath.Join(a.dir, "sluice.toml"))) + ` \(correlation id [0-9a-f]{16}\)\n$`)
+			if code != 75 || !want.MatchString(stderr) {
+				t.Fatalf("refused caller: exit %d, stderr %q; want exit 75 and %s", code, stderr, want)
 			}
 			if v := a.metric(`sluice_commands_total{cmd="git",outcome="rejected",subcmd="denied"}`); v != 1 {
 				t.Errorf("rejections counted: %v, want 1", v)

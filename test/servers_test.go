@@ -78,8 +78,14 @@ type serverSetup struct {
 
 func newServerSetup(t *testing.T) *serverSetup {
 	t.Helper()
+	return newServerSetupWith(t, serverLimits)
+}
+
+// newServerSetupWith is newServerSetup with the agent's [[limit]] rules.
+func newServerSetupWith(t *testing.T, limits string) *serverSetup {
+	t.Helper()
 	usePackage(t)
-	a := startAgent(t, serverLimits, "open")
+	a := startAgent(t, limits, "open")
 	s := &serverSetup{a: a, repos: filepath.Join(a.dir, "repos"), client: filepath.Join(a.dir, "client"),
 		gitconfig: filepath.Join(a.dir, "server-gitconfig"), path: installedBin + ":/usr/bin:/bin"}
 	for _, d := range []string{s.repos, s.client} {
@@ -352,9 +358,9 @@ func TestServerGitDaemon(t *testing.T) {
 	fmt.Fprintf(conn, "%04x%s", len(req)+4, req)
 	s.waitUploadPackHeld(t)
 	out := s.rejectedClone(t, url, s.clientEnv())
-	// git:// carries no stderr to the client: it sees the connection end,
-	// and the shim's line lands in git daemon's log.
-	if !strings.Contains(out, "remote end hung up") && !strings.Contains(out, "Could not read from remote") {
+	// git:// carries no stderr to the client: the shim's ERR packet
+	// does, and its line lands in git daemon's log too.
+	if !strings.Contains(out, "fatal: remote error: sluice: ") {
 		t.Errorf("client output for a rejection over git://: %s", out)
 	}
 	waitFor(t, 5*time.Second, "the sluice: line in git daemon's log", func() bool {
@@ -604,8 +610,8 @@ SetEnv %s
 		"git-upload-pack '"+s.upstream+"'")...)
 	s.waitUploadPackHeld(t)
 	out := s.rejectedClone(t, url, env)
-	// ssh carries the server's stderr: the client sees the shim's line.
-	if !strings.Contains(out, "sluice: ") {
+	// The client prints the shim's ERR packet as the reason.
+	if !strings.Contains(out, "fatal: remote error: sluice: ") {
 		t.Errorf("over ssh the client should see the sluice: line; got:\n%s", out)
 	}
 	hold.release()
@@ -744,9 +750,9 @@ http {
 	fmt.Fprintf(conn, "POST /project.git/git-upload-pack HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-git-upload-pack-request\r\nGit-Protocol: version=2\r\nContent-Length: 100000\r\n\r\n")
 	s.waitUploadPackHeld(t)
 	out := s.rejectedClone(t, url, s.clientEnv())
-	// Over HTTP the shim's stderr is the CGI's stderr, which fcgiwrap
-	// writes to its own stderr. The client only sees the request fail.
-	if !strings.Contains(out, "remote end hung up") && !strings.Contains(out, "RPC failed") {
+	// Over HTTP the shim's ERR packet is the response body; its stderr
+	// is the CGI's stderr, which fcgiwrap writes to its own stderr.
+	if !strings.Contains(out, "fatal: remote error: sluice: ") {
 		t.Errorf("client output for a rejection over http: %s", out)
 	}
 	waitFor(t, 5*time.Second, "the sluice: line in fcgiwrap's log", func() bool {

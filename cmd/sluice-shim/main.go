@@ -27,9 +27,12 @@
 //     waiting for a slot …" line on stderr, refreshed in place (feedback.go).
 //   - Rejected (queue full, waited too long, invalid request, or the
 //     caller's uid/gid not allowed by [agent] admit_users/admit_groups): the
-//     agent's one-line message ("sluice: …") goes to stderr and the shim
+//     agent's one-line message ("sluice: …") with the correlation id goes
+//     to the client as an ERR pkt-line when the shim stands in for
+//     upload-pack, receive-pack or upload-archive, and to stderr; the shim
 //     exits 75 (EX_TEMPFAIL: "try again later"). In hook mode the client
-//     sees it as "remote: sluice: …".
+//     sees it as "remote: sluice: …". fail_mode "closed" refuses the same
+//     way (reject.go).
 //   - Rejected as unavailable (the agent is shutting down, or already
 //     serves [agent] max_connections): as if the agent were unreachable.
 //   - Agent unreachable, no answer in time or a broken answer: fail_mode
@@ -84,6 +87,7 @@ func main() {
 
 func run(argv []string) int {
 	inv := gitwrap.Parse(argv)
+	refusing = &inv
 	if inv.ShimVersion {
 		os.Stdout.WriteString("sluice-shim " + version + " " + runtime.Version() + "\n")
 		return 0
@@ -163,8 +167,8 @@ func run(argv []string) int {
 	}
 	if !rep.Admitted {
 		conn.Close()
-		os.Stderr.WriteString(rejectLine(&rep, inv.Subcommand) + "\n")
-		return exitTempFail
+		line, detail := rejection(&rep, inv.Subcommand, corr)
+		return refuse(&inv, line, detail)
 	}
 
 	if rep.Exec {
@@ -211,9 +215,8 @@ func execGit(git string, argv, env []string) int {
 // directory's sticky bit, or an untrusted place that forces "closed").
 func unavailable(setup *wire.ShimSetup, sock string, reason error, git string, argv, env []string, corr string) int {
 	if setup.Config.FailClosed {
-		os.Stderr.WriteString("sluice: admission service unavailable at " + sock + " (" + reason.Error() +
-			"); " + setup.FailWhy + ": try again later\n")
-		return exitTempFail
+		return refuse(refusing, failClosedLine(corr), "sluice: admission service unavailable at "+sock+" ("+reason.Error()+
+			"); "+setup.FailWhy+": try again in "+failClosedRetry+" (correlation id "+corr+")")
 	}
 	warn("admission service unavailable at " + sock + " (" + reason.Error() +
 		"); running git without a lease (fail_mode open), correlation_id " + corr)

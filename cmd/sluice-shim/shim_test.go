@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -314,12 +315,20 @@ func TestRejected(t *testing.T) {
 		return []wire.ServerMsg{{Kind: wire.ServerRejected, Reply: wire.Reply{Reason: 1,
 			Message: "sluice: upload-pack queue for this repository is full (limit upload-pack); try again in a minute\nsecond line"}}}
 	})
-	res := runCmd(t, e.cmd([]string{"git-upload-pack", e.dir}, "FAKE_GIT=exit:0"))
+	c := e.cmd([]string{"git-upload-pack", e.dir}, "FAKE_GIT=exit:0", "CORRELATION_ID=c0ffee")
+	var stdout bytes.Buffer
+	c.Stdout = &stdout
+	res := runCmd(t, c)
 	if !res.ws.Exited() || res.ws.ExitStatus() != exitTempFail {
 		t.Errorf("%s, want exit %d", describe(res.ws), exitTempFail)
 	}
-	if res.stderr != "sluice: upload-pack queue for this repository is full (limit upload-pack); try again in a minute\n" {
+	const line = "sluice: upload-pack queue for this repository is full (limit upload-pack); try again in a minute (correlation id c0ffee)"
+	if res.stderr != line+"\n" {
 		t.Errorf("stderr %q", res.stderr)
+	}
+	// The client reads one ERR pkt-line, nothing else.
+	if want := fmt.Sprintf("%04xERR %s\n", len(line)+9, line); stdout.String() != want {
+		t.Errorf("stdout %q, want %q", stdout.String(), want)
 	}
 	if _, ran := e.gitRan(); ran {
 		t.Error("git ran although rejected")
@@ -348,7 +357,7 @@ func TestNoAgentFailClosed(t *testing.T) {
 	if !res.ws.Exited() || res.ws.ExitStatus() != exitTempFail {
 		t.Errorf("%s, want %d", describe(res.ws), exitTempFail)
 	}
-	want := regexp.MustCompile(`^sluice: admission service unavailable at ` + regexp.QuoteMeta(e.sock) + ` \(.+\); fail_mode is "closed": try again later\n$`)
+	want := regexp.MustCompile(`^sluice: admission service unavailable at ` + regexp.QuoteMeta(e.sock) + ` \(.+\); fail_mode is "closed": try again in 5s \(correlation id [0-9a-f]{16}\)\n$`)
 	if !want.MatchString(res.stderr) {
 		t.Errorf("stderr %q", res.stderr)
 	}

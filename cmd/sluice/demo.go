@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,11 +31,13 @@ import (
 const demoUsage = `usage: sluice demo [--clients N] [--duration D]
 
 Show sluice limiting a clone storm, in a throw-away sandbox: generate a
-repository, start sluiced (cgroups off) and git daemon on 127.0.0.1 with
-git's upload-pack going through sluice-shim, then let N clients clone it
-over git:// at once, again and again for D. Each second a line shows what
-sluiced has in flight and queued and how many it rejected; each clone's
-outcome is printed as it ends, and the relevant /metrics lines at the end.
+repository, start sluiced (cgroups off) and two git daemons on 127.0.0.1,
+one plain and one with git's upload-pack going through sluice-shim, then
+let N clients clone it over git:// at once, again and again for D: first
+from the plain daemon (without sluice), then through sluice. Each second a
+line shows what sluiced has in flight and queued and how many it rejected;
+each clone's outcome is printed as it ends, as the client itself printed
+it, then the two runs side by side and the relevant /metrics lines.
 
 The demo policy admits 2 clones of the repository at a time, queues 4 more
 for up to 3s and rejects the rest. It needs git, and sluiced and
@@ -120,7 +123,7 @@ type demo struct {
 	port          int
 	procs         []*exec.Cmd     // started daemons, stopped by cleanup
 	waits         []chan struct{} // closed when procs[i] has exited
-	daemonLines   chan string     // "sluice: …" lines git daemon's children printed
+	plainPort     int             // git daemon without sluice
 
 	seenMu sync.Mutex      // guards seen
 	seen   map[string]bool // rejection lines printed in full
@@ -149,7 +152,10 @@ func (d *demo) run(ctx context.Context) error {
 	if err := d.startSluiced(ctx); err != nil {
 		return err
 	}
-	if err := d.startGitDaemon(ctx); err != nil {
+	if d.plainPort, err = d.startGitDaemon(ctx, false); err != nil {
+		return err
+	}
+	if d.port, err = d.startGitDaemon(ctx, true); err != nil {
 		return err
 	}
 	c, err := dialAdmin(d.socket)
@@ -158,17 +164,27 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	defer c.Close()
 
-	d.out.printf("\n%d clients clone git://127.0.0.1:%d/demo.git for %v; policy: %d clones of a repository at a time, %d more queued for up to %v, the rest rejected\n",
+	d.out.printf("\nrun 1 of 2, without sluice: %d clients clone git://127.0.0.1:%d/demo.git for %v\n\n",
+		d.clients, d.plainPort, d.duration)
+	plain := d.runClients(ctx, d.plainPort, nil)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	d.out.printf("\nrun 2 of 2, with sluice: %d clients clone git://127.0.0.1:%d/demo.git for %v; policy: %d clones of a repository at a time, %d more queued for up to %v, the rest rejected\n",
 		d.clients, d.port, d.duration, demoMaxPerKey, demoQueueSize, demoQueueWait)
-	d.out.printf("(git:// shows a rejected client only \"Could not read from remote repository\"; the sluice: line printed on the server is shown with it)\n\n")
-	results := d.runClients(ctx, c)
+	d.out.printf("(each outcome is what that client printed: a rejected client hears \"remote error: sluice: …\")\n\n")
+	results := d.runClients(ctx, d.port, c)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 
-	d.out.printf("\nper client:\n")
+	d.out.printf("\nper client (with sluice):\n")
 	for i, r := range results {
 		d.out.printf("  client %2d: %d ok, %d rejected, %d failed\n", i+1, r.ok, r.rejected, r.failed)
+	}
+	d.out.printf("\nside by side, %d clients for %v each:\n", d.clients, d.duration)
+	for _, l := range compareRuns(plain, results) {
+		d.out.printf("  %s\n", l)
 	}
 	lines, err := demoMetrics(ctx, d.metricsAddr)
 	if err != nil {
@@ -181,12 +197,50 @@ func (d *demo) run(ctx context.Context) error {
 	return nil
 }
 
-// clientResult counts one client's clone outcomes.
-type clientResult struct{ ok, rejected, failed int }
+// clientResult counts one client's clone outcomes and how long its
+// successful clones took.
+type clientResult struct {
+	ok, rejected, failed int
+	took                 []time.Duration
+}
 
-// runClients runs the clone storm and prints a status line every second
-// and each clone's outcome.
-func (d *demo) runClients(ctx context.Context, c *adminClient) []clientResult {
+// compareRuns formats the two runs side by side.
+func compareRuns(plain, sluice []clientResult) []string {
+	type sum struct {
+		ok, rejected, failed int
+		took                 []time.Duration
+	}
+	total := func(rs []clientResult) sum {
+		var s sum
+		for _, r := range rs {
+			s.ok, s.rejected, s.failed = s.ok+r.ok, s.rejected+r.rejected, s.failed+r.failed
+			s.took = append(s.took, r.took...)
+		}
+		slices.Sort(s.took)
+		return s
+	}
+	pct := func(d []time.Duration, p int) string {
+		if len(d) == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2fs", d[(len(d)-1)*p/100].Seconds())
+	}
+	a, b := total(plain), total(sluice)
+	row := func(name, x, y string) string { return fmt.Sprintf("%-30s %15s %15s", name, x, y) }
+	return []string{
+		row("", "without sluice", "with sluice"),
+		row("clones completed", strconv.Itoa(a.ok), strconv.Itoa(b.ok)),
+		row("rejected, told why by sluice", strconv.Itoa(a.rejected), strconv.Itoa(b.rejected)),
+		row("failed otherwise", strconv.Itoa(a.failed), strconv.Itoa(b.failed)),
+		row("completed clone time, median", pct(a.took, 50), pct(b.took, 50)),
+		row("completed clone time, max", pct(a.took, 100), pct(b.took, 100)),
+	}
+}
+
+// runClients runs the clone storm against port and prints each clone's
+// outcome and, when c is not nil (sluice's run), a status line every
+// second.
+func (d *demo) runClients(ctx context.Context, port int, c *adminClient) []clientResult {
 	results := make([]clientResult, d.clients)
 	deadline := time.Now().Add(d.duration)
 	var wg sync.WaitGroup
@@ -195,10 +249,11 @@ func (d *demo) runClients(ctx context.Context, c *adminClient) []clientResult {
 		go func() {
 			defer wg.Done()
 			for n := 1; time.Now().Before(deadline) && ctx.Err() == nil; n++ {
-				outcome, detail := d.clone(ctx, i, n)
+				outcome, detail, took := d.clone(ctx, port, i, n)
 				switch outcome {
 				case "ok":
 					results[i].ok++
+					results[i].took = append(results[i].took, took)
 				case "rejected":
 					results[i].rejected++
 				default:
@@ -221,6 +276,7 @@ func (d *demo) runClients(ctx context.Context, c *adminClient) []clientResult {
 	go func() { wg.Wait(); close(done) }()
 
 	began := time.Now()
+	shownTop := false
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -231,6 +287,9 @@ func (d *demo) runClients(ctx context.Context, c *adminClient) []clientResult {
 			<-done
 			return results
 		case <-tick.C:
+			if c == nil {
+				continue
+			}
 			st, err := c.Status(ctx)
 			if err != nil {
 				d.out.printf("[%3ds] %v\n", int(time.Since(began).Seconds()+0.5), err)
@@ -244,7 +303,10 @@ func (d *demo) runClients(ctx context.Context, c *adminClient) []clientResult {
 			}
 			secs := int(time.Since(began).Seconds() + 0.5)
 			d.out.printf("[%3ds] in flight %d, queued %d, rejected so far %d\n", secs, inFlight, queued, rejected)
-			if secs == 2 {
+			if secs >= 2 && !shownTop {
+				// Once, at the first tick after 2s (a loaded machine
+				// skips ticks).
+				shownTop = true
 				d.out.printf("\n  what 'sluice top --once' shows now:\n")
 				for _, l := range topLines(st, time.Now(), 110, sortCPU) {
 					d.out.printf("%s\n", strings.TrimRight("  | "+l, " "))
@@ -255,11 +317,14 @@ func (d *demo) runClients(ctx context.Context, c *adminClient) []clientResult {
 	}
 }
 
-// clone runs one git clone and describes its outcome.
-func (d *demo) clone(ctx context.Context, client, n int) (outcome, detail string) {
-	dest := filepath.Join(d.dir, "clones", fmt.Sprintf("c%d-%d", client+1, n))
+// clone runs one git clone from port and describes its outcome from what
+// that client printed: the rejection a git daemon's client hears arrives
+// as "fatal: remote error: sluice: …" (the shim's ERR packet), over the
+// pack-objects hook as "remote: sluice: …".
+func (d *demo) clone(ctx context.Context, port, client, n int) (outcome, detail string, took time.Duration) {
+	dest := filepath.Join(d.dir, "clones", fmt.Sprintf("p%d-c%d-%d", port, client+1, n))
 	defer os.RemoveAll(dest)
-	cmd := exec.CommandContext(ctx, d.realGit, "clone", "-q", fmt.Sprintf("git://127.0.0.1:%d/demo.git", d.port), dest)
+	cmd := exec.CommandContext(ctx, d.realGit, "clone", "-q", fmt.Sprintf("git://127.0.0.1:%d/demo.git", port), dest)
 	cmd.Env = d.gitEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
@@ -267,28 +332,46 @@ func (d *demo) clone(ctx context.Context, client, n int) (outcome, detail string
 	cmd.Stderr = &stderr
 	start := time.Now()
 	err := cmd.Run()
-	took := time.Since(start)
+	took = time.Since(start)
+	outcome, line := classifyClone(stderr.String(), err)
+	switch outcome {
+	case "ok":
+		return outcome, fmt.Sprintf("ok in %.2fs", took.Seconds()), took
+	case "rejected":
+		return outcome, fmt.Sprintf("rejected after %.2fs: %s", took.Seconds(), d.once(line)), took
+	}
+	return outcome, fmt.Sprintf("failed after %.2fs: %v: %s", took.Seconds(), err, line), took
+}
+
+// classifyClone tells a clone's outcome from its own stderr: "ok",
+// "rejected" with sluice's line (the "sluice: waiting …" progress line is
+// not a reason), or "failed" with the client's last line.
+func classifyClone(stderr string, err error) (outcome, line string) {
 	if err == nil {
-		return "ok", fmt.Sprintf("ok in %.2fs", took.Seconds())
+		return "ok", ""
 	}
-	// Over the pack-objects hook the line reaches the client as
-	// "remote: sluice: …".
-	for _, line := range strings.Split(stderr.String(), "\n") {
-		if i := strings.Index(line, "sluice: "); i >= 0 {
-			return "rejected", fmt.Sprintf("rejected after %.2fs: %s", took.Seconds(), d.once(strings.TrimSpace(line)))
+	last := ""
+	for _, l := range strings.Split(stderr, "\n") {
+		// A refreshed waiting line holds several \r-separated states.
+		if i := strings.LastIndexByte(l, '\r'); i >= 0 {
+			l = l[i+1:]
 		}
+		l = strings.TrimSpace(l)
+		if l == "" {
+			continue
+		}
+		last = l
+		i := strings.Index(l, "sluice: ")
+		if i < 0 {
+			continue
+		}
+		msg := l[i:]
+		if strings.HasPrefix(msg, "sluice: waiting ") || strings.HasPrefix(msg, "sluice: waited ") {
+			continue
+		}
+		return "rejected", msg
 	}
-	// Over git:// the shim's line goes to git daemon's stderr.
-	select {
-	case line := <-d.daemonLines:
-		return "rejected", fmt.Sprintf("rejected after %.2fs: %s", took.Seconds(), d.once(line))
-	case <-time.After(500 * time.Millisecond):
-	}
-	last := strings.TrimSpace(stderr.String())
-	if i := strings.LastIndexByte(last, '\n'); i >= 0 {
-		last = last[i+1:]
-	}
-	return "failed", fmt.Sprintf("failed after %.2fs: %v: %s", took.Seconds(), err, last)
+	return "failed", last
 }
 
 // once returns line the first time it is seen, and a short reference to
@@ -299,10 +382,15 @@ func (d *demo) once(line string) string {
 	if d.seen == nil {
 		d.seen = map[string]bool{}
 	}
-	if d.seen[line] {
+	// Every rejection carries its own correlation id: compare without it.
+	key, id, _ := strings.Cut(line, " (correlation id ")
+	if d.seen[key] {
+		if id != "" {
+			return "the same sluice: line (correlation id " + id
+		}
 		return "the same sluice: line"
 	}
-	d.seen[line] = true
+	d.seen[key] = true
 	return line
 }
 
@@ -409,64 +497,69 @@ func jsonField(line, key string) string {
 	return v
 }
 
-// startGitDaemon starts git daemon on a free loopback port with git's
-// upload-pack (and pack-objects hook) going through the shim, and waits
-// until it accepts connections.
+// startGitDaemon starts git daemon on a free loopback port — withSluice:
+// with git's upload-pack (and pack-objects hook) going through the shim —
+// waits until it accepts connections and returns the port.
 //
 // git daemon runs `git upload-pack --strict --timeout=0 .` found on PATH,
 // and git puts its exec path first on PATH: so the demo gives it an exec
 // path of its own, mirroring the real one with git, git-upload-pack,
 // git-receive-pack and git-upload-archive pointing at the shim.
-func (d *demo) startGitDaemon(ctx context.Context) error {
-	execPath, err := mirrorExecPath(d.realGit, d.shim, filepath.Join(d.dir, "exec"))
-	if err != nil {
-		return err
-	}
-	gitconfig := filepath.Join(d.dir, "gitconfig")
-	if err := os.WriteFile(gitconfig, []byte("[uploadpack]\n\tpackObjectsHook = "+d.shim+"\n"), 0o644); err != nil {
-		return err
-	}
+func (d *demo) startGitDaemon(ctx context.Context, withSluice bool) (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return err
+		return 0, err
 	}
-	d.port = ln.Addr().(*net.TCPAddr).Port
+	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
 
 	cmd := exec.Command(d.realGit, "daemon", "--reuseaddr", "--base-path="+d.dir, "--export-all",
-		"--listen=127.0.0.1", "--port="+strconv.Itoa(d.port))
+		"--listen=127.0.0.1", "--port="+strconv.Itoa(port))
 	cmd.Env = []string{
-		"PATH=" + execPath + ":" + os.Getenv("PATH"),
-		"GIT_EXEC_PATH=" + execPath,
+		"PATH=" + os.Getenv("PATH"),
 		"HOME=" + d.dir,
-		"GIT_CONFIG_SYSTEM=" + gitconfig,
+		"GIT_CONFIG_NOSYSTEM=1",
 		"GIT_CONFIG_GLOBAL=/dev/null",
-		"SLUICE_SOCKET=" + d.socket,
-		"SLUICE_REAL_GIT=" + d.realGit,
-		"SLUICE_SHIM_LOG=" + filepath.Join(d.dir, "shim.log"),
 		"LANG=C",
 	}
+	logName := "git-daemon-plain.log"
+	if withSluice {
+		execPath, err := mirrorExecPath(d.realGit, d.shim, filepath.Join(d.dir, "exec"))
+		if err != nil {
+			return 0, err
+		}
+		gitconfig := filepath.Join(d.dir, "gitconfig")
+		if err := os.WriteFile(gitconfig, []byte("[uploadpack]\n\tpackObjectsHook = "+d.shim+"\n"), 0o644); err != nil {
+			return 0, err
+		}
+		cmd.Env = []string{
+			"PATH=" + execPath + ":" + os.Getenv("PATH"),
+			"GIT_EXEC_PATH=" + execPath,
+			"HOME=" + d.dir,
+			"GIT_CONFIG_SYSTEM=" + gitconfig,
+			"GIT_CONFIG_GLOBAL=/dev/null",
+			"SLUICE_SOCKET=" + d.socket,
+			"SLUICE_REAL_GIT=" + d.realGit,
+			"SLUICE_SHIM_LOG=" + filepath.Join(d.dir, "shim.log"),
+			"LANG=C",
+		}
+		logName = "git-daemon.log"
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// The daemon's stderr (its children's too) is the server's log; what
+	// a client hears, it prints itself.
+	logFile, err := os.Create(filepath.Join(d.dir, logName))
+	if err != nil {
+		return 0, err
+	}
 	pr, pw := io.Pipe()
 	cmd.Stderr = pw
-	d.daemonLines = make(chan string, 4096)
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			if _, line, ok := strings.Cut(sc.Text(), "sluice: "); ok {
-				select {
-				case d.daemonLines <- "sluice: " + line:
-				default:
-				}
-			}
-		}
-		io.Copy(io.Discard, pr)
-	}()
+	go func() { io.Copy(logFile, pr); logFile.Close() }()
 	exited, err := d.startProc(cmd, pw)
 	if err != nil {
-		return fmt.Errorf("start git daemon: %w", err)
+		return 0, fmt.Errorf("start git daemon: %w", err)
 	}
-	addr := "127.0.0.1:" + strconv.Itoa(d.port)
+	addr := "127.0.0.1:" + strconv.Itoa(port)
 	deadline := time.Now().Add(demoStartupWait)
 	for {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
@@ -476,17 +569,21 @@ func (d *demo) startGitDaemon(ctx context.Context) error {
 		}
 		select {
 		case <-exited:
-			return fmt.Errorf("git daemon exited at start (port %d taken?)", d.port)
+			return 0, fmt.Errorf("git daemon exited at start (port %d taken?)", port)
 		case <-ctx.Done():
-			return ctx.Err()
+			return 0, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("git daemon not listening on %s after %v", addr, demoStartupWait)
+			return 0, fmt.Errorf("git daemon not listening on %s after %v", addr, demoStartupWait)
 		}
 	}
-	d.out.printf("git daemon ready: git://%s/ (upload-pack through %s)\n", addr, d.shim)
-	return nil
+	if withSluice {
+		d.out.printf("git daemon ready: git://%s/ (upload-pack through %s)\n", addr, d.shim)
+	} else {
+		d.out.printf("git daemon ready: git://%s/ (plain git, without sluice)\n", addr)
+	}
+	return port, nil
 }
 
 // startProc starts cmd, registers it for cleanup and returns a channel

@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestWriteFastImportDeterministic(t *testing.T) {
@@ -153,5 +155,46 @@ func TestMirrorExecPath(t *testing.T) {
 	real := strings.TrimSpace(string(out))
 	if target, err := os.Readlink(filepath.Join(dir, "git-daemon")); err != nil || target != filepath.Join(real, "git-daemon") {
 		t.Errorf("git-daemon -> %q, %v; want the real one", target, err)
+	}
+}
+
+func TestClassifyClone(t *testing.T) {
+	failed := errors.New("exit status 128")
+	for _, c := range []struct {
+		stderr       string
+		err          error
+		outcome, msg string
+	}{
+		{"", nil, "ok", ""},
+		{"fatal: remote error: sluice: too many upload-pack requests (limit \"upload-pack\"); try again in 3s (correlation id 0123456789abcdef)\n", failed,
+			"rejected", "sluice: too many upload-pack requests (limit \"upload-pack\"); try again in 3s (correlation id 0123456789abcdef)"},
+		{"remote: sluice: waited 2s for a slot for demo.git, running\nremote: sluice: pack-objects waited 3s for a slot (limit \"pack-objects\"); try again in 3s\nfatal: early EOF\n", failed,
+			"rejected", "sluice: pack-objects waited 3s for a slot (limit \"pack-objects\"); try again in 3s"},
+		// A waiting line is progress, not the reason.
+		{"sluice: waiting for a slot for demo.git (position 1 of 2, 1s)\rsluice: waiting for a slot for demo.git (position 1 of 1, 3s)\nfatal: the remote end hung up unexpectedly\n", failed,
+			"failed", "fatal: the remote end hung up unexpectedly"},
+		{"fatal: unable to connect to 127.0.0.1:\n", failed, "failed", "fatal: unable to connect to 127.0.0.1:"},
+	} {
+		outcome, msg := classifyClone(c.stderr, c.err)
+		if outcome != c.outcome || msg != c.msg {
+			t.Errorf("classifyClone(%q) = %q, %q; want %q, %q", c.stderr, outcome, msg, c.outcome, c.msg)
+		}
+	}
+}
+
+func TestCompareRuns(t *testing.T) {
+	plain := []clientResult{{ok: 2, took: []time.Duration{3 * time.Second, time.Second}}, {ok: 1, took: []time.Duration{2 * time.Second}}}
+	with := []clientResult{{ok: 1, rejected: 4, took: []time.Duration{500 * time.Millisecond}}, {failed: 1}}
+	got := strings.Join(compareRuns(plain, with), "\n")
+	for _, want := range []string{
+		"clones completed                             3               1",
+		"rejected, told why by sluice                 0               4",
+		"failed otherwise                             0               1",
+		"completed clone time, median             2.00s           0.50s",
+		"completed clone time, max                3.00s           0.50s",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("compareRuns lacks %q:\n%s", want, got)
+		}
 	}
 }
