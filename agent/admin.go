@@ -18,6 +18,7 @@ import (
 	"os/user"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -178,6 +179,14 @@ func (a *Agent) Status() *admitpb.StatusResponse {
 		ConfigPath:      pol.Source,
 		FailMode:        pol.Agent.FailMode,
 		Socket:          a.socketPath(),
+	}
+	for _, sv := range a.Servers() {
+		resp.Servers = append(resp.Servers, &admitpb.ServerStatus{
+			Comm: sv.Comm, Pid: int32(sv.PID),
+			RequestsTotal: int64(sv.Requests), LastRequestUnixUsec: unixUsec(sv.LastRequest),
+			UnwrappedTotal: int64(sv.Unwrapped), LastUnwrappedUnixUsec: unixUsec(sv.LastUnwrapped),
+			LastUnwrapped: sv.LastUnwrappedCmd,
+		})
 	}
 	for i, r := range pol.Limits {
 		st := stats[i]
@@ -343,4 +352,12 @@ func parseStat(b []byte) (ppid int, cpu cpuTime, err error) {
 		cpu += cpuTime(n)
 	}
 	return ppid, cpu, nil
+}
+
+// unixUsec is t in microseconds since the epoch, 0 for the zero time.
+func unixUsec(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMicro()
 }

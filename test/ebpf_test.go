@@ -34,6 +34,11 @@ max_queue_wait = "30s"
 
 // requireTracer skips the test, naming what is missing, when the agent
 // could not load its eBPF tracer.
+// tracerRunning reports whether the agent runs its eBPF tracer.
+func (a *agentProc) tracerRunning() bool {
+	return strings.Contains(a.logs.String(), "eBPF tracer running")
+}
+
 func (a *agentProc) requireTracer(t *testing.T) {
 	t.Helper()
 	logs := a.logs.String()

@@ -371,13 +371,17 @@ func TestServerGitDaemon(t *testing.T) {
 
 	t.Run("prometheus", func(t *testing.T) { s.prometheus(t) })
 	t.Run("sluice check", func(t *testing.T) { s.sluiceCheck(t, daemonCmd.Process.Pid) })
-	t.Run("sluice check without GIT_EXEC_PATH", func(t *testing.T) {
-		// The mistake of the first hour: PATH set, GIT_EXEC_PATH not, so
-		// git daemon runs /usr/lib/git-core/git upload-pack and every
-		// clone bypasses the shim. check must FAIL it, with the fix.
+	t.Run("sluice check of an unwired daemon", func(t *testing.T) {
+		// A git daemon started without the wiring (neither the shim on
+		// PATH nor GIT_EXEC_PATH): every clone bypasses the shim. check
+		// must FAIL it with the fix, and report what the tracer saw.
 		var broken []string
 		for _, kv := range s.serverEnv() {
-			if !strings.HasPrefix(kv, "GIT_EXEC_PATH=") {
+			switch {
+			case strings.HasPrefix(kv, "GIT_EXEC_PATH="):
+			case strings.HasPrefix(kv, "PATH="):
+				broken = append(broken, "PATH=/usr/bin:/bin")
+			default:
 				broken = append(broken, kv)
 			}
 		}
@@ -385,10 +389,16 @@ func TestServerGitDaemon(t *testing.T) {
 		d := startGroup(t, broken, filepath.Join(s.a.dir, "git-daemon-broken.log"), daemon, "--reuseaddr",
 			"--base-path="+s.repos, "--export-all", "--listen=127.0.0.1", "--port="+strconv.Itoa(port))
 		waitListening(t, port, "git daemon")
+		// A clone through it works — around sluice, which the tracer sees.
+		git(t, s.client, s.clientEnv(), "ls-remote", fmt.Sprintf("git://127.0.0.1:%d/project.git", port))
 		out, code := s.runCheck(t, "--pid", strconv.Itoa(d.Process.Pid))
-		if code != 1 || !strings.Contains(out, "FAIL  exec path") || !strings.Contains(out, "GIT_EXEC_PATH is not set") ||
-			!strings.Contains(out, "fix: start git daemon with GIT_EXEC_PATH=/usr/lib/sluice/git-core") {
-			t.Errorf("sluice check of a git daemon without GIT_EXEC_PATH: exit %d\n%s", code, out)
+		if code != 1 || !strings.Contains(out, "FAIL  server PATH") || !strings.Contains(out, "git-upload-pack is /usr/bin/git-upload-pack") ||
+			!strings.Contains(out, "fix: start git daemon with PATH=/usr/lib/sluice/bin:/usr/bin:/bin") ||
+			!strings.Contains(out, "WARN  exec path") || !strings.Contains(out, "GIT_EXEC_PATH is not set") {
+			t.Errorf("sluice check of an unwired git daemon: exit %d\n%s", code, out)
+		}
+		if s.a.tracerRunning() && (!strings.Contains(out, "FAIL  server traffic") || !strings.Contains(out, "bypassed sluice")) {
+			t.Errorf("sluice check does not report the unwrapped git the tracer saw:\n%s", out)
 		}
 	})
 }
@@ -472,7 +482,8 @@ func (s *serverSetup) sluiceCheck(t *testing.T, pid int) {
 		t.Fatalf("sluice check on the configured machine: exit %d\n%s", code, out)
 	}
 	for _, want := range []string{"OK    agent", "OK    shim on PATH", "OK    packObjectsHook  uploadpack.packObjectsHook = /usr/bin/sluice-shim", "OK    config",
-		"OK    server           git daemon (pid " + strconv.Itoa(pid), "OK    server PATH", "OK    exec path", "OK    server access", "OK    server hook"} {
+		"OK    server           git daemon (pid " + strconv.Itoa(pid), "OK    server PATH", "OK    exec path", "OK    server access", "OK    server hook",
+		"OK    server traffic"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("sluice check output lacks %q:\n%s", want, out)
 		}
@@ -628,7 +639,7 @@ SetEnv %s
 	}()
 	out, code := s.runCheck(t, "--pid", sshdPid, "--user", "git")
 	for _, want := range []string{"OK    server           sshd (pid " + sshdPid + ") sessions of user git", "OK    server PATH", "OK    exec path",
-		"OK    server access", "OK    server hook"} {
+		"OK    server access", "OK    server hook", "OK    server traffic"} {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Errorf("sluice check of the sshd wiring: exit %d, lacks %q\n%s", code, want, out)
 		}

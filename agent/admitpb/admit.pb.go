@@ -1165,8 +1165,11 @@ type StatusResponse struct {
 	Leases          []*LeaseInfo           `protobuf:"bytes,6,rep,name=leases,proto3" json:"leases,omitempty"`
 	Cgroups         *CgroupStatus          `protobuf:"bytes,7,opt,name=cgroups,proto3" json:"cgroups,omitempty"`
 	// "disabled", "unavailable: <why>", "running".
-	EbpfState     string `protobuf:"bytes,8,opt,name=ebpf_state,json=ebpfState,proto3" json:"ebpf_state,omitempty"`
-	Socket        string `protobuf:"bytes,9,opt,name=socket,proto3" json:"socket,omitempty"`
+	EbpfState string `protobuf:"bytes,8,opt,name=ebpf_state,json=ebpfState,proto3" json:"ebpf_state,omitempty"`
+	Socket    string `protobuf:"bytes,9,opt,name=socket,proto3" json:"socket,omitempty"`
+	// Git server processes the agent saw requests or unwrapped execs from
+	// (agent/servers.go), by pid.
+	Servers       []*ServerStatus `protobuf:"bytes,20,rep,name=servers,proto3" json:"servers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1264,6 +1267,112 @@ func (x *StatusResponse) GetSocket() string {
 	return ""
 }
 
+func (x *StatusResponse) GetServers() []*ServerStatus {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+// ServerStatus is one Git server process: the topmost ancestor of a git
+// command whose name is a known Git server's (git daemon, fcgiwrap, sshd,
+// gitea, ..., [ebpf] server_comms).
+type ServerStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Comm  string                 `protobuf:"bytes,1,opt,name=comm,proto3" json:"comm,omitempty"`
+	Pid   int32                  `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`
+	// Admission requests from its descendants.
+	RequestsTotal       int64 `protobuf:"varint,3,opt,name=requests_total,json=requestsTotal,proto3" json:"requests_total,omitempty"`
+	LastRequestUnixUsec int64 `protobuf:"varint,4,opt,name=last_request_unix_usec,json=lastRequestUnixUsec,proto3" json:"last_request_unix_usec,omitempty"`
+	// Execs of limited git subcommands by its descendants that did not go
+	// through the shim (eBPF tracer; 0 without it).
+	UnwrappedTotal        int64 `protobuf:"varint,5,opt,name=unwrapped_total,json=unwrappedTotal,proto3" json:"unwrapped_total,omitempty"`
+	LastUnwrappedUnixUsec int64 `protobuf:"varint,6,opt,name=last_unwrapped_unix_usec,json=lastUnwrappedUnixUsec,proto3" json:"last_unwrapped_unix_usec,omitempty"`
+	// The last unwrapped exec: "pid N git SUBCOMMAND in DIR".
+	LastUnwrapped string `protobuf:"bytes,7,opt,name=last_unwrapped,json=lastUnwrapped,proto3" json:"last_unwrapped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerStatus) Reset() {
+	*x = ServerStatus{}
+	mi := &file_agent_admitpb_admit_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerStatus) ProtoMessage() {}
+
+func (x *ServerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_admitpb_admit_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerStatus.ProtoReflect.Descriptor instead.
+func (*ServerStatus) Descriptor() ([]byte, []int) {
+	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ServerStatus) GetComm() string {
+	if x != nil {
+		return x.Comm
+	}
+	return ""
+}
+
+func (x *ServerStatus) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *ServerStatus) GetRequestsTotal() int64 {
+	if x != nil {
+		return x.RequestsTotal
+	}
+	return 0
+}
+
+func (x *ServerStatus) GetLastRequestUnixUsec() int64 {
+	if x != nil {
+		return x.LastRequestUnixUsec
+	}
+	return 0
+}
+
+func (x *ServerStatus) GetUnwrappedTotal() int64 {
+	if x != nil {
+		return x.UnwrappedTotal
+	}
+	return 0
+}
+
+func (x *ServerStatus) GetLastUnwrappedUnixUsec() int64 {
+	if x != nil {
+		return x.LastUnwrappedUnixUsec
+	}
+	return 0
+}
+
+func (x *ServerStatus) GetLastUnwrapped() string {
+	if x != nil {
+		return x.LastUnwrapped
+	}
+	return ""
+}
+
 type ReloadRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1272,7 +1381,7 @@ type ReloadRequest struct {
 
 func (x *ReloadRequest) Reset() {
 	*x = ReloadRequest{}
-	mi := &file_agent_admitpb_admit_proto_msgTypes[12]
+	mi := &file_agent_admitpb_admit_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1284,7 +1393,7 @@ func (x *ReloadRequest) String() string {
 func (*ReloadRequest) ProtoMessage() {}
 
 func (x *ReloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_admitpb_admit_proto_msgTypes[12]
+	mi := &file_agent_admitpb_admit_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1297,7 +1406,7 @@ func (x *ReloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadRequest.ProtoReflect.Descriptor instead.
 func (*ReloadRequest) Descriptor() ([]byte, []int) {
-	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{12}
+	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{13}
 }
 
 type ReloadResponse struct {
@@ -1315,7 +1424,7 @@ type ReloadResponse struct {
 
 func (x *ReloadResponse) Reset() {
 	*x = ReloadResponse{}
-	mi := &file_agent_admitpb_admit_proto_msgTypes[13]
+	mi := &file_agent_admitpb_admit_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1436,7 @@ func (x *ReloadResponse) String() string {
 func (*ReloadResponse) ProtoMessage() {}
 
 func (x *ReloadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_admitpb_admit_proto_msgTypes[13]
+	mi := &file_agent_admitpb_admit_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +1449,7 @@ func (x *ReloadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadResponse.ProtoReflect.Descriptor instead.
 func (*ReloadResponse) Descriptor() ([]byte, []int) {
-	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{13}
+	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReloadResponse) GetApplied() bool {
@@ -1471,7 +1580,7 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"cpuPeriods\x122\n" +
 	"\x15cpu_throttled_periods\x18\a \x01(\x04R\x13cpuThrottledPeriods\x12\x1b\n" +
 	"\toom_kills\x18\b \x01(\x04R\boomKills\x12-\n" +
-	"\x12placement_failures\x18\t \x01(\x04R\x11placementFailures\"\xdc\x02\n" +
+	"\x12placement_failures\x18\t \x01(\x04R\x11placementFailures\"\x8f\x03\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12*\n" +
 	"\x11started_unix_usec\x18\x02 \x01(\x03R\x0fstartedUnixUsec\x12\x1f\n" +
@@ -1483,7 +1592,16 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"\acgroups\x18\a \x01(\v2\x17.sluice.v1.CgroupStatusR\acgroups\x12\x1d\n" +
 	"\n" +
 	"ebpf_state\x18\b \x01(\tR\tebpfState\x12\x16\n" +
-	"\x06socket\x18\t \x01(\tR\x06socket\"\x0f\n" +
+	"\x06socket\x18\t \x01(\tR\x06socket\x121\n" +
+	"\aservers\x18\x14 \x03(\v2\x17.sluice.v1.ServerStatusR\aservers\"\x99\x02\n" +
+	"\fServerStatus\x12\x12\n" +
+	"\x04comm\x18\x01 \x01(\tR\x04comm\x12\x10\n" +
+	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12%\n" +
+	"\x0erequests_total\x18\x03 \x01(\x03R\rrequestsTotal\x123\n" +
+	"\x16last_request_unix_usec\x18\x04 \x01(\x03R\x13lastRequestUnixUsec\x12'\n" +
+	"\x0funwrapped_total\x18\x05 \x01(\x03R\x0eunwrappedTotal\x127\n" +
+	"\x18last_unwrapped_unix_usec\x18\x06 \x01(\x03R\x15lastUnwrappedUnixUsec\x12%\n" +
+	"\x0elast_unwrapped\x18\a \x01(\tR\rlastUnwrapped\"\x0f\n" +
 	"\rReloadRequest\"}\n" +
 	"\x0eReloadResponse\x12\x18\n" +
 	"\aapplied\x18\x01 \x01(\bR\aapplied\x12\x1f\n" +
@@ -1517,7 +1635,7 @@ func file_agent_admitpb_admit_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_admitpb_admit_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_admitpb_admit_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_agent_admitpb_admit_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_agent_admitpb_admit_proto_goTypes = []any{
 	(RejectReason)(0),      // 0: sluice.v1.RejectReason
 	(*AdmitRequest)(nil),   // 1: sluice.v1.AdmitRequest
@@ -1532,8 +1650,9 @@ var file_agent_admitpb_admit_proto_goTypes = []any{
 	(*LeaseInfo)(nil),      // 10: sluice.v1.LeaseInfo
 	(*CgroupStatus)(nil),   // 11: sluice.v1.CgroupStatus
 	(*StatusResponse)(nil), // 12: sluice.v1.StatusResponse
-	(*ReloadRequest)(nil),  // 13: sluice.v1.ReloadRequest
-	(*ReloadResponse)(nil), // 14: sluice.v1.ReloadResponse
+	(*ServerStatus)(nil),   // 13: sluice.v1.ServerStatus
+	(*ReloadRequest)(nil),  // 14: sluice.v1.ReloadRequest
+	(*ReloadResponse)(nil), // 15: sluice.v1.ReloadResponse
 }
 var file_agent_admitpb_admit_proto_depIdxs = []int32{
 	0,  // 0: sluice.v1.Rejected.reason:type_name -> sluice.v1.RejectReason
@@ -1545,17 +1664,18 @@ var file_agent_admitpb_admit_proto_depIdxs = []int32{
 	9,  // 6: sluice.v1.StatusResponse.limits:type_name -> sluice.v1.LimitStatus
 	10, // 7: sluice.v1.StatusResponse.leases:type_name -> sluice.v1.LeaseInfo
 	11, // 8: sluice.v1.StatusResponse.cgroups:type_name -> sluice.v1.CgroupStatus
-	6,  // 9: sluice.v1.Admission.Admit:input_type -> sluice.v1.ClientMsg
-	8,  // 10: sluice.v1.Admin.Status:input_type -> sluice.v1.StatusRequest
-	13, // 11: sluice.v1.Admin.Reload:input_type -> sluice.v1.ReloadRequest
-	7,  // 12: sluice.v1.Admission.Admit:output_type -> sluice.v1.ServerMsg
-	12, // 13: sluice.v1.Admin.Status:output_type -> sluice.v1.StatusResponse
-	14, // 14: sluice.v1.Admin.Reload:output_type -> sluice.v1.ReloadResponse
-	12, // [12:15] is the sub-list for method output_type
-	9,  // [9:12] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	13, // 9: sluice.v1.StatusResponse.servers:type_name -> sluice.v1.ServerStatus
+	6,  // 10: sluice.v1.Admission.Admit:input_type -> sluice.v1.ClientMsg
+	8,  // 11: sluice.v1.Admin.Status:input_type -> sluice.v1.StatusRequest
+	14, // 12: sluice.v1.Admin.Reload:input_type -> sluice.v1.ReloadRequest
+	7,  // 13: sluice.v1.Admission.Admit:output_type -> sluice.v1.ServerMsg
+	12, // 14: sluice.v1.Admin.Status:output_type -> sluice.v1.StatusResponse
+	15, // 15: sluice.v1.Admin.Reload:output_type -> sluice.v1.ReloadResponse
+	13, // [13:16] is the sub-list for method output_type
+	10, // [10:13] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_agent_admitpb_admit_proto_init() }
@@ -1578,7 +1698,7 @@ func file_agent_admitpb_admit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_admitpb_admit_proto_rawDesc), len(file_agent_admitpb_admit_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

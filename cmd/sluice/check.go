@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/wire"
 	"github.com/sluicehq/sluice/policy"
 )
@@ -53,6 +54,8 @@ git daemon, fcgiwrap, gitea and sshd with a git-shell user found running):
                   can connect to the socket and read shim.conf: tried for real
   server hook     uploadpack.packObjectsHook is the shim in the system or
                   global gitconfig, read as the server's user
+  server traffic  sluiced saw requests from the server's processes, and no
+                  git run by them without the shim (eBPF tracer)
 
 --path PATH checks one PATH string as well (shim on PATH), for a server that
 cannot be named. fcgiwrap's CGI environment comes from the web server: give
@@ -97,6 +100,9 @@ type checkEnv struct {
 	// status asks the agent at socket for its status; nil error means it
 	// answered.
 	status func(socket string) (string, error)
+	// servers asks the agent which Git servers it saw requests and
+	// unwrapped execs from; nil when there is no agent to ask.
+	servers func(socket string) ([]*admitpb.ServerStatus, error)
 }
 
 func runCheck(args []string, stdout, stderr io.Writer) int {
@@ -111,6 +117,7 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		btf:        "/sys/kernel/btf/vmlinux",
 		getenv:     os.Getenv,
 		status:     agentStatus,
+		servers:    agentServers,
 	}
 	fset.StringVar(&env.configPath, "config", policy.DefaultPath, "policy file sluiced reads")
 	fset.StringVar(&env.socket, "socket", "", "sluiced's socket (default: $"+wire.SocketEnv+", then [agent] socket, then "+wire.RootSocket+")")
@@ -147,6 +154,20 @@ func agentStatus(socket string) (string, error) {
 		return "", err
 	}
 	return fmt.Sprintf("sluiced %s answers on %s (%d rules, fail_mode %s)", st.Version, socket, len(st.Limits), st.FailMode), nil
+}
+
+// agentServers asks sluiced which Git servers it has seen.
+func agentServers(socket string) ([]*admitpb.ServerStatus, error) {
+	c, err := dialAdmin(socket)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	st, err := c.Status(context.Background())
+	if err != nil {
+		return nil, err
+	}
+	return st.Servers, nil
 }
 
 // printChecks prints the results and returns the exit status.
@@ -189,8 +210,14 @@ func runChecks(env checkEnv) []checkResult {
 	}
 	servers, r := findServers(env, env.server)
 	results = append(results, r)
+	var seen []*admitpb.ServerStatus
+	var seenErr error
+	if len(servers) > 0 && env.servers != nil {
+		seen, seenErr = env.servers(socket)
+	}
 	for _, s := range servers {
 		results = append(results, checkServer(env, s, realGit)...)
+		results = append(results, checkServerTraffic(s, seen, seenErr, time.Now()))
 	}
 	return results
 }

@@ -49,6 +49,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/wire"
 )
 
@@ -556,6 +557,16 @@ func checkServerExecPath(env checkEnv, s *gitServer) checkResult {
 		return r
 	}
 	dir, ok := s.env["GIT_EXEC_PATH"]
+	if (!ok || dir == "") && s.kind == kindDaemon {
+		// git-daemon run directly finds git on its PATH (checked above);
+		// `git daemon` through the git wrapper puts /usr/lib/git-core first
+		// in its child's PATH, which this process's environment does not
+		// show. The guide sets GIT_EXEC_PATH for both.
+		r.status = checkWarn
+		r.detail = fmt.Sprintf("GIT_EXEC_PATH is not set (from %s): right only while git daemon is started as /usr/lib/git-core/git-daemon; `git daemon` would run git from /usr/lib/git-core, bypassing the shim", s.envFrom)
+		r.fix = s.envFix(want) + "; " + wiringGuide
+		return r
+	}
 	if !ok || dir == "" {
 		r.status = checkFail
 		r.detail = fmt.Sprintf("GIT_EXEC_PATH is not set (from %s): %s runs `git upload-pack` from git's own exec path (/usr/lib/git-core), bypassing the shim", s.envFrom, s.kind)
@@ -751,5 +762,42 @@ func checkServerHook(env checkEnv, s *gitServer, realGit string) checkResult {
 		r.detail += "; the server sets GIT_CONFIG_NOSYSTEM"
 	}
 	r.fix = "git config --system include.path /usr/share/sluice/gitconfig (or --global as " + s.user + "); " + wiringGuide
+	return r
+}
+
+// checkServerTraffic is the proof of the wiring: what sluiced itself saw
+// of this server — requests from its processes, and git commands its
+// processes ran without the shim (the tracer's unwrapped execs).
+func checkServerTraffic(s *gitServer, seen []*admitpb.ServerStatus, seenErr error, now time.Time) checkResult {
+	r := checkResult{name: "server traffic"}
+	prefix := fmt.Sprintf("[%d %s] ", s.pid, s.user)
+	switch {
+	case s.pid == 0:
+		r.status, r.detail = checkSkip, "["+s.user+"] no server process to look up"
+		return r
+	case seenErr != nil:
+		r.status, r.detail = checkSkip, prefix+"sluiced could not be asked: "+seenErr.Error()
+		return r
+	}
+	var sv *admitpb.ServerStatus
+	for _, x := range seen {
+		if int(x.Pid) == s.pid {
+			sv = x
+		}
+	}
+	switch {
+	case sv == nil:
+		r.status = checkWarn
+		r.detail = prefix + "sluiced has seen no request from this server yet"
+		r.fix = "run a clone through the server, then check again; if it still says this, git is not reaching the shim"
+	case sv.UnwrappedTotal > 0:
+		r.status = checkFail
+		r.detail = fmt.Sprintf("%s%d git commands run by this server bypassed sluice, the last %s (%s); %d went through it",
+			prefix, sv.UnwrappedTotal, fmtAgo(sv.LastUnwrappedUnixUsec, now), sv.LastUnwrapped, sv.RequestsTotal)
+		r.fix = "the checks above say which part of the wiring is missing; once fixed, restart the server: the count is since sluiced started"
+	default:
+		r.status = checkOK
+		r.detail = fmt.Sprintf("%s%d requests from this server, the last %s; none bypassed sluice", prefix, sv.RequestsTotal, fmtAgo(sv.LastRequestUnixUsec, now))
+	}
 	return r
 }

@@ -117,7 +117,34 @@ func renderStatus(w io.Writer, st *admitpb.StatusResponse, now time.Time) {
 		}
 	}
 	fmt.Fprintf(&b, "\n%d running, %d queued; 'sluice top' lists them\n", running, queued)
+	if len(st.Servers) > 0 {
+		b.WriteString("\nGit servers seen:\n")
+		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "SERVER\tPID\tREQUESTS\tLAST REQUEST\tUNWRAPPED\tLAST UNWRAPPED")
+		for _, sv := range st.Servers {
+			last := "-"
+			if sv.UnwrappedTotal > 0 {
+				last = fmtAgo(sv.LastUnwrappedUnixUsec, now) + ": " + sv.LastUnwrapped
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%d\t%s\n", sv.Comm, sv.Pid, sv.RequestsTotal, fmtAgo(sv.LastRequestUnixUsec, now), sv.UnwrappedTotal, last)
+		}
+		tw.Flush()
+		for _, sv := range st.Servers {
+			if sv.UnwrappedTotal > 0 {
+				fmt.Fprintf(&b, "unwrapped git under %s (pid %d): it bypasses sluice; run 'sluice check --pid %d'\n", sv.Comm, sv.Pid, sv.Pid)
+			}
+		}
+	}
 	io.WriteString(w, b.String())
+}
+
+// fmtAgo renders a time in microseconds since the epoch as "3m05s ago",
+// "-" for none.
+func fmtAgo(usec int64, now time.Time) string {
+	if usec == 0 {
+		return "-"
+	}
+	return fmtDuration(now.Sub(time.UnixMicro(usec))) + " ago"
 }
 
 // cgroupLine summarises the cgroup state in one line.
