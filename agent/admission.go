@@ -235,8 +235,12 @@ func (a *Agent) reject(l *Lease, rule *policy.Limit, lim *limiter.Limiter, err e
 	switch {
 	case errors.Is(err, limiter.ErrQueueFull):
 		reason, drop = admitpb.RejectReason_REJECT_REASON_MAX_SIZE, DropMaxSize
-		msg = fmt.Sprintf("sluice: too many %s requests for %s: %d running and the queue of %d is full (limit %q); try again in %ds",
-			l.Subcommand, who, limit, rule.MaxQueueSize, rule.Name, retry)
+		queue := fmt.Sprintf("the queue of %d is full", rule.MaxQueueSize)
+		if rule.MaxQueueSize == 0 {
+			queue = "this rule does not queue" // max_queue_size = 0
+		}
+		msg = fmt.Sprintf("sluice: too many %s requests for %s: %d running and %s (limit %q); try again in %ds",
+			l.Subcommand, who, limit, queue, rule.Name, retry)
 	case errors.Is(err, limiter.ErrQueueTimeout):
 		reason, drop = admitpb.RejectReason_REJECT_REASON_MAX_TIME, DropMaxTime
 		msg = fmt.Sprintf("sluice: %s waited %s for a slot for %s (%d running, limit %q); try again in %ds",

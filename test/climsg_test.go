@@ -92,7 +92,7 @@ func (s *serverSetup) checkRefusal(t *testing.T, what, out string, code int, lim
 	if n := strings.Count(out, "sluice: "); n != 1 {
 		t.Errorf("%s: %d sluice: lines, want exactly 1", what, n)
 	}
-	for _, want := range []string{prefix + "sluice: ", "(limit \"" + limit + "\")", "is full", "try again in 7s"} {
+	for _, want := range []string{prefix + "sluice: ", "(limit \"" + limit + "\")", "does not queue", "try again in 7s"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("%s: client output lacks %q", what, want)
 		}

@@ -12,7 +12,7 @@ import (
 	"github.com/sluicehq/sluice/gitwrap"
 )
 
-const fullMsg = `sluice: too many upload-pack requests for this repository: 1 running and the queue of 0 is full (limit "upload-pack"); try again in 10s`
+const fullMsg = `sluice: too many upload-pack requests for this repository: 1 running and this rule does not queue (limit "upload-pack"); try again in 10s`
 
 func rejectWith(reason int32, msg string) func(wire.AdmitRequest) []wire.ServerMsg {
 	return func(wire.AdmitRequest) []wire.ServerMsg {
