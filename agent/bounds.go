@@ -41,6 +41,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
@@ -152,15 +153,39 @@ func (a *Agent) maxConnections() int64 {
 // max_connections: running out of descriptors would refuse connections
 // with an error nobody sees, so the agent caps the count and says how to
 // raise it.
+//
+// It is a warning only when the cap can matter: below fdWarnBelow
+// connections a busy host's running and queued commands (each one
+// connection) can reach it. Above that the cap is logged once at info
+// level, with the numbers, and nothing else: a 20,000-descriptor limit
+// still serves ~10,000 git commands at once.
 func (a *Agent) warnFDBudget() {
 	pol := a.Policy()
 	want := int64(pol.Agent.MaxConnections)
-	if b := fdBudget(); b > 0 && want > b {
-		a.log.Warn("the open-file limit is too low for [agent] max_connections: serving fewer connections; raise LimitNOFILE (systemd) or ulimit -n, or lower max_connections",
-			zap.String("config", pol.Source), zap.Int64("max_connections", want),
-			zap.Int64("fds_needed", want*fdsPerConn+fdReserve), zap.Int64("serving_at_most", b))
+	b := fdBudget()
+	level, msg := fdBudgetMessage(want, b)
+	if msg == "" {
+		return
 	}
+	a.log.Check(level, msg).Write(zap.String("config", pol.Source), zap.Int64("max_connections", want),
+		zap.Int64("fds_needed", want*fdsPerConn+fdReserve), zap.Int64("serving_at_most", b))
 }
+
+// fdBudgetMessage is what warnFDBudget logs for max_connections want and a
+// connection budget b ("" when nothing).
+func fdBudgetMessage(want, b int64) (zapcore.Level, string) {
+	switch {
+	case b <= 0 || want <= b:
+		return zapcore.InfoLevel, ""
+	case b < fdWarnBelow:
+		return zapcore.WarnLevel, fmt.Sprintf("the open-file limit lets sluiced serve at most %d git commands (running and queued) at once, fewer than [agent] max_connections; "+
+			"more are refused (exit 75): raise LimitNOFILE (systemd) or ulimit -n, or lower max_connections", b)
+	}
+	return zapcore.InfoLevel, fmt.Sprintf("the open-file limit caps connections at %d (running and queued git commands), below [agent] max_connections", b)
+}
+
+// fdWarnBelow is the connection budget below which warnFDBudget warns.
+const fdWarnBelow = 1024
 
 // Who gets a connection when they are scarce. Every connection, and every
 // gRPC call on a connection, is counted against max_connections (M) and

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -244,4 +245,24 @@ func TestHelloTimeout(t *testing.T) {
 		}
 	}
 	waitUntil(t, "connections uncounted", func() bool { open, _ := a.Connections(); return open == 0 })
+}
+
+// TestFDBudgetMessage: the open-file limit is a warning only when it caps
+// connections low enough to matter; otherwise one info line, or nothing.
+func TestFDBudgetMessage(t *testing.T) {
+	for _, tt := range []struct {
+		want, budget int64
+		level        zapcore.Level
+		says         string
+	}{
+		{10000, 0, zapcore.InfoLevel, ""},        // limit unknown
+		{10000, 20000, zapcore.InfoLevel, ""},    // room for all
+		{10000, 9968, zapcore.InfoLevel, "9968"}, // a 20,000 fd limit: fine
+		{10000, 480, zapcore.WarnLevel, "at most 480 git commands"},
+	} {
+		level, msg := fdBudgetMessage(tt.want, tt.budget)
+		if level != tt.level || !strings.Contains(msg, tt.says) || (tt.says == "") != (msg == "") {
+			t.Errorf("fdBudgetMessage(%d, %d) = %v %q, want %v containing %q", tt.want, tt.budget, level, msg, tt.level, tt.says)
+		}
+	}
 }
