@@ -90,3 +90,14 @@ soak: build ## admission soak with random kills against a real sluiced, 5 minute
 
 soak-smoke: build ## the soak in smoke mode: a few seconds (CI)
 	$(GO) run ./bench/soak -bin $(BIN) -smoke
+
+# Gitea end to end (issue 22): the first run builds Gitea (cgo, sqlite) into
+# /var/cache/sluice-test/gitea-<version>/ and later runs reuse it. Without
+# make, `go test ./test -run TestGitea` runs it only when that cache exists
+# (SLUICE_TEST_GITEA=auto) and skips naming what is missing otherwise.
+.PHONY: test-gitea gitea-build bench-gitea
+gitea-build: ## build Gitea v1.26.0 for the Gitea tests once, cached in /var/cache/sluice-test (cold: ~4 min on 2 cores)
+	GO=$(GO) test/gitea-build.sh v1.26.0
+
+test-gitea: gitea-build ## Gitea end to end (root): sluice wired per packaging/README.md's Gitea guide, clone/push over HTTP and SSH, limits, metrics
+	SLUICE_TEST_GITEA=build $(GO) test -count=1 -timeout 15m -run '^TestGitea$$' -v ./test/
