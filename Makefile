@@ -101,3 +101,10 @@ gitea-build: ## build Gitea v1.26.0 for the Gitea tests once, cached in /var/cac
 
 test-gitea: gitea-build ## Gitea end to end (root): sluice wired per packaging/README.md's Gitea guide, clone/push over HTTP and SSH, limits, metrics
 	SLUICE_TEST_GITEA=build $(GO) test -count=1 -timeout 15m -run '^TestGitea$$' -v ./test/
+
+bench-gitea: gitea-build ## what the shim costs Gitea's API/web endpoints (shim / serving-only / none, interleaved) → bench/gitea/cost.md
+	SLUICE_TEST_GITEA=build SLUICE_GITEA_BENCH=1 $(GO) test -count=1 -timeout 30m -run '^TestGiteaShimCost$$' -v ./test/
+
+.PHONY: bench-gitea-storm
+bench-gitea-storm: gitea-build ## bounded clone storm over Gitea's HTTP, defaults vs none, in a 1.5 GiB cgroup → bench/gitea/storm.md (needs bench/storm's 110 MiB repository)
+	SLUICE_TEST_GITEA=build SLUICE_GITEA_STORM=1 $(GO) test -count=1 -timeout 30m -run '^TestGiteaStorm$$' -v ./test/

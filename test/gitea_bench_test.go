@@ -97,7 +97,7 @@ func TestGiteaShimCost(t *testing.T) {
 	names, arms := giteaArms()
 	switchLinks(t, sw, arms["shim"])
 	wiring := fmt.Sprintf("[git]\nPATH = %s/git\n\n[git.config]\nuploadpack.packObjectsHook = %s/hook\n", sw, sw)
-	g := newGitea(t, u, wiring, "SLUICE_SOCKET="+a.socket, "SLUICE_SHIM_LOG="+a.shimLog)
+	g := newGitea(t, u, wiring, giteaOpts{env: []string{"SLUICE_SOCKET=" + a.socket, "SLUICE_SHIM_LOG=" + a.shimLog}})
 	src := makeRepo(t, t.TempDir(), "project", 40)
 	g.createRepo("project", src)
 

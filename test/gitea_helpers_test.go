@@ -260,10 +260,16 @@ ROOT_PATH = %[2]s/log
 %[7]s`, g.user.Username, g.dir, g.http, g.ssh, giteaCache(), hex.EncodeToString(secret[:]), gitWiring)
 }
 
+// giteaOpts are extras for newGitea.
+type giteaOpts struct {
+	env    []string // more environment for Gitea
+	cgroup string   // a cgroup directory (cgroup.procs) to start Gitea in
+}
+
 // newGitea prepares and starts Gitea as the unprivileged user u (see
-// giteaUser), with gitWiring (an app.ini fragment) and extra environment
-// for Gitea. The admin user, its token and its SSH key are created.
-func newGitea(t *testing.T, u *user.User, gitWiring string, env ...string) *giteaServer {
+// giteaUser), with gitWiring (an app.ini fragment). The admin user, its
+// token and its SSH key are created.
+func newGitea(t *testing.T, u *user.User, gitWiring string, opts giteaOpts) *giteaServer {
 	t.Helper()
 	bin := giteaBinary(t)
 	uid, _ := strconv.Atoi(u.Uid)
@@ -296,7 +302,7 @@ func newGitea(t *testing.T, u *user.User, gitWiring string, env ...string) *gite
 		"USER=" + u.Username,
 		"GITEA_WORK_DIR=" + g.dir,
 		"LANG=C",
-	}, env...)
+	}, opts.env...)
 
 	g.run("migrate")
 	g.run("admin", "user", "create", "--username", g.admin, "--password", g.password,
@@ -306,6 +312,12 @@ func newGitea(t *testing.T, u *user.User, gitWiring string, env ...string) *gite
 
 	logf := filepath.Join(g.dir, "log", "stdout.log")
 	g.cmd = startGroupAs(t, g.env, logf, uint32(uid), uint32(gid), g.bin, "--config", g.conf, "--work-path", g.dir, "web")
+	if opts.cgroup != "" {
+		// Before Gitea has run any git: its children inherit the cgroup.
+		if err := os.WriteFile(filepath.Join(opts.cgroup, "cgroup.procs"), []byte(strconv.Itoa(g.cmd.Process.Pid)), 0o644); err != nil {
+			t.Fatalf("move Gitea into %s: %v", opts.cgroup, err)
+		}
+	}
 	waitFor(t, 60*time.Second, "Gitea's API on "+g.url, func() bool {
 		resp, err := http.Get(g.url + "/api/v1/version")
 		if err == nil {

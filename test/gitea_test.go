@@ -30,7 +30,7 @@ func TestGitea(t *testing.T) {
 	a.start(serverLimits, "open")
 	giteaShares(t, a)
 	wiring := guideBlock(t, "app.ini", a)
-	g := newGitea(t, u, wiring, "SLUICE_SOCKET="+a.socket, "SLUICE_SHIM_LOG="+a.shimLog)
+	g := newGitea(t, u, wiring, giteaOpts{env: []string{"SLUICE_SOCKET=" + a.socket, "SLUICE_SHIM_LOG=" + a.shimLog}})
 	s := &serverSetup{a: a}
 
 	// Gitea wrote [git.config] into its own global gitconfig (HOME_PATH):
