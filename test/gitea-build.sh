@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Build Gitea for sluice's end-to-end test (make test-gitea) and cache it.
 #
-#   test/gitea-build.sh [version]      # default v1.26.0
+#   test/gitea-build.sh [version [patch]]   # default v1.26.0, no patch
 #
-# Output: $SLUICE_GITEA_CACHE (default /var/cache/sluice-test/gitea-<version>/)
+# Output: $SLUICE_GITEA_CACHE (default /var/cache/sluice-test/gitea-<version>/,
+# or gitea-<version>+<patch file name without .patch>/ with a patch)
 # holding `gitea` plus the `options/` and `templates/` trees it reads at run
 # time (built without the bindata tag: embedding needs the web frontend
 # built by npm, which git over HTTP/SSH and the API do not need). A finished
@@ -15,8 +16,14 @@
 # and the tags `sqlite sqlite_unlock_notify`.
 set -euo pipefail
 version=${1:-v1.26.0}
+patchfile=${2:-}
 GO=${GO:-go}
-cache=${SLUICE_GITEA_CACHE:-/var/cache/sluice-test/gitea-$version}
+suffix=
+if [[ -n $patchfile ]]; then
+  patchfile=$(realpath "$patchfile")
+  suffix=+$(basename "$patchfile" .patch)
+fi
+cache=${SLUICE_GITEA_CACHE:-/var/cache/sluice-test/gitea-$version$suffix}
 if [[ -f $cache/ok && -x $cache/gitea ]]; then
   echo "gitea $version: cached in $cache"
   exit 0
@@ -36,6 +43,10 @@ src=$cache/src
 rm -rf "$src" "$cache/options" "$cache/templates"
 cp -r "$dir" "$src"
 chmod -R u+w "$src"
+if [[ -n $patchfile ]]; then
+  (cd "$src" && patch -p1 --quiet < "$patchfile")
+  echo "gitea $version: applied $patchfile"
+fi
 echo "gitea $version: building in $src (cgo, tags sqlite sqlite_unlock_notify; the first build takes minutes)"
 (cd "$src" && CGO_ENABLED=1 "$GO" build -trimpath -tags 'sqlite sqlite_unlock_notify' \
   -ldflags "-s -w -X main.Version=${version#v} -X 'main.Tags=sqlite sqlite_unlock_notify'" \
@@ -43,5 +54,5 @@ echo "gitea $version: building in $src (cgo, tags sqlite sqlite_unlock_notify; t
 mv "$cache/gitea.new" "$cache/gitea"
 cp -r "$src/options" "$src/templates" "$cache/"
 rm -rf "$src"
-echo "$version built in $(( $(date +%s) - start ))s on $(date -u +%FT%TZ)" > "$cache/ok"
+echo "$version$suffix built in $(( $(date +%s) - start ))s on $(date -u +%FT%TZ)" > "$cache/ok"
 cat "$cache/ok"

@@ -239,10 +239,6 @@ ADAPTER = memory
 [mailer]
 ENABLED = false
 
-[picture]
-DISABLE_GRAVATAR = true
-ENABLE_FEDERATED_AVATAR = false
-
 [actions]
 ENABLED = false
 
@@ -499,6 +495,7 @@ func tail(s string, n int) string {
 func giteaShares(t *testing.T, a *agentProc) {
 	t.Helper()
 	traversable(t, a.dir)
+	traversable(t, filepath.Dir(bins.shim)) // the shim links' target
 	if err := os.WriteFile(a.shimLog, nil, 0o666); err != nil {
 		t.Fatal(err)
 	}
