@@ -395,6 +395,12 @@ func (g *giteaServer) createRepo(name, src string) {
 	if out, err := gitTry(src, baseEnv(src), "push", "-q", g.pushURL(name), "refs/heads/*:refs/heads/*", "refs/tags/*:refs/tags/*"); err != nil {
 		g.t.Fatalf("initial push of %s: %v\n%s", name, err, out)
 	}
+	// Gitea marks the repository non-empty after the push, asynchronously.
+	waitFor(g.t, 30*time.Second, "Gitea to see "+name+" as not empty", func() bool {
+		var info struct{ Empty bool }
+		g.api("GET", fmt.Sprintf("/api/v1/repos/%s/%s", g.admin, name), nil, &info)
+		return !info.Empty
+	})
 }
 
 // httpURL is the anonymous clone URL; pushURL carries the admin's token.

@@ -187,20 +187,11 @@ func TestGiteaStorm(t *testing.T) {
 	a := newAgentDir(t)
 	a.agentExtra = fmt.Sprintf("socket_group = %q\n", u.Username)
 	a.wrap = []string{"/bin/sh", "-c", `echo $$ > "$0" && exec "$@"`, filepath.Join(box.dir, "cgroup.procs")}
-	def, err := os.ReadFile("../policy/default.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, policy, ok := strings.Cut(string(def), "\n[[limit]]")
-	if !ok {
-		t.Fatal("policy/default.toml has no [[limit]]")
-	}
 	// The shipped policy, but the agent's cgroups under a name of this
 	// run's: other agents on the host use "sluice" in the same cgroups.
 	root := fmt.Sprintf("sluice-gitea-storm-agent-%d", os.Getpid())
-	policy = strings.Replace(policy, `hierarchy_root = "sluice"`, fmt.Sprintf("hierarchy_root = %q", root), 1)
 	t.Cleanup(func() { removeAgentCgroups(root) })
-	a.start("[[limit]]"+policy, "open")
+	a.start(defaultLimits(t, root), "open")
 	giteaShares(t, a)
 
 	sw := filepath.Join(t.TempDir(), "gitbin")
@@ -415,6 +406,27 @@ func removeAgentCgroups(root string) {
 			os.Remove(dirs[i])
 		}
 	}
+}
+
+// defaultLimits is policy/default.toml from its first [[limit]] on (rules,
+// cgroups, adaptive tuning: the shipped policy), with cgroups off unless
+// cgroupRoot names the hierarchy_root to use.
+func defaultLimits(t *testing.T, cgroupRoot string) string {
+	t.Helper()
+	def, err := os.ReadFile("../policy/default.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, policy, ok := strings.Cut(string(def), "\n[[limit]]")
+	if !ok {
+		t.Fatal("policy/default.toml has no [[limit]]")
+	}
+	policy = "[[limit]]" + policy
+	if cgroupRoot == "" {
+		cg, rest, _ := strings.Cut(policy, "\n[cgroups]\n")
+		return cg + "\n[cgroups]\n" + strings.Replace(rest, "\nenabled = true\n", "\nenabled = false\n", 1)
+	}
+	return strings.Replace(policy, `hierarchy_root = "sluice"`, fmt.Sprintf("hierarchy_root = %q", cgroupRoot), 1)
 }
 
 func envOr(name, def string) string {

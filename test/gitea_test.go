@@ -22,12 +22,43 @@ import (
 	"time"
 )
 
+// giteaLimits: a per-repository limit of 1 for upload-pack with a queue of
+// one that waits 2 s (a queue, because in exec mode the agent learns of a
+// git's exit from the kernel a moment after the client has its answer, and
+// a clone runs upload-pack two or three times in a row); pack-objects keyed
+// by client address.
+const giteaLimits = `
+[[limit]]
+name = "upload-pack"
+match = ["upload-pack"]
+key = "repo"
+max_per_key = 1
+max_queue_size = 1
+max_queue_wait = "2s"
+
+[[limit]]
+name = "pack-objects"
+match = ["pack-objects"]
+key = "remote_ip"
+max_per_key = 4
+max_queue_size = 10
+max_queue_wait = "10s"
+
+[[limit]]
+name = "receive-pack"
+match = ["receive-pack"]
+key = "repo"
+max_per_key = 2
+max_queue_size = 10
+max_queue_wait = "10s"
+`
+
 func TestGitea(t *testing.T) {
 	u := giteaUser(t)
 	a := newAgentDir(t)
 	// What `adduser git sluice` gives the package's socket: Gitea's group.
 	a.agentExtra = fmt.Sprintf("socket_group = %q\n", u.Username)
-	a.start(serverLimits, "open")
+	a.start(giteaLimits, "open")
 	giteaShares(t, a)
 	wiring := guideBlock(t, "app.ini", a)
 	g := newGitea(t, u, wiring, giteaOpts{env: []string{"SLUICE_SOCKET=" + a.socket, "SLUICE_SHIM_LOG=" + a.shimLog}})
@@ -116,7 +147,7 @@ func TestGitea(t *testing.T) {
 	})
 
 	t.Run("per-repository limit", func(t *testing.T) {
-		before := a.metric(`sluice_requests_dropped_total{limit="upload-pack",reason="max_size"}`)
+		before := a.metric(`sluice_requests_dropped_total{limit="upload-pack",reason="max_time"}`)
 		// Hold the repository's only slot: a POST to git-upload-pack
 		// whose body never comes. Gitea starts git before it has read the
 		// body, so upload-pack is admitted and waits for its request.
@@ -134,7 +165,7 @@ func TestGitea(t *testing.T) {
 			t.Fatalf("a second concurrent clone over ssh succeeded; want a rejection\n%s", out)
 		}
 		// SSH carries git's stderr: the client sees sluice's reason.
-		if !strings.Contains(out, "sluice: too many upload-pack requests for this repository") {
+		if !strings.Contains(out, "sluice: upload-pack waited 2s for a slot for this repository") {
 			t.Errorf("over Gitea's ssh the client should see sluice's reason; got:\n%s", out)
 		}
 
@@ -147,11 +178,11 @@ func TestGitea(t *testing.T) {
 		if !strings.Contains(out, "sluice: ") {
 			// Gitea keeps git's stderr for its own log.
 			waitFor(t, 5*time.Second, "sluice's reason in gitea.log", func() bool {
-				return strings.Contains(g.log(), "sluice: too many upload-pack requests")
+				return strings.Contains(g.log(), "sluice: upload-pack waited 2s for a slot")
 			})
 		}
 		waitFor(t, 5*time.Second, "the rejections counted", func() bool {
-			return a.metric(`sluice_requests_dropped_total{limit="upload-pack",reason="max_size"}`) >= before+2
+			return a.metric(`sluice_requests_dropped_total{limit="upload-pack",reason="max_time"}`) >= before+2
 		})
 		conn.Close()
 		// The slot is free again: a clone works.
