@@ -83,7 +83,7 @@ func TestGiteaShimCost(t *testing.T) {
 		t.Skip("a benchmark: set SLUICE_GITEA_BENCH=1 (make bench-gitea)")
 	}
 	n := envInt("SLUICE_GITEA_BENCH_N", 200)
-	u := giteaUser(t)
+	u := giteaUser(t, "")
 	a := newAgentDir(t)
 	a.agentExtra = fmt.Sprintf("socket_group = %q\n", u.Username)
 	a.start(defaultLimits(t, ""), "open")

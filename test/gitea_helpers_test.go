@@ -28,53 +28,65 @@ import (
 const giteaVersion = "v1.26.0"
 
 // giteaCache is where test/gitea-build.sh puts the binary and the options/
-// and templates/ trees it reads at run time.
-func giteaCache() string {
-	if d := os.Getenv("SLUICE_GITEA_CACHE"); d != "" {
+// and templates/ trees it reads at run time; patch is "" or the name of a
+// patch under test/ (without .patch) the build applied.
+func giteaCache(patch string) string {
+	if d := os.Getenv("SLUICE_GITEA_CACHE"); d != "" && patch == "" {
 		return d
 	}
-	return "/var/cache/sluice-test/gitea-" + giteaVersion
+	suffix := ""
+	if patch != "" {
+		suffix = "+" + patch
+	}
+	return "/var/cache/sluice-test/gitea-" + giteaVersion + suffix
 }
 
-// giteaBinary returns the cached Gitea, building it when SLUICE_TEST_GITEA
-// is "build". "auto" (the default) uses a cached build and skips without
-// one; "skip" always skips.
-func giteaBinary(t *testing.T) string {
+// giteaBinary returns the cached Gitea (patched with test/<patch>.patch
+// unless patch is ""), building it when SLUICE_TEST_GITEA is "build".
+// "auto" (the default) uses a cached build and skips without one; "skip"
+// always skips.
+func giteaBinary(t *testing.T, patch string) string {
 	t.Helper()
 	mode := os.Getenv("SLUICE_TEST_GITEA")
 	if mode == "" {
 		mode = "auto"
 	}
-	cache := giteaCache()
+	cache := giteaCache(patch)
 	bin := filepath.Join(cache, "gitea")
 	cached := func() bool {
 		_, err1 := os.Stat(filepath.Join(cache, "ok"))
 		_, err2 := os.Stat(bin)
 		return err1 == nil && err2 == nil
 	}
+	what := "Gitea " + giteaVersion
+	args := []string{giteaVersion}
+	if patch != "" {
+		what += " with test/" + patch + ".patch"
+		args = append(args, patch+".patch")
+	}
 	switch mode {
 	case "skip":
 		t.Skip("SLUICE_TEST_GITEA=skip: the Gitea tests do not run")
 	case "auto":
 		if !cached() {
-			t.Skipf("Gitea %s is not built in %s: run `make test-gitea` (builds it once, minutes; later runs use the cache) or set SLUICE_TEST_GITEA=build", giteaVersion, cache)
+			t.Skipf("%s is not built in %s: run `make test-gitea` (builds it once, minutes; later runs use the cache) or set SLUICE_TEST_GITEA=build", what, cache)
 		}
 	case "build":
 		if !cached() {
 			start := time.Now()
-			cmd := exec.Command("./gitea-build.sh", giteaVersion)
+			cmd := exec.Command("./gitea-build.sh", args...)
 			cmd.Env = append(os.Environ(), "SLUICE_GITEA_CACHE="+cache)
 			out, err := cmd.CombinedOutput()
 			if err != nil {
-				t.Fatalf("test/gitea-build.sh %s: %v\n%s", giteaVersion, err, out)
+				t.Fatalf("test/gitea-build.sh %s: %v\n%s", strings.Join(args, " "), err, out)
 			}
-			t.Logf("built Gitea %s in %v", giteaVersion, time.Since(start).Round(time.Second))
+			t.Logf("built %s in %v", what, time.Since(start).Round(time.Second))
 		}
 	default:
 		t.Fatalf("SLUICE_TEST_GITEA=%q: want build, auto or skip", mode)
 	}
 	if !cached() {
-		t.Fatalf("no Gitea in %s after the build", cache)
+		t.Fatalf("no %s in %s after the build", what, cache)
 	}
 	return bin
 }
@@ -118,9 +130,11 @@ func userLock(t *testing.T) func() {
 	return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }
 }
 
-// giteaUser is the user Gitea runs as: a fresh one, or the test skips.
-func giteaUser(t *testing.T) *user.User {
+// giteaUser is the user Gitea runs as: a fresh one, or the test skips
+// (also when the Gitea built with patch, see giteaBinary, is missing).
+func giteaUser(t *testing.T, patch string) *user.User {
 	t.Helper()
+	giteaBinary(t, patch)
 	if os.Geteuid() != 0 {
 		t.Skip("the Gitea tests need root: they run Gitea as a fresh unprivileged user")
 	}
@@ -130,7 +144,6 @@ func giteaUser(t *testing.T) *user.User {
 	if _, err := exec.LookPath("ssh"); err != nil {
 		t.Skip("ssh is not installed (apt-get install openssh-client)")
 	}
-	giteaBinary(t)
 	return tempUser(t, "sluicetest-gitea-")
 }
 
@@ -253,11 +266,12 @@ MODE = file
 LEVEL = Info
 ROOT_PATH = %[2]s/log
 
-%[7]s`, g.user.Username, g.dir, g.http, g.ssh, giteaCache(), hex.EncodeToString(secret[:]), gitWiring)
+%[7]s`, g.user.Username, g.dir, g.http, g.ssh, filepath.Dir(g.bin), hex.EncodeToString(secret[:]), gitWiring)
 }
 
 // giteaOpts are extras for newGitea.
 type giteaOpts struct {
+	patch  string   // run the Gitea built with test/<patch>.patch
 	env    []string // more environment for Gitea
 	cgroup string   // a cgroup directory (cgroup.procs) to start Gitea in
 }
@@ -267,7 +281,7 @@ type giteaOpts struct {
 // token and its SSH key are created.
 func newGitea(t *testing.T, u *user.User, gitWiring string, opts giteaOpts) *giteaServer {
 	t.Helper()
-	bin := giteaBinary(t)
+	bin := giteaBinary(t, opts.patch)
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
 	g := &giteaServer{t: t, bin: bin, dir: t.TempDir(), user: u, uid: uid, gid: gid,

@@ -182,7 +182,7 @@ func TestGiteaStorm(t *testing.T) {
 	mem := int64(envInt("SLUICE_GITEA_STORM_MIB", 1536)) << 20
 	modes := strings.Split(envOr("SLUICE_GITEA_STORM_MODES", "defaults,none"), ",")
 
-	u := giteaUser(t)
+	u := giteaUser(t, "")
 	box := newStormBox(t, mem)
 	a := newAgentDir(t)
 	a.agentExtra = fmt.Sprintf("socket_group = %q\n", u.Username)

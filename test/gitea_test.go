@@ -13,6 +13,7 @@ package test
 // it; metrics count Gitea's commands.
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -54,7 +55,7 @@ max_queue_wait = "10s"
 `
 
 func TestGitea(t *testing.T) {
-	u := giteaUser(t)
+	u := giteaUser(t, "")
 	a := newAgentDir(t)
 	// What `adduser git sluice` gives the package's socket: Gitea's group.
 	a.agentExtra = fmt.Sprintf("socket_group = %q\n", u.Username)
@@ -205,6 +206,46 @@ func TestGitea(t *testing.T) {
 			t.Errorf("rejected upload-pack counted %v, want >= 2", v)
 		}
 	})
+}
+
+// TestGiteaClientAddress runs Gitea built with test/gitea-client-address.patch
+// (the fix proposed upstream: REMOTE_ADDR for git over HTTP, SSH_CONNECTION
+// from the built-in SSH server) and checks that the guide's wiring then
+// keys upload-pack and pack-objects by the real client address: clones
+// from 127.0.0.7 over HTTP (through a forwarder bound to that address) and
+// from 127.0.0.8 over SSH (ssh -b).
+func TestGiteaClientAddress(t *testing.T) {
+	const patch = "gitea-client-address"
+	u := giteaUser(t, patch)
+	a := newAgentDir(t)
+	a.agentExtra = fmt.Sprintf("socket_group = %q\n", u.Username)
+	a.start(giteaLimits, "open")
+	giteaShares(t, a)
+	g := newGitea(t, u, guideBlock(t, "app.ini", a), giteaOpts{patch: patch,
+		env: []string{"SLUICE_SOCKET=" + a.socket, "SLUICE_SHIM_LOG=" + a.shimLog}})
+	s := &serverSetup{a: a}
+	g.createRepo("project", makeRepo(t, t.TempDir(), "project", 4))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	port := forwarder(t, ctx, net.IPv4(127, 0, 0, 7), fmt.Sprintf("127.0.0.1:%d", g.http))
+	url := fmt.Sprintf("http://127.0.0.1:%d/%s/project.git", port, g.admin)
+	if out, err := gitTry(g.dir, g.clientEnv(), "clone", "-q", url, filepath.Join(g.dir, "client", "via-http")); err != nil {
+		t.Fatalf("clone %s: %v\n%s", url, err, out)
+	}
+	env := g.clientEnv("GIT_SSH_COMMAND=" + g.sshCommand + " -b 127.0.0.8")
+	if out, err := gitTry(g.dir, env, "clone", "-q", g.sshURL("project"), filepath.Join(g.dir, "client", "via-ssh")); err != nil {
+		t.Fatalf("clone %s: %v\n%s", g.sshURL("project"), err, out)
+	}
+	seen := map[string]int{}
+	for _, m := range s.agentLines("command finished") {
+		seen[fmt.Sprintf("%v from %v", m["subcmd"], m["remote_ip"])]++
+	}
+	for _, want := range []string{"upload-pack from 127.0.0.7", "pack-objects from 127.0.0.7", "upload-pack from 127.0.0.8", "pack-objects from 127.0.0.8"} {
+		if seen[want] == 0 {
+			t.Errorf("no %s through sluice; seen: %v", want, seen)
+		}
+	}
 }
 
 // exerciseGitea clones (mirror and plain), pushes a new branch and
