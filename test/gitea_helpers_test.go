@@ -93,8 +93,8 @@ func giteaBinary(t *testing.T, patch string) string {
 
 // guideBlock returns the fenced block that follows `<!-- gitea:NAME -->` in
 // packaging/README.md, with the package's paths mapped to the binaries
-// under test. Nothing else is changed.
-func guideBlock(t *testing.T, name string, a *agentProc) string {
+// under test (and more old, new pairs in extra). Nothing else is changed.
+func guideBlock(t *testing.T, name string, a *agentProc, extra ...string) string {
 	t.Helper()
 	b, err := os.ReadFile("../packaging/README.md")
 	if err != nil {
@@ -113,7 +113,7 @@ func guideBlock(t *testing.T, name string, a *agentProc) string {
 	if !ok {
 		t.Fatalf("packaging/README.md: the %q block is not closed", strings.TrimSpace(marker))
 	}
-	return strings.NewReplacer(installedBin, a.shimBin, installedShim, bins.shim).Replace(block)
+	return strings.NewReplacer(append([]string{installedBin, a.shimBin, installedShim, bins.shim}, extra...)...).Replace(block)
 }
 
 // userLock serialises useradd/userdel with other tests and helpers.

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -245,6 +246,49 @@ func TestGiteaClientAddress(t *testing.T) {
 		if seen[want] == 0 {
 			t.Errorf("no %s through sluice; seen: %v", want, seen)
 		}
+	}
+}
+
+// TestGiteaServingOnly runs the guide's cheaper wiring: [git] PATH is a
+// directory where git is the real git and only the dashed serving names
+// are the shim. Over SSH Gitea runs those by name, so upload-pack and
+// receive-pack are admitted; over HTTP only pack-objects is (through the
+// hook), and Gitea's many small git commands never meet the shim.
+func TestGiteaServingOnly(t *testing.T) {
+	u := giteaUser(t, "")
+	a := newAgentDir(t)
+	a.agentExtra = fmt.Sprintf("socket_group = %q\n", u.Username)
+	a.start(giteaLimits, "open")
+	giteaShares(t, a)
+	dir := filepath.Join(t.TempDir(), "sluice-gitea")
+	traversable(t, filepath.Dir(dir))
+	paths := []string{"/usr/local/lib/sluice-gitea", dir, "/usr/bin/git", bins.realGit}
+	script := guideBlock(t, "serving-only.sh", a, paths...)
+	if out, err := exec.Command("bash", "-euc", script).CombinedOutput(); err != nil {
+		t.Fatalf("the guide's serving-only.sh: %v\n%s\n%s", err, script, out)
+	}
+	g := newGitea(t, u, guideBlock(t, "serving-only.ini", a, paths...),
+		giteaOpts{env: []string{"SLUICE_SOCKET=" + a.socket, "SLUICE_SHIM_LOG=" + a.shimLog}})
+	s := &serverSetup{a: a}
+	src := makeRepo(t, t.TempDir(), "project", 8)
+	g.createRepo("project", src)
+	t.Run("http", func(t *testing.T) {
+		exerciseGitea(t, g, src, g.httpURL("project"), g.pushURL("project"), "http")
+	})
+	t.Run("ssh", func(t *testing.T) {
+		exerciseGitea(t, g, src, g.sshURL("project"), g.sshURL("project"), "ssh")
+	})
+	count := map[string]int{}
+	for _, m := range s.agentLines("command finished") {
+		sub, _ := m["subcmd"].(string)
+		count[sub]++
+		if (sub == "upload-pack" || sub == "receive-pack") && m["user"] != g.admin {
+			t.Errorf("%s admitted for user %v: only Gitea's SSH (user %s) should run it through the shim", sub, m["user"], g.admin)
+		}
+	}
+	// ssh: 2 clones + fetch, 1 push; pack-objects for all 6 fetches.
+	if count["upload-pack"] != 3 || count["receive-pack"] != 1 || count["pack-objects"] < 6 {
+		t.Errorf("admitted %v; want 3 upload-pack and 1 receive-pack (ssh), >= 6 pack-objects (ssh and http)", count)
 	}
 }
 
