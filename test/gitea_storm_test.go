@@ -13,6 +13,8 @@ package test
 // links of Gitea's [git] PATH directory (as in gitea_bench_test.go):
 //
 //   - defaults: the guide's wiring, sluiced with policy/default.toml;
+//   - serving-only: the guide's cheaper wiring (real git, the dashed
+//     serving names and the hook are the shim), same policy;
 //   - none: the real git, the hook /usr/bin/env (sluice not involved).
 
 import (
@@ -180,7 +182,7 @@ func TestGiteaStorm(t *testing.T) {
 	drain := 20 * time.Second
 	idle := 10 * time.Second
 	mem := int64(envInt("SLUICE_GITEA_STORM_MIB", 1536)) << 20
-	modes := strings.Split(envOr("SLUICE_GITEA_STORM_MODES", "defaults,none"), ",")
+	modes := strings.Split(envOr("SLUICE_GITEA_STORM_MODES", "defaults,serving-only,none"), ",")
 
 	u := giteaUser(t, "")
 	box := newStormBox(t, mem)
@@ -198,7 +200,7 @@ func TestGiteaStorm(t *testing.T) {
 	os.MkdirAll(sw, 0o755)
 	traversable(t, sw)
 	_, arms := giteaArms()
-	armOf := map[string]map[string]string{"defaults": arms["shim"], "none": arms["none"]}
+	armOf := map[string]map[string]string{"defaults": arms["shim"], "serving-only": arms["serving-only"], "none": arms["none"]}
 	switchLinks(t, sw, arms["shim"])
 	wiring := fmt.Sprintf("[git]\nPATH = %s/git\n\n[git.config]\nuploadpack.packObjectsHook = %s/hook\n", sw, sw)
 	g := newGitea(t, u, wiring, giteaOpts{env: []string{"SLUICE_SOCKET=" + a.socket, "SLUICE_SHIM_LOG=" + a.shimLog}, cgroup: box.dir})
@@ -234,7 +236,7 @@ func TestGiteaStorm(t *testing.T) {
 	for _, mode := range modes {
 		arm, ok := armOf[mode]
 		if !ok {
-			t.Fatalf("SLUICE_GITEA_STORM_MODES: unknown mode %q (defaults, none)", mode)
+			t.Fatalf("SLUICE_GITEA_STORM_MODES: unknown mode %q (defaults, serving-only, none)", mode)
 		}
 		switchLinks(t, sw, arm)
 		time.Sleep(2 * time.Second)
@@ -361,7 +363,7 @@ func TestGiteaStorm(t *testing.T) {
 	fmt.Fprintf(&b, "- Repository `big`: %s pushed into Gitea; `small`: 4 commits (probe and pushes).\n", repoSrc)
 	fmt.Fprintf(&b, "- The small host: a cgroup v1 memory cgroup of %d MiB holding Gitea (web, built-in SSH, every git it runs) and sluiced with its bucket cgroups.\n", mem>>20)
 	fmt.Fprintf(&b, "- Load: %d clients, each from its own address 127.0.0.10+i (in-process TCP forwarder), run `git clone --bare` of `big` over Gitea's HTTP in a loop for %v (1 s pause after a failure; per-clone timeout 120 s); clones still running %v after the end are cut off and counted unfinished. One client pushes a commit to `small` over HTTP every 2 s. A probe GETs `/api/v1/repos/{o}/small/contents` every 500 ms (10 s timeout): %v idle before the storm, then through it.\n", clients, dur, drain, idle)
-	b.WriteString("- Modes switch the links of Gitea's `[git] PATH` directory: **defaults** = the guide's wiring (git, dashed names and pack-objects hook → sluice-shim) with sluiced running `policy/default.toml` as shipped; **none** = the real git, hook → `/usr/bin/env` (sluice not involved). Same Gitea process; modes run in the order listed.\n\n")
+	b.WriteString("- Modes switch the links of Gitea's `[git] PATH` directory: **defaults** = the guide's wiring (git, dashed names and pack-objects hook → sluice-shim) with sluiced running `policy/default.toml` as shipped; **serving-only** = the guide's cheaper wiring (git → real git; dashed names and hook → sluice-shim: over HTTP only pack-objects is admitted), same policy; **none** = the real git, hook → `/usr/bin/env` (sluice not involved). Same Gitea process; modes run in the order listed.\n\n")
 	b.WriteString("| mode | clones ok | failed (sluice in output) | unfinished | clone p50 / p95 / p99 s | OOM kills | peak MiB | pushes ok / failed | probe idle p50 / p99 ms | probe storm p50 / p95 / p99 ms | p99 storm ÷ idle | probes failed | sluice rejected / commands | Gitea alive |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range results {
 		i50, _, i99, _ := stats(r.idle)
