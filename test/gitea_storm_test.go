@@ -179,7 +179,7 @@ func TestGiteaStorm(t *testing.T) {
 	}
 	clients := envInt("SLUICE_GITEA_STORM_CLIENTS", 24)
 	dur := time.Duration(envInt("SLUICE_GITEA_STORM_SECONDS", 45)) * time.Second
-	drain := 20 * time.Second
+	drain := time.Duration(envInt("SLUICE_GITEA_STORM_DRAIN", 60)) * time.Second
 	idle := 10 * time.Second
 	mem := int64(envInt("SLUICE_GITEA_STORM_MIB", 1536)) << 20
 	modes := strings.Split(envOr("SLUICE_GITEA_STORM_MODES", "defaults,serving-only,none"), ",")
@@ -297,7 +297,14 @@ func TestGiteaStorm(t *testing.T) {
 			defer wg.Done()
 			for n := 0; time.Now().Before(stormEnd); n++ {
 				os.WriteFile(filepath.Join(pushWork, "push.txt"), []byte(fmt.Sprintf("%s %d\n", mode, n)), 0o644)
-				git(t, pushWork, baseEnv(pushWork), "commit", "-q", "-a", "-m", fmt.Sprintf("storm push %s %d", mode, n))
+				if out, err := gitTry(pushWork, baseEnv(pushWork), "add", "push.txt"); err != nil {
+					t.Errorf("git add: %v %s", err, out)
+					return
+				}
+				if out, err := gitTry(pushWork, baseEnv(pushWork), "commit", "-q", "-m", fmt.Sprintf("storm push %s %d", mode, n)); err != nil {
+					t.Errorf("git commit: %v %s", err, out)
+					return
+				}
 				cctx, ccancel := context.WithTimeout(ctx, 60*time.Second)
 				cmd := exec.CommandContext(cctx, bins.realGit, "push", "-q", "-f", g.pushURL("small"), "HEAD:refs/heads/storm-"+mode)
 				cmd.Dir = pushWork
@@ -358,8 +365,8 @@ func TestGiteaStorm(t *testing.T) {
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Clone storm over Gitea %s HTTP — %s\n\n", giteaVersion, time.Now().UTC().Format("2006-01-02 15:04 UTC"))
-	fmt.Fprintf(&b, "`SLUICE_GITEA_STORM=1 SLUICE_GITEA_STORM_CLIENTS=%d SLUICE_GITEA_STORM_SECONDS=%d SLUICE_GITEA_STORM_MIB=%d SLUICE_GITEA_STORM_MODES=%s go test ./test -run TestGiteaStorm -v` (`make bench-gitea-storm`) as root on %d CPUs (shared with other builds: load %s at the end).\n\n",
-		clients, int(dur.Seconds()), mem>>20, strings.Join(modes, ","), runtime.NumCPU(), loadavg())
+	fmt.Fprintf(&b, "`SLUICE_GITEA_STORM=1 SLUICE_GITEA_STORM_CLIENTS=%d SLUICE_GITEA_STORM_SECONDS=%d SLUICE_GITEA_STORM_DRAIN=%d SLUICE_GITEA_STORM_MIB=%d SLUICE_GITEA_STORM_MODES=%s go test ./test -run TestGiteaStorm -v` (`make bench-gitea-storm`) as root on %d CPUs (shared with other builds: load %s at the end).\n\n",
+		clients, int(dur.Seconds()), int(drain.Seconds()), mem>>20, strings.Join(modes, ","), runtime.NumCPU(), loadavg())
 	fmt.Fprintf(&b, "- Repository `big`: %s pushed into Gitea; `small`: 4 commits (probe and pushes).\n", repoSrc)
 	fmt.Fprintf(&b, "- The small host: a cgroup v1 memory cgroup of %d MiB holding Gitea (web, built-in SSH, every git it runs) and sluiced with its bucket cgroups.\n", mem>>20)
 	fmt.Fprintf(&b, "- Load: %d clients, each from its own address 127.0.0.10+i (in-process TCP forwarder), run `git clone --bare` of `big` over Gitea's HTTP in a loop for %v (1 s pause after a failure; per-clone timeout 120 s); clones still running %v after the end are cut off and counted unfinished. One client pushes a commit to `small` over HTTP every 2 s. A probe GETs `/api/v1/repos/{o}/small/contents` every 500 ms (10 s timeout): %v idle before the storm, then through it.\n", clients, dur, drain, idle)

@@ -183,6 +183,12 @@ func TestGitea(t *testing.T) {
 				return strings.Contains(g.log(), "sluice: upload-pack waited 2s for a slot")
 			})
 		}
+		for _, l := range strings.Split(g.log(), "\n") {
+			if strings.Contains(l, "sluice: ") {
+				t.Logf("gitea.log: %s", l)
+				break
+			}
+		}
 		waitFor(t, 5*time.Second, "the rejections counted", func() bool {
 			return a.metric(`sluice_requests_dropped_total{limit="upload-pack",reason="max_time"}`) >= before+2
 		})
