@@ -154,7 +154,7 @@ func forwarder(t *testing.T, ctx context.Context, src net.IP, target string) int
 
 type stormResult struct {
 	mode                               string
-	ok, failed, unfinished             int64
+	ok, failed, unfinished, timeouts   int64
 	failedSluice                       int64 // failures whose output names sluice
 	pushesOK, pushesFailed             int64
 	oom                                int64
@@ -180,6 +180,7 @@ func TestGiteaStorm(t *testing.T) {
 	clients := envInt("SLUICE_GITEA_STORM_CLIENTS", 24)
 	dur := time.Duration(envInt("SLUICE_GITEA_STORM_SECONDS", 45)) * time.Second
 	drain := time.Duration(envInt("SLUICE_GITEA_STORM_DRAIN", 60)) * time.Second
+	cloneTimeout := time.Duration(envInt("SLUICE_GITEA_STORM_CLONE_TIMEOUT", 240)) * time.Second
 	idle := 10 * time.Second
 	mem := int64(envInt("SLUICE_GITEA_STORM_MIB", 1536)) << 20
 	modes := strings.Split(envOr("SLUICE_GITEA_STORM_MODES", "defaults,serving-only,none"), ",")
@@ -265,11 +266,12 @@ func TestGiteaStorm(t *testing.T) {
 				defer wg.Done()
 				for n := 0; time.Now().Before(stormEnd); n++ {
 					dst := filepath.Join(g.dir, "client", fmt.Sprintf("storm-%s-%d-%d", mode, i, n))
-					cctx, ccancel := context.WithTimeout(ctx, 120*time.Second)
+					cctx, ccancel := context.WithTimeout(ctx, cloneTimeout)
 					cmd := exec.CommandContext(cctx, bins.realGit, "clone", "-q", "--bare", url, dst)
 					cmd.Env = g.clientEnv()
 					t0 := time.Now()
 					out, err := cmd.CombinedOutput()
+					timedOut := cctx.Err() != nil
 					ccancel()
 					os.RemoveAll(dst)
 					switch {
@@ -281,6 +283,8 @@ func TestGiteaStorm(t *testing.T) {
 					case ctx.Err() != nil:
 						atomic.AddInt64(&r.unfinished, 1)
 						return
+					case timedOut:
+						atomic.AddInt64(&r.timeouts, 1)
 					default:
 						atomic.AddInt64(&r.failed, 1)
 						if strings.Contains(string(out), "sluice:") {
@@ -365,13 +369,13 @@ func TestGiteaStorm(t *testing.T) {
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Clone storm over Gitea %s HTTP — %s\n\n", giteaVersion, time.Now().UTC().Format("2006-01-02 15:04 UTC"))
-	fmt.Fprintf(&b, "`SLUICE_GITEA_STORM=1 SLUICE_GITEA_STORM_CLIENTS=%d SLUICE_GITEA_STORM_SECONDS=%d SLUICE_GITEA_STORM_DRAIN=%d SLUICE_GITEA_STORM_MIB=%d SLUICE_GITEA_STORM_MODES=%s go test ./test -run TestGiteaStorm -v` (`make bench-gitea-storm`) as root on %d CPUs (shared with other builds: load %s at the end).\n\n",
-		clients, int(dur.Seconds()), int(drain.Seconds()), mem>>20, strings.Join(modes, ","), runtime.NumCPU(), loadavg())
+	fmt.Fprintf(&b, "`SLUICE_GITEA_STORM=1 SLUICE_GITEA_STORM_CLIENTS=%d SLUICE_GITEA_STORM_SECONDS=%d SLUICE_GITEA_STORM_DRAIN=%d SLUICE_GITEA_STORM_REPO=%s SLUICE_GITEA_STORM_MIB=%d SLUICE_GITEA_STORM_MODES=%s go test ./test -run TestGiteaStorm -v` (`make bench-gitea-storm`) as root on %d CPUs (shared with other builds: load %s at the end).\n\n",
+		clients, int(dur.Seconds()), int(drain.Seconds()), repoSrc, mem>>20, strings.Join(modes, ","), runtime.NumCPU(), loadavg())
 	fmt.Fprintf(&b, "- Repository `big`: %s pushed into Gitea; `small`: 4 commits (probe and pushes).\n", repoSrc)
 	fmt.Fprintf(&b, "- The small host: a cgroup v1 memory cgroup of %d MiB holding Gitea (web, built-in SSH, every git it runs) and sluiced with its bucket cgroups.\n", mem>>20)
-	fmt.Fprintf(&b, "- Load: %d clients, each from its own address 127.0.0.10+i (in-process TCP forwarder), run `git clone --bare` of `big` over Gitea's HTTP in a loop for %v (1 s pause after a failure; per-clone timeout 120 s); clones still running %v after the end are cut off and counted unfinished. One client pushes a commit to `small` over HTTP every 2 s. A probe GETs `/api/v1/repos/{o}/small/contents` every 500 ms (10 s timeout): %v idle before the storm, then through it.\n", clients, dur, drain, idle)
+	fmt.Fprintf(&b, "- Load: %d clients, each from its own address 127.0.0.10+i (in-process TCP forwarder), run `git clone --bare` of `big` over Gitea's HTTP in a loop for %v (1 s pause after a failure; per-clone timeout %v); clones still running %v after the end are cut off and counted unfinished. One client pushes a commit to `small` over HTTP every 2 s. A probe GETs `/api/v1/repos/{o}/small/contents` every 500 ms (10 s timeout): %v idle before the storm, then through it.\n", clients, dur, cloneTimeout, drain, idle)
 	b.WriteString("- Modes switch the links of Gitea's `[git] PATH` directory: **defaults** = the guide's wiring (git, dashed names and pack-objects hook → sluice-shim) with sluiced running `policy/default.toml` as shipped; **serving-only** = the guide's cheaper wiring (git → real git; dashed names and hook → sluice-shim: over HTTP only pack-objects is admitted), same policy; **none** = the real git, hook → `/usr/bin/env` (sluice not involved). Same Gitea process; modes run in the order listed.\n\n")
-	b.WriteString("| mode | clones ok | failed (sluice in output) | unfinished | clone p50 / p95 / p99 s | OOM kills | peak MiB | pushes ok / failed | probe idle p50 / p99 ms | probe storm p50 / p95 / p99 ms | p99 storm ÷ idle | probes failed | sluice rejected / commands | Gitea alive |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| mode | clones ok | failed (sluice in output) | timed out | unfinished | clone p50 / p95 / p99 s | OOM kills | peak MiB | pushes ok / failed | probe idle p50 / p99 ms | probe storm p50 / p95 / p99 ms | p99 storm ÷ idle | probes failed | sluice rejected / commands | Gitea alive |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range results {
 		i50, _, i99, _ := stats(r.idle)
 		s50, s95, s99, _ := stats(r.storm)
@@ -379,8 +383,8 @@ func TestGiteaStorm(t *testing.T) {
 		if i99 > 0 {
 			ratio = s99.Seconds() / i99.Seconds()
 		}
-		fmt.Fprintf(&b, "| %s | %d | %d (%d) | %d | %.1f / %.1f / %.1f | %d | %d | %d / %d | %.0f / %.0f | %.0f / %.0f / %.0f | ×%.1f | %d | %.0f / %.0f | %v |\n",
-			r.mode, r.ok, r.failed, r.failedSluice, r.unfinished, r.cloneP50.Seconds(), r.cloneP95.Seconds(), r.cloneP99.Seconds(),
+		fmt.Fprintf(&b, "| %s | %d | %d (%d) | %d | %d | %.1f / %.1f / %.1f | %d | %d | %d / %d | %.0f / %.0f | %.0f / %.0f / %.0f | ×%.1f | %d | %.0f / %.0f | %v |\n",
+			r.mode, r.ok, r.failed, r.failedSluice, r.timeouts, r.unfinished, r.cloneP50.Seconds(), r.cloneP95.Seconds(), r.cloneP99.Seconds(),
 			r.oom, r.peakMiB, r.pushesOK, r.pushesFailed, ms(i50), ms(i99), ms(s50), ms(s95), ms(s99), ratio, r.probeFailed, r.rejected, r.admitted, r.giteaAlive)
 	}
 	out := os.Getenv("SLUICE_GITEA_BENCH_OUT")
