@@ -37,7 +37,7 @@ if [[ -f $cache/ok && -x $cache/gitea ]]; then
   exit 0
 fi
 start=$(date +%s)
-dir=$(GOFLAGS=-mod=mod "$GO" mod download -json "code.gitea.io/gitea@$version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+dir=$(cd "$cache" && GOFLAGS= "$GO" mod download -json "code.gitea.io/gitea@$version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
 [[ -n $dir && -d $dir ]] || { echo "gitea-build: go mod download code.gitea.io/gitea@$version gave no module directory" >&2; exit 1; }
 src=$cache/src
 rm -rf "$src" "$cache/options" "$cache/templates"
