@@ -91,10 +91,10 @@ func giteaBinary(t *testing.T, patch string) string {
 	return bin
 }
 
-// guideBlock returns the fenced block that follows `<!-- gitea:NAME -->` in
+// giteaGuide returns the fenced block that follows `<!-- gitea:NAME -->` in
 // packaging/README.md, with the package's paths mapped to the binaries
 // under test (and more old, new pairs in extra). Nothing else is changed.
-func guideBlock(t *testing.T, name string, a *agentProc, extra ...string) string {
+func giteaGuide(t *testing.T, name string, a *agentProc, extra ...string) string {
 	t.Helper()
 	b, err := os.ReadFile("../packaging/README.md")
 	if err != nil {

@@ -62,7 +62,7 @@ func TestGitea(t *testing.T) {
 	a.agentExtra = fmt.Sprintf("socket_group = %q\n", u.Username)
 	a.start(giteaLimits, "open")
 	giteaShares(t, a)
-	wiring := guideBlock(t, "app.ini", a)
+	wiring := giteaGuide(t, "app.ini", a)
 	g := newGitea(t, u, wiring, giteaOpts{env: []string{"SLUICE_SOCKET=" + a.socket, "SLUICE_SHIM_LOG=" + a.shimLog}})
 	s := &serverSetup{a: a}
 
@@ -228,7 +228,7 @@ func TestGiteaClientAddress(t *testing.T) {
 	a.agentExtra = fmt.Sprintf("socket_group = %q\n", u.Username)
 	a.start(giteaLimits, "open")
 	giteaShares(t, a)
-	g := newGitea(t, u, guideBlock(t, "app.ini", a), giteaOpts{patch: patch,
+	g := newGitea(t, u, giteaGuide(t, "app.ini", a), giteaOpts{patch: patch,
 		env: []string{"SLUICE_SOCKET=" + a.socket, "SLUICE_SHIM_LOG=" + a.shimLog}})
 	s := &serverSetup{a: a}
 	g.createRepo("project", makeRepo(t, t.TempDir(), "project", 4))
@@ -269,11 +269,11 @@ func TestGiteaServingOnly(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "sluice-gitea")
 	traversable(t, filepath.Dir(dir))
 	paths := []string{"/usr/local/lib/sluice-gitea", dir, "/usr/bin/git", bins.realGit}
-	script := guideBlock(t, "serving-only.sh", a, paths...)
+	script := giteaGuide(t, "serving-only.sh", a, paths...)
 	if out, err := exec.Command("bash", "-euc", script).CombinedOutput(); err != nil {
 		t.Fatalf("the guide's serving-only.sh: %v\n%s\n%s", err, script, out)
 	}
-	g := newGitea(t, u, guideBlock(t, "serving-only.ini", a, paths...),
+	g := newGitea(t, u, giteaGuide(t, "serving-only.ini", a, paths...),
 		giteaOpts{env: []string{"SLUICE_SOCKET=" + a.socket, "SLUICE_SHIM_LOG=" + a.shimLog}})
 	s := &serverSetup{a: a}
 	src := makeRepo(t, t.TempDir(), "project", 8)
