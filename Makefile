@@ -90,3 +90,22 @@ soak: build ## admission soak with random kills against a real sluiced, 5 minute
 
 soak-smoke: build ## the soak in smoke mode: a few seconds (CI)
 	$(GO) run ./bench/soak -bin $(BIN) -smoke
+
+# Gitea end to end (issue 22): the first run builds Gitea (cgo, sqlite) into
+# /var/cache/sluice-test/gitea-<version>/ and later runs reuse it. Without
+# make, `go test ./test -run TestGitea` runs it only when that cache exists
+# (SLUICE_TEST_GITEA=auto) and skips naming what is missing otherwise.
+.PHONY: test-gitea gitea-build bench-gitea
+gitea-build: ## build Gitea v1.26.0 (and with test/gitea-client-address.patch) for the Gitea tests once, cached in /var/cache/sluice-test (cold: ~6-10 min on 2 cores; cached: instant)
+	GO=$(GO) test/gitea-build.sh v1.26.0
+	GO=$(GO) test/gitea-build.sh v1.26.0 test/gitea-client-address.patch
+
+test-gitea: gitea-build ## Gitea end to end (root): sluice wired per packaging/README.md's Gitea guide, clone/push over HTTP and SSH, limits, metrics
+	SLUICE_TEST_GITEA=build $(GO) test -count=1 -timeout 15m -run '^TestGitea(|ServingOnly|ClientAddress)$$' -v ./test/
+
+bench-gitea: gitea-build ## what the shim costs Gitea's API/web endpoints (shim / serving-only / none, interleaved) → bench/gitea/cost.md
+	SLUICE_TEST_GITEA=build SLUICE_GITEA_BENCH=1 $(GO) test -count=1 -timeout 30m -run '^TestGiteaShimCost$$' -v ./test/
+
+.PHONY: bench-gitea-storm
+bench-gitea-storm: gitea-build ## bounded clone storm over Gitea's HTTP, defaults vs none, in a 1.5 GiB cgroup → bench/gitea/storm.md (needs bench/storm's 110 MiB repository)
+	SLUICE_TEST_GITEA=build SLUICE_GITEA_STORM=1 $(GO) test -count=1 -timeout 30m -run '^TestGiteaStorm$$' -v ./test/
