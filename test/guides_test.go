@@ -19,7 +19,8 @@ import (
 )
 
 // guideBlock returns the fenced block of packaging/README.md that follows
-// the line containing marker.
+// the line containing marker, without the indentation of its fence (a
+// block inside a list item is indented).
 func guideBlock(t *testing.T, marker string) string {
 	t.Helper()
 	b, err := os.ReadFile("../packaging/README.md")
@@ -31,18 +32,28 @@ func guideBlock(t *testing.T, marker string) string {
 	if i < 0 {
 		t.Fatalf("packaging/README.md has no %q marker", marker)
 	}
-	s = s[i:]
-	start := strings.Index(s, "\n```")
+	lines := strings.Split(s[i:], "\n")[1:]
+	start := -1
+	for k, l := range lines {
+		if strings.HasPrefix(strings.TrimSpace(l), "```") {
+			start = k
+			break
+		}
+	}
 	if start < 0 {
 		t.Fatalf("no fenced block after %q", marker)
 	}
-	s = s[start+4:]
-	s = s[strings.Index(s, "\n")+1:] // past the info string
-	end := strings.Index(s, "\n```")
-	if end < 0 {
-		t.Fatalf("unterminated fenced block after %q", marker)
+	indent := lines[start][:len(lines[start])-len(strings.TrimLeft(lines[start], " "))]
+	var out strings.Builder
+	for _, l := range lines[start+1:] {
+		if strings.HasPrefix(strings.TrimSpace(l), "```") {
+			return out.String()
+		}
+		out.WriteString(strings.TrimPrefix(l, indent))
+		out.WriteByte('\n')
 	}
-	return s[:end+1]
+	t.Fatalf("unterminated fenced block after %q", marker)
+	return ""
 }
 
 // substitute replaces each old with new in s; every old must be there, so

@@ -12,6 +12,10 @@ package test
 //   - a sluice package already installed on the machine (any version) is
 //     purged inside that view before the tests start, so the tests install
 //     and purge their own build without touching the operator's;
+//   - /run is covered too, and /run/sluice starts empty in the view, so a
+//     test agent can listen at the default socket path (the guides' wiring
+//     has no SLUICE_SOCKET) and a purge's `rm -rf /run/sluice` never
+//     reaches a sluiced of the machine's;
 //   - at exit the namespace goes away with the process and the upper layers
 //     are removed: nothing the tests installed, created or left half-done
 //     (a package, a user, a group, a dpkg lock) survives, even after a crash.
@@ -40,10 +44,14 @@ import (
 // re-executed test binary.
 const privateRootEnv = "SLUICE_E2E_PRIVATE_ROOT"
 
+// privateRunDir is the default socket directory; it starts empty in the
+// private view.
+const privateRunDir = "/run/sluice"
+
 // privateDirs are the directories the private view covers: everything dpkg,
-// useradd and the maintainer scripts write (/lib is a symlink to usr/lib
+// useradd, the maintainer scripts and the servers write (/lib is a symlink to usr/lib
 // here, as on every merged-/usr system).
-var privateDirs = []string{"/usr", "/etc", "/var"}
+var privateDirs = []string{"/usr", "/etc", "/var", "/run"}
 
 // inPrivateRoot reports whether this process runs in the private view.
 func inPrivateRoot() bool { return os.Getenv(privateRootEnv) != "" }
@@ -110,6 +118,12 @@ func setUpPrivateRoot() error {
 		if err := unix.Mount("overlay", d, "overlay", 0, opts); err != nil {
 			return fmt.Errorf("overlay on %s (%s): %w", d, opts, err)
 		}
+	}
+	// /run/sluice, the default socket directory, starts empty in the view:
+	// the guide tests run an agent at the path every shim uses without
+	// SLUICE_SOCKET, while a sluiced of the machine's keeps its own.
+	if err := os.RemoveAll(privateRunDir); err != nil {
+		return fmt.Errorf("clear %s in the private view: %w", privateRunDir, err)
 	}
 	if out, err := exec.Command("dpkg-query", "-W", "-f=${Status} ${Version}", "sluice").Output(); err == nil && strings.Contains(string(out), "installed") {
 		fmt.Printf("e2e: this machine has sluice %s installed; purging it in the tests' private view only (the machine keeps it)\n",
