@@ -28,9 +28,9 @@ const (
 	minCalibration = time.Second
 	maxCalibration = time.Hour
 	maxCooldown    = 10 * time.Minute
-	// A negotiation timeout under a second would cut off healthy clones
-	// over a slow link; over a day it bounds nothing.
-	minNegotiation = time.Second
+	// A negotiation timeout under 100ms cuts off every clone (the
+	// advertisement alone takes longer); over a day it bounds nothing.
+	minNegotiation = 100 * time.Millisecond
 	maxNegotiation = 24 * time.Hour
 	maxRuntime     = 30 * 24 * time.Hour
 	// maxConnections bounds [agent] max_connections: each connection costs
@@ -410,10 +410,6 @@ func (v *validator) adaptive() {
 	a := &v.c.Adaptive
 	v.within("adaptive.calibration_interval", a.CalibrationInterval, minCalibration, maxCalibration, "30s")
 	v.within("adaptive.sample_interval", a.SampleInterval, minSample, maxSample, "1s")
-	if a.SampleInterval.Duration > a.CalibrationInterval.Duration && a.CalibrationInterval.Duration >= minCalibration {
-		v.add("adaptive.sample_interval", a.SampleInterval, fmt.Sprintf("is longer than calibration_interval (%s)", a.CalibrationInterval),
-			"sample at least once per calibration, such as sample_interval = \"1s\"")
-	}
 	for _, f := range []struct {
 		key string
 		val float64
@@ -461,7 +457,7 @@ func (v *validator) timeouts() {
 		case d < 0:
 			v.add(n.key, n.d, "must be >= 0", `set a Go duration such as "10m", or "0s" to disable the timeout`)
 		case d > 0 && d < minNegotiation:
-			v.add(n.key, n.d, "must be at least 1s", `set a Go duration such as "10m": a shorter one cuts off healthy clones on slow links; "0s" disables the timeout`)
+			v.add(n.key, n.d, "must be at least 100ms", `set a Go duration such as "10m": a shorter one cuts off every clone; "0s" disables the timeout`)
 		case d > maxNegotiation:
 			v.add(n.key, n.d, "must be at most 24h", `set a Go duration such as "10m", or "0s" to disable the timeout`)
 		}

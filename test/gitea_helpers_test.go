@@ -116,20 +116,6 @@ func giteaGuide(t *testing.T, name string, a *agentProc, extra ...string) string
 	return strings.NewReplacer(append([]string{installedBin, a.shimBin, installedShim, bins.shim}, extra...)...).Replace(block)
 }
 
-// userLock serialises useradd/userdel with other tests and helpers.
-func userLock(t *testing.T) func() {
-	t.Helper()
-	f, err := os.OpenFile("/run/lock/sluice-test-users.lock", os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		t.Fatal(err)
-	}
-	return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }
-}
-
 // giteaUser is the user Gitea runs as: a fresh one, or the test skips
 // (also when the Gitea built with patch, see giteaBinary, is missing).
 func giteaUser(t *testing.T, patch string) *user.User {
@@ -147,31 +133,12 @@ func giteaUser(t *testing.T, patch string) *user.User {
 	return tempUser(t, "sluicetest-gitea-")
 }
 
-// tempUser creates an unprivileged user (and its group) with a unique
-// name, deleted at the end of the test.
+// tempUser creates an unprivileged user (and its group) for the test
+// (users_test.go); prefix is "sluicetest-<tag>-".
 func tempUser(t *testing.T, prefix string) *user.User {
 	t.Helper()
-	if _, err := exec.LookPath("useradd"); err != nil {
-		t.Skip("useradd is not installed (apt-get install passwd)")
-	}
-	var rnd [3]byte
-	rand.Read(rnd[:])
-	name := prefix + hex.EncodeToString(rnd[:])
-	unlock := userLock(t)
-	out, err := exec.Command("useradd", "--no-create-home", "--home-dir", "/nonexistent",
-		"--shell", "/usr/sbin/nologin", "--user-group", name).CombinedOutput()
-	unlock()
-	if err != nil {
-		t.Fatalf("useradd %s: %v\n%s", name, err, out)
-	}
-	t.Cleanup(func() {
-		unlock := userLock(t)
-		defer unlock()
-		if out, err := exec.Command("userdel", name).CombinedOutput(); err != nil {
-			t.Errorf("userdel %s: %v\n%s", name, err, out)
-		}
-	})
-	u, err := user.Lookup(name)
+	tag := strings.TrimSuffix(strings.TrimPrefix(prefix, "sluicetest-"), "-")
+	u, err := user.Lookup(newTestUser(t, tag).name)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,87 +8,22 @@ package test
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 )
 
-// shimsecUserLock serialises useradd/userdel with other tests and helpers.
-const shimsecUserLock = "/run/lock/sluice-test-users.lock"
-
-// shimsecUser creates an unprivileged user (and its group) named
-// sluicetest-<role>-<random>, deleted at the end of the test.
+// shimsecUser creates an unprivileged user (and its group) for the test
+// (users_test.go).
 func shimsecUser(t *testing.T, role string) (uid, gid int, name string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create users and run the shim as them")
-	}
-	if _, err := exec.LookPath("useradd"); err != nil {
-		t.Skip("useradd is not installed (apt-get install passwd)")
-	}
-	b := make([]byte, 3)
-	rand.Read(b)
-	name = "sluicetest-" + role + "-" + hex.EncodeToString(b)
-	shimsecLocked(t, func() error {
-		return shimsecRetry("useradd", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", "--user-group", name)
-	})
-	t.Cleanup(func() {
-		shimsecLocked(t, func() error {
-			shimsecRetry("userdel", name)
-			exec.Command("groupdel", name).Run() // gone with the user when USERGROUPS_ENAB
-			return nil
-		})
-	})
-	u, err := user.Lookup(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	uid, _ = strconv.Atoi(u.Uid)
-	gid, _ = strconv.Atoi(u.Gid)
-	return uid, gid, name
-}
-
-func shimsecLocked(t *testing.T, f func() error) {
-	t.Helper()
-	lf, err := os.OpenFile(shimsecUserLock, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lf.Close()
-	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
-	defer syscall.Flock(int(lf.Fd()), syscall.LOCK_UN)
-	if err := f(); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// shimsecRetry runs a passwd tool, retrying while another process holds
-// /etc/passwd's lock (a helper not using our flock).
-func shimsecRetry(argv ...string) error {
-	var out []byte
-	var err error
-	for range 20 {
-		out, err = exec.Command(argv[0], argv[1:]...).CombinedOutput()
-		if err == nil || !bytes.Contains(out, []byte("lock")) {
-			break
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	if err != nil {
-		return fmt.Errorf("%s: %v\n%s", strings.Join(argv, " "), err, out)
-	}
-	return nil
+	u := newTestUser(t, role)
+	return int(u.uid), int(u.gid), u.name
 }
 
 // shimsecLab is a directory every test user can reach: the shim copied in
