@@ -18,6 +18,9 @@ import (
 // live inside it, so its limit is the host's memory for every mode.
 type serverCgroup struct {
 	dir string // /sys/fs/cgroup/memory/<own>/sluice-storm-<pid>
+	// cpuset is the server's v1 cpuset cgroup (empty: no CPU pinning):
+	// /sys/fs/cgroup/cpuset/<own>/sluice-storm-<pid>-server.
+	cpuset string
 }
 
 // ownCgroups maps each v1 hierarchy's controllers (as written in
@@ -205,4 +208,54 @@ func removeAgentHierarchy(cgRoot string, server *serverCgroup, root string) erro
 		errs = append(errs, removeTree(d))
 	}
 	return errors.Join(errs...)
+}
+
+// cpusetPin is a v1 cpuset cgroup holding some processes on some CPUs.
+type cpusetPin struct {
+	dir  string
+	cpus string
+}
+
+// newCpuset creates <own cpuset>/<name> on cpus (e.g. "1"), memory node 0
+// (every node the parent has, in fact).
+func newCpuset(root, name, cpus string) (*cpusetPin, error) {
+	own, err := ownCgroups()
+	if err != nil {
+		return nil, err
+	}
+	p, ok := own["cpuset"]
+	if !ok {
+		return nil, errors.New("no cgroup v1 cpuset hierarchy in /proc/self/cgroup: run with -server-cpus '' to share the CPUs")
+	}
+	parent := filepath.Join(root, "cpuset", p)
+	mems, err := os.ReadFile(filepath.Join(parent, "cpuset.effective_mems"))
+	if err != nil {
+		if mems, err = os.ReadFile(filepath.Join(parent, "cpuset.mems")); err != nil {
+			return nil, err
+		}
+	}
+	dir := filepath.Join(parent, name)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create cpuset %s: %w", dir, err)
+	}
+	c := &cpusetPin{dir: dir, cpus: cpus}
+	for _, kv := range [][2]string{{"cpuset.mems", strings.TrimSpace(string(mems))}, {"cpuset.cpus", cpus}} {
+		if err := os.WriteFile(filepath.Join(dir, kv[0]), []byte(kv[1]), 0o644); err != nil {
+			os.Remove(dir)
+			return nil, fmt.Errorf("%s = %q in %s: %w", kv[0], kv[1], dir, err)
+		}
+	}
+	return c, nil
+}
+
+// enter moves process pid (all its threads) into the cpuset.
+func (c *cpusetPin) enter(pid int) error {
+	return os.WriteFile(filepath.Join(c.dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644)
+}
+
+// leave moves pid back to the parent cpuset and removes the cgroup (any
+// other process left in it is SIGKILLed first).
+func (c *cpusetPin) leave(pid int) error {
+	os.WriteFile(filepath.Join(filepath.Dir(c.dir), "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644)
+	return removeTree(c.dir)
 }
