@@ -530,8 +530,12 @@ func (h *harness) runMode(ctx context.Context, p pair, m mode, rep int) (*runRes
 		defer d.stop(syscall.SIGTERM, 3*time.Second)
 		serverLog = filepath.Join(sdir, "sshd.log")
 		ep = endpoint{
-			url: func(repo, _ string) string { return fmt.Sprintf("ssh://root@127.0.0.1:%d%s/%s.git", port, h.rs.base, repo) },
-			env: func(addr string) []string { return []string{"GIT_SSH_COMMAND=" + h.keys.command + " -o BindAddress=" + addr} },
+			url: func(repo, _ string) string {
+				return fmt.Sprintf("ssh://root@127.0.0.1:%d%s/%s.git", port, h.rs.base, repo)
+			},
+			env: func(addr string) []string {
+				return []string{"GIT_SSH_COMMAND=" + h.keys.command + " -o BindAddress=" + addr}
+			},
 		}
 		probeURL = ep.url("probe", "")
 		probeEnv = append(slices.Clone(h.clientEnv), ep.env("127.0.0.1")...)

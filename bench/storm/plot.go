@@ -2,9 +2,9 @@ package main
 
 import (
 	"fmt"
-	"slices"
 	"image/color"
 	"os"
+	"slices"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
