@@ -15,10 +15,17 @@ import (
 // and sluice's remote_ip key — sees K clients from N addresses, as a CI
 // fleet of many runners looks. How each transport binds the address:
 //
-//   - git://: GIT_PROXY_COMMAND runs `socat -t 300 - TCP:$1:$2,bind=ADDR`
-//     (git daemon then sets REMOTE_ADDR=ADDR). -t 300: without it socat
-//     exits 0.5 s after the client half-closes and large clones die
-//     (PLATFORM.md).
+//   - git://: GIT_PROXY_COMMAND runs
+//     `socat -t 300 STDIO,shut-close TCP:$1:$2,bind=ADDR` (git daemon then
+//     sets REMOTE_ADDR=ADDR). -t 300: without it socat exits 0.5 s after
+//     the client half-closes and large clones die (PLATFORM.md).
+//     shut-close: with -t alone, when the server closes first (sluice
+//     rejected upload-pack, the OOM killer took it) socat cannot shut down
+//     a pipe, keeps git's stdout open for the 300 s and the client hangs
+//     instead of failing; closing the fd gives git its EOF at once, as a
+//     direct TCP connection would (measured: 4 of 6 clients hung until the
+//     end of the window with `-`, 21 rejections seen as failures with
+//     STDIO,shut-close).
 //   - ssh: `ssh -o BindAddress=ADDR` in GIT_SSH_COMMAND (sshd's
 //     SSH_CONNECTION carries ADDR).
 //   - smart HTTP: git cannot bind a source address, so the harness runs one
@@ -46,7 +53,7 @@ func proxyScript(dir string) (string, error) {
 		return "", fmt.Errorf("git:// from many addresses needs socat (apt-get install socat): %w", err)
 	}
 	p := filepath.Join(dir, "git-proxy")
-	script := "#!/bin/sh\nexec /usr/bin/socat -t 300 - \"TCP:$1:$2,bind=$STORM_BIND\"\n"
+	script := "#!/bin/sh\nexec /usr/bin/socat -t 300 STDIO,shut-close \"TCP:$1:$2,bind=$STORM_BIND\"\n"
 	return p, os.WriteFile(p, []byte(script), 0o755)
 }
 

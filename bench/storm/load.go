@@ -46,7 +46,8 @@ type op struct {
 
 // hangUpSigns are what git prints when the other end died or dropped it.
 var hangUpSigns = []string{"hung up", "unexpected disconnect", "early EOF", "RPC failed", "Connection reset",
-	"index-pack failed", "protocol error", "broken pipe", "Broken pipe", "unexpected end of file", "the remote end"}
+	"index-pack failed", "protocol error", "broken pipe", "Broken pipe", "unexpected end of file", "the remote end",
+	"Could not read from remote repository", "Empty reply from server", "returned error: 5"}
 
 // runGit runs git with a timeout in its own process group (so clone's
 // children go too) and classifies the result. hard cancels it early

@@ -89,6 +89,7 @@ type options struct {
 	memLimit   int64
 	serverCPUs string
 	clientCPUs string
+	shares     bool
 	smoke      bool
 	repo       repoParams
 }
@@ -119,13 +120,14 @@ func run() error {
 	flag.IntVar(&o.addresses, "addresses", 0, "distinct client source addresses (N; 0: one per client)")
 	flag.IntVar(&o.pushers, "pushers", -1, "pushing clients on top of the K (-1: the scenario's own: push 4, mixed 2, else 0)")
 	flag.IntVar(&o.maxOps, "max-ops", 5000, "operations per client at most")
-	flag.DurationVar(&o.duration, "duration", 35*time.Second, "storm window per run: no operation starts after it")
+	flag.DurationVar(&o.duration, "duration", 40*time.Second, "storm window per run: no operation starts after it")
 	flag.DurationVar(&o.idle, "idle", 3*time.Second, "idle probe phase per run before the storm")
 	flag.DurationVar(&o.drain, "drain", 0, "how long operations running at the end of the window may finish (0: cut off at once, counted as unfinished)")
 	flag.DurationVar(&o.opTimeout, "op-timeout", 120*time.Second, "per-operation timeout (counted as a failure)")
 	flag.Int64Var(&o.memLimit, "mem", 1536<<20, "memory limit of the server cgroup (the small host), bytes")
 	flag.StringVar(&o.serverCPUs, "server-cpus", "1", "cpuset of the server cgroup (empty: no pinning, server and clients share the CPUs)")
 	flag.StringVar(&o.clientCPUs, "client-cpus", "0", "cpuset of the harness and its clients")
+	flag.BoolVar(&o.shares, "shares", true, "put the server and the clients each in a cpu cgroup with the largest cpu.shares (262144), so other work on a shared machine takes less of their CPUs")
 	flag.BoolVar(&o.smoke, "smoke", false, "CI: tiny repositories, 6 clients from 6 addresses, 4 s windows, ci-burst@git + mixed@http + fleet@ssh; fails on broken wiring")
 	flag.IntVar(&o.repo.Files, "files", 12000, "files in the big repository")
 	flag.IntVar(&o.repo.Bytes, "file-bytes", 4096, "bytes per file")
@@ -281,8 +283,8 @@ type harness struct {
 	tmp, work     string
 	rs            *repoSet
 	cg            *serverCgroup
-	serverPin     *cpusetPin
-	clientPin     *cpusetPin
+	serverPins    []*pin
+	clientPins    []*pin
 	cgName        string
 	baseEnv       []string
 	clientEnv     []string
@@ -298,7 +300,9 @@ type harness struct {
 }
 
 func newHarness(ctx context.Context, o options, pairs []pair) (h *harness, err error) {
-	h = &harness{o: o, logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, "storm: "+f+"\n", a...) }, transportsSet: map[string]bool{}}
+	h = &harness{o: o, transportsSet: map[string]bool{}, logf: func(f string, a ...any) {
+		fmt.Fprintf(os.Stderr, "storm %s: "+f+"\n", append([]any{time.Now().UTC().Format("15:04:05")}, a...)...)
+	}}
 	defer func() {
 		if err != nil {
 			h.close()
@@ -342,20 +346,45 @@ func newHarness(ctx context.Context, o options, pairs []pair) (h *harness, err e
 	if h.cg, err = newServerCgroup("/sys/fs/cgroup", h.cgName, o.memLimit); err != nil {
 		return h, err
 	}
+	// The server's CPU: its cpuset, and the largest cpu.shares so other
+	// work on a shared machine does not decide the result; the same for
+	// the harness and its clients.
 	if o.serverCPUs != "" {
-		if h.serverPin, err = newCpuset("/sys/fs/cgroup", h.cgName+"-server", o.serverCPUs); err != nil {
+		sp, err := newCpuset("/sys/fs/cgroup", h.cgName+"-server", o.serverCPUs)
+		if err != nil {
 			return h, err
 		}
-		h.cg.cpuset = h.serverPin.dir
-		if o.clientCPUs != "" {
-			if h.clientPin, err = newCpuset("/sys/fs/cgroup", h.cgName+"-clients", o.clientCPUs); err != nil {
-				return h, err
-			}
-			// The harness itself (and so every client it starts) moves
-			// to the clients' CPUs; servers move to theirs at start.
-			if err = h.clientPin.enter(os.Getpid()); err != nil {
-				return h, fmt.Errorf("move the harness to the clients' cpuset: %w", err)
-			}
+		h.serverPins = append(h.serverPins, sp)
+	}
+	if o.shares {
+		sp, err := newPin("/sys/fs/cgroup", "cpu", h.cgName+"-server", [][2]string{{"cpu.shares", maxShares}})
+		if err != nil {
+			return h, err
+		}
+		h.serverPins = append(h.serverPins, sp)
+	}
+	for _, p := range h.serverPins {
+		h.cg.extra = append(h.cg.extra, p.dir)
+	}
+	if o.serverCPUs != "" && o.clientCPUs != "" {
+		cp, err := newCpuset("/sys/fs/cgroup", h.cgName+"-clients", o.clientCPUs)
+		if err != nil {
+			return h, err
+		}
+		h.clientPins = append(h.clientPins, cp)
+	}
+	if o.shares {
+		cp, err := newPin("/sys/fs/cgroup", "cpu", h.cgName+"-clients", [][2]string{{"cpu.shares", maxShares}})
+		if err != nil {
+			return h, err
+		}
+		h.clientPins = append(h.clientPins, cp)
+	}
+	// The harness itself (and so every client it starts) moves to the
+	// clients' cgroups; servers move to theirs at start (inCgroup).
+	for _, p := range h.clientPins {
+		if err = p.enter(os.Getpid()); err != nil {
+			return h, fmt.Errorf("move the harness to %s: %w", p.dir, err)
 		}
 	}
 	if h.pathDir, h.execDir, h.gitconfig, err = shimDirs(o.bin, h.tmp); err != nil {
@@ -389,13 +418,13 @@ func (h *harness) close() {
 			h.logf("cleanup: %v", err)
 		}
 	}
-	if h.clientPin != nil {
-		if err := h.clientPin.leave(os.Getpid()); err != nil {
+	for _, p := range h.clientPins {
+		if err := p.leave(os.Getpid()); err != nil {
 			h.logf("cleanup: %v", err)
 		}
 	}
-	if h.serverPin != nil {
-		if err := removeTree(h.serverPin.dir); err != nil {
+	for _, p := range h.serverPins {
+		if err := removeTree(p.dir); err != nil {
 			h.logf("cleanup: %v", err)
 		}
 	}
@@ -420,7 +449,7 @@ func (h *harness) optsRecord() map[string]any {
 		"scenario": o.scenarios, "transport": o.transport, "modes": o.modes, "sweep": o.sweep, "best_static": o.bestStatic,
 		"repeat": o.repeat, "clients": o.clients, "addresses": o.addresses, "pushers": o.pushers, "max_ops": o.maxOps,
 		"duration": o.duration.String(), "idle": o.idle.String(), "drain": o.drain.String(), "op_timeout": o.opTimeout.String(),
-		"mem": o.memLimit, "server_cpus": o.serverCPUs, "client_cpus": o.clientCPUs, "smoke": o.smoke, "args": os.Args[1:],
+		"mem": o.memLimit, "server_cpus": o.serverCPUs, "client_cpus": o.clientCPUs, "shares": o.shares, "smoke": o.smoke, "args": os.Args[1:],
 	}
 }
 

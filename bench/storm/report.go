@@ -98,7 +98,7 @@ type summary struct {
 	ProbeFailed int
 	// Fairness across the client addresses (pushers and the probe
 	// excluded) of completed goodput operations.
-	Jain, WorstShare float64
+	Jain, WorstShare fnum
 	AddrsServed      int // client addresses with at least one completed operation
 	LoadMax          float64
 }
@@ -152,7 +152,7 @@ func (r *runResult) summarize(sc scenario) {
 			s.AddrsServed++
 		}
 	}
-	s.Jain, s.WorstShare = jain(x), worstShare(x)
+	s.Jain, s.WorstShare = fnum(jain(x)), fnum(worstShare(x))
 	ms := func(ops []op) (stats, int) {
 		var v []float64
 		bad := 0
@@ -220,8 +220,8 @@ func (p *pairResult) modes() []*modeAgg {
 			g = append(g, r.S.Goodput)
 			m = append(m, float64(r.PeakMem)/(1<<20))
 			pr = append(pr, r.S.ProbeStorm.P99)
-			if !math.IsNaN(r.S.Jain) {
-				j = append(j, r.S.Jain)
+			if !math.IsNaN(float64(r.S.Jain)) {
+				j = append(j, float64(r.S.Jain))
 			}
 			a.OOMKills += int(r.OOMKills)
 			a.PushFailed += r.S.PushFailed
@@ -314,7 +314,10 @@ func (r *report) markdown(pngs []string) string {
 	} else {
 		p("; server and clients share every CPU.\n")
 	}
-	p("- **Clients**: %v clients from %v distinct loopback addresses (127.0.0.2 …; pushers have addresses of their own, the probe 127.0.0.1). git:// binds through `GIT_PROXY_COMMAND` = `socat -t 300 - TCP:$1:$2,bind=ADDR`; ssh through `ssh -o BindAddress=ADDR`; HTTP through a per-address TCP forwarder in the harness (listens on 127.0.0.1, dials nginx from ADDR). The agent's log says which addresses it saw (column *addrs seen*).\n", o["clients"], o["addresses"])
+	if sh, _ := o["shares"].(bool); sh {
+		p("- **CPU weight**: the server's and the clients' side each sit in a cpu cgroup with `cpu.shares` = %s (the most), so on a shared machine other work (builds, tests) takes less of their CPU, and a mode running few processes (a limit of 1) is not starved more than one running many.\n", maxShares)
+	}
+	p("- **Clients**: %v clients from %v distinct loopback addresses (127.0.0.2 …; pushers have addresses of their own, the probe 127.0.0.1). git:// binds through `GIT_PROXY_COMMAND` = `socat -t 300 STDIO,shut-close TCP:$1:$2,bind=ADDR` (shut-close: so a client whose server hangs up sees EOF at once instead of after socat's 300 s); ssh through `ssh -o BindAddress=ADDR`; HTTP through a per-address TCP forwarder in the harness (listens on 127.0.0.1, dials nginx from ADDR). The agent's log says which addresses it saw (column *addrs seen*).\n", o["clients"], o["addresses"])
 	p("- **Window**: %v per run after a %v idle probe phase; no operation starts after the window and operations still running at its end (+ drain %v) are cut off and counted as *unfinished*, neither ok nor failed. Per-operation timeout %v. At most %v operations per client.\n", o["duration"], o["idle"], o["drain"], o["op_timeout"], o["max_ops"])
 	p("- **Goodput** = completed clones and fetches (of every sort the scenario runs; for poll, ls-remotes) per minute of window. **Fairness** = Jain's index of completed operations across the client addresses, and the worst address's completed operations over the mean (1 = its fair share, 0 = starved). **Percentiles** are nearest-rank (value at rank ⌈p·n⌉). **Peak** = the server cgroup's `memory.max_usage_in_bytes` over the storm (page cache of the repositories included: ~%.0f MiB is cache of the served repositories). **Probe**: `git ls-remote` of a tiny repository once per second from 127.0.0.1, idle then during the storm.\n", float64(r.repoBytes())/(1<<20))
 	p("- **Failures by cause** (client side): `sluice rejection` = the client saw sluice's message; `hung up` = the server went away (OOM kills, and sluice's upload-pack rejections over git:// and HTTP, which reach the client only as a hang-up); `timeout`; `other`. The agent's own count of rejections (limit: reason) and of commands ended by a signal are listed per mode; OOM kills are the cgroups' own count.\n")
@@ -383,7 +386,7 @@ func (r *report) pairMarkdown(b *strings.Builder, pr *pairResult) {
 		p("\n**Sweep** (host-wide pack-objects limit):\n\n| limit | goodput /min | ok | failed | unfinished | pushes failed | OOM kills | peak MiB | probe p99 ms | Jain |\n|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, s := range pr.Sweep {
 			p("| %d | %.1f | %d | %d | %d | %d | %d | %.0f | %.0f | %s |\n", s.Limit, s.S.Goodput, s.S.GoodOps, s.S.Failed, s.S.Outcomes.CutOff, s.S.PushFailed, s.OOMKills,
-				float64(s.PeakMem)/(1<<20), s.S.ProbeStorm.P99, num(s.S.Jain, "%.2f"))
+				float64(s.PeakMem)/(1<<20), s.S.ProbeStorm.P99, num(float64(s.S.Jain), "%.2f"))
 		}
 	}
 	if pr.Best > 0 {
@@ -432,7 +435,7 @@ func (r *report) pairMarkdown(b *strings.Builder, pr *pairResult) {
 			a.Name, a.Goodput.show("%.1f"), xNone, xBest, fail, okN+fail, pushOK, pushFail, a.OOMKills,
 			a.PeakMiB.show("%.0f"), a.PeakMiB.Mean/(float64(r0.MemLimit)/(1<<20))*100,
 			r0.S.ProbeStorm.P50, r0.S.ProbeStorm.P95, r0.S.ProbeStorm.P99, ratio(r0.S.ProbeStorm.P99, idleP99),
-			num(a.Jain.Mean, "%.2f"), num(r0.S.WorstShare, "%.2f"), seenCol, agent, lmax)
+			num(a.Jain.Mean, "%.2f"), num(float64(r0.S.WorstShare), "%.2f"), seenCol, agent, lmax)
 	}
 	p("\nFailures by cause, agent rejections and signals (first run of each mode):\n\n")
 	for _, a := range aggs {

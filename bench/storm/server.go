@@ -33,11 +33,12 @@ func inCgroup(cg *serverCgroup, argv ...string) *exec.Cmd {
 	if cg == nil {
 		return exec.Command(argv[0], argv[1:]...)
 	}
-	if cg.cpuset == "" {
-		args := append([]string{"-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, cg.dir}, argv...)
-		return exec.Command("/bin/sh", args...)
+	script := `echo $$ > "$0/cgroup.procs"`
+	for i := range cg.extra {
+		script += fmt.Sprintf(` && echo $$ > "$%d/cgroup.procs"`, i+1)
 	}
-	args := append([]string{"-c", `echo $$ > "$0/cgroup.procs" && echo $$ > "$1/cgroup.procs" && shift && exec "$@"`, cg.dir, cg.cpuset}, argv...)
+	script += fmt.Sprintf(` && shift %d && exec "$@"`, len(cg.extra))
+	args := append(append([]string{"-c", script, cg.dir}, cg.extra...), argv...)
 	return exec.Command("/bin/sh", args...)
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"math"
 	"sort"
 	"strings"
@@ -70,6 +71,16 @@ func worstShare(x []float64) float64 {
 		return math.NaN()
 	}
 	return lo / (sum / float64(len(x)))
+}
+
+// fnum is a float that may be undefined (NaN): JSON null.
+type fnum float64
+
+func (f fnum) MarshalJSON() ([]byte, error) {
+	if math.IsNaN(float64(f)) || math.IsInf(float64(f), 0) {
+		return []byte("null"), nil
+	}
+	return json.Marshal(float64(f))
 }
 
 // spread is the range of repeated measurements of one quantity.
