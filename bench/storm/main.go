@@ -632,6 +632,15 @@ func (h *harness) runMode(ctx context.Context, p pair, m mode, rep int) (*runRes
 		saw := parseAgentLog(ag.logPath)
 		r.Agent = &saw
 		r.AgentLogHead = head(ag.logPath, 4000)
+		if !o.smoke {
+			// The whole log stays outside the report, for reading why a
+			// mode did what it did.
+			keep := filepath.Join(os.TempDir(), fmt.Sprintf("sluice-storm-logs-%d", os.Getpid()))
+			if b, err := os.ReadFile(ag.logPath); err == nil && os.MkdirAll(keep, 0o755) == nil {
+				r.AgentLog = filepath.Join(keep, fmt.Sprintf("run-%02d-%s.log", h.seq, fileName(label)))
+				os.WriteFile(r.AgentLog, b, 0o644)
+			}
+		}
 	}
 	r.ServerSluiceLines = countLines(serverLog, "sluice:")
 	r.summarize(sc)

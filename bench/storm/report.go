@@ -67,6 +67,7 @@ type runResult struct {
 	Backoffs          int     // adaptive decreases logged
 	Agent             *agentSaw
 	AgentLogHead      string `json:",omitempty"`
+	AgentLog          string `json:",omitempty"` // where the whole log was kept (not committed)
 	ServerSluiceLines int    // `sluice:` lines in the server's log (git daemon, sshd, fcgiwrap)
 
 	S summary
