@@ -45,6 +45,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -91,6 +92,7 @@ type options struct {
 	clientCPUs string
 	shares     bool
 	smoke      bool
+	rereport   string
 	repo       repoParams
 }
 
@@ -129,6 +131,7 @@ func run() error {
 	flag.StringVar(&o.clientCPUs, "client-cpus", "0", "cpuset of the harness and its clients")
 	flag.BoolVar(&o.shares, "shares", true, "put the server and the clients each in a cpu cgroup with the largest cpu.shares (262144), so other work on a shared machine takes less of their CPUs")
 	flag.BoolVar(&o.smoke, "smoke", false, "CI: tiny repositories, 6 clients from 6 addresses, 4 s windows, ci-burst@git + mixed@http + fleet@ssh; fails on broken wiring")
+	flag.StringVar(&o.rereport, "rereport", "", "write the markdown and plots again from a storm.json (into -out, default its directory); runs nothing")
 	flag.IntVar(&o.repo.Files, "files", 12000, "files in the big repository")
 	flag.IntVar(&o.repo.Bytes, "file-bytes", 4096, "bytes per file")
 	flag.IntVar(&o.repo.Fanout, "fanout", 20, "files per directory")
@@ -137,6 +140,9 @@ func run() error {
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if o.rereport != "" {
+		return rereport(o.rereport, o.out)
+	}
 	if o.smoke {
 		o.clients, o.duration, o.idle, o.opTimeout = 6, 4*time.Second, 2*time.Second, 30*time.Second
 		o.repo = repoParams{Files: 200, Bytes: 2048, Fanout: 10, Commits: 20, Changes: 5}
@@ -443,14 +449,36 @@ func (h *harness) pushers(sc scenario) int {
 	return sc.Pushers
 }
 
-func (h *harness) optsRecord() map[string]any {
+// optsRecord is the run's options as the report keeps them.
+type optsRecord struct {
+	Args       []string `json:"args"`
+	Scenario   string   `json:"scenario"`
+	Transport  string   `json:"transport"`
+	Modes      string   `json:"modes"`
+	Sweep      string   `json:"sweep"`
+	BestStatic int      `json:"best_static"`
+	Repeat     int      `json:"repeat"`
+	Clients    int      `json:"clients"`
+	Addresses  int      `json:"addresses"`
+	Pushers    int      `json:"pushers"`
+	MaxOps     int      `json:"max_ops"`
+	Duration   string   `json:"duration"`
+	Idle       string   `json:"idle"`
+	Drain      string   `json:"drain"`
+	OpTimeout  string   `json:"op_timeout"`
+	Mem        int64    `json:"mem"`
+	ServerCPUs string   `json:"server_cpus"`
+	ClientCPUs string   `json:"client_cpus"`
+	Shares     bool     `json:"shares"`
+	Smoke      bool     `json:"smoke"`
+}
+
+func (h *harness) optsRecord() optsRecord {
 	o := h.o
-	return map[string]any{
-		"scenario": o.scenarios, "transport": o.transport, "modes": o.modes, "sweep": o.sweep, "best_static": o.bestStatic,
-		"repeat": o.repeat, "clients": o.clients, "addresses": o.addresses, "pushers": o.pushers, "max_ops": o.maxOps,
-		"duration": o.duration.String(), "idle": o.idle.String(), "drain": o.drain.String(), "op_timeout": o.opTimeout.String(),
-		"mem": o.memLimit, "server_cpus": o.serverCPUs, "client_cpus": o.clientCPUs, "shares": o.shares, "smoke": o.smoke, "args": os.Args[1:],
-	}
+	return optsRecord{Args: os.Args[1:], Scenario: o.scenarios, Transport: o.transport, Modes: o.modes, Sweep: o.sweep,
+		BestStatic: o.bestStatic, Repeat: o.repeat, Clients: o.clients, Addresses: o.addresses, Pushers: o.pushers, MaxOps: o.maxOps,
+		Duration: o.duration.String(), Idle: o.idle.String(), Drain: o.drain.String(), OpTimeout: o.opTimeout.String(),
+		Mem: o.memLimit, ServerCPUs: o.serverCPUs, ClientCPUs: o.clientCPUs, Shares: o.shares, Smoke: o.smoke}
 }
 
 func defaultCache() string {
@@ -703,4 +731,21 @@ func head(path string, n int) string {
 		b = b[:n]
 	}
 	return string(b)
+}
+
+// rereport renders a kept storm.json again (after a change to the report's
+// text or plots: the measurements stay the ones taken).
+func rereport(path, out string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var r report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if out == "" {
+		out = filepath.Dir(path)
+	}
+	return r.write(out, true)
 }

@@ -188,7 +188,7 @@ type pairResult struct {
 
 type report struct {
 	Started, Finished time.Time
-	Opts              map[string]any
+	Opts              optsRecord
 	CPUs              int
 	Repos             map[string]int64
 	RepoParams        map[string]repoParams
@@ -308,18 +308,18 @@ func (r *report) markdown(pngs []string) string {
 	p := func(f string, a ...any) { fmt.Fprintf(&b, f, a...) }
 	o := r.Opts
 	p("# Storm v2 — %s\n\n", r.Started.UTC().Format("2006-01-02 15:04 MST"))
-	p("`go run ./bench/storm %s` on %d CPUs; total %v.\n\n", strings.Join(toStrings(o["args"]), " "), r.CPUs, r.Finished.Sub(r.Started).Round(time.Second))
-	p("- **Host**: the server (git daemon `--max-connections=0`, sshd + git-shell with MaxStartups above the client count, or nginx + fcgiwrap with one CGI worker per client + git-http-backend), every git it runs and sluiced live in one cgroup v1 memory cgroup of %.0f MiB", float64(o["mem"].(int64))/(1<<20))
-	if sc, _ := o["server_cpus"].(string); sc != "" {
-		p(" and one cpuset: **server on CPU %s, harness and every client (git, socat, ssh, HTTP forwarders, the probe) on CPU %v**.\n", sc, o["client_cpus"])
+	p("`go run ./bench/storm %s` on %d CPUs; total %v.\n\n", strings.Join(o.Args, " "), r.CPUs, r.Finished.Sub(r.Started).Round(time.Second))
+	p("- **Host**: the server (git daemon `--max-connections=0`, sshd + git-shell with MaxStartups above the client count, or nginx + fcgiwrap with one CGI worker per client + git-http-backend), every git it runs and sluiced live in one cgroup v1 memory cgroup of %.0f MiB", float64(o.Mem)/(1<<20))
+	if sc := o.ServerCPUs; sc != "" {
+		p(" and one cpuset: **server on CPU %s, harness and every client (git, socat, ssh, HTTP forwarders, the probe) on CPU %v**.\n", sc, o.ClientCPUs)
 	} else {
 		p("; server and clients share every CPU.\n")
 	}
-	if sh, _ := o["shares"].(bool); sh {
+	if o.Shares {
 		p("- **CPU weight**: the server's and the clients' side each sit in a cpu cgroup with `cpu.shares` = %s (the most), so on a shared machine other work (builds, tests) takes less of their CPU, and a mode running few processes (a limit of 1) is not starved more than one running many.\n", maxShares)
 	}
-	p("- **Clients**: %v clients from %v distinct loopback addresses (127.0.0.2 …; pushers have addresses of their own, the probe 127.0.0.1). git:// binds through `GIT_PROXY_COMMAND` = `socat -t 300 STDIO,shut-close TCP:$1:$2,bind=ADDR` (shut-close: so a client whose server hangs up sees EOF at once instead of after socat's 300 s); ssh through `ssh -o BindAddress=ADDR`; HTTP through a per-address TCP forwarder in the harness (listens on 127.0.0.1, dials nginx from ADDR). The agent's log says which addresses it saw (column *addrs seen*).\n", o["clients"], o["addresses"])
-	p("- **Window**: %v per run after a %v idle probe phase; no operation starts after the window and operations still running at its end (+ drain %v) are cut off and counted as *unfinished*, neither ok nor failed. Per-operation timeout %v. At most %v operations per client.\n", o["duration"], o["idle"], o["drain"], o["op_timeout"], o["max_ops"])
+	p("- **Clients**: %v clients from %v distinct loopback addresses (127.0.0.2 …; pushers have addresses of their own, the probe 127.0.0.1). git:// binds through `GIT_PROXY_COMMAND` = `socat -t 300 STDIO,shut-close TCP:$1:$2,bind=ADDR` (shut-close: so a client whose server hangs up sees EOF at once instead of after socat's 300 s); ssh through `ssh -o BindAddress=ADDR`; HTTP through a per-address TCP forwarder in the harness (listens on 127.0.0.1, dials nginx from ADDR). The agent's log says which addresses it saw (column *addrs seen*).\n", o.Clients, o.Addresses)
+	p("- **Window**: %v per run after a %v idle probe phase; no operation starts after the window and operations still running at its end (+ drain %v) are cut off and counted as *unfinished*, neither ok nor failed. Per-operation timeout %v. At most %v operations per client.\n", o.Duration, o.Idle, o.Drain, o.OpTimeout, o.MaxOps)
 	p("- **Goodput** = completed clones and fetches (of every sort the scenario runs; for poll, ls-remotes) per minute of window. **Fairness** = Jain's index of completed operations across the client addresses, and the worst address's completed operations over the mean (1 = its fair share, 0 = starved). **Percentiles** are nearest-rank (value at rank ⌈p·n⌉). **Peak** = the server cgroup's `memory.max_usage_in_bytes` over the storm (page cache of the repositories included: ~%.0f MiB is cache of the served repositories). **Probe**: `git ls-remote` of a tiny repository once per second from 127.0.0.1, idle then during the storm.\n", float64(r.repoBytes())/(1<<20))
 	p("- **Failures by cause** (client side): `sluice rejection` = the client saw sluice's message; `hung up` = the server went away (OOM kills, and sluice's upload-pack rejections over git:// and HTTP, which reach the client only as a hang-up); `timeout`; `other`. The agent's own count of rejections (limit: reason) and of commands ended by a signal are listed per mode; OOM kills are the cgroups' own count.\n")
 	p("- **Modes**: `none` (no sluice), `defaults` (the shipped default policy, untouched: `sluice validate --print-defaults`), `tuned` (the first storm's hand-tuned static), `adaptive` (its adaptive twin), `best-static` (the sweep's winner, run again), `static-gN` (sweep: pack-objects `key = \"global\"`, `max_per_key = N`, queue 1000 / 5 m, nothing else). sluiced runs with the eBPF tracer on (exec-in-place) unless a policy says otherwise; the harness only sets socket, metrics address, `[git] bin` and a unique `[cgroups] hierarchy_root`.\n")
@@ -341,7 +341,7 @@ func (r *report) markdown(pngs []string) string {
 		p("**The machine was shared with other work (builds, tests): numbers are from a busy machine.**")
 	}
 	p("\n")
-	if rep, _ := o["repeat"].(int); rep < 2 {
+	if rep := o.Repeat; rep < 2 {
 		p("- **Noise**: one run per mode (`-repeat 1`): no spread is measured, so no difference is called a tie; read small differences as noise.\n")
 	} else {
 		p("- **Noise**: %d runs per mode in ABBA order; a value is mean [min–max]; two modes whose goodput ranges overlap are a **tie**.\n", rep)
@@ -549,11 +549,6 @@ func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
 			}
 		}
 	}
-}
-
-func toStrings(v any) []string {
-	s, _ := v.([]string)
-	return s
 }
 
 // smokeCheck fails on anything a working harness on tiny repositories

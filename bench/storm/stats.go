@@ -83,6 +83,17 @@ func (f fnum) MarshalJSON() ([]byte, error) {
 	return json.Marshal(float64(f))
 }
 
+func (f *fnum) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*f = fnum(math.NaN())
+		return nil
+	}
+	var v float64
+	err := json.Unmarshal(b, &v)
+	*f = fnum(v)
+	return err
+}
+
 // spread is the range of repeated measurements of one quantity.
 type spread struct {
 	Mean, Min, Max float64

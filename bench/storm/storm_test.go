@@ -344,3 +344,43 @@ func TestSetKey(t *testing.T) {
 		t.Errorf("append: %q", got)
 	}
 }
+
+// A report is rendered from its JSON alone: -rereport gives the same
+// markdown, undefined fairness (nothing completed) included.
+func TestReportRoundTrip(t *testing.T) {
+	sc, _ := findScenario("ci-burst")
+	mk := func(name string, g int, ops []op) *runResult {
+		r := &runResult{Scenario: "ci-burst", Transport: "git", Mode: name, Limit: g, Addresses: 2, Window: 40, MemLimit: 1 << 30,
+			Policy: "x", Ops: ops, PeakMem: 100 << 20, Agent: &agentSaw{RemoteIPs: map[string]int{clientAddr(0): 1}}}
+		r.Samples = []sample{{T: 0, MemBytes: 1 << 20, Limit: map[string]float64{"pack-objects": float64(g)}}, {T: 1, MemBytes: 2 << 20}}
+		r.summarize(sc)
+		return r
+	}
+	okOp := op{Addr: clientAddr(0), Kind: kClone, Repo: "big", Outcome: ok, Seconds: 3}
+	pr := &pairResult{Scenario: "ci-burst", Transport: "git", Sweep: []*runResult{mk("static-g2", 2, []op{okOp})}, Best: 2}
+	none := mk("none", 0, nil)
+	none.Policy, none.Agent = "", nil
+	pr.Runs = []*runResult{none, mk("defaults", 0, nil), mk("best-static", 2, []op{okOp, okOp})}
+	r := &report{Opts: optsRecord{Clients: 2, Addresses: 2, Mem: 1 << 30, Repeat: 1}, CPUs: 2, Pairs: []*pairResult{pr},
+		Repos: map[string]int64{"big": 1 << 20}, RepoParams: map[string]repoParams{"big": {Files: 1}}}
+	dir, dir2 := t.TempDir(), t.TempDir()
+	if err := r.write(dir, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := rereport(filepath.Join(dir, "storm.json"), dir2); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(filepath.Join(dir, "storm.md"))
+	b, _ := os.ReadFile(filepath.Join(dir2, "storm.md"))
+	if string(a) != string(b) || len(a) == 0 {
+		t.Errorf("rereport differs:\n%s\n---\n%s", a, b)
+	}
+	if !strings.Contains(string(a), "**No**") || !strings.Contains(string(a), "best-static = 2") {
+		t.Errorf("report lacks the verdict or the sweep's winner:\n%s", a)
+	}
+	for _, png := range []string{"sweep-ci-burst-git.png", "run-ci-burst-git-defaults.png"} {
+		if _, err := os.Stat(filepath.Join(dir2, png)); err != nil {
+			t.Errorf("plot %s: %v", png, err)
+		}
+	}
+}
