@@ -395,7 +395,7 @@ func (r *report) pairMarkdown(b *strings.Builder, pr *pairResult) {
 	}
 	aggs := pr.modes()
 	none, best := pr.mode(modeNone), pr.mode(modeBestStatic)
-	p("\n| mode | goodput /min | × none | × best-static | failed (of ok+failed) | pushes ok / failed | OOM kills | peak MiB (%% of cap) | probe p50 / p95 / p99 ms (× idle p99) | Jain / worst share | client addrs served / seen by agent | agent CPU s / RSS MiB | load 1m |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("\n| mode | goodput /min | × none | × best-static | pack MiB /min | failed (of ok+failed) | pushes ok / failed | OOM kills | peak MiB (%% of cap) | probe p50 / p95 / p99 ms (× idle p99) | Jain / worst share | client addrs served / seen by agent | agent CPU s / RSS MiB | load 1m |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, a := range aggs {
 		r0 := a.Runs[0]
 		xNone, xBest := "—", "—"
@@ -432,11 +432,21 @@ func (r *report) pairMarkdown(b *strings.Builder, pr *pairResult) {
 			seenCol = fmt.Sprintf("%d / %d", r0.S.AddrsServed, seen)
 		}
 		idleP99 := r0.S.ProbeIdle.P99
-		p("| %s | %s | %s | %s | %d (of %d) | %d / %d | %d | %s (%.0f %%) | %.0f / %.0f / %.0f (%s) | %s / %s | %s | %s | %.1f |\n",
-			a.Name, a.Goodput.show("%.1f"), xNone, xBest, fail, okN+fail, pushOK, pushFail, a.OOMKills,
+		var mib []float64
+		for _, run := range a.Runs {
+			mib = append(mib, run.S.MiBPerMin)
+		}
+		jainCol := num(a.Jain.Mean, "%.2f")
+		if okN < len(a.Runs)*r0.Addresses && okN > 0 {
+			// Fewer completions than addresses: even a perfectly fair
+			// server leaves some address at 0.
+			jainCol += fmt.Sprintf(" (≤ %.2f)", float64(okN)/float64(len(a.Runs)*r0.Addresses))
+		}
+		p("| %s | %s | %s | %s | %s | %d (of %d) | %d / %d | %d | %s (%.0f %%) | %.0f / %.0f / %.0f (%s) | %s / %s | %s | %s | %.1f |\n",
+			a.Name, a.Goodput.show("%.1f"), xNone, xBest, spreadOf(mib).show("%.0f"), fail, okN+fail, pushOK, pushFail, a.OOMKills,
 			a.PeakMiB.show("%.0f"), a.PeakMiB.Mean/(float64(r0.MemLimit)/(1<<20))*100,
 			r0.S.ProbeStorm.P50, r0.S.ProbeStorm.P95, r0.S.ProbeStorm.P99, ratio(r0.S.ProbeStorm.P99, idleP99),
-			num(a.Jain.Mean, "%.2f"), num(float64(r0.S.WorstShare), "%.2f"), seenCol, agent, lmax)
+			jainCol, num(float64(r0.S.WorstShare), "%.2f"), seenCol, agent, lmax)
 	}
 	p("\nFailures by cause, agent rejections and signals (first run of each mode):\n\n")
 	for _, a := range aggs {
@@ -454,9 +464,18 @@ func (r *report) pairMarkdown(b *strings.Builder, pr *pairResult) {
 		}
 		if ag := r0.Agent; ag != nil {
 			var rj, sg []string
+			var atStop []string
 			for _, k := range slices.Sorted(mapKeys(ag.Rejected)) {
+				// unavailable: the agent told queued waiters it was
+				// stopping — here only after the window, when the
+				// harness stops it; not a failure of the storm.
+				if strings.HasSuffix(k, ": unavailable") {
+					atStop = append(atStop, fmt.Sprintf("%d × %s", ag.Rejected[k], strings.TrimSuffix(k, ": unavailable")))
+					continue
+				}
 				rj = append(rj, fmt.Sprintf("%d × %s", ag.Rejected[k], k))
 			}
+
 			for _, k := range slices.Sorted(mapKeys(ag.Signaled)) {
 				sg = append(sg, fmt.Sprintf("%d × signal %s", ag.Signaled[k], k))
 			}
@@ -464,7 +483,10 @@ func (r *report) pairMarkdown(b *strings.Builder, pr *pairResult) {
 				p(". Agent rejected: %s", strings.Join(rj, ", "))
 			}
 			if len(sg) > 0 {
-				p(". Commands ended by a signal: %s", strings.Join(sg, ", "))
+				p(". Commands ended by a signal: %s (13 = SIGPIPE: clients cut off at the end of the window)", strings.Join(sg, ", "))
+			}
+			if len(atStop) > 0 {
+				p(". Still queued when the agent was stopped after the window (`unavailable`, not a storm failure): %s", strings.Join(atStop, ", "))
 			}
 			if r0.Backoffs > 0 {
 				p(". Adaptive decreases: %d", r0.Backoffs)
@@ -518,6 +540,7 @@ func verdict(d, best, none *modeAgg) string {
 		good = fmt.Sprintf("goodput %.1f/min = %.0f %% of best-static (%.1f/min)", d.Goodput.Mean, d.Goodput.Mean/best.Goodput.Mean*100, best.Goodput.Mean)
 		if d.Goodput.Mean < 0.9*best.Goodput.Mean && !tie(d.Goodput, best.Goodput) {
 			bad = append(bad, good)
+			good = ""
 		}
 	}
 	if none != nil {
@@ -526,7 +549,10 @@ func verdict(d, best, none *modeAgg) string {
 	if len(bad) == 0 {
 		return "**Yes**: 0 OOM kills, no failed push, probe within 5× idle; " + good + "."
 	}
-	return "**No**: " + strings.Join(bad, "; ") + ". (" + strings.TrimPrefix(good, "; ") + ".)"
+	if good = strings.TrimPrefix(good, "; "); good != "" {
+		good = " (" + good + ".)"
+	}
+	return "**No**: " + strings.Join(bad, "; ") + "." + good
 }
 
 func transportName(t string) string {
