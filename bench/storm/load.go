@@ -53,9 +53,24 @@ var hangUpSigns = []string{"hung up", "unexpected disconnect", "early EOF", "RPC
 // children go too) and classifies the result. hard cancels it early
 // without counting a timeout.
 func runGit(hard context.Context, env []string, dir string, timeout time.Duration, args ...string) (time.Duration, outcome, string) {
+	return runGitIn(nil, hard, env, dir, timeout, args...)
+}
+
+// runGitIn is runGit with git started inside the given v1 cgroups (their
+// directories; through a shell that joins them and execs git, so the pid
+// is git's).
+func runGitIn(cgroups []string, hard context.Context, env []string, dir string, timeout time.Duration, args ...string) (time.Duration, outcome, string) {
 	ctx, cancel := context.WithTimeout(hard, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "git", args...)
+	if len(cgroups) > 0 {
+		script := ""
+		for i := range cgroups {
+			script += fmt.Sprintf(`echo $$ > "$%d/cgroup.procs" && `, i+1)
+		}
+		script += fmt.Sprintf(`shift %d && exec git "$@"`, len(cgroups))
+		cmd = exec.CommandContext(ctx, "/bin/sh", append(append([]string{"-c", script, "sh"}, cgroups...), args...)...)
+	}
 	cmd.Env, cmd.Dir = env, dir
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -257,13 +272,17 @@ func makeCommit(env []string, dir, parent, name string, content []byte) (string,
 
 // probe runs `git ls-remote url` once per second from 127.0.0.1 until
 // ctx ends: what another user of the server sees.
-func probe(ctx context.Context, url string, env []string, t0 time.Time) []op {
+//
+// cgroups (may be empty) are where its git runs: a cpu cgroup of its own
+// with the largest cpu.shares, so what it measures is the server, not
+// its queue for the CPU the 48 clients saturate.
+func probe(ctx context.Context, cgroups []string, url string, env []string, t0 time.Time) []op {
 	var ops []op
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		start := time.Since(t0)
-		d, oc, msg := runGit(ctx, env, "", 10*time.Second, "ls-remote", url)
+		d, oc, msg := runGitIn(cgroups, ctx, env, "", 10*time.Second, "ls-remote", url)
 		if oc != cutOff {
 			ops = append(ops, op{Client: -1, Addr: "127.0.0.1", Kind: kLsRemote, Repo: "probe", Start: start, Seconds: d.Seconds(), Outcome: oc, Stderr: msg})
 		}

@@ -208,7 +208,7 @@ func run() error {
 	}
 	defer h.close()
 
-	rep := &report{Started: time.Now(), Opts: h.optsRecord(), CPUs: numCPU(), Repos: h.rs.sizes, RepoParams: h.rs.params}
+	rep := &report{Started: time.Now(), Opts: h.optsRecord(), CPUs: numCPU(), Repos: h.rs.sizes, RepoParams: h.rs.params, ProbeCgroup: h.probePin != nil}
 	for _, p := range pairs {
 		sc, _ := findScenario(p.Scenario)
 		pr := &pairResult{Scenario: p.Scenario, Transport: p.Transport, Doc: sc.Doc, Pushers: h.pushers(sc)}
@@ -291,6 +291,7 @@ type harness struct {
 	cg            *serverCgroup
 	serverPins    []*pin
 	clientPins    []*pin
+	probePin      *pin
 	cgName        string
 	baseEnv       []string
 	clientEnv     []string
@@ -386,6 +387,11 @@ func newHarness(ctx context.Context, o options, pairs []pair) (h *harness, err e
 		}
 		h.clientPins = append(h.clientPins, cp)
 	}
+	if o.shares {
+		if h.probePin, err = newPin("/sys/fs/cgroup", "cpu", h.cgName+"-probe", [][2]string{{"cpu.shares", maxShares}}); err != nil {
+			return h, err
+		}
+	}
 	// The harness itself (and so every client it starts) moves to the
 	// clients' cgroups; servers move to theirs at start (inCgroup).
 	for _, p := range h.clientPins {
@@ -429,6 +435,11 @@ func (h *harness) close() {
 			h.logf("cleanup: %v", err)
 		}
 	}
+	if h.probePin != nil {
+		if err := removeTree(h.probePin.dir); err != nil {
+			h.logf("cleanup: %v", err)
+		}
+	}
 	for _, p := range h.serverPins {
 		if err := removeTree(p.dir); err != nil {
 			h.logf("cleanup: %v", err)
@@ -440,6 +451,14 @@ func (h *harness) close() {
 	if h.tmp != "" {
 		os.RemoveAll(h.tmp)
 	}
+}
+
+// probeCgroups is where the probe's git runs (none without -shares).
+func (h *harness) probeCgroups() []string {
+	if h.probePin == nil {
+		return nil
+	}
+	return []string{h.probePin.dir}
 }
 
 func (h *harness) pushers(sc scenario) int {
@@ -617,7 +636,7 @@ func (h *harness) runMode(ctx context.Context, p pair, m mode, rep int) (*runRes
 
 	// Idle baseline.
 	ictx, icancel := context.WithTimeout(ctx, o.idle)
-	r.ProbeIdleOps = probe(ictx, probeURL, probeEnv, time.Now())
+	r.ProbeIdleOps = probe(ictx, h.probeCgroups(), probeURL, probeEnv, time.Now())
 	icancel()
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
@@ -634,7 +653,7 @@ func (h *harness) runMode(ctx context.Context, p pair, m mode, rep int) (*runRes
 	sctx, scancel := context.WithCancel(ctx)
 	samples, probes := make(chan []sample, 1), make(chan []op, 1)
 	go func() { samples <- sampler(sctx, h.cg, ag, t0) }()
-	go func() { probes <- probe(sctx, probeURL, probeEnv, t0) }()
+	go func() { probes <- probe(sctx, h.probeCgroups(), probeURL, probeEnv, t0) }()
 	spec := loadSpec{sc: sc, clients: o.clients, addrs: addrs, pushAddrs: pushAddrs, maxOps: o.maxOps, opTimeout: o.opTimeout,
 		t0: t0, stopAt: t0.Add(o.duration), hardStop: t0.Add(o.duration + o.drain), seed: 1}
 	r.Ops = storm(ctx, spec, ep, h.rs, work, h.clientEnv)
