@@ -172,21 +172,26 @@ func plotSweep(pr *pairResult, path string) error {
 	gp.Y.Label.Text = "goodput (completed ops / min)"
 	gp.Y.Min = 0
 	gp.Legend.Top = true
+	mib := plot.New()
+	mib.Y.Label.Text = "pack MiB received / min"
+	mib.Y.Min = 0
+	mib.Legend.Top = true
 	mem := plot.New()
 	mem.X.Label.Text = "pack-objects limit (key = \"global\")"
 	mem.Y.Label.Text = "peak server MiB"
 	mem.Y.Min = 0
 	mem.Legend.Top = true
-	var g, m plotter.XYs
+	var g, b, m plotter.XYs
 	for _, r := range pr.Sweep {
 		g = append(g, plotter.XY{X: float64(r.Limit), Y: r.S.Goodput})
+		b = append(b, plotter.XY{X: float64(r.Limit), Y: r.S.MiBPerMin})
 		m = append(m, plotter.XY{X: float64(r.Limit), Y: float64(r.PeakMem) / (1 << 20)})
 	}
 	for _, c := range []struct {
 		p    *plot.Plot
 		xy   plotter.XYs
 		name string
-	}{{gp, g, "sweep goodput"}, {mem, m, "sweep peak memory"}} {
+	}{{gp, g, "sweep goodput"}, {mib, b, "sweep MiB/min"}, {mem, m, "sweep peak memory"}} {
 		l, pts, err := plotter.NewLinePoints(c.xy)
 		if err != nil {
 			return err
@@ -200,10 +205,14 @@ func plotSweep(pr *pairResult, path string) error {
 	}
 	lo, hi := g[0].X, g[len(g)-1].X
 	for i, a := range pr.modes() {
+		var mb []float64
+		for _, r := range a.Runs {
+			mb = append(mb, r.S.MiBPerMin)
+		}
 		for _, c := range []struct {
 			p *plot.Plot
 			y float64
-		}{{gp, a.Goodput.Mean}, {mem, a.PeakMiB.Mean}} {
+		}{{gp, a.Goodput.Mean}, {mib, spreadOf(mb).Mean}, {mem, a.PeakMiB.Mean}} {
 			l, err := plotter.NewLine(plotter.XYs{{X: lo, Y: c.y}, {X: hi, Y: c.y}})
 			if err != nil {
 				return err
@@ -220,15 +229,15 @@ func plotSweep(pr *pairResult, path string) error {
 		mem.Add(l)
 		mem.Legend.Add("cap", l)
 	}
-	for _, p := range []*plot.Plot{gp, mem} {
+	for _, p := range []*plot.Plot{gp, mib, mem} {
 		p.Add(plotter.NewGrid())
 	}
-	const w, h = 10 * vg.Inch, 8 * vg.Inch
+	const w, h = 10 * vg.Inch, 11 * vg.Inch
 	img := vgimg.New(w, h)
 	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: 2, Cols: 1, PadX: vg.Millimeter, PadY: 3 * vg.Millimeter,
+	tiles := draw.Tiles{Rows: 3, Cols: 1, PadX: vg.Millimeter, PadY: 3 * vg.Millimeter,
 		PadTop: 2 * vg.Millimeter, PadBottom: 2 * vg.Millimeter, PadLeft: 2 * vg.Millimeter, PadRight: 2 * vg.Millimeter}
-	plots := [][]*plot.Plot{{gp}, {mem}}
+	plots := [][]*plot.Plot{{gp}, {mib}, {mem}}
 	canvases := plot.Align(plots, tiles, dc)
 	for r := range plots {
 		plots[r][0].Draw(canvases[r][0])
