@@ -429,7 +429,7 @@ func (r *report) pairMarkdown(b *strings.Builder, pr *pairResult) {
 		}
 		if best != nil {
 			xBest = ratio(a.Goodput.Mean, best.Goodput.Mean)
-			if a != best && tie(a.Goodput, best.Goodput) {
+			if a.Name != best.Name && tie(a.Goodput, best.Goodput) {
 				xBest += " (tie)"
 			}
 		}
