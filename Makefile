@@ -41,10 +41,10 @@ bench-smoke: build ## the benchmarks in a short smoke mode (CI)
 	$(GO) run ./bench/execload -smoke
 
 .PHONY: bench-storm bench-storm-smoke
-bench-storm: build ## clone storm on a real git daemon in a 1.5 GiB cgroup: none/static/adaptive/static+cgroups/adaptive+cgroups, report + plot in bench/storm/report (root, cgroup v1 memory; < 10 min; -transport ssh for sshd + git-shell)
-	$(GO) run ./bench/storm -bin $(BIN) -out bench/storm/report
+bench-storm: build ## storm v2 (root, cgroup v1): ci-burst over git:// and fleet over ssh from 48 addresses, server on CPU 1 and clients on CPU 0, a sweep of host-wide pack-objects limits, then none/defaults/tuned/adaptive/best-static; report + plots in bench/storm/report/v2-DATE (< 20 min)
+	$(GO) run ./bench/storm -bin $(BIN)
 
-bench-storm-smoke: build ## the clone storm in smoke mode: tiny repository, 4 clients, 3 s per mode, plus one mode over sshd + git-shell (CI)
+bench-storm-smoke: build ## storm v2 smoke (CI, < 2 min): tiny repositories, 6 clients from 6 addresses over git://, smart HTTP and ssh; fails if the agent did not see every client address or admitted nothing
 	$(GO) run ./bench/storm -bin $(BIN) -smoke
 
 run: build ## run sluiced with the embedded default config (socket and metrics per DESIGN.md)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,6 +19,9 @@ import (
 // live inside it, so its limit is the host's memory for every mode.
 type serverCgroup struct {
 	dir string // /sys/fs/cgroup/memory/<own>/sluice-storm-<pid>
+	// extra are the server's cgroups in other v1 hierarchies: its cpuset
+	// (-server-cpus) and its cpu cgroup with the largest cpu.shares.
+	extra []string
 }
 
 // ownCgroups maps each v1 hierarchy's controllers (as written in
@@ -190,6 +194,9 @@ func removeAgentHierarchy(cgRoot string, server *serverCgroup, root string) erro
 	var errs []error
 	if server != nil {
 		errs = append(errs, removeTree(filepath.Join(server.dir, root)))
+		for _, d := range server.extra {
+			errs = append(errs, removeTree(filepath.Join(d, root)))
+		}
 	}
 	for ctrls, p := range own {
 		if ctrls == "memory" {
@@ -205,4 +212,77 @@ func removeAgentHierarchy(cgRoot string, server *serverCgroup, root string) erro
 		errs = append(errs, removeTree(d))
 	}
 	return errors.Join(errs...)
+}
+
+// pin is a v1 cgroup of one controller (cpuset, cpu) that holds the
+// server or the clients.
+type pin struct {
+	dir string
+}
+
+// newPin creates <own cgroup of controller>/<name> and writes settings in
+// order (file, value).
+func newPin(root, controller, name string, settings [][2]string) (*pin, error) {
+	own, err := ownCgroups()
+	if err != nil {
+		return nil, err
+	}
+	p, ok := own[controller]
+	if !ok {
+		for k, v := range own {
+			if slices.Contains(strings.Split(k, ","), controller) {
+				p, ok = v, true
+			}
+		}
+	}
+	if !ok {
+		return nil, fmt.Errorf("no cgroup v1 %s hierarchy in /proc/self/cgroup: run with -server-cpus '' to share the CPUs", controller)
+	}
+	dir := filepath.Join(root, controller, p, name)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create cgroup %s: %w", dir, err)
+	}
+	for _, kv := range settings {
+		if err := os.WriteFile(filepath.Join(dir, kv[0]), []byte(kv[1]), 0o644); err != nil {
+			os.Remove(dir)
+			return nil, fmt.Errorf("%s = %q in %s: %w", kv[0], kv[1], dir, err)
+		}
+	}
+	return &pin{dir: dir}, nil
+}
+
+// newCpuset is a cpuset cgroup on cpus (e.g. "1") with the parent's
+// memory nodes.
+func newCpuset(root, name, cpus string) (*pin, error) {
+	own, err := ownCgroups()
+	if err != nil {
+		return nil, err
+	}
+	parent := filepath.Join(root, "cpuset", own["cpuset"])
+	mems, err := os.ReadFile(filepath.Join(parent, "cpuset.effective_mems"))
+	if err != nil {
+		if mems, err = os.ReadFile(filepath.Join(parent, "cpuset.mems")); err != nil {
+			return nil, fmt.Errorf("no cgroup v1 cpuset hierarchy (run with -server-cpus '' to share the CPUs): %w", err)
+		}
+	}
+	return newPin(root, "cpuset", name, [][2]string{{"cpuset.mems", strings.TrimSpace(string(mems))}, {"cpuset.cpus", cpus}})
+}
+
+// maxShares is cgroup v1's largest cpu.shares: a cgroup at the top level
+// with it gets ~86 % of a CPU against 40 runnable tasks of other work
+// (weight 1024 each), so a busy machine does not starve the side that
+// runs few processes (a server under a limit of 1) more than the side
+// that runs many.
+const maxShares = "262144"
+
+// enter moves process pid (all its threads) into the cgroup.
+func (c *pin) enter(pid int) error {
+	return os.WriteFile(filepath.Join(c.dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644)
+}
+
+// leave moves pid back to the parent cgroup and removes this one (any
+// other process left in it is SIGKILLed first).
+func (c *pin) leave(pid int) error {
+	os.WriteFile(filepath.Join(filepath.Dir(c.dir), "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644)
+	return removeTree(c.dir)
 }

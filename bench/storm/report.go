@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,102 +16,144 @@ import (
 	"github.com/shirou/gopsutil/v3/cpu"
 )
 
-type stats struct {
-	N                   int
-	P50, P95, P99, Mean float64
-}
-
-func summarize(v []float64) stats {
-	if len(v) == 0 {
-		return stats{}
-	}
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	pct := func(p float64) float64 {
-		i := int(p*float64(len(s))+0.5) - 1
-		return s[min(max(i, 0), len(s)-1)]
-	}
-	sum := 0.0
-	for _, x := range s {
-		sum += x
-	}
-	return stats{N: len(s), P50: pct(0.50), P95: pct(0.95), P99: pct(0.99), Mean: sum / float64(len(s))}
-}
-
 type counts struct {
-	OK, Rejected, Timeout, Other, CutOff int
+	OK, Rejected, HungUp, Timeout, Other, CutOff int
 }
 
-func (c counts) Failed() int { return c.Rejected + c.Timeout + c.Other }
+func (c counts) Failed() int { return c.Rejected + c.HungUp + c.Timeout + c.Other }
 
-func count(ops []op) counts {
-	var c counts
-	for _, o := range ops {
-		switch o.Outcome {
-		case ok:
-			c.OK++
-		case rejected:
-			c.Rejected++
-		case timedOut:
-			c.Timeout++
-		case cutOff:
-			c.CutOff++
-		default:
-			c.Other++
-		}
+func (c *counts) add(o outcome) {
+	switch o {
+	case ok:
+		c.OK++
+	case rejected:
+		c.Rejected++
+	case hungUp:
+		c.HungUp++
+	case timedOut:
+		c.Timeout++
+	case cutOff:
+		c.CutOff++
+	default:
+		c.Other++
 	}
-	return c
 }
 
-// modeResult is what one mode measured.
-type modeResult struct {
-	Name      string
-	Transport string // git or ssh
-	Policy    string
-	Wall      float64 // seconds from storm start to the last clone's end
+// runResult is one mode of one scenario over one transport, raw and
+// summarised.
+type runResult struct {
+	Scenario, Transport, Mode string
+	Repeat                    int  // ABBA pass, 0-based; -1 for sweep runs
+	Sweep                     bool // a sweep run
+	Limit                     int  // host-wide pack-objects limit of sweep and best-static runs
+	Source                    string
+	Policy                    string
+	Clients, Addresses        int
+	Pushers                   int
+	MemLimit                  int64
+	Window, Drain             float64 // seconds
+	Wall                      float64 // storm start to the last operation's end
 
-	// Load is /proc/loadavg's 1-minute load at the start and the end of
-	// the storm: the machine is shared, and other work on it shows here.
+	// Load is /proc/loadavg's 1-minute load at the start and end of the
+	// storm (the machine is shared; each sample has it too).
 	Load [2]float64
 
-	Clones       counts
-	CloneLatency stats // seconds, successful clones
-	ProbeIdle    stats // ms
-	ProbeStorm   stats // ms, successful probes during the storm
-	ProbeFailed  int   // probes that failed during the storm
-	OOMKills     int64
-	PeakMem      int64
+	OOMKills int64
+	PeakMem  int64 // the server cgroup's memory.max_usage_in_bytes over the storm (page cache included)
 
-	AgentCPU         float64 // seconds over the storm
-	AgentRSS         int64   // peak sampled
-	AgentRejected    float64 // sluice_commands_total{outcome="rejected"}
-	AgentDropped     map[string]float64
-	AgentUploadPacks float64
-	AgentPackObjects float64
-	Backoffs         int
-	// QuotaPeriods and QuotaThrottled are the CFS periods of sluice's
-	// parent cgroup and how many were throttled (cgroup modes).
-	QuotaPeriods, QuotaThrottled float64
-	DaemonSluiceLines            int // `sluice:` lines in git daemon's log
-	AgentLog                     string
+	AgentCPU          float64 // seconds over the storm
+	AgentRSS          int64   // peak sampled
+	AgentRejected     float64 // sluice_commands_total{outcome="rejected"}
+	Backoffs          int     // adaptive decreases logged
+	Agent             *agentSaw
+	AgentLogHead      string `json:",omitempty"`
+	AgentLog          string `json:",omitempty"` // where the whole log was kept (not committed)
+	ServerSluiceLines int    // `sluice:` lines in the server's log (git daemon, sshd, fcgiwrap)
 
-	CloneOps      []op
+	S summary
+
+	Ops           []op
 	ProbeIdleOps  []op
 	ProbeStormOps []op
 	Samples       []sample
-
-	agentLogText string
 }
 
-func (r *modeResult) summarize() {
-	r.Clones = count(r.CloneOps)
+// summary is what the report reads of a run.
+type summary struct {
+	GoodKinds []opKind
+	Goodput   float64 // completed goodput operations per minute of window
+	GoodOps   int
+	MiBPerMin float64 // pack MiB received per minute by completed operations
+	Outcomes  counts  // goodput operations
+	Failed    int
+	ByKind    map[opKind]counts
+	ByRepo    map[string]int // completed goodput operations by repository
+	Causes    map[string]int // failures (all client operations, pushes included) by cause
+	PushOK    int
+	// PushFailed counts pushes that failed (pushes cut off by the end of
+	// the window are not failures).
+	PushFailed  int
+	OpLatency   stats // seconds, completed goodput operations
+	ProbeIdle   stats // ms
+	ProbeStorm  stats // ms
+	ProbeFailed int
+	// Fairness across the client addresses (pushers and the probe
+	// excluded) of completed goodput operations.
+	Jain, WorstShare fnum
+	AddrsServed      int // client addresses with at least one completed operation
+	LoadMax          float64
+}
+
+func (r *runResult) summarize(sc scenario) {
+	s := summary{GoodKinds: sc.goodputKinds(), ByKind: map[opKind]counts{}, ByRepo: map[string]int{}, Causes: map[string]int{}}
+	perAddr := map[string]float64{}
+	for i := 0; i < r.Addresses; i++ {
+		perAddr[clientAddr(i)] = 0
+	}
 	var lat []float64
-	for _, o := range r.CloneOps {
+	var bytes int64
+	for _, o := range r.Ops {
+		c := s.ByKind[o.Kind]
+		c.add(o.Outcome)
+		s.ByKind[o.Kind] = c
+		if o.Outcome != ok && o.Outcome != cutOff {
+			s.Causes[string(o.Kind)+": "+causeOf(o)]++
+		}
+		if o.Kind == kPush {
+			switch o.Outcome {
+			case ok:
+				s.PushOK++
+			case cutOff:
+			default:
+				s.PushFailed++
+			}
+			continue
+		}
+		if !slices.Contains(s.GoodKinds, o.Kind) {
+			continue
+		}
+		s.Outcomes.add(o.Outcome)
 		if o.Outcome == ok {
+			s.GoodOps++
+			s.ByRepo[o.Repo]++
+			perAddr[o.Addr]++
 			lat = append(lat, o.Seconds)
+			bytes += o.Bytes
 		}
 	}
-	r.CloneLatency = summarize(lat)
+	s.Failed = s.Outcomes.Failed()
+	minutes := (r.Window + r.Drain) / 60
+	s.Goodput = float64(s.GoodOps) / minutes
+	s.MiBPerMin = float64(bytes) / (1 << 20) / minutes
+	s.OpLatency = summarize(lat)
+	var x []float64
+	for _, v := range perAddr {
+		x = append(x, v)
+		if v > 0 {
+			s.AddrsServed++
+		}
+	}
+	s.Jain, s.WorstShare = fnum(jain(x)), fnum(worstShare(x))
 	ms := func(ops []op) (stats, int) {
 		var v []float64
 		bad := 0
@@ -123,37 +166,102 @@ func (r *modeResult) summarize() {
 		}
 		return summarize(v), bad
 	}
-	r.ProbeIdle, _ = ms(r.ProbeIdleOps)
-	r.ProbeStorm, r.ProbeFailed = ms(r.ProbeStormOps)
+	s.ProbeIdle, _ = ms(r.ProbeIdleOps)
+	s.ProbeStorm, s.ProbeFailed = ms(r.ProbeStormOps)
+	s.LoadMax = max(r.Load[0], r.Load[1])
+	for _, sm := range r.Samples {
+		s.LoadMax = max(s.LoadMax, sm.Load1)
+	}
+	r.S = s
+}
+
+// pairResult is one scenario over one transport: its sweep and its modes.
+type pairResult struct {
+	Scenario, Transport string
+	Doc                 string
+	Pushers             int
+	Sweep               []*runResult
+	Best                int
+	BestWhy             string
+	Runs                []*runResult
 }
 
 type report struct {
 	Started, Finished time.Time
-	Options           options `json:"-"`
-	Repo              repoParams
-	RepoSize          int64
+	Opts              optsRecord
 	CPUs              int
-	Modes             []*modeResult
+	Repos             map[string]int64
+	RepoParams        map[string]repoParams
+	Pairs             []*pairResult
+	// ProbeCgroup: the probe ran in a cpu cgroup of its own (since
+	// 2026-12-02 10:45; earlier runs shared the clients').
+	ProbeCgroup bool
 }
 
-func (r *report) write(dir, logDir string, plots bool) error {
+// modeAgg is a mode's runs of one pair, aggregated over repeats.
+type modeAgg struct {
+	Name                             string
+	Runs                             []*runResult
+	Goodput, PeakMiB, ProbeP99, Jain spread
+	OOMKills, PushFailed, Failed     int
+}
+
+func (p *pairResult) modes() []*modeAgg {
+	var out []*modeAgg
+	idx := map[string]*modeAgg{}
+	for _, r := range p.Runs {
+		a := idx[r.Mode]
+		if a == nil {
+			a = &modeAgg{Name: r.Mode}
+			idx[r.Mode] = a
+			out = append(out, a)
+		}
+		a.Runs = append(a.Runs, r)
+	}
+	for _, a := range out {
+		var g, m, pr, j []float64
+		for _, r := range a.Runs {
+			g = append(g, r.S.Goodput)
+			m = append(m, float64(r.PeakMem)/(1<<20))
+			pr = append(pr, r.S.ProbeStorm.P99)
+			if !math.IsNaN(float64(r.S.Jain)) {
+				j = append(j, float64(r.S.Jain))
+			}
+			a.OOMKills += int(r.OOMKills)
+			a.PushFailed += r.S.PushFailed
+			a.Failed += r.S.Failed
+		}
+		a.Goodput, a.PeakMiB, a.ProbeP99, a.Jain = spreadOf(g), spreadOf(m), spreadOf(pr), spreadOf(j)
+	}
+	return out
+}
+
+// idleProbe pools the idle phase of every run of the pair: a few probes
+// per run, too few alone for a p99.
+func (p *pairResult) idleProbe() stats {
+	var v []float64
+	for _, r := range append(slices.Clone(p.Sweep), p.Runs...) {
+		for _, o := range r.ProbeIdleOps {
+			if o.Outcome == ok {
+				v = append(v, o.Seconds*1000)
+			}
+		}
+	}
+	return summarize(v)
+}
+
+func (p *pairResult) mode(name string) *modeAgg {
+	for _, a := range p.modes() {
+		if a.Name == name {
+			return a
+		}
+	}
+	return nil
+}
+
+func (r *report) write(dir string, plots bool) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
-	}
-	// The agents' logs go outside the report (they are long): for reading
-	// why a mode did what it did, not for committing.
-	for _, m := range r.Modes {
-		if m.agentLogText == "" || logDir == "" {
-			continue
-		}
-		if err := os.MkdirAll(logDir, 0o755); err != nil {
-			return err
-		}
-		name := filepath.Join(logDir, "sluiced-"+fileName(m.label())+".log")
-		if err := os.WriteFile(name, []byte(m.agentLogText+"\n"), 0o644); err != nil {
-			return err
-		}
-		m.AgentLog = name
 	}
 	b, err := json.MarshalIndent(r, "", " ")
 	if err != nil {
@@ -164,13 +272,22 @@ func (r *report) write(dir, logDir string, plots bool) error {
 	}
 	var pngs []string
 	if plots {
-		for _, m := range r.Modes {
-			if strings.HasPrefix(m.Name, "adaptive") {
-				name := "storm-" + fileName(m.label()) + ".png"
-				if err := plotMode(m, r.Options.memLimit, filepath.Join(dir, name)); err != nil {
-					return fmt.Errorf("plot %s: %w", m.label(), err)
+		for _, p := range r.Pairs {
+			if len(p.Sweep) > 0 {
+				name := fmt.Sprintf("sweep-%s-%s.png", p.Scenario, p.Transport)
+				if err := plotSweep(p, filepath.Join(dir, name)); err != nil {
+					return fmt.Errorf("plot %s: %w", name, err)
 				}
 				pngs = append(pngs, name)
+			}
+			for _, run := range p.Runs {
+				if run.Repeat == 0 && run.Policy != "" && !strings.HasPrefix(run.Mode, sweepPrefix) && run.Mode != "tuned" {
+					name := fmt.Sprintf("run-%s-%s-%s.png", p.Scenario, p.Transport, fileName(run.Mode))
+					if err := plotMode(run, filepath.Join(dir, name)); err != nil {
+						return fmt.Errorf("plot %s: %w", name, err)
+					}
+					pngs = append(pngs, name)
+				}
 			}
 		}
 	}
@@ -179,196 +296,395 @@ func (r *report) write(dir, logDir string, plots bool) error {
 	return os.WriteFile(filepath.Join(dir, "storm.md"), []byte(md), 0o644)
 }
 
+func ratio(a, b float64) string {
+	if b == 0 || math.IsNaN(a) || math.IsNaN(b) {
+		return "—"
+	}
+	return fmt.Sprintf("×%.2f", a/b)
+}
+
+func num(v float64, f string) string {
+	if math.IsNaN(v) {
+		return "—"
+	}
+	return fmt.Sprintf(f, v)
+}
+
+func (s spread) show(f string) string {
+	if s.N == 0 {
+		return "—"
+	}
+	if s.N == 1 || s.Min == s.Max {
+		return fmt.Sprintf(f, s.Mean)
+	}
+	return fmt.Sprintf(f+" ["+f+"–"+f+"]", s.Mean, s.Min, s.Max)
+}
+
 func (r *report) markdown(pngs []string) string {
 	var b strings.Builder
-	o := r.Options
 	p := func(f string, a ...any) { fmt.Fprintf(&b, f, a...) }
-	p("# Clone storm — %s\n\n", r.Started.UTC().Format("2006-01-02 15:04 MST"))
-	p("`go run ./bench/storm -bin %s -modes %s -transport %s -clients %d -duration %v -mem %d` on %d CPUs; total %v.\n\n",
-		o.bin, o.modes, o.transport, o.clients, o.duration, o.memLimit, r.CPUs, r.Finished.Sub(r.Started).Round(time.Second))
-	p("- Repository: %d files × %d B under two directory levels, then %d commits changing %d files each "+
-		"(git fast-import, one pack; %.0f MiB on disk), served on 127.0.0.1 by `git daemon --max-connections=0` (git://) "+
-		"or by sshd with git-shell as the forced command (ssh; MaxStartups raised above the client count; an ssh connection costs ~0.3 s of CPU here).\n",
-		r.Repo.Files, r.Repo.Bytes, r.Repo.Commits, r.Repo.Changes, float64(r.RepoSize)/(1<<20))
-	p("- The small host: a cgroup v1 memory cgroup limited to %.0f MiB holding the server (git daemon or sshd), every git it runs, and sluiced with its bucket cgroups. "+
-		"The `+cgroups` modes also put a CPU quota of %.1f CPUs on sluice's parent cgroup (where admitted git runs); the other modes have no CPU limit.\n",
-		float64(o.memLimit)/(1<<20), float64(cpuQuotaUs)/1e5)
-	p("- Load: %d clients each running `git clone --bare` in a loop for %v (per-clone timeout %v; clones still running %v after the end are stopped and counted as *unfinished*, neither ok nor failed); "+
-		"a probe runs `git ls-remote` of a small repository once per second, for %v idle before the storm (baseline) and through it.\n",
-		o.clients, o.duration, o.cloneTimeout, o.drain, o.idle)
-	p("- Policies were fixed in the source before the measured run (bench/storm/server.go) and are listed below; nothing was tuned on this run.\n\n")
-
-	p("| mode | clones ok | failed: sluice `sluice:` / agent rejected | timeout | other | unfinished at end | OOM kills | peak server MiB | clone p50 / p95 / p99 / mean s | probe p50 / p95 / p99 / mean ms | probe failed | agent CPU s | agent RSS MiB | load 1m start → end |\n")
-	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-	for _, m := range r.Modes {
-		c := m.Clones
-		agentCol := "—"
-		cpuCol, rssCol := "—", "—"
-		if m.Policy != "" {
-			agentCol = fmt.Sprintf("%d / %.0f", c.Rejected, m.AgentRejected)
-			cpuCol, rssCol = fmt.Sprintf("%.2f", m.AgentCPU), fmt.Sprintf("%.1f", float64(m.AgentRSS)/(1<<20))
-		} else if c.Rejected > 0 {
-			agentCol = fmt.Sprintf("%d / —", c.Rejected)
-		}
-		p("| %s | %d | %s | %d | %d | %d | %d | %.0f | %.2f / %.2f / %.2f / %.2f | %.0f / %.0f / %.0f / %.0f | %d | %s | %s | %.1f → %.1f |\n",
-			m.label(), c.OK, agentCol, c.Timeout, c.Other, c.CutOff, m.OOMKills, float64(m.PeakMem)/(1<<20),
-			m.CloneLatency.P50, m.CloneLatency.P95, m.CloneLatency.P99, m.CloneLatency.Mean,
-			m.ProbeStorm.P50, m.ProbeStorm.P95, m.ProbeStorm.P99, m.ProbeStorm.Mean, m.ProbeFailed, cpuCol, rssCol, m.Load[0], m.Load[1])
+	o := r.Opts
+	p("# Storm v2 — %s\n\n", r.Started.UTC().Format("2006-01-02 15:04 MST"))
+	p("`go run ./bench/storm %s` on %d CPUs; total %v.\n\n", strings.Join(o.Args, " "), r.CPUs, r.Finished.Sub(r.Started).Round(time.Second))
+	p("- **Host**: the server (git daemon `--max-connections=0`, sshd + git-shell with MaxStartups above the client count, or nginx + fcgiwrap with one CGI worker per client + git-http-backend), every git it runs and sluiced live in one cgroup v1 memory cgroup of %.0f MiB", float64(o.Mem)/(1<<20))
+	if sc := o.ServerCPUs; sc != "" {
+		p(" and one cpuset: **server on CPU %s, harness and every client (git, socat, ssh, HTTP forwarders, the probe) on CPU %v**.\n", sc, o.ClientCPUs)
+	} else {
+		p("; server and clients share every CPU.\n")
 	}
-	p("\nIdle probe (baseline, before each storm):\n\n| mode | probes | p50 ms | p95 ms | p99 ms | mean ms |\n|---|---|---|---|---|---|\n")
-	allIdle := map[string][]float64{} // by transport
-	var transports []string
-	for _, m := range r.Modes {
-		p("| %s | %d | %.1f | %.1f | %.1f | %.1f |\n", m.label(), m.ProbeIdle.N, m.ProbeIdle.P50, m.ProbeIdle.P95, m.ProbeIdle.P99, m.ProbeIdle.Mean)
-		if _, ok := allIdle[m.Transport]; !ok {
-			transports = append(transports, m.Transport)
+	if o.Shares {
+		p("- **CPU weight**: the server's and the clients' side each sit in a cpu cgroup with `cpu.shares` = %s (the most), so on a shared machine other work (builds, tests) takes less of their CPU, and a mode running few processes (a limit of 1) is not starved more than one running many.", maxShares)
+		if r.ProbeCgroup {
+			p(" The probe's git runs in a cpu cgroup of its own with the same weight (on the clients' CPU), so it measures the server rather than its wait for a CPU behind 48 clients.")
+		} else {
+			p(" The probe's git shared the clients' cpu cgroup (this run predates the probe's own): its latency includes waiting for a CPU behind 48 clients, so probe ratios here overstate what the server did.")
 		}
-		allIdle[m.Transport] = append(allIdle[m.Transport], nil...)
-		for _, o := range m.ProbeIdleOps {
-			if o.Outcome == ok {
-				allIdle[m.Transport] = append(allIdle[m.Transport], o.Seconds*1000)
-			}
+		p("\n")
+	}
+	p("- **Clients**: %v clients from %v distinct loopback addresses (127.0.0.2 …; pushers have addresses of their own, the probe 127.0.0.1). git:// binds through `GIT_PROXY_COMMAND` = `socat -t 300 STDIO,shut-close TCP:$1:$2,bind=ADDR` (shut-close: so a client whose server hangs up sees EOF at once instead of after socat's 300 s); ssh through `ssh -o BindAddress=ADDR`; HTTP through a per-address TCP forwarder in the harness (listens on 127.0.0.1, dials nginx from ADDR). The agent's log says which addresses it saw (column *addrs seen*).\n", o.Clients, o.Addresses)
+	p("- **Window**: %v per run after a %v idle probe phase; no operation starts after the window and operations still running at its end (+ drain %v) are cut off and counted as *unfinished*, neither ok nor failed. Per-operation timeout %v. At most %v operations per client.\n", o.Duration, o.Idle, o.Drain, o.OpTimeout, o.MaxOps)
+	p("- **Goodput** = completed clones and fetches (of every sort the scenario runs; for poll, ls-remotes) per minute of window. **Fairness** = Jain's index of completed operations across the client addresses, and the worst address's completed operations over the mean (1 = its fair share, 0 = starved). **Percentiles** are nearest-rank (value at rank ⌈p·n⌉). **Peak** = the server cgroup's `memory.max_usage_in_bytes` over the storm (page cache of the repositories included: ~%.0f MiB is cache of the served repositories). **Probe**: `git ls-remote` of a tiny repository once per second from 127.0.0.1, idle then during the storm.\n", float64(r.repoBytes())/(1<<20))
+	p("- **Failures by cause** (client side): `sluice rejection` = the client saw sluice's message; `hung up` = the server went away (OOM kills, and sluice's upload-pack rejections over git:// and HTTP, which reach the client only as a hang-up); `timeout`; `other`. The agent's own count of rejections (limit: reason) and of commands ended by a signal are listed per mode; OOM kills are the cgroups' own count.\n")
+	p("- **Modes**: `none` (no sluice), `defaults` (the shipped default policy, untouched: `sluice validate --print-defaults`), `tuned` (the first storm's hand-tuned static), `adaptive` (its adaptive twin), `best-static` (the sweep's winner, run again), `static-gN` (sweep: pack-objects `key = \"global\"`, `max_per_key = N`, queue 1000 / 5 m, nothing else). sluiced runs with the eBPF tracer on (exec-in-place) unless a policy says otherwise; the harness only sets socket, metrics address, `[git] bin` and a unique `[cgroups] hierarchy_root`.\n")
+	p("- **Repositories**: ")
+	for _, n := range slices.Sorted(mapKeys(r.Repos)) {
+		rp := r.RepoParams[n]
+		p("%s %.1f MiB (%d files × %d B, %d commits); ", n, float64(r.Repos[n])/(1<<20), rp.Files, rp.Bytes, rp.Commits+1)
+	}
+	p("16 poll repositories are copies of tool; fetches start from a copy holding 10 %% fewer commits.\n")
+	loads := []float64{}
+	for _, pr := range r.Pairs {
+		for _, run := range append(slices.Clone(pr.Sweep), pr.Runs...) {
+			loads = append(loads, run.S.LoadMax)
 		}
 	}
-	idle := map[string]stats{}
-	for _, tr := range transports {
-		idle[tr] = summarize(allIdle[tr])
-		st := idle[tr]
-		p("| all over %s | %d | %.1f | %.1f | %.1f | %.1f |\n", tr, st.N, st.P50, st.P95, st.P99, st.Mean)
+	ls := spreadOf(loads)
+	p("- **Machine load** (1-minute load average, max per run): mean %.1f, %.1f–%.1f over the runs. ", ls.Mean, ls.Min, ls.Max)
+	if ls.Max > float64(r.CPUs)+1 {
+		p("**The machine was shared with other work (builds, tests): numbers are from a busy machine.**")
+	}
+	p("\n")
+	if rep := o.Repeat; rep < 2 {
+		p("- **Noise**: one run per mode (`-repeat 1`): no spread is measured, so no difference is called a tie; read small differences as noise.\n")
+	} else {
+		p("- **Noise**: %d runs per mode in ABBA order; a value is mean [min–max]; two modes whose goodput ranges overlap are a **tie**.\n", rep)
 	}
 
-	ratio := func(a, b float64) string {
-		if b == 0 {
-			return "—"
-		}
-		return fmt.Sprintf("×%.2f", a/b)
+	for _, pr := range r.Pairs {
+		r.pairMarkdown(&b, pr)
 	}
-	// Each sluice mode against no sluice, and each adaptive mode against
-	// its like-for-like static mode.
-	against := map[string][]string{
-		"static":         {"adaptive", "adaptive-ws", "adaptive-anon"},
-		"static+cgroups": {"adaptive+cgroups"},
-	}
-	for _, base := range []string{"none", "static", "static+cgroups"} {
-		var rows []*modeResult
-		for _, m := range r.Modes {
-			if r.find(base, m.Transport) == nil || m.Name == base {
-				continue
-			}
-			if base == "none" || slices.Contains(against[base], m.Name) {
-				rows = append(rows, m)
-			}
-		}
-		if len(rows) == 0 {
-			continue
-		}
-		p("\nRatios against `%s` over the same transport (same run):\n\n| mode | clones ok | clone p50 | clone p99 | probe p50 | probe p99 | peak memory | OOM kills |\n|---|---|---|---|---|---|---|---|\n", base)
-		for _, m := range rows {
-			none := r.find(base, m.Transport)
-			p("| %s | %s | %s | %s | %s | %s | %s | %d vs %d |\n", m.label(),
-				ratio(float64(m.Clones.OK), float64(none.Clones.OK)),
-				ratio(m.CloneLatency.P50, none.CloneLatency.P50), ratio(m.CloneLatency.P99, none.CloneLatency.P99),
-				ratio(m.ProbeStorm.P50, none.ProbeStorm.P50), ratio(m.ProbeStorm.P99, none.ProbeStorm.P99),
-				ratio(float64(m.PeakMem), float64(none.PeakMem)), m.OOMKills, none.OOMKills)
-		}
-	}
-	p("\nProbe p99 during the storm against the idle probe p99 of the same transport (all modes):")
-	for _, m := range r.Modes {
-		if st := idle[m.Transport]; st.P99 > 0 {
-			p(" %s ×%.1f (of %.1f ms);", m.label(), m.ProbeStorm.P99/st.P99, st.P99)
-		}
-	}
-	p("\n\nWhat the agent counted (per mode, fresh agent):\n\n| mode | upload-pack | pack-objects | rejected | dropped max_size / max_time / unavailable | limit decreases (per rule) | `sluice:` lines in server log | CPU quota: throttled / periods (parent) |\n|---|---|---|---|---|---|---|---|\n")
-	for _, m := range r.Modes {
-		if m.Policy == "" {
-			continue
-		}
-		quota := "no quota"
-		if m.QuotaPeriods > 0 {
-			quota = fmt.Sprintf("%.0f / %.0f = %.2f", m.QuotaThrottled, m.QuotaPeriods, m.QuotaThrottled/m.QuotaPeriods)
-		}
-		p("| %s | %.0f | %.0f | %.0f | %.0f / %.0f / %.0f | %d | %d | %s |\n", m.label(), m.AgentUploadPacks, m.AgentPackObjects, m.AgentRejected,
-			m.AgentDropped["max_size"], m.AgentDropped["max_time"], m.AgentDropped["unavailable"], m.Backoffs, m.DaemonSluiceLines, quota)
-	}
-	p("\nFailure columns: `sluice:` = the client saw sluice's message (pack-objects rejections reach git:// clients as `remote: sluice: …`); " +
-		"agent rejected = every rejection the agent counted (an upload-pack rejection over git:// reaches the client only as a hang-up, so it lands under \"other\" on the client side); " +
-		"other = hung up or errors (OOM kills among them); timeout = the per-clone timeout.\n")
 	for _, png := range pngs {
 		p("\n![%s](%s)\n", png, png)
 	}
 	p("\n## Policies\n\n")
 	seen := map[string]bool{}
-	for _, m := range r.Modes {
-		if seen[m.Name] {
-			continue // the same policy over another transport
+	for _, pr := range r.Pairs {
+		for _, run := range append(slices.Clone(pr.Sweep), pr.Runs...) {
+			if seen[run.Mode] || run.Mode == modeDefaults {
+				continue
+			}
+			seen[run.Mode] = true
+			if run.Policy == "" {
+				p("`%s`: %s.\n\n", run.Mode, run.Source)
+				continue
+			}
+			p("`%s` (%s):\n\n```toml\n%s\n```\n\n", run.Mode, run.Source, run.Policy)
 		}
-		seen[m.Name] = true
-		if m.Policy == "" {
-			p("`%s`: no sluice; the server runs the real git.\n\n", m.Name)
-			continue
-		}
-		p("`%s` (plus `[agent]` socket/metrics, `[git] bin = \"/usr/bin/git\"`, `[ebpf] enabled = false`):\n\n```toml\n%s\n```\n\n", m.Name, m.Policy)
 	}
+	p("`defaults`: the output of `sluice validate --print-defaults` of the binary under test (in storm.json, field Policy of each defaults run).\n")
 	return b.String()
 }
 
-func (r *report) find(name, transport string) *modeResult {
-	for _, m := range r.Modes {
-		if m.Name == name && m.Transport == transport {
-			return m
+func (r *report) repoBytes() int64 {
+	var n int64
+	for _, v := range r.Repos {
+		n += v
+	}
+	return n + 15*r.Repos["tool"] // the poll copies (hard links to the same files)
+}
+
+func (r *report) pairMarkdown(b *strings.Builder, pr *pairResult) {
+	p := func(f string, a ...any) { fmt.Fprintf(b, f, a...) }
+	p("\n## %s over %s\n\n%s; %d pushers.\n", pr.Scenario, transportName(pr.Transport), pr.Doc, pr.Pushers)
+	if len(pr.Sweep) > 0 {
+		p("\n**Sweep** (host-wide pack-objects limit):\n\n| limit | goodput /min | pack MiB /min | ok | failed | unfinished | pushes failed | OOM kills | peak MiB | probe p99 ms | Jain |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+		for _, s := range pr.Sweep {
+			p("| %d | %.1f | %.0f | %d | %d | %d | %d | %d | %.0f | %.0f | %s |\n", s.Limit, s.S.Goodput, s.S.MiBPerMin, s.S.GoodOps, s.S.Failed, s.S.Outcomes.CutOff, s.S.PushFailed, s.OOMKills,
+				float64(s.PeakMem)/(1<<20), s.S.ProbeStorm.P99, num(float64(s.S.Jain), "%.2f"))
 		}
 	}
-	return nil
+	if pr.Best > 0 {
+		p("\n**best-static = %d** host-wide pack-objects (%s).\n", pr.Best, pr.BestWhy)
+	}
+	aggs := pr.modes()
+	none, best := pr.mode(modeNone), pr.mode(modeBestStatic)
+	idle := pr.idleProbe()
+	p("\nIdle probe (every run's idle phase pooled, %d probes): p50 %.0f / p95 %.0f / p99 %.0f ms; the × idle ratios below are against this p99.\n", idle.N, idle.P50, idle.P95, idle.P99)
+	p("\n| mode | goodput /min | × none | × best-static | pack MiB /min | failed (of ok+failed) | pushes ok / failed | OOM kills | peak MiB (%% of cap) | probe p50 / p95 / p99 ms (× idle p99) | Jain / worst share | client addrs served / seen by agent | agent CPU s / RSS MiB | load 1m |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, a := range aggs {
+		r0 := a.Runs[0]
+		xNone, xBest := "—", "—"
+		if none != nil {
+			xNone = ratio(a.Goodput.Mean, none.Goodput.Mean)
+		}
+		if best != nil {
+			xBest = ratio(a.Goodput.Mean, best.Goodput.Mean)
+			if a.Name != best.Name && tie(a.Goodput, best.Goodput) {
+				xBest += " (tie)"
+			}
+		}
+		var pushOK, pushFail, okN, fail, seen int
+		var cpu, rss float64
+		var lmax float64
+		for _, run := range a.Runs {
+			pushOK += run.S.PushOK
+			pushFail += run.S.PushFailed
+			okN += run.S.GoodOps
+			fail += run.S.Failed
+			cpu += run.AgentCPU / float64(len(a.Runs))
+			rss = max(rss, float64(run.AgentRSS)/(1<<20))
+			lmax = max(lmax, run.S.LoadMax)
+		}
+		agent := "—"
+		seenCol := fmt.Sprintf("%d / —", r0.S.AddrsServed)
+		if r0.Agent != nil {
+			agent = fmt.Sprintf("%.2f / %.1f", cpu, rss)
+			for i := 0; i < r0.Addresses; i++ {
+				if r0.Agent.RemoteIPs[clientAddr(i)] > 0 {
+					seen++
+				}
+			}
+			seenCol = fmt.Sprintf("%d / %d", r0.S.AddrsServed, seen)
+		}
+		idleP99 := idle.P99
+		var mib []float64
+		for _, run := range a.Runs {
+			mib = append(mib, run.S.MiBPerMin)
+		}
+		jainCol := num(a.Jain.Mean, "%.2f")
+		if okN < len(a.Runs)*r0.Addresses && okN > 0 {
+			// Fewer completions than addresses: even a perfectly fair
+			// server leaves some address at 0.
+			jainCol += fmt.Sprintf(" (≤ %.2f)", float64(okN)/float64(len(a.Runs)*r0.Addresses))
+		}
+		p("| %s | %s | %s | %s | %s | %d (of %d) | %d / %d | %d | %s (%.0f %%) | %.0f / %.0f / %.0f (%s) | %s / %s | %s | %s | %.1f |\n",
+			a.Name, a.Goodput.show("%.1f"), xNone, xBest, spreadOf(mib).show("%.0f"), fail, okN+fail, pushOK, pushFail, a.OOMKills,
+			a.PeakMiB.show("%.0f"), a.PeakMiB.Mean/(float64(r0.MemLimit)/(1<<20))*100,
+			r0.S.ProbeStorm.P50, r0.S.ProbeStorm.P95, r0.S.ProbeStorm.P99, ratio(r0.S.ProbeStorm.P99, idleP99),
+			jainCol, num(float64(r0.S.WorstShare), "%.2f"), seenCol, agent, lmax)
+	}
+	p("\nFailures by cause, agent rejections and signals (first run of each mode):\n\n")
+	for _, a := range aggs {
+		r0 := a.Runs[0]
+		var parts []string
+		for _, k := range slices.Sorted(mapKeys(r0.S.Causes)) {
+			parts = append(parts, fmt.Sprintf("%d × %s", r0.S.Causes[k], k))
+		}
+		if len(parts) == 0 {
+			parts = []string{"no failures"}
+		}
+		p("- `%s`: %s", a.Name, strings.Join(parts, "; "))
+		if r0.S.ProbeFailed > 0 {
+			p("; %d probes failed", r0.S.ProbeFailed)
+		}
+		if ag := r0.Agent; ag != nil {
+			var rj, sg []string
+			var atStop []string
+			for _, k := range slices.Sorted(mapKeys(ag.Rejected)) {
+				// unavailable: the agent told queued waiters it was
+				// stopping — here only after the window, when the
+				// harness stops it; not a failure of the storm.
+				if strings.HasSuffix(k, ": unavailable") {
+					atStop = append(atStop, fmt.Sprintf("%d × %s", ag.Rejected[k], strings.TrimSuffix(k, ": unavailable")))
+					continue
+				}
+				rj = append(rj, fmt.Sprintf("%d × %s", ag.Rejected[k], k))
+			}
+
+			for _, k := range slices.Sorted(mapKeys(ag.Signaled)) {
+				sg = append(sg, fmt.Sprintf("%d × signal %s", ag.Signaled[k], k))
+			}
+			if len(rj) > 0 {
+				p(". Agent rejected: %s", strings.Join(rj, ", "))
+			}
+			if len(sg) > 0 {
+				p(". Commands ended by a signal: %s (13 = SIGPIPE: clients cut off at the end of the window)", strings.Join(sg, ", "))
+			}
+			if len(atStop) > 0 {
+				p(". Still queued when the agent was stopped after the window (`unavailable`, not a storm failure): %s", strings.Join(atStop, ", "))
+			}
+			if r0.Backoffs > 0 {
+				p(". Adaptive decreases: %d", r0.Backoffs)
+			}
+		}
+		var kinds []string
+		for _, k := range slices.Sorted(mapKeys(r0.S.ByKind)) {
+			c := r0.S.ByKind[k]
+			kinds = append(kinds, fmt.Sprintf("%s %d ok / %d failed / %d unfinished", k, c.OK, c.Failed(), c.CutOff))
+		}
+		p(". Operations: %s", strings.Join(kinds, ", "))
+		if len(r0.S.ByRepo) > 1 {
+			var rp []string
+			for _, k := range slices.Sorted(mapKeys(r0.S.ByRepo)) {
+				rp = append(rp, fmt.Sprintf("%s %d", k, r0.S.ByRepo[k]))
+			}
+			p(" (completed by repository: %s)", strings.Join(rp, ", "))
+		}
+		p(".\n")
+	}
+	if d := pr.mode(modeDefaults); d != nil {
+		p("\n**Do the shipped defaults protect this host from %s over %s?** %s\n", pr.Scenario, transportName(pr.Transport), verdict(d, best, none, idle))
+	}
 }
 
-// label names the mode in the report, with the transport when not git://.
-func (m *modeResult) label() string {
-	return mode{Name: m.Name, Transport: m.Transport}.label()
+// verdict answers, for the defaults mode, the question the storm asks:
+// does the host stay up (no OOM kill, memory under 90 % of the cap), do
+// pushes survive, do other users still get served (probe p99 ≤ 5× idle),
+// and how much useful work is done next to the best static limit.
+func verdict(d, best, none *modeAgg, idle stats) string {
+	r0 := d.Runs[0]
+	var bad []string
+	if d.OOMKills > 0 {
+		bad = append(bad, fmt.Sprintf("%d OOM kills", d.OOMKills))
+	}
+	capMiB := float64(r0.MemLimit) / (1 << 20)
+	if d.PeakMiB.Max > 0.9*capMiB {
+		bad = append(bad, fmt.Sprintf("peak memory %.0f MiB = %.0f %% of the cap", d.PeakMiB.Max, d.PeakMiB.Max/capMiB*100))
+	}
+	if d.PushFailed > 0 {
+		bad = append(bad, fmt.Sprintf("%d pushes failed", d.PushFailed))
+	}
+	if idle.P99 > 0 && r0.S.ProbeStorm.P99 > 5*idle.P99 {
+		bad = append(bad, fmt.Sprintf("probe p99 %.0f ms = ×%.1f idle", r0.S.ProbeStorm.P99, r0.S.ProbeStorm.P99/idle.P99))
+	}
+	if r0.S.ProbeFailed > 0 {
+		bad = append(bad, fmt.Sprintf("%d probes failed", r0.S.ProbeFailed))
+	}
+	good := ""
+	if best != nil && best.Goodput.Mean > 0 {
+		good = fmt.Sprintf("goodput %.1f/min = %.0f %% of best-static (%.1f/min)", d.Goodput.Mean, d.Goodput.Mean/best.Goodput.Mean*100, best.Goodput.Mean)
+		if d.Goodput.Mean < 0.9*best.Goodput.Mean && !tie(d.Goodput, best.Goodput) {
+			bad = append(bad, good)
+			good = ""
+		}
+	}
+	if none != nil {
+		good += fmt.Sprintf("; none: %.1f/min, %d OOM kills", none.Goodput.Mean, none.OOMKills)
+	}
+	if len(bad) == 0 {
+		return "**Yes**: 0 OOM kills, no failed push, probe within 5× idle; " + good + "."
+	}
+	if good = strings.TrimPrefix(good, "; "); good != "" {
+		good = " (" + good + ".)"
+	}
+	return "**No**: " + strings.Join(bad, "; ") + "." + good
 }
 
-// smokeCheck fails on anything a working harness on a tiny repository
-// would not do: a mode without completed clones, any failure, a probe that
-// never answered, sluice modes whose git never went through the shim.
+func transportName(t string) string {
+	switch t {
+	case "git":
+		return "git:// (git daemon)"
+	case "ssh":
+		return "ssh (sshd + git-shell)"
+	case "http":
+		return "smart HTTP (nginx + fcgiwrap + git-http-backend)"
+	}
+	return t
+}
+
+func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
+	return func(yield func(K) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// smokeCheck fails on anything a working harness on tiny repositories
+// would not do. Above all the wiring the storm exists to test: every
+// client address that completed an operation must appear in the agent's
+// log as the remote_ip of an admitted command (all clients seen from one
+// address, or none, is broken identity), and a sluice mode must have
+// admitted something.
 func (r *report) smokeCheck() error {
 	var errs []error
-	for _, m := range r.Modes {
-		if m.Clones.OK == 0 {
-			errs = append(errs, fmt.Errorf("%s: no clone completed", m.Name))
-		}
-		if m.Clones.Failed() > 0 || m.Clones.CutOff > 0 {
-			errs = append(errs, fmt.Errorf("%s: %d clones failed, %d unfinished (first: %s)", m.Name, m.Clones.Failed(), m.Clones.CutOff, firstErr(m.CloneOps)))
-		}
-		if m.ProbeIdle.N == 0 || m.ProbeStorm.N == 0 || m.ProbeFailed > 0 {
-			errs = append(errs, fmt.Errorf("%s: probe idle %d ok, storm %d ok, %d failed (%s)", m.Name, m.ProbeIdle.N, m.ProbeStorm.N, m.ProbeFailed, firstErr(m.ProbeStormOps)))
-		}
-		if len(m.Samples) == 0 || m.PeakMem == 0 {
-			errs = append(errs, fmt.Errorf("%s: no server memory samples", m.Name))
-		}
-		if m.Policy == "" {
-			continue
-		}
-		if m.AgentUploadPacks < float64(m.Clones.OK) || m.AgentPackObjects < float64(m.Clones.OK) {
-			errs = append(errs, fmt.Errorf("%s: the agent saw %.0f upload-pack and %.0f pack-objects for %d clones: the shim wiring is broken",
-				m.Name, m.AgentUploadPacks, m.AgentPackObjects, m.Clones.OK))
-		}
-		scraped := false
-		for _, s := range m.Samples {
-			scraped = scraped || (s.Limit["upload-pack"] > 0 && s.Limit["pack-objects"] > 0)
-		}
-		if !scraped {
-			errs = append(errs, fmt.Errorf("%s: no current limits scraped from the agent's /metrics", m.Name))
+	n := 0
+	for _, pr := range r.Pairs {
+		for _, run := range append(slices.Clone(pr.Sweep), pr.Runs...) {
+			n++
+			label := fmt.Sprintf("%s@%s %s", run.Scenario, run.Transport, run.Mode)
+			if run.S.GoodOps == 0 {
+				errs = append(errs, fmt.Errorf("%s: no operation completed (first failure: %s)", label, firstErr(run.Ops)))
+			}
+			if run.S.Failed > 0 || run.S.PushFailed > 0 {
+				errs = append(errs, fmt.Errorf("%s: %d operations and %d pushes failed (first: %s)", label, run.S.Failed, run.S.PushFailed, firstErr(run.Ops)))
+			}
+			if run.Pushers > 0 && run.S.PushOK == 0 {
+				errs = append(errs, fmt.Errorf("%s: no push completed", label))
+			}
+			if run.S.ProbeIdle.N == 0 || run.S.ProbeStorm.N == 0 || run.S.ProbeFailed > 0 {
+				errs = append(errs, fmt.Errorf("%s: probe idle %d ok, storm %d ok, %d failed (%s)", label, run.S.ProbeIdle.N, run.S.ProbeStorm.N, run.S.ProbeFailed, firstErr(run.ProbeStormOps)))
+			}
+			if len(run.Samples) == 0 || run.PeakMem == 0 {
+				errs = append(errs, fmt.Errorf("%s: no server memory samples", label))
+			}
+			if run.Policy == "" {
+				continue
+			}
+			if err := identityCheck(run); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", label, err))
+			}
 		}
 	}
-	if len(r.Modes) == 0 {
-		errs = append(errs, errors.New("no mode ran"))
+	if n == 0 {
+		errs = append(errs, errors.New("no run"))
 	}
 	return errors.Join(errs...)
 }
 
+// identityCheck compares the addresses the clients used with what the
+// agent saw.
+func identityCheck(run *runResult) error {
+	ag := run.Agent
+	if ag == nil || len(ag.Finished) == 0 {
+		return errors.New("the agent admitted no command at all: the shim wiring is broken")
+	}
+	used := map[string]bool{}
+	// Clones and fetches always run pack-objects, which every sluice
+	// policy of the storm limits; ls-remote and push reach the agent only
+	// where upload-pack or receive-pack are limited too.
+	for _, o := range run.Ops {
+		if o.Outcome == ok && (o.Kind == kClone || o.Kind == kFetch || o.Kind == kShallow) {
+			used[o.Addr] = true
+		}
+	}
+	var missing []string
+	for a := range used {
+		if ag.RemoteIPs[a] == 0 {
+			missing = append(missing, a)
+		}
+	}
+	sort.Strings(missing)
+	if len(missing) > 0 {
+		var seen []string
+		for ip, c := range ag.RemoteIPs {
+			seen = append(seen, fmt.Sprintf("%s×%d", ip, c))
+		}
+		sort.Strings(seen)
+		return fmt.Errorf("clients used %d addresses but the agent never saw %v as remote_ip (it saw %v): client identity is broken", len(used), missing, seen)
+	}
+	if len(used) < 2 && run.Addresses >= 2 {
+		return fmt.Errorf("%d addresses asked for, %d completed an operation: too few to check identity", run.Addresses, len(used))
+	}
+	return nil
+}
+
 func firstErr(ops []op) string {
 	for _, o := range ops {
-		if o.Outcome != ok {
-			return string(o.Outcome) + ": " + o.Stderr
+		if o.Outcome != ok && o.Outcome != cutOff {
+			return fmt.Sprintf("%s %s from %s: %s: %s", o.Kind, o.Repo, o.Addr, o.Outcome, o.Stderr)
 		}
 	}
 	return ""

@@ -17,142 +17,6 @@ import (
 	"github.com/sluicehq/sluice/agent/wire"
 )
 
-// mode is one configuration of the server under the same load.
-type mode struct {
-	Name    string
-	Policy  string // sluiced's policy without [agent]/[git] (empty: no sluice)
-	Cgroups bool   // sluice's [cgroups] on (buckets inside the server cgroup)
-	// Transport is "git" (git daemon) or "ssh" (sshd + git-shell).
-	Transport string
-}
-
-// label names the mode in reports: its name, plus the transport when it
-// is not git://.
-func (m mode) label() string {
-	if m.Transport == "ssh" {
-		return m.Name + " (ssh)"
-	}
-	return m.Name
-}
-
-// cpuQuotaUs is the CPU quota of sluice's parent cgroup in the cgroup
-// modes: 1.5 of the 2 CPUs of the machine the benchmark was written for,
-// fixed before any run. It stands for an operator reserving half a CPU of
-// the host for everything that is not git's heavy work (sshd or the
-// daemon, the agent, other users' probes — here also the storm's own
-// clients), and it gives cpu_throttle a quota to watch: without one the
-// watcher has nothing to see and adaptive is blind to the real
-// constraint, two shared CPUs (see report-run1-psi_cpu and the second
-// run's reading). static+cgroups runs with the same quota so the
-// adaptive mode is compared like for like.
-const cpuQuotaUs = 150000
-
-// modes returns the modes to run, with their policies fixed before any
-// measurement. cgName is the agent's hierarchy_root; memLimit the server
-// cgroup's limit, which the cgroup modes also set on sluice's parent so
-// its memory watcher compares against the host's real size. Every mode
-// runs once per transport, in the order given.
-func modes(names, transports []string, cgName string, memLimit int64) ([]mode, error) {
-	// Static limits for a 2-core, 1.5 GiB host: pack-objects is what costs
-	// CPU and memory, and every client here comes from 127.0.0.1, so the
-	// remote_ip key bounds the whole storm to 4 at once (2 per core).
-	// upload-pack per repository at 12 leaves room for negotiation and
-	// for the probe's repository, which has its own key. Queues are longer
-	// than the client count, so a storm of 48 waits rather than bounces;
-	// each wait is bounded at 30 s, so the two stacked queues together
-	// (60 s) stay well inside a client's patience (the 120 s clone
-	// timeout) and an overflow gets sluice's clear rejection rather than a
-	// client-side timeout.
-	const static = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 12
-max_queue_size = 100
-max_queue_wait = "30s"
-
-[[limit]]
-name = "pack-objects"
-match = ["pack-objects"]
-key = "remote_ip"
-max_per_key = 4
-max_queue_size = 100
-max_queue_wait = "30s"
-`
-	// Adaptive: the same rules, starting at the static numbers, allowed to
-	// fall to 1 pack-objects (2 upload-packs) under pressure and to climb
-	// to twice the static numbers when the host has room. [adaptive] keeps
-	// its defaults (1 s samples, 30 s calibration, x0.5, 5 s cooldown, the
-	// default watchers, kernel memory notifications) except in the
-	// memory_signal experiment (adaptive-ws, adaptive-anon), which sets
-	// the signal explicitly so the comparison does not depend on the
-	// default it is meant to choose. Without sluice cgroups the watchers
-	// watch the agent's own memory cgroup: the server cgroup.
-	const adaptive = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-adaptive = true
-min_limit = 2
-initial_limit = 12
-max_limit = 24
-max_queue_size = 100
-max_queue_wait = "30s"
-
-[[limit]]
-name = "pack-objects"
-match = ["pack-objects"]
-key = "remote_ip"
-adaptive = true
-min_limit = 1
-initial_limit = 4
-max_limit = 8
-max_queue_size = 100
-max_queue_wait = "30s"
-`
-	noCg := "\n[cgroups]\nenabled = false\n"
-	withCg := fmt.Sprintf(`
-[cgroups]
-enabled = true
-required = true
-hierarchy_root = %q
-memory_bytes = %d
-cpu_quota_us = %d
-[cgroups.repositories]
-count = 4
-`, cgName, memLimit, cpuQuotaUs)
-	signal := func(s string) string { return "\n[adaptive]\nmemory_signal = \"" + s + "\"\n" }
-	all := map[string]mode{
-		"none":             {Name: "none"},
-		"static":           {Name: "static", Policy: static + noCg},
-		"adaptive":         {Name: "adaptive", Policy: adaptive + noCg},
-		"static+cgroups":   {Name: "static+cgroups", Policy: static + withCg, Cgroups: true},
-		"adaptive+cgroups": {Name: "adaptive+cgroups", Policy: adaptive + withCg, Cgroups: true},
-		"adaptive-ws":      {Name: "adaptive-ws", Policy: adaptive + signal("working_set") + noCg},
-		"adaptive-anon":    {Name: "adaptive-anon", Policy: adaptive + signal("anon") + noCg},
-	}
-	var out []mode
-	for _, tr := range transports {
-		seen := map[string]int{}
-		for _, n := range names {
-			m, ok := all[n]
-			if !ok {
-				return nil, fmt.Errorf("unknown mode %q (none, static, adaptive, static+cgroups, adaptive+cgroups, adaptive-ws, adaptive-anon)", n)
-			}
-			// A mode listed again is a repetition (e.g. ABBA order to
-			// spread the drift of a shared machine): "adaptive-ws #2".
-			if seen[n]++; seen[n] > 1 {
-				m.Name = fmt.Sprintf("%s #%d", n, seen[n])
-			}
-			m.Transport = tr
-			out = append(out, m)
-		}
-	}
-	return out, nil
-}
-
 // freePort returns a loopback TCP port that was free a moment ago.
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -169,7 +33,12 @@ func inCgroup(cg *serverCgroup, argv ...string) *exec.Cmd {
 	if cg == nil {
 		return exec.Command(argv[0], argv[1:]...)
 	}
-	args := append([]string{"-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, cg.dir}, argv...)
+	script := `echo $$ > "$0/cgroup.procs"`
+	for i := range cg.extra {
+		script += fmt.Sprintf(` && echo $$ > "$%d/cgroup.procs"`, i+1)
+	}
+	script += fmt.Sprintf(` && shift %d && exec "$@"`, len(cg.extra))
+	args := append(append([]string{"-c", script, cg.dir}, cg.extra...), argv...)
 	return exec.Command("/bin/sh", args...)
 }
 
@@ -218,14 +87,16 @@ type agent struct {
 	logPath string
 }
 
-func startAgent(bin, dir string, m mode, cg *serverCgroup, env []string) (*agent, error) {
+func startAgent(bin, dir string, m mode, cg *serverCgroup, hierarchyRoot string, env []string) (*agent, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
 	socket := filepath.Join(dir, "run", "sluice.sock")
-	cfg := fmt.Sprintf("[agent]\nsocket = %q\nmetrics_addr = \"127.0.0.1:%d\"\n[git]\nbin = %q\n[ebpf]\nenabled = false\n%s",
-		socket, port, realGit, m.Policy)
+	cfg, err := agentConfig(m.Policy, socket, fmt.Sprintf("127.0.0.1:%d", port), hierarchyRoot)
+	if err != nil {
+		return nil, fmt.Errorf("mode %s: %w", m.Name, err)
+	}
 	path := filepath.Join(dir, "sluice.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
@@ -285,7 +156,7 @@ func shimDirs(bin, dir string) (pathDir, execDir, gitconfig string, err error) {
 		}
 	}
 	gitconfig = filepath.Join(dir, "gitconfig-sluice")
-	err = os.WriteFile(gitconfig, []byte("[uploadpack]\n\tpackObjectsHook = "+shim+"\n"), 0o644)
+	err = os.WriteFile(gitconfig, []byte(serverGitconfig+"[uploadpack]\n\tpackObjectsHook = "+shim+"\n"), 0o644)
 	return
 }
 
@@ -311,7 +182,7 @@ func startDaemon(base, logPath string, cg *serverCgroup, env []string) (*proc, i
 		return nil, 0, err
 	}
 	cmd := inCgroup(cg, gitDaemon, "--reuseaddr", "--base-path="+base, "--export-all", "--informative-errors",
-		"--max-connections=0", "--listen=127.0.0.1", "--port="+strconv.Itoa(port))
+		"--max-connections=0", "--enable=receive-pack", "--listen=127.0.0.1", "--port="+strconv.Itoa(port))
 	cmd.Env = env
 	p, err := startProc(cmd, logPath)
 	if err != nil {
