@@ -3,42 +3,21 @@ package main
 import (
 	"encoding/json"
 	"math"
-	"sort"
 	"strings"
 	"unicode"
+
+	istats "github.com/sluicehq/sluice/internal/stats"
 )
 
-// stats summarises a sample. Percentiles are nearest-rank, the one rule
-// used everywhere in the storm report: the p-th percentile of n sorted
-// values is the value at rank ceil(p/100 × n) (1-based), i.e. the smallest
-// value with at least p % of the sample at or below it. No interpolation:
-// every reported percentile is a value that was measured.
-type stats struct {
-	N                   int
-	P50, P95, P99, Mean float64
-}
+// stats summarises a sample with internal/stats' rule, the one every
+// sluice report uses: nearest rank (the smallest measured value with at
+// least p % of the sample at or below it; no interpolation).
+type stats = istats.Summary[float64]
 
 // nearestRank is the p-th percentile (0 < p ≤ 100) of sorted s.
-func nearestRank(s []float64, p float64) float64 {
-	if len(s) == 0 {
-		return 0
-	}
-	r := int(math.Ceil(p / 100 * float64(len(s))))
-	return s[min(max(r, 1), len(s))-1]
-}
+func nearestRank(s []float64, p float64) float64 { return istats.Percentile(s, p/100) }
 
-func summarize(v []float64) stats {
-	if len(v) == 0 {
-		return stats{}
-	}
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	sum := 0.0
-	for _, x := range s {
-		sum += x
-	}
-	return stats{N: len(s), P50: nearestRank(s, 50), P95: nearestRank(s, 95), P99: nearestRank(s, 99), Mean: sum / float64(len(s))}
-}
+func summarize(v []float64) stats { return istats.Summarize(v) }
 
 // jain is Jain's fairness index of x: (Σx)² / (n Σx²), 1 when every
 // element is equal, 1/n when one element has everything. NaN when all are

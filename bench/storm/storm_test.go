@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -271,7 +272,7 @@ func TestModesResolveAndCompose(t *testing.T) {
 	if c.Agent.Socket != "/run/x.sock" || c.Agent.MetricsAddr != "127.0.0.1:1234" || c.Cgroups.HierarchyRoot != "storm-root" || c.Git.Bin != realGit {
 		t.Errorf("operational keys not set: %+v %+v %+v", c.Agent, c.Cgroups, c.Git)
 	}
-	if len(c.Limits) != len(d.Limits) || c.Limits[1].MaxPerKey != d.Limits[1].MaxPerKey || c.EBPF != d.EBPF || c.Cgroups.Enabled != d.Cgroups.Enabled {
+	if len(c.Limits) != len(d.Limits) || c.Limits[1].MaxPerKey != d.Limits[1].MaxPerKey || !reflect.DeepEqual(c.EBPF, d.EBPF) || c.Cgroups.Enabled != d.Cgroups.Enabled {
 		t.Error("composing the defaults changed their policy")
 	}
 	if strings.Count(cfg, "\n")-strings.Count(def, "\n") != 0 {
