@@ -73,7 +73,7 @@ clean: ## remove build output
 FUZZ_TARGETS := policy:FuzzParse \
   gitwrap:FuzzParse gitwrap:FuzzRepo gitwrap:FuzzEnv gitwrap:FuzzParsePkt \
   agent/wire:FuzzDecodeServerMsg agent/wire:FuzzDecodeClientMsg agent/wire:FuzzClamp agent/wire:FuzzLookupID \
-  agent:FuzzShimRequest agent:FuzzAdmitRequest agent:FuzzServeShim
+  agent:FuzzShimRequest agent:FuzzAdmitRequest agent:FuzzServeShim agent:FuzzCleanText agent:FuzzLeaseRecord
 # A count, not a duration: Go 1.26's fuzz coordinator can fail a target with
 # "context deadline exceeded" when a duration -fuzztime expires mid-exec
 # (golang/go#75804, fixed in Go 1.27); a count has no deadline to race.
