@@ -152,3 +152,19 @@ func inodeOf(path string) uint64 {
 	}
 	return 0
 }
+
+// RemoveRuntimeDir removes what the agent put in dir — shim.conf, an empty
+// leases/ — and dir itself, once the socket is gone (Serve removes it). It
+// is for a directory the agent created; a lease record still in leases/
+// (a command that outlives the agent, for the next agent to adopt) keeps
+// everything. dir was checked at Listen (owned by the agent, writable by
+// nobody else), so the names in it are the agent's.
+func RemoveRuntimeDir(dir string) error {
+	if err := os.Remove(filepath.Join(dir, "leases")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s: commands still running keep their records: %w", dir, err)
+	}
+	if err := os.Remove(filepath.Join(dir, "shim.conf")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return os.Remove(dir)
+}

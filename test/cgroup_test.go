@@ -271,3 +271,43 @@ func TestCgroupLimitsApplyOnReload(t *testing.T) {
 		t.Errorf("no reload log line:\n%s", a.logs.String())
 	}
 }
+
+// TestCleanStopRemovesWhatItMade: sluiced run by hand creates its runtime
+// directory and its cgroup tree, and a clean stop (SIGTERM) removes both:
+// nothing is left behind after a `go run` stopped with Ctrl-C.
+func TestCleanStopRemovesWhatItMade(t *testing.T) {
+	needCgroups(t)
+	root := cgroupRoot(t)
+	a := newAgentDir(t)
+	run := filepath.Dir(a.socket)
+	if _, err := os.Lstat(run); !os.IsNotExist(err) {
+		t.Fatalf("%s exists before the agent starts (%v): the test needs the agent to create it", run, err)
+	}
+	a.start(cgroupPolicy(root, ""), "open")
+	var parent string
+	for _, l := range agentLogLines(a, "cgroups ready") {
+		parent = strings.TrimSuffix(l["bucket0"].(string), "/repos/0")
+	}
+	mount := "/sys/fs/cgroup/memory"
+	if _, err := os.Stat(mount); err != nil {
+		mount = "/sys/fs/cgroup"
+	}
+	tree := filepath.Join(mount, parent)
+	if parent == "" {
+		t.Fatalf("no cgroups ready line:\n%s", a.logs.String())
+	}
+	if _, err := os.Stat(tree); err != nil {
+		t.Fatalf("cgroup tree %s: %v", tree, err)
+	}
+	if _, err := os.Stat(filepath.Join(run, "shim.conf")); err != nil {
+		t.Fatalf("shim.conf: %v", err)
+	}
+	a.stop()
+	if _, err := os.Lstat(run); !os.IsNotExist(err) {
+		entries, _ := os.ReadDir(run)
+		t.Errorf("runtime directory %s left after a clean stop (%v): %v", run, err, entries)
+	}
+	if _, err := os.Stat(tree); !os.IsNotExist(err) {
+		t.Errorf("cgroup tree %s left after a clean stop (%v)", tree, err)
+	}
+}

@@ -169,6 +169,10 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 	}
 	a = agent.New(opts)
 
+	// A runtime directory this agent creates (run by hand, not by the unit's
+	// RuntimeDirectory=) is removed again on a clean stop.
+	_, statErr := os.Lstat(filepath.Dir(socketPath))
+	madeRunDir := errors.Is(statErr, fs.ErrNotExist)
 	sock, err := agent.Listen(agent.SocketOptions{Path: socketPath, Group: cfg.Agent.SocketGroup})
 	if err != nil {
 		return err
@@ -247,6 +251,18 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 			})
 			defer shutdown.Stop()
 			ctx = context.Background() // wait for the parts without re-entering this case
+		}
+	}
+	if madeRunDir {
+		if err := agent.RemoveRuntimeDir(filepath.Dir(socketPath)); err != nil {
+			log.Info("runtime directory kept", zap.Error(err))
+		}
+	}
+	if cg != nil {
+		// Empty unless commands still run (they outlive the agent and a
+		// restart adopts them): then the tree stays for the next agent.
+		if err := cg.Destroy(); err != nil {
+			log.Info("cgroup tree kept", zap.String("cgroup", cg.ParentPath()), zap.Error(err))
 		}
 	}
 	log.Info("sluiced stopped")
