@@ -64,6 +64,13 @@ type Config struct {
 	EBPF EBPF `toml:"ebpf"`
 	// Timeouts bounds phases of git commands.
 	Timeouts Timeouts `toml:"timeouts"`
+	// Budget is the host budget of expensive work and its fair shares
+	// (issue 17; budget.go).
+	Budget Budget `toml:"budget"`
+	// Keys says how request keys are derived (client networks).
+	Keys Keys `toml:"keys"`
+	// Classes weight clients' fair shares of the budget, one per [[class]].
+	Classes []Class `toml:"class"`
 
 	// Source is the file name the policy was read from, DefaultSource for
 	// the embedded default policy; "" for a Config built by hand.
@@ -188,6 +195,9 @@ type Limit struct {
 
 	// parts is Key split on "+", set by Validate; nil means split on use.
 	parts []string
+	// v4, v6 are the [keys] prefixes remote_ip parts are masked to, set
+	// by Validate; 0 means the whole address.
+	v4, v6 int
 }
 
 // Order returns the queue order, QueueFIFO when unset.
@@ -227,19 +237,19 @@ func (l *Limit) KeyFor(in KeyInput) string {
 		parts = strings.Split(l.Key, "+")
 	}
 	if len(parts) == 1 {
-		return keyPart(parts[0], in)
+		return l.keyPart(parts[0], in)
 	}
 	var b strings.Builder
 	for i, p := range parts {
 		if i > 0 {
 			b.WriteString(keySep)
 		}
-		b.WriteString(keyPart(p, in))
+		b.WriteString(l.keyPart(p, in))
 	}
 	return b.String()
 }
 
-func keyPart(part string, in KeyInput) string {
+func (l *Limit) keyPart(part string, in KeyInput) string {
 	var v string
 	switch part {
 	case KeyGlobal:
@@ -247,7 +257,7 @@ func keyPart(part string, in KeyInput) string {
 	case KeyRepo:
 		v = string(in.Repo)
 	case KeyRemoteIP:
-		v = in.RemoteIP
+		v = ClientNetwork(in.RemoteIP, l.v4, l.v6)
 	case KeyUser:
 		v = in.User
 	}
@@ -535,7 +545,9 @@ func defaults() *Config {
 			Watchers:               append([]string(nil), DefaultWatchers...),
 			KernelEvents:           true,
 		},
-		EBPF: EBPF{Enabled: true},
+		EBPF:   EBPF{Enabled: true},
+		Budget: defaultBudget(),
+		Keys:   Keys{IPv6Prefix: 64, IPv4Prefix: 32},
 		Timeouts: Timeouts{
 			UploadPackNegotiation:    Duration{10 * time.Minute},
 			UploadArchiveNegotiation: Duration{time.Minute},
@@ -564,6 +576,9 @@ func (c *Config) fillDefaults() {
 	}
 	if c.Cgroups.Repositories.Count == 0 {
 		c.Cgroups.Repositories.Count = 64
+	}
+	if c.Budget.FairKey == "" {
+		c.Budget.FairKey = KeyRemoteIP
 	}
 	for i := range c.Limits {
 		if c.Limits[i].QueueOrder == "" {
