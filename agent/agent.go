@@ -99,6 +99,11 @@ type Agent struct {
 	execMu     sync.Mutex
 	execLeases map[int]*execLease // by pid; guarded by execMu
 
+	// group links the rules' limiters and the budget's classes, so a
+	// request takes its rule slot and budget slot together (budget.go).
+	group  *limiter.Group
+	budget *hostBudget
+
 	mu       sync.RWMutex // guards the fields below
 	policy   *policy.Config
 	limiters map[string]*limiter.Limiter // by rule name
@@ -132,13 +137,15 @@ func New(opts Options) *Agent {
 		stop:       cancel,
 		policy:     opts.Policy,
 		limiters:   make(map[string]*limiter.Limiter),
+		group:      limiter.NewGroup(),
 	}
 	fdBudget() // read the open-file limit now, before anything can change it
-	a.calib = adaptive.NewController(adaptive.Options{Limits: adaptiveLimits{a}, Log: a.log, OnBackoff: obs.Backoff})
+	a.budget = newHostBudget(opts.Policy, a.group, a.log.Named("budget"))
+	a.calib = adaptive.NewController(adaptive.Options{Limits: adaptiveLimits{a}, Log: a.log, OnBackoff: obs.Backoff, Budget: budgetStepper{a}})
 	a.timeouts = newWatcher(a.log.Named("timeouts"), obs, realProcOps())
 	for i := range opts.Policy.Limits {
 		r := &opts.Policy.Limits[i]
-		a.limiters[r.Name] = limiter.New(limiterConfig(r))
+		a.limiters[r.Name] = limiter.New(limiterConfig(r), limiter.WithGroup(a.group))
 	}
 	return a
 }

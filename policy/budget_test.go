@@ -106,3 +106,36 @@ weight = 1
 		}
 	}
 }
+
+// TestDefaultBudget: the embedded default policy turns the budget on with
+// nothing fixed (every limit derived from the host), fair shares by client
+// network, and says so in the same numbers as defaults().
+func TestDefaultBudget(t *testing.T) {
+	c, d := Default(), defaults()
+	b := c.Budget
+	if !b.Enabled || b.FairKey != KeyRemoteIP || b.Pack != 0 || b.UploadPack != 0 || b.ReceivePack != 0 || b.DefaultWeight != 1 {
+		t.Errorf("default [budget] = %+v", b)
+	}
+	if b.Enabled != d.Budget.Enabled || b.FairKey != d.Budget.FairKey || b.DefaultWeight != d.Budget.DefaultWeight {
+		t.Errorf("default.toml [budget] %+v and defaults() %+v disagree", b, d.Budget)
+	}
+	if c.Keys != d.Keys || c.Keys.IPv6Prefix != 64 || c.Keys.IPv4Prefix != 32 || len(c.Classes) != 0 {
+		t.Errorf("default [keys] %+v (code %+v), classes %v", c.Keys, d.Keys, c.Classes)
+	}
+	// A file that leaves [budget] out gets the same.
+	c2, err := Parse("x.toml", []byte("[agent]\nfail_mode = \"open\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c2.Budget.Enabled || c2.Budget.FairKey != KeyRemoteIP || c2.FairKeyFor(KeyInput{RemoteIP: "2001:db8::1"}) != "2001:db8::/64" {
+		t.Errorf("a file without [budget]: %+v", c2.Budget)
+	}
+}
+
+func TestBudgetClassFor(t *testing.T) {
+	for sub, want := range map[string]string{"pack-objects": ClassPack, "upload-archive": ClassPack, "upload-pack": ClassUploadPack, "receive-pack": ClassReceivePack, "rev-list": ""} {
+		if got := BudgetClassFor(sub); got != want {
+			t.Errorf("BudgetClassFor(%q) = %q, want %q", sub, got, want)
+		}
+	}
+}
