@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -103,6 +104,9 @@ type Agent struct {
 	// request takes its rule slot and budget slot together (budget.go).
 	group  *limiter.Group
 	budget *hostBudget
+	// rulesOnly composes the slots of several rules matching one
+	// subcommand when the budget does not apply: it never runs out.
+	rulesOnly *limiter.Budget
 
 	mu       sync.RWMutex // guards the fields below
 	policy   *policy.Config
@@ -141,6 +145,7 @@ func New(opts Options) *Agent {
 	}
 	fdBudget() // read the open-file limit now, before anything can change it
 	a.budget = newHostBudget(opts.Policy, a.group, a.log.Named("budget"))
+	a.rulesOnly = limiter.NewBudget(limiter.BudgetConfig{Name: "rules", Limit: math.MaxInt32}, a.group)
 	a.calib = adaptive.NewController(adaptive.Options{Limits: adaptiveLimits{a}, Log: a.log, OnBackoff: obs.Backoff, Budget: budgetStepper{a}})
 	a.timeouts = newWatcher(a.log.Named("timeouts"), obs, realProcOps())
 	for i := range opts.Policy.Limits {

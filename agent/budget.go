@@ -162,19 +162,34 @@ func (a *Agent) budgetClassFor(pol *policy.Config, rule *policy.Limit, l *Lease)
 }
 
 // acquire takes the slots request l needs: its rule's slot under l.Key,
-// and with it, all or none, its budget class's slot (fair-shared across
-// [budget] fair_key).
+// a slot of every further rule matching its subcommand, and its budget
+// class's slot (fair-shared across [budget] fair_key): all of them, or
+// none while it waits.
 func (a *Agent) acquire(ctx context.Context, rule *policy.Limit, lim *limiter.Limiter, l *Lease, onQueued limiter.QueueFunc) (func(), time.Duration, error) {
 	pol := a.Policy()
+	in := policy.KeyInput{Repo: l.Repo, RemoteIP: l.RemoteIP, User: l.User}
+	claims := []limiter.Claim{{Limiter: lim, Key: l.Key}}
+	for _, r := range pol.LimitsFor(l.Subcommand) {
+		if r.Name == rule.Name {
+			continue
+		}
+		if extra := a.limiter(r.Name); extra != nil {
+			claims = append(claims, limiter.Claim{Limiter: extra, Key: r.KeyFor(in)})
+		}
+	}
 	bc := a.budgetClassFor(pol, rule, l)
 	if bc == nil {
-		return lim.Acquire(ctx, l.Key, onQueued)
+		if len(claims) == 1 {
+			return lim.Acquire(ctx, l.Key, onQueued)
+		}
+		// Several rules, no budget: an unbounded budget takes them
+		// together (first come first served).
+		return a.rulesOnly.Acquire(ctx, limiter.Request{FairKey: "rules", Weight: 1, Claims: claims}, onQueued)
 	}
-	in := policy.KeyInput{Repo: l.Repo, RemoteIP: l.RemoteIP, User: l.User}
 	return bc.b.Acquire(ctx, limiter.Request{
 		FairKey: pol.FairKeyFor(in),
 		Weight:  pol.WeightFor(in),
-		Claims:  []limiter.Claim{{Limiter: lim, Key: l.Key}},
+		Claims:  claims,
 	}, onQueued)
 }
 

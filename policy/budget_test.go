@@ -139,3 +139,39 @@ func TestBudgetClassFor(t *testing.T) {
 		}
 	}
 }
+
+// TestRulesCompose: two rules may match one subcommand (a per-address cap
+// and a per-repository cap); LimitsFor returns both in file order and
+// LimitFor the first.
+func TestRulesCompose(t *testing.T) {
+	c, err := Parse("compose.toml", []byte(`
+[[limit]]
+name = "pack-per-address"
+match = ["pack-objects"]
+key = "remote_ip"
+max_per_key = 4
+max_queue_wait = "30s"
+max_queue_size = 10
+
+[[limit]]
+name = "pack-per-repo"
+match = ["pack-objects", "upload-archive"]
+key = "repo"
+max_per_key = 2
+max_queue_wait = "10s"
+max_queue_size = 10
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := c.LimitsFor("pack-objects")
+	if len(rs) != 2 || rs[0].Name != "pack-per-address" || rs[1].Name != "pack-per-repo" || c.LimitFor("pack-objects") != rs[0] {
+		t.Fatalf("LimitsFor(pack-objects) = %v", rs)
+	}
+	if rs := c.LimitsFor("upload-archive"); len(rs) != 1 || rs[0].Name != "pack-per-repo" {
+		t.Fatalf("LimitsFor(upload-archive) = %v", rs)
+	}
+	if rs := c.LimitsFor("receive-pack"); len(rs) != 0 || c.LimitFor("receive-pack") != nil {
+		t.Fatalf("LimitsFor(receive-pack) = %v", rs)
+	}
+}

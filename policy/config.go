@@ -82,9 +82,9 @@ type Config struct {
 	// keys maps key paths such as "limit[1].max_queue_wait" to where they
 	// are written; nil for a Config built by hand.
 	keys map[string]keyPos
-	// bySub maps a subcommand to the rule that matches it; built by
-	// Validate when the policy is valid, nil otherwise.
-	bySub map[string]*Limit
+	// bySub maps a subcommand to the rules that match it, in file order;
+	// built by Validate when the policy is valid, nil otherwise.
+	bySub map[string][]*Limit
 }
 
 // Agent configures sluiced: where it listens and what the shim does when it
@@ -461,11 +461,15 @@ func parseDuration(s string) (time.Duration, error) {
 	return 0, fmt.Errorf("%q is not a Go duration: write one such as \"30s\", \"1m30s\" (units ns, us, ms, s, m, h)", s)
 }
 
-// LimitFor returns the rule that matches a git subcommand, nil when none does
-// (the command is then admitted without limit).
+// LimitFor returns the first rule that matches a git subcommand (its
+// primary rule: its name labels the command's lease and metrics), nil
+// when none does (the command is then admitted without limit).
 func (c *Config) LimitFor(subcommand string) *Limit {
 	if c.bySub != nil {
-		return c.bySub[subcommand]
+		if rs := c.bySub[subcommand]; len(rs) > 0 {
+			return rs[0]
+		}
+		return nil
 	}
 	for i := range c.Limits {
 		for _, m := range c.Limits[i].Match {
@@ -475,6 +479,25 @@ func (c *Config) LimitFor(subcommand string) *Limit {
 		}
 	}
 	return nil
+}
+
+// LimitsFor returns every rule that matches a git subcommand, in file
+// order: a command takes a slot of each (and of its budget class), all
+// or none. The first is LimitFor's.
+func (c *Config) LimitsFor(subcommand string) []*Limit {
+	if c.bySub != nil {
+		return c.bySub[subcommand]
+	}
+	var out []*Limit
+	for i := range c.Limits {
+		for _, m := range c.Limits[i].Match {
+			if m == subcommand {
+				out = append(out, &c.Limits[i])
+				break
+			}
+		}
+	}
+	return out
 }
 
 // MatchedSubcommands returns the sorted set of subcommands any rule matches:
