@@ -52,6 +52,11 @@ type hostBudget struct {
 	// cpuWhy and memWhy say where the capacity was read.
 	cpuWhy, memWhy string
 	mem            uint64
+	// own is the agent's own memory cgroup when its limit is the memory
+	// the budget divides: the watched cgroup (sluice's parent) may have
+	// no limit of its own while the cgroup sluiced and the server run in
+	// has one, and that is the limit that OOM-kills.
+	own *cgroup.OwnCgroup
 
 	mu      sync.Mutex // guards the fields below
 	classes map[string]*budgetClass
@@ -77,7 +82,7 @@ func newHostBudget(cfg *policy.Config, g *limiter.Group, log *zap.Logger) *hostB
 		h.cpus = float64(q) / 100000
 		h.cpuWhy = fmt.Sprintf("[cgroups] cpu_quota_us = %d", q)
 	}
-	h.mem, h.memWhy = memoryAvailable(cfg)
+	h.mem, h.memWhy, h.own = memoryAvailable(cfg)
 	for _, name := range policy.BudgetClasses {
 		h.classes[name] = &budgetClass{name: name, b: limiter.NewBudget(limiter.BudgetConfig{Name: name, Limit: 1}, g)}
 	}
@@ -87,17 +92,17 @@ func newHostBudget(cfg *policy.Config, g *limiter.Group, log *zap.Logger) *hostB
 
 // memoryAvailable is the memory the budget divides: sluice's parent
 // cgroup's limit, else the agent's own memory cgroup's, else the host's.
-func memoryAvailable(cfg *policy.Config) (uint64, string) {
+func memoryAvailable(cfg *policy.Config) (uint64, string, *cgroup.OwnCgroup) {
 	if cfg.Cgroups.Enabled && cfg.Cgroups.MemoryBytes > 0 {
-		return uint64(cfg.Cgroups.MemoryBytes), "[cgroups] memory_bytes"
+		return uint64(cfg.Cgroups.MemoryBytes), "[cgroups] memory_bytes", nil
 	}
 	if own, err := cgroup.FindOwnCgroup(cfg.Cgroups.Mountpoint, ""); err == nil && own != nil {
-		return own.Limit, "memory limit of the agent's cgroup " + own.Path
+		return own.Limit, "memory limit of the agent's cgroup " + own.Path, own
 	}
 	if v, err := mem.VirtualMemory(); err == nil {
-		return v.Total, "host memory"
+		return v.Total, "host memory", nil
 	}
-	return 0, "unknown"
+	return 0, "unknown", nil
 }
 
 // configure applies cfg's fixed limits (at start and on reload): a
@@ -237,6 +242,20 @@ func (s budgetStepper) StepBudget(now time.Time, ps []adaptive.Pressure, st *cgr
 	}
 	if sample.CPU == 0 {
 		sample.CPU = hostCPU()
+	}
+	if h.own != nil && (st == nil || st.MemoryLimit == 0 || h.own.Limit < st.MemoryLimit) {
+		// The limit that OOM-kills is the agent's own cgroup's: watch it
+		// too, with the memory watcher's threshold.
+		if ost, err := h.own.Stats(); err == nil && ost.MemoryLimit > 0 {
+			ws := ost.MemoryUsage - min(ost.InactiveFile, ost.MemoryUsage)
+			r := float64(ws) / float64(ost.MemoryLimit)
+			sample.MemRatio = max(sample.MemRatio, r)
+			if r >= ad.MemoryThreshold {
+				sample.Pressures = append(sample.Pressures, adaptive.Pressure{Watcher: "memory",
+					Detail: fmt.Sprintf("working set %d MiB = %.2f of the limit %d MiB of the agent's cgroup %s (threshold %.2f)",
+						ws>>20, r, ost.MemoryLimit>>20, h.own.Path, ad.MemoryThreshold)})
+			}
+		}
 	}
 	old := bc.ctl.Limit()
 	if n, moved := bc.ctl.Step(now, sample, ad.BackoffFactor, ad.Cooldown.Duration); moved {

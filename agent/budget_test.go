@@ -2,13 +2,18 @@ package agent
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/zap/zaptest"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/limiter"
+	"github.com/sluicehq/sluice/cgroup"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -127,5 +132,40 @@ max_queue_wait = "10s"
 		if s := l.Stats(); s.Running != 0 || s.Keys != 0 || s.Queued != 0 {
 			t.Fatalf("leaked: %+v", s)
 		}
+	}
+}
+
+// TestBudgetWatchesOwnCgroup: when the watched cgroup has no memory
+// limit but the agent's own cgroup (where the Git server runs) has one,
+// the budget watches that limit: a working set at 93 % of it halves the
+// pack budget at the sample that sees it, and says whose limit.
+func TestBudgetWatchesOwnCgroup(t *testing.T) {
+	dir := t.TempDir()
+	for name, v := range map[string]string{
+		"memory.usage_in_bytes": fmt.Sprint(950 << 20), "memory.limit_in_bytes": fmt.Sprint(1 << 30),
+		"memory.stat": "total_inactive_file 0\ntotal_rss 0\n", "memory.oom_control": "oom_kill 0\n",
+		"cgroup.procs": "", "cpuacct.usage": "0", "cpu.stat": "nr_periods 0\nnr_throttled 0\nthrottled_time 0\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(v), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := New(Options{Policy: policy.Default(), Log: zaptest.NewLogger(t)})
+	a.budget.own = &cgroup.OwnCgroup{Path: "/server", MemDir: dir, CPUDir: dir, CPUAcctDir: dir, PSIDir: dir, Limit: 1 << 30}
+	if st, err := a.budget.own.Stats(); err != nil || st.MemoryLimit != 1<<30 {
+		t.Fatalf("fixture: %+v %v", st, err)
+	}
+	pack := a.budget.class(policy.ClassPack)
+	pack.b.SetLimit(pack.ctl.Limit())
+	before := pack.ctl.Limit()
+	ad := &a.Policy().Adaptive
+	now := time.Now()
+	budgetStepper{a}.StepBudget(now, nil, &cgroup.Stats{}, ad) // the first sample starts the epoch
+	budgetStepper{a}.StepBudget(now.Add(time.Second), nil, &cgroup.Stats{}, ad)
+	if got := pack.b.Stats().Limit; got != max(1, before/2) {
+		t.Fatalf("pack budget %d after the own cgroup reached 93%%, want %d", got, max(1, before/2))
+	}
+	if why := pack.ctl.State().LastMove.Reason; !strings.Contains(why, "agent's cgroup /server") {
+		t.Fatalf("reason %q does not name the cgroup", why)
 	}
 }
