@@ -163,9 +163,7 @@ func (b *Budget) Acquire(ctx context.Context, req Request, onQueued QueueFunc) (
 		maxWait = -1
 	}
 	b.mu.Lock()
-	if b.running < b.limit && takeClaims(claims, false) {
-		// Waiters, if any, are blocked by their own claims (pump leaves
-		// none admissible while a slot is free): take the slot.
+	if b.waiting == 0 && b.running < b.limit && takeClaims(claims, false) {
 		b.grantLocked(req.FairKey, req.Weight)
 		b.mu.Unlock()
 		return b.releaser(req.FairKey, claims), 0, nil
@@ -173,6 +171,13 @@ func (b *Budget) Acquire(ctx context.Context, req Request, onQueued QueueFunc) (
 	// Wait, if every claimed key's queue has room.
 	for _, c := range claims {
 		w, ok := c.Limiter.roomToWait(c.Key)
+		if !ok && b.running < b.limit && takeClaims(claims, false) {
+			// No room to wait, but nothing to wait for either: rather
+			// than turn it away with a slot free, admit it.
+			b.grantLocked(req.FairKey, req.Weight)
+			b.mu.Unlock()
+			return b.releaser(req.FairKey, claims), 0, nil
+		}
 		if !ok {
 			b.droppedSize++
 			b.mu.Unlock()
@@ -202,6 +207,10 @@ func (b *Budget) Acquire(ctx context.Context, req Request, onQueued QueueFunc) (
 	fk.queue = append(fk.queue, t)
 	b.waiting++
 	b.notifyLocked(fk)
+	// Others wait: the newcomer queues, and is admitted at once if it is
+	// the fairest admissible waiter (a free slot goes by fairness, not
+	// by who asked last).
+	b.pumpLocked()
 	b.mu.Unlock()
 
 	expired, stop := b.clock.NewTimer(maxWait)
@@ -312,6 +321,10 @@ func (b *Budget) leave(t *ticket, timedOut bool) bool {
 func (b *Budget) pump() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.pumpLocked()
+}
+
+func (b *Budget) pumpLocked() {
 	for b.running < b.limit && b.waiting > 0 {
 		if !b.admitOneLocked() {
 			return
