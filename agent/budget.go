@@ -289,6 +289,7 @@ func (h *hostBudget) sampleGoodput(leases []Lease) uint64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	seen := make(map[string]bool, len(leases))
+	var procs *procTable
 	for i := range leases {
 		l := &leases[i]
 		if l.State != StateRunning || policy.BudgetClassFor(l.Subcommand) != policy.ClassPack || l.Peer.PID <= 0 {
@@ -300,7 +301,11 @@ func (h *hostBudget) sampleGoodput(leases []Lease) uint64 {
 			last = map[int32]uint64{}
 			h.io[l.ID] = last
 		}
-		pids := append([]int32{l.Peer.PID}, childPIDs(l.Peer.PID)...)
+		if procs == nil {
+			t := readProcTable(procRoot)
+			procs = &t
+		}
+		pids := append([]int32{l.Peer.PID}, descendants(procs, l.Peer.PID)...)
 		for _, pid := range pids {
 			w, ok := readWchar(pid)
 			if !ok {
@@ -337,18 +342,17 @@ func readWchar(pid int32) (uint64, bool) {
 	return 0, false
 }
 
-// childPIDs returns pid's children (/proc/PID/task/PID/children), at most
-// 16.
-func childPIDs(pid int32) []int32 {
-	p := strconv.Itoa(int(pid))
-	b, err := os.ReadFile("/proc/" + p + "/task/" + p + "/children")
-	if err != nil {
-		return nil
-	}
+// descendants returns pid's children and grandchildren (the shim's git in
+// supervising mode; upload-archive's writer), at most 16.
+func descendants(t *procTable, pid int32) []int32 {
 	var out []int32
-	for _, f := range strings.Fields(string(b)) {
-		if n, err := strconv.Atoi(f); err == nil && len(out) < 16 {
-			out = append(out, int32(n))
+	for _, c := range t.children[int(pid)] {
+		out = append(out, int32(c))
+		for _, g := range t.children[c] {
+			out = append(out, int32(g))
+		}
+		if len(out) >= 16 {
+			return out[:16]
 		}
 	}
 	return out

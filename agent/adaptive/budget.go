@@ -306,10 +306,12 @@ func (c *BudgetController) Step(now time.Time, s BudgetSample, beta float64, coo
 	cpuFull := haveCPU && u >= BudgetCPUBusy && perCmd < BudgetCPUHold*want
 	cpuOver := haveCPU && u >= BudgetCPUBusy && perCmd < BudgetCPUCut*want
 	stats := fmt.Sprintf("goodput %s/s, CPU %.0f%% of %.3g, %.2f cores per command", mibF(g), 100*u, c.cpus, perCmd)
-	if !backlogged {
+	if !backlogged || g <= 0 {
+		// Nothing to learn: demand is below the limit, or nothing was
+		// written (no goodput signal): hold, and undo a probe in flight.
 		if c.probing {
 			c.probing = false
-			return c.limit, c.moveLocked(now, c.probeFrom, "probe undone: demand fell below the limit ("+stats+")")
+			return c.limit, c.moveLocked(now, c.probeFrom, "probe undone: no demand above the limit or no goodput measured ("+stats+")")
 		}
 		return c.limit, false
 	}

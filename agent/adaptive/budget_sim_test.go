@@ -313,3 +313,17 @@ func TestBudgetDerivation(t *testing.T) {
 		}
 	}
 }
+
+// TestBudgetControllerNoGoodputHolds: when no goodput can be measured
+// (nothing written, or the counter unreadable), the controller learns
+// nothing and holds its limit rather than climbing on 0 ≥ 1.05 × 0.
+func TestBudgetControllerNoGoodputHolds(t *testing.T) {
+	ctl := NewBudgetController(2, 1536<<20, 0)
+	start := ctl.Limit()
+	for i := range 600 {
+		ctl.Step(time.Unix(int64(i), 0), BudgetSample{Running: start, Queued: 40, CPU: time.Duration(i) * time.Second}, 0.5, 5*time.Second)
+	}
+	if ctl.Limit() != start {
+		t.Fatalf("limit moved from %d to %d without any goodput measured: %+v", start, ctl.Limit(), ctl.State().LastMove)
+	}
+}
