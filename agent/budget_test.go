@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -167,5 +168,31 @@ func TestBudgetWatchesOwnCgroup(t *testing.T) {
 	}
 	if why := pack.ctl.State().LastMove.Reason; !strings.Contains(why, "agent's cgroup /server") {
 		t.Fatalf("reason %q does not name the cgroup", why)
+	}
+}
+
+// TestGoodputReadsChildren: goodput counts what a pack-class lease's
+// process and its children write (/proc/PID/io wchar): the shim in
+// supervising mode is the peer, its git child does the writing.
+func TestGoodputReadsChildren(t *testing.T) {
+	cmd := exec.Command("/bin/sh", "-c", "dd if=/dev/zero of=/dev/null bs=64k 2>/dev/null; true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	h := &hostBudget{io: map[string]map[int32]uint64{}}
+	l := []Lease{{ID: "x", Subcommand: "pack-objects", State: StateRunning, Peer: PeerCred{PID: int32(cmd.Process.Pid)}}}
+	var first uint64
+	waitUntil(t, "the child seen writing", func() bool {
+		if first == 0 {
+			first = h.sampleGoodput(l) + 1
+			return false
+		}
+		return h.sampleGoodput(l) > first
+	})
+	// A lease that ended is forgotten.
+	h.sampleGoodput(nil)
+	if len(h.io) != 0 {
+		t.Fatalf("io state kept for ended leases: %v", h.io)
 	}
 }
