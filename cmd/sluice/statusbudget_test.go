@@ -14,7 +14,7 @@ func TestRenderBudget(t *testing.T) {
 	renderBudget(&b, []*admitpb.BudgetStatus{
 		{Class: "pack", Enabled: true, Limit: 4, InUse: 4, Queued: 30, Keys: 5, BackloggedKeys: 5, Fairness: 0.98, FairKey: "remote_ip",
 			Cpus: 2, CpusSource: "2 CPUs in the affinity mask", MemoryBytes: 1536 << 20, MemorySource: "host memory", Adaptive: true,
-			Derivation: "start 4 = min(2 × 2 CPUs = 4; 70% of 1536 MiB / 256 MiB per command = 4); ceiling 16 = 8 × CPUs",
+			Derivation:       "start 4 = min(2 × 2 CPUs = 4; 70% of 1536 MiB / 256 MiB per command = 4); ceiling 16 = 8 × CPUs",
 			EstimateRssBytes: 178 << 20, ServiceTimeUsec: 45e6, EpochUsec: 30e6, GoodputBytesPerSec: 8 << 20, CpuUse: 0.95, CoresPerCommand: 0.4,
 			LastMoveUnixUsec: now.Add(-90 * time.Second).UnixMicro(), LastMoveReason: "6 -> 3: psi_memory: memory full stalled 0.39"},
 		{Class: "upload-pack", Enabled: true, Limit: 96, InUse: 20, Derivation: "96 = 50% of 1536 MiB / 8 MiB per upload-pack, within [16, 4096]"},
