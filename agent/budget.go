@@ -189,12 +189,14 @@ func (a *Agent) acquire(ctx context.Context, rule *policy.Limit, lim *limiter.Li
 		}
 		// Several rules, no budget: an unbounded budget takes them
 		// together (first come first served).
-		return a.rulesOnly.Acquire(ctx, limiter.Request{FairKey: "rules", Weight: 1, Claims: claims}, onQueued)
+		return a.rulesOnly.Acquire(ctx, limiter.Request{FairKey: "rules", Weight: 1, Claims: claims, LIFO: rule.Order() == policy.QueueLIFO}, onQueued)
 	}
 	return bc.b.Acquire(ctx, limiter.Request{
 		FairKey: pol.FairKeyFor(in),
 		Weight:  pol.WeightFor(in),
 		Claims:  claims,
+		// Within a key, the primary rule's queue order.
+		LIFO: rule.Order() == policy.QueueLIFO,
 	}, onQueued)
 }
 

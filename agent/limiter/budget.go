@@ -65,6 +65,9 @@ type Request struct {
 	// MaxQueueWait bounds the wait when there are no claims (0: no
 	// waiting at all).
 	MaxQueueWait time.Duration
+	// LIFO serves this request's key newest first (its rule's
+	// queue_order = "lifo"); FIFO otherwise.
+	LIFO bool
 }
 
 // Budget is one class's host-wide limit: at most Limit() commands of the
@@ -72,7 +75,8 @@ type Request struct {
 // max-min fairness across fair keys: when a slot frees, it goes to the
 // waiting key that runs the fewest commands per unit of weight (ties: the
 // key served longest ago, then the key whose oldest waiter came first);
-// within a key, first come first served. Shares are of slots held now,
+// within a key, first come first served (newest first when the
+// newest waiter's rule has queue_order = "lifo"). Shares are of slots held now,
 // the quantity a budget divides: with 8 slots, a key with 40 waiters and
 // four keys with 2 each run 4 and 1 each, not 8 and 0.
 //
@@ -112,6 +116,7 @@ type ticket struct {
 	ready    chan struct{}
 	admitted bool
 	pos      chan [2]int
+	lifo     bool
 }
 
 // NewBudget returns a budget for cfg in group g (nil: a budget without
@@ -197,7 +202,7 @@ func (b *Budget) Acquire(ctx context.Context, req Request, onQueued QueueFunc) (
 		c.Limiter.addExternal(c.Key, 1)
 	}
 	b.seq++
-	t := &ticket{key: req.FairKey, seq: b.seq, claims: claims, ready: make(chan struct{}), pos: make(chan [2]int, 1)}
+	t := &ticket{key: req.FairKey, seq: b.seq, claims: claims, ready: make(chan struct{}), pos: make(chan [2]int, 1), lifo: req.LIFO}
 	fk := b.keys[req.FairKey]
 	if fk == nil {
 		fk = &fairKey{}
@@ -355,7 +360,13 @@ func (b *Budget) admitOneLocked() bool {
 		return a.queue[0].seq < c.queue[0].seq
 	})
 	for _, c := range cands {
-		for i, t := range c.fk.queue {
+		q := c.fk.queue
+		for j := range q {
+			i := j
+			if q[len(q)-1].lifo {
+				i = len(q) - 1 - j // newest first
+			}
+			t := q[i]
 			if !takeClaims(t.claims, true) {
 				continue
 			}
@@ -376,14 +387,20 @@ func (b *Budget) admitOneLocked() bool {
 }
 
 // notifyLocked tells fk's waiters their position in their key's queue
-// and how many wait in the whole budget.
+// (from the back when the key is served newest first) and how many wait
+// in the whole budget.
 func (b *Budget) notifyLocked(fk *fairKey) {
+	n := len(fk.queue)
 	for i, t := range fk.queue {
 		select {
 		case <-t.pos:
 		default:
 		}
-		t.pos <- [2]int{i + 1, b.waiting}
+		pos := i + 1
+		if fk.queue[n-1].lifo {
+			pos = n - i
+		}
+		t.pos <- [2]int{pos, b.waiting}
 	}
 }
 

@@ -313,3 +313,31 @@ func modelRun(t *testing.T, seed uint64) {
 	}
 	t.Logf("seed %d: budget %d, admitted %d, refused %d", seed, budgetLimit, admitted.Load(), refused.Load())
 }
+
+// TestBudgetLIFOWithinKey: a key whose rule serves newest first (LIFO)
+// is served newest first inside the budget too.
+func TestBudgetLIFOWithinKey(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := NewBudget(BudgetConfig{Name: "upload-pack", Limit: 1}, nil)
+		hold, _, _ := b.Acquire(t.Context(), Request{FairKey: "k"}, nil)
+		out := make(chan int, 3)
+		for i := range 3 {
+			go func() {
+				rel, _, err := b.Acquire(t.Context(), Request{FairKey: "k", MaxQueueWait: time.Hour, LIFO: true}, nil)
+				if err == nil {
+					out <- i
+					rel()
+				}
+			}()
+			synctest.Wait()
+		}
+		hold()
+		synctest.Wait()
+		if first := <-out; first != 2 {
+			t.Fatalf("LIFO key served waiter %d first, want the newest (2)", first)
+		}
+		synctest.Wait()
+		<-out
+		<-out
+	})
+}
