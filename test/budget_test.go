@@ -136,6 +136,8 @@ func fairnessStorm(t *testing.T, extra string) (map[string]int, int) {
 			t.Errorf("%s completed %d of 2", addr, count[addr])
 		}
 	}
+	t.Logf("pack budget now %v, last epoch goodput %.0f KiB/s", a.metric(`sluice_host_budget_limit{class="pack"}`),
+		a.metric(`sluice_host_budget_goodput_bytes_per_second{class="pack"}`)/1024)
 	if f := a.metric(`sluice_host_budget_admitted_total{class="pack"}`); f != 48 {
 		t.Errorf("pack budget admitted %v, want 48", f)
 	}
