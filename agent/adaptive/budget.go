@@ -92,29 +92,35 @@ type BudgetMove struct {
 // the host can do. Its law, per sample s (every [adaptive]
 // sample_interval, or at once on a kernel memory notification):
 //
-//  1. Pressure (the memory, oom, cpu_throttle and psi_memory watchers):
+//  1. Pressure (the memory, oom and psi_memory watchers; the agent adds
+//     its own cgroup's working set at memory_threshold):
 //     L ← max(1, ⌊β·L⌋), β = [adaptive] backoff_factor (0.5), once per
 //     cooldown; then hold BudgetHoldEpochs epochs and forget the goodput
 //     levels measured (the host changed). This is the fast path: a memory
-//     hog lowers the budget at the sample that sees it.
+//     hog lowers the budget at the sample that sees it. CPU signals
+//     (cpu_throttle, psi_cpu, the increase_max_psi_cpu gate) are
+//     saturation, not emergencies: they only hold increases (below).
 //  2. Otherwise samples accumulate into an epoch of E = clamp(2 × mean
 //     service time, 5 s, 30 s). At its end, with goodput G (bytes/s
-//     written by the class's commands), CPU use u (of the CPUs allowed)
-//     and c = cores per running command:
+//     written by the class's commands), CPU use u (of the CPUs allowed),
+//     c = cores per running command and c_best = the highest c of recent
+//     epochs (decaying ×0.95 per epoch; 0.56 until measured):
 //     - if the class was not backlogged (queued in fewer than half the
-//     samples), nothing is learned: a probe in flight is undone;
+//     samples) or no goodput was measured, nothing is learned: a probe
+//     in flight is undone;
 //     - if a probe (±1) is in flight: an up-probe is kept when
-//     G ≥ (1+δ)·G_base (the CPU and memory bars below then decide
-//     whether the climb goes on); a down-probe is kept when G ≥ (1−δ)·G_best. Kept: probe again in the
-//     same direction. Else: undo, hold BudgetHoldEpochs, next probe the
-//     other way;
-//     - if u ≥ 0.9 and c < 0.25 (admitted commands each get less than a
-//     quarter core: oversubscribed): L ← L − 1;
+//     G ≥ (1+δ)·G_base; a down-probe is kept when G ≥ (1−δ)·G_best.
+//     Kept: probe again in the same direction (if that way is open).
+//     Else: undo, hold BudgetHoldEpochs, next probe the other way;
+//     - if u ≥ 0.9 and c < 0.5·c_best (admitted commands each get less
+//     than half the CPU one got recently: oversubscribed): L ← L − 1;
+//     - if the working set passed 0.85 of the memory limit: L ← L − 1;
 //     - else G_base ← mean(G_base, G), G_best ← max(G_base,
-//     0.97·G_best); after the hold, probe: +1 (not when u ≥ 0.9 and
-//     c < 0.5, nor when one more command, at the estimate, would take the
-//     working set past 0.85 of the limit, nor at
-//     the ceiling 8 × CPUs) or −1, alternating after each undone probe.
+//     0.97·G_best); after the hold, probe +1 — not at the ceiling
+//     (8 × CPUs), not when u ≥ 0.9 and c < 0.9·c_best, not when the CPU
+//     watchers saw saturation in half the samples, not when one more
+//     command at the estimate would take the working set past 0.85 —
+//     else −1 (never below 1).
 //
 // So an increase that does not raise goodput by δ is undone, a decrease
 // that costs less than δ of the best goodput is kept, and at a constant
@@ -137,15 +143,17 @@ type BudgetController struct {
 	learned int
 
 	// The epoch in progress.
-	epochStart  time.Time
-	bytes0      uint64
-	cpu0        time.Duration
-	samples     int
-	backlogged  int
-	runningSum  int
-	memHigh     bool
-	memPeak     float64
-	lastBackoff time.Time
+	epochStart time.Time
+	bytes0     uint64
+	cpu0       time.Duration
+	samples    int
+	backlogged int
+	// cpuSatSamples counts samples with a CPU saturation signal.
+	cpuSatSamples int
+	runningSum    int
+	memHigh       bool
+	memPeak       float64
+	lastBackoff   time.Time
 
 	// The climb.
 	probing   bool
@@ -254,8 +262,12 @@ func (c *BudgetController) Step(now time.Time, s BudgetSample, beta float64, coo
 		return c.limit, false
 	}
 	var hurt []Pressure
+	cpuSat := false
 	for _, p := range s.Pressures {
-		if !p.HoldOnly {
+		switch {
+		case p.HoldOnly || p.Watcher == "cpu_throttle" || p.Watcher == "psi_cpu":
+			cpuSat = true
+		default:
 			hurt = append(hurt, p)
 		}
 	}
@@ -273,6 +285,9 @@ func (c *BudgetController) Step(now time.Time, s BudgetSample, beta float64, coo
 	c.samples++
 	if s.Queued > 0 {
 		c.backlogged++
+	}
+	if cpuSat {
+		c.cpuSatSamples++
 	}
 	c.runningSum += s.Running
 	if c.mem > 0 && s.MemRatio+c.estRSS/float64(c.mem) > BudgetMemHold {
@@ -292,6 +307,7 @@ func (c *BudgetController) Step(now time.Time, s BudgetSample, beta float64, coo
 	u := cpuRate / c.cpus
 	perCmd := cpuRate / max(avgRun, 1)
 	backlogged := 2*c.backlogged >= c.samples
+	saturated := c.cpuSatSamples > 0 && 2*c.cpuSatSamples >= c.samples
 	memHigh, memPeak := c.memHigh, c.memPeak
 	c.lastG, c.lastU, c.lastC = g, u, perCmd
 	c.resetEpochLocked(now, s)
@@ -303,7 +319,7 @@ func (c *BudgetController) Step(now time.Time, s BudgetSample, beta float64, coo
 	if want == 0 {
 		want = budgetCPUWantPrior
 	}
-	cpuFull := haveCPU && u >= BudgetCPUBusy && perCmd < BudgetCPUHold*want
+	cpuFull := saturated || haveCPU && u >= BudgetCPUBusy && perCmd < BudgetCPUHold*want
 	cpuOver := haveCPU && u >= BudgetCPUBusy && perCmd < BudgetCPUCut*want
 	stats := fmt.Sprintf("goodput %s/s, CPU %.0f%% of %.3g, %.2f cores per command", mibF(g), 100*u, c.cpus, perCmd)
 	if !backlogged || g <= 0 {
@@ -391,7 +407,7 @@ func (c *BudgetController) moveLocked(now time.Time, to int, reason string) bool
 
 func (c *BudgetController) resetEpochLocked(now time.Time, s BudgetSample) {
 	c.epochStart, c.bytes0, c.cpu0 = now, s.Bytes, s.CPU
-	c.samples, c.backlogged, c.runningSum, c.memHigh, c.memPeak = 0, 0, 0, false, 0
+	c.samples, c.backlogged, c.runningSum, c.memHigh, c.memPeak, c.cpuSatSamples = 0, 0, 0, false, 0, 0
 }
 
 // BudgetState is the controller's state for status.

@@ -327,3 +327,20 @@ func TestBudgetControllerNoGoodputHolds(t *testing.T) {
 		t.Fatalf("limit moved from %d to %d without any goodput measured: %+v", start, ctl.Limit(), ctl.State().LastMove)
 	}
 }
+
+// TestBudgetControllerCPUThrottleHolds: CPU throttling (a CPU quota) is
+// saturation, not an emergency: it never halves the budget, and it holds
+// increases back even while goodput would reward them.
+func TestBudgetControllerCPUThrottleHolds(t *testing.T) {
+	ctl := NewBudgetController(2, 1536<<20, 0)
+	start := ctl.Limit()
+	var bytes uint64
+	for i := range 300 {
+		bytes += uint64(ctl.Limit()) << 20 // goodput grows with the limit
+		ctl.Step(time.Unix(int64(i), 0), BudgetSample{Running: ctl.Limit(), Queued: 40, Bytes: bytes,
+			Pressures: []Pressure{{Watcher: "cpu_throttle", Detail: "throttled 0.8"}}}, 0.5, 5*time.Second)
+		if ctl.Limit() > start || ctl.Limit() < start-1 {
+			t.Fatalf("at %ds the limit is %d (start %d): %+v", i, ctl.Limit(), start, ctl.State().LastMove)
+		}
+	}
+}
