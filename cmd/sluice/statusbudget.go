@@ -41,15 +41,16 @@ func renderBudget(b *strings.Builder, budgets []*admitpb.BudgetStatus, now time.
 		if !c.Adaptive {
 			continue
 		}
-		if c.EpochUsec > 0 {
-			est := "prior"
-			if c.ServiceTimeUsec > 0 {
-				est = fmt.Sprintf("learned; mean command %s", fmtDuration(time.Duration(c.ServiceTimeUsec)*time.Microsecond))
-			}
-			fmt.Fprintf(b, "    per-command memory estimate %s (%s); last epoch (%s): goodput %s/s, CPU %.0f%%, %.2f cores per command\n",
-				fmtBytes(c.EstimateRssBytes), est, fmtDuration(time.Duration(c.EpochUsec)*time.Microsecond),
-				fmtBytes(uint64(c.GoodputBytesPerSec)), 100*c.CpuUse, c.CoresPerCommand)
+		est := "prior"
+		if c.ServiceTimeUsec > 0 {
+			est = fmt.Sprintf("learned; mean command %s", fmtDuration(time.Duration(c.ServiceTimeUsec)*time.Microsecond))
 		}
+		epoch := "no busy epoch yet"
+		if c.GoodputBytesPerSec > 0 || c.CpuUse > 0 {
+			epoch = fmt.Sprintf("last epoch (%s): goodput %s/s, CPU %.0f%%, %.2f cores per command",
+				fmtDuration(time.Duration(c.EpochUsec)*time.Microsecond), fmtBytes(uint64(c.GoodputBytesPerSec)), 100*c.CpuUse, c.CoresPerCommand)
+		}
+		fmt.Fprintf(b, "    per-command memory estimate %s (%s); %s\n", fmtBytes(c.EstimateRssBytes), est, epoch)
 		if c.LastMoveUnixUsec == 0 {
 			fmt.Fprintf(b, "    not moved since start\n")
 		} else {
