@@ -231,6 +231,7 @@ func (a *Agent) reject(l *Lease, rule *policy.Limit, lim *limiter.Limiter, err e
 		reason, drop = admitpb.RejectReason_REJECT_REASON_MAX_TIME, DropMaxTime
 		msg = fmt.Sprintf("sluice: %s waited %s for a slot for %s (%d running, limit %q); try again later",
 			l.Subcommand, rule.MaxQueueWait.Duration, who, limit, rule.Name)
+		msg = a.budgetWaitMessage(l, rule, lim, msg)
 	case errors.Is(err, errUnavailable):
 		reason, drop = admitpb.RejectReason_REJECT_REASON_UNAVAILABLE, DropUnavailable
 		msg = msgUnavailable

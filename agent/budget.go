@@ -200,6 +200,24 @@ func (a *Agent) acquire(ctx context.Context, rule *policy.Limit, lim *limiter.Li
 	}, onQueued)
 }
 
+// budgetWaitMessage names the host budget in the message of a request
+// that waited out max_queue_wait while its rule's key had room and its
+// budget class was full: the budget is what it waited for. Otherwise it
+// returns msg.
+func (a *Agent) budgetWaitMessage(l *Lease, rule *policy.Limit, lim *limiter.Limiter, msg string) string {
+	pol := a.Policy()
+	bc := a.budgetClassFor(pol, rule, l)
+	if bc == nil || lim.KeyRunning(l.Key) >= lim.Stats().Limit {
+		return msg
+	}
+	s := bc.b.Stats()
+	if s.Running < s.Limit {
+		return msg
+	}
+	return fmt.Sprintf("sluice: %s waited %s for a slot of this server's %s budget (%d running for all clients, shared fairly by %s; limit %q); try again later",
+		l.Subcommand, rule.MaxQueueWait.Duration, bc.name, s.Running, describeKey(pol.Budget.FairKey), rule.Name)
+}
+
 // budgetFinished learns from a finished command of the pack class.
 func (a *Agent) budgetFinished(l *Lease, fin *admitpb.Finished) {
 	if a.budget == nil || fin == nil || policy.BudgetClassFor(l.Subcommand) != policy.ClassPack {

@@ -196,3 +196,28 @@ func TestGoodputReadsChildren(t *testing.T) {
 		t.Fatalf("io state kept for ended leases: %v", h.io)
 	}
 }
+
+// TestBudgetWaitMessage: a request that waited out its queue while its
+// rule's key had room is told it waited for the host budget.
+func TestBudgetWaitMessage(t *testing.T) {
+	cfg, err := policy.Parse("b.toml", []byte("[budget]\npack = 1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := New(Options{Policy: cfg, Log: zaptest.NewLogger(t)})
+	rule, lim := a.ruleFor("pack-objects")
+	l := &Lease{Subcommand: "pack-objects", RemoteIP: "192.0.2.1"}
+	l.Key = rule.KeyFor(policy.KeyInput{RemoteIP: l.RemoteIP})
+	if got := a.budgetWaitMessage(l, rule, lim, "rule msg"); got != "rule msg" {
+		t.Fatalf("budget not full: %q", got)
+	}
+	rel, _, err := a.acquire(context.Background(), rule, lim, &Lease{Subcommand: "pack-objects", RemoteIP: "192.0.2.2", Key: "192.0.2.2"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rel()
+	got := a.budgetWaitMessage(l, rule, lim, "rule msg")
+	if !strings.Contains(got, "this server's pack budget (1 running for all clients, shared fairly by your address") || !strings.HasPrefix(got, "sluice: ") {
+		t.Fatalf("message %q", got)
+	}
+}

@@ -322,6 +322,16 @@ func (l *Limiter) SetLimit(n int) {
 	l.group.pump()
 }
 
+// KeyRunning returns how many run under key now.
+func (l *Limiter) KeyRunning(key string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if ks := l.keys[key]; ks != nil {
+		return ks.running
+	}
+	return 0
+}
+
 // Stats is a point-in-time view of a Limiter.
 type Stats struct {
 	Name  string
