@@ -242,6 +242,7 @@ func (a *Agent) Status() *admitpb.StatusResponse {
 		}
 		resp.Leases = append(resp.Leases, info)
 	}
+	resp.Budgets = a.budgetStatus(pol)
 	if a.describe != nil {
 		a.describe(resp)
 	}

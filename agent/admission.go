@@ -145,7 +145,7 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 	if lim != nil {
 		actx, cancel := context.WithCancel(ctx)
 		stop := context.AfterFunc(a.stopping, cancel)
-		release, waited, err := lim.Acquire(actx, l.Key, func(pos, n int) {
+		release, waited, err := a.acquire(actx, rule, lim, l, func(pos, n int) {
 			_ = send(&admitpb.ServerMsg{Msg: &admitpb.ServerMsg_Queued{Queued: &admitpb.Queued{
 				Limit: rule.Name, Position: int32(pos), QueueLength: int32(n),
 			}}})
@@ -245,6 +245,7 @@ func (a *Agent) reject(l *Lease, rule *policy.Limit, lim *limiter.Limiter, err e
 		reason, drop = admitpb.RejectReason_REJECT_REASON_MAX_TIME, DropMaxTime
 		msg = fmt.Sprintf("sluice: %s waited %s for a slot for %s (%d running, limit %q); try again in %ds",
 			l.Subcommand, rule.MaxQueueWait.Duration, who, limit, rule.Name, retry)
+		msg = a.budgetWaitMessage(l, rule, lim, msg)
 	case errors.Is(err, errUnavailable):
 		reason, drop = admitpb.RejectReason_REJECT_REASON_UNAVAILABLE, DropUnavailable
 		msg = msgUnavailable
@@ -293,6 +294,7 @@ func (a *Agent) finish(adm *admission, fin *admitpb.Finished) {
 	sys := time.Duration(fin.SystemUsec) * time.Microsecond
 	real := time.Duration(fin.RealUsec) * time.Microsecond
 	a.obs.CommandFinished(cmdLabel, subcmdLabel(l), outcome, user, sys, real, fin.MaxRssKib*1024)
+	a.budgetFinished(l, fin)
 	a.log.Info("command finished", append(fields,
 		zap.Duration("cpu_user", user), zap.Duration("cpu_system", sys),
 		zap.Int64("max_rss_kib", fin.MaxRssKib), zap.Duration("real", real),

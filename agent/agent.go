@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -100,6 +101,14 @@ type Agent struct {
 	execMu     sync.Mutex
 	execLeases map[int]*execLease // by pid; guarded by execMu
 
+	// group links the rules' limiters and the budget's classes, so a
+	// request takes its rule slot and budget slot together (budget.go).
+	group  *limiter.Group
+	budget *hostBudget
+	// rulesOnly composes the slots of several rules matching one
+	// subcommand when the budget does not apply: it never runs out.
+	rulesOnly *limiter.Budget
+
 	mu       sync.RWMutex // guards the fields below
 	policy   *policy.Config
 	limiters map[string]*limiter.Limiter // by rule name
@@ -135,13 +144,16 @@ func New(opts Options) *Agent {
 		stop:       cancel,
 		policy:     opts.Policy,
 		limiters:   make(map[string]*limiter.Limiter),
+		group:      limiter.NewGroup(),
 	}
 	fdBudget() // read the open-file limit now, before anything can change it
-	a.calib = adaptive.NewController(adaptive.Options{Limits: adaptiveLimits{a}, Log: a.log, OnBackoff: obs.Backoff})
+	a.budget = newHostBudget(opts.Policy, a.group, a.log.Named("budget"))
+	a.rulesOnly = limiter.NewBudget(limiter.BudgetConfig{Name: "rules", Limit: math.MaxInt32}, a.group)
+	a.calib = adaptive.NewController(adaptive.Options{Limits: adaptiveLimits{a}, Log: a.log, OnBackoff: obs.Backoff, Budget: budgetStepper{a}})
 	a.timeouts = newWatcher(a.log.Named("timeouts"), obs, realProcOps())
 	for i := range opts.Policy.Limits {
 		r := &opts.Policy.Limits[i]
-		a.limiters[r.Name] = limiter.New(limiterConfig(r))
+		a.limiters[r.Name] = limiter.New(limiterConfig(r), limiter.WithGroup(a.group))
 	}
 	return a
 }

@@ -187,6 +187,7 @@ func (a *Agent) adopt(id string) string {
 		}
 		release = lim.Adopt(rec.Key)
 	}
+	release = a.adoptBudget(&Lease{Subcommand: rec.Subcommand, Repo: rec.Repo, RemoteIP: rec.RemoteIP, User: rec.User}, release)
 	l := &Lease{
 		ID: id, CorrelationID: rec.CorrelationID, Command: rec.Command, Subcommand: rec.Subcommand,
 		Repo: rec.Repo, RemoteIP: rec.RemoteIP, User: rec.User, Limit: rec.Limit, Key: rec.Key,

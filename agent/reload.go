@@ -85,7 +85,7 @@ func (a *Agent) Reload() *admitpb.ReloadResponse {
 			}
 			limiters[r.Name] = lim
 		} else {
-			limiters[r.Name] = limiter.New(lc)
+			limiters[r.Name] = limiter.New(lc, limiter.WithGroup(a.group))
 			changes = append(changes, fmt.Sprintf("%s: new rule matching %v, limit %d", r.Name, r.Match, lc.Limit))
 		}
 	}
@@ -109,6 +109,8 @@ func (a *Agent) Reload() *admitpb.ReloadResponse {
 	a.limiters = limiters
 	a.policy = cfg
 	a.mu.Unlock()
+	changes = append(changes, budgetChanges(&old.Budget, &cfg.Budget)...)
+	a.budget.configure(cfg)
 
 	if a.onReload != nil {
 		for _, note := range a.onReload(cfg) {

@@ -120,8 +120,8 @@ func removeBenchHierarchy(root string) {
 }
 
 // startReactionAgent starts sluiced with policy cfg and returns it with a
-// channel receiving the time of its first "adaptive limit backed off" log
-// line.
+// channel receiving the time of its first "adaptive limit backed off" or
+// "host budget lowered" log line.
 func startReactionAgent(o options, rdir, cfg string, env []string) (*agentProc, <-chan time.Time, error) {
 	socket := filepath.Join(rdir, "run", "sluice.sock")
 	path := filepath.Join(rdir, "sluice.toml")
@@ -142,7 +142,10 @@ func startReactionAgent(o options, rdir, cfg string, env []string) (*agentProc, 
 		sc := bufio.NewScanner(logs)
 		for sc.Scan() {
 			var l map[string]any
-			if json.Unmarshal(sc.Bytes(), &l) == nil && l["msg"] == "adaptive limit backed off" {
+			// The host budget is stepped on the same sample as the
+			// adaptive rules, just before them: its "host budget lowered"
+			// line is the first reaction, and is measured when present.
+			if json.Unmarshal(sc.Bytes(), &l) == nil && (l["msg"] == "adaptive limit backed off" || l["msg"] == "host budget lowered") {
 				if ts, err := time.Parse("2006-01-02T15:04:05.000Z0700", fmt.Sprint(l["time"])); err == nil {
 					select {
 					case backoff <- ts:

@@ -75,6 +75,9 @@ type Options struct {
 	// Connections is read at scrape time for sluice_connections and
 	// sluice_connections_rejected_total; nil exports neither.
 	Connections ConnectionSource
+	// Budget is read at scrape time for the sluice_host_budget_* metrics;
+	// nil exports none.
+	Budget BudgetSource
 	// Pprof serves /debug/pprof/ ([agent] pprof). False (the default)
 	// answers 404 there: profiles of a root agent are not for every local
 	// user who can reach the metrics port.
@@ -127,6 +130,9 @@ func New(opts Options) *Exporter {
 	}
 	if opts.Connections != nil {
 		cs = append(cs, newConnCollector(opts.Connections))
+	}
+	if opts.Budget != nil {
+		cs = append(cs, newBudgetCollector(opts.Budget))
 	}
 	e.reg.MustRegister(cs...)
 	return e

@@ -62,6 +62,17 @@ func (fakeConns) ConnectionStats() (int, map[string]uint64) {
 	return 7, map[string]uint64{"max_connections": 3, "per_uid": 2, "handshake": 1}
 }
 
+type fakeBudget struct{}
+
+func (fakeBudget) BudgetStats() []BudgetStat {
+	return []BudgetStat{
+		{Class: "pack", Limit: 4, InUse: 4, Queued: 30, BackloggedKeys: 5, Fairness: 0.98, GoodputBytesPerSecond: 52428800, Admitted: 120, DroppedTime: 2},
+		{Class: "upload-pack", Limit: 96, InUse: 34, Admitted: 150},
+		{Class: "receive-pack", Limit: 8, InUse: 1, Admitted: 3},
+		{Class: "pack", Limit: 99}, // a duplicate is dropped, not a failed scrape
+	}
+}
+
 // recordedExporter is an Exporter with a fixed set of recorded events, the
 // input of the golden and promtool tests.
 func recordedExporter() *Exporter {
@@ -70,7 +81,7 @@ func recordedExporter() *Exporter {
 		LimitStat{Name: "upload-pack", InProgress: 3, Queued: 2, CurrentLimit: 20, Keys: 2},
 		LimitStat{Name: "pack-objects", InProgress: 1, Queued: 0, CurrentLimit: 8, Keys: 1},
 	)
-	e := New(Options{Version: "v1.2.3", Limits: limits, Cgroups: fakeCgroups{}, Connections: fakeConns{}})
+	e := New(Options{Version: "v1.2.3", Limits: limits, Cgroups: fakeCgroups{}, Connections: fakeConns{}, Budget: fakeBudget{}})
 	e.SetLimits([]string{"upload-pack", "pack-objects"})
 
 	e.CommandFinished("git", "upload-pack", OutcomeOK, 1500*time.Millisecond, 250*time.Millisecond, 4*time.Second, 40<<20)

@@ -64,6 +64,13 @@ type Config struct {
 	EBPF EBPF `toml:"ebpf"`
 	// Timeouts bounds phases of git commands.
 	Timeouts Timeouts `toml:"timeouts"`
+	// Budget is the host budget of expensive work and its fair shares
+	// (issue 17; budget.go).
+	Budget Budget `toml:"budget"`
+	// Keys says how request keys are derived (client networks).
+	Keys Keys `toml:"keys"`
+	// Classes weight clients' fair shares of the budget, one per [[class]].
+	Classes []Class `toml:"class"`
 
 	// Source is the file name the policy was read from, DefaultSource for
 	// the embedded default policy; "" for a Config built by hand.
@@ -75,9 +82,9 @@ type Config struct {
 	// keys maps key paths such as "limit[1].max_queue_wait" to where they
 	// are written; nil for a Config built by hand.
 	keys map[string]keyPos
-	// bySub maps a subcommand to the rule that matches it; built by
-	// Validate when the policy is valid, nil otherwise.
-	bySub map[string]*Limit
+	// bySub maps a subcommand to the rules that match it, in file order;
+	// built by Validate when the policy is valid, nil otherwise.
+	bySub map[string][]*Limit
 }
 
 // Agent configures sluiced: where it listens and what the shim does when it
@@ -218,6 +225,9 @@ type Limit struct {
 
 	// parts is Key split on "+", set by Validate; nil means split on use.
 	parts []string
+	// v4, v6 are the [keys] prefixes remote_ip parts are masked to, set
+	// by Validate; 0 means the whole address.
+	v4, v6 int
 }
 
 // Order returns the queue order, QueueFIFO when unset.
@@ -257,19 +267,19 @@ func (l *Limit) KeyFor(in KeyInput) string {
 		parts = strings.Split(l.Key, "+")
 	}
 	if len(parts) == 1 {
-		return keyPart(parts[0], in)
+		return l.keyPart(parts[0], in)
 	}
 	var b strings.Builder
 	for i, p := range parts {
 		if i > 0 {
 			b.WriteString(keySep)
 		}
-		b.WriteString(keyPart(p, in))
+		b.WriteString(l.keyPart(p, in))
 	}
 	return b.String()
 }
 
-func keyPart(part string, in KeyInput) string {
+func (l *Limit) keyPart(part string, in KeyInput) string {
 	var v string
 	switch part {
 	case KeyGlobal:
@@ -277,7 +287,7 @@ func keyPart(part string, in KeyInput) string {
 	case KeyRepo:
 		v = string(in.Repo)
 	case KeyRemoteIP:
-		v = in.RemoteIP
+		v = ClientNetwork(in.RemoteIP, l.v4, l.v6)
 	case KeyUser:
 		v = in.User
 	}
@@ -496,11 +506,15 @@ func parseDuration(s string) (time.Duration, error) {
 	return 0, fmt.Errorf("%q is not a Go duration: write one such as \"30s\", \"1m30s\" (units ns, us, ms, s, m, h)", s)
 }
 
-// LimitFor returns the rule that matches a git subcommand, nil when none does
-// (the command is then admitted without limit).
+// LimitFor returns the first rule that matches a git subcommand (its
+// primary rule: its name labels the command's lease and metrics), nil
+// when none does (the command is then admitted without limit).
 func (c *Config) LimitFor(subcommand string) *Limit {
 	if c.bySub != nil {
-		return c.bySub[subcommand]
+		if rs := c.bySub[subcommand]; len(rs) > 0 {
+			return rs[0]
+		}
+		return nil
 	}
 	for i := range c.Limits {
 		for _, m := range c.Limits[i].Match {
@@ -510,6 +524,25 @@ func (c *Config) LimitFor(subcommand string) *Limit {
 		}
 	}
 	return nil
+}
+
+// LimitsFor returns every rule that matches a git subcommand, in file
+// order: a command takes a slot of each (and of its budget class), all
+// or none. The first is LimitFor's.
+func (c *Config) LimitsFor(subcommand string) []*Limit {
+	if c.bySub != nil {
+		return c.bySub[subcommand]
+	}
+	var out []*Limit
+	for i := range c.Limits {
+		for _, m := range c.Limits[i].Match {
+			if m == subcommand {
+				out = append(out, &c.Limits[i])
+				break
+			}
+		}
+	}
+	return out
 }
 
 // MatchedSubcommands returns the sorted set of subcommands any rule matches:
@@ -580,7 +613,9 @@ func defaults() *Config {
 			Watchers:               append([]string(nil), DefaultWatchers...),
 			KernelEvents:           true,
 		},
-		EBPF: EBPF{Enabled: true, UnwrappedScope: ScopeServers, ServerComms: []string{}},
+		EBPF:   EBPF{Enabled: true, UnwrappedScope: ScopeServers, ServerComms: []string{}},
+		Budget: defaultBudget(),
+		Keys:   Keys{IPv6Prefix: 64, IPv4Prefix: 32},
 		Timeouts: Timeouts{
 			UploadPackNegotiation:    Duration{10 * time.Minute},
 			UploadArchiveNegotiation: Duration{time.Minute},
@@ -609,6 +644,9 @@ func (c *Config) fillDefaults() {
 	}
 	if c.Cgroups.Repositories.Count == 0 {
 		c.Cgroups.Repositories.Count = 64
+	}
+	if c.Budget.FairKey == "" {
+		c.Budget.FairKey = KeyRemoteIP
 	}
 	for i := range c.Limits {
 		if c.Limits[i].QueueOrder == "" {

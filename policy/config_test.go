@@ -25,7 +25,7 @@ func TestKeyFor(t *testing.T) {
 		{"remote_ip+repo", full, "192.0.2.1\x1f/srv/git/a.git"},
 		{"repo+remote_ip+user", full, "/srv/git/a.git\x1f192.0.2.1\x1falice"},
 		{"repo+user", KeyInput{Repo: []byte("/r")}, "/r\x1funknown"},
-		{"repo+remote_ip", KeyInput{RemoteIP: "::1"}, "unknown\x1f::1"},
+		{"repo+remote_ip", KeyInput{RemoteIP: "::ffff:192.0.2.9"}, "unknown\x1f192.0.2.9"},
 		{"repo", KeyInput{Repo: []byte("/srv/\xff.git")}, "/srv/\xff.git"},
 	}
 	for _, tt := range tests {

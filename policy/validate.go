@@ -102,6 +102,7 @@ func (c *Config) validate() []*Error {
 	v.adaptive()
 	v.timeouts()
 	v.ebpf()
+	v.budget()
 	if len(v.errs) > 0 {
 		c.bySub = nil
 		return v.errs
@@ -206,10 +207,10 @@ func validSubcommand(s string) bool {
 }
 
 // limits checks every rule and returns the subcommand → rule table.
-func (v *validator) limits() map[string]*Limit {
+func (v *validator) limits() map[string][]*Limit {
 	c := v.c
-	bySub := make(map[string]*Limit)
-	owner := make(map[string]int) // subcommand → index of the first rule matching it
+	bySub := make(map[string][]*Limit)
+	owner := make(map[string]int) // subcommand → index of the last rule matching it
 	names := make(map[string]int)
 	for i := range c.Limits {
 		l := &c.Limits[i]
@@ -241,16 +242,15 @@ func (v *validator) limits() map[string]*Limit {
 				v.add(mp, m, "is not a git subcommand", `write subcommands as git names them, lowercase without "git-", such as "upload-pack"`)
 				continue
 			}
-			if j, taken := owner[m]; taken {
-				if j == i {
-					v.add(mp, m, "is listed twice in this rule", "remove the duplicate")
-				} else {
-					v.add(mp, m, fmt.Sprintf("is already matched by %s", ruleRef(c, j)), "a subcommand may be matched by one rule only: remove it from one of the two rules")
-				}
+			if j, taken := owner[m]; taken && j == i {
+				v.add(mp, m, "is listed twice in this rule", "remove the duplicate")
 				continue
 			}
+			// Several rules may match one subcommand: a command takes a
+			// slot of each, all or none (a per-address cap and a
+			// per-repository cap at once, say).
 			owner[m] = i
-			bySub[m] = l
+			bySub[m] = append(bySub[m], l)
 		}
 
 		parts, problem := parseKey(l.Key)

@@ -123,9 +123,6 @@ func TestValidateRules(t *testing.T) {
 		{"match twice in a rule", func(t *testing.T) string {
 			return ruleWith(t, `match = ["upload-pack"]`, `match = ["upload-pack", "upload-pack"]`, "")
 		}, wantErr{3, up + "match[1]", `"upload-pack"`, "listed twice", "remove the duplicate"}},
-		{"match in two rules", func(t *testing.T) string {
-			return rule + "\n" + strings.Replace(rule, `name = "up"`, `name = "up2"`, 1)
-		}, wantErr{11, `limit "up2".match[0]`, `"upload-pack"`, `already matched by limit "up" (line 1)`, "one rule only"}},
 		{"key missing", func(t *testing.T) string { return ruleWith(t, `key = "repo"`, "", "") },
 			wantErr{1, up + "key", `""`, "is missing", `"repo+remote_ip"`}},
 		{"key unknown part", func(t *testing.T) string { return ruleWith(t, `key = "repo"`, `key = "repository"`, "") },
@@ -293,7 +290,6 @@ backoff_factor = 2
 		{2, "agent.fail_mode"},
 		{7, `limit "a".key`},
 		{8, `limit "a".max_queue_wait`},
-		{13, `limit "b".match[0]`},
 		{15, `limit "b".max_queue_wait`},
 		{17, `limit "b".min_limit`},
 		{22, "adaptive.backoff_factor"},

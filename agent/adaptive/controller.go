@@ -3,6 +3,7 @@ package adaptive
 import (
 	"context"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sluicehq/sluice/agent/limiter"
+	"github.com/sluicehq/sluice/cgroup"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -63,6 +65,23 @@ type Options struct {
 	// OnBackoff counts one sample in which watcher saw pressure (the
 	// `watcher` label of the backoff metric); nil counts nothing.
 	OnBackoff func(watcher string)
+	// Budget is stepped at every sample with the sample's pressures and
+	// stats (the host budget's controllers); nil: none.
+	Budget BudgetStepper
+}
+
+// BudgetStepper adapts the host budget at every sample. The agent
+// implements it over its [BudgetController]s.
+type BudgetStepper interface {
+	// StepBudget applies one sample: its pressures, the watched cgroup's
+	// stats (nil when the source has none) and the [adaptive] settings.
+	StepBudget(now time.Time, pressures []Pressure, st *cgroup.Stats, ad *policy.Adaptive)
+}
+
+// StatsSource is a Source that also reports the stats its last sample
+// read (the Sensor does), for the budget controller.
+type StatsSource interface {
+	LastStats() (cgroup.Stats, bool)
 }
 
 // Controller runs AIMD over the adaptive rules. Limits are per rule and
@@ -89,6 +108,7 @@ type Controller struct {
 	limits    Limits
 	log       *zap.Logger
 	onBackoff func(watcher string)
+	budget    BudgetStepper
 
 	mu    sync.Mutex // guards the fields below
 	rules map[string]*adaptiveState
@@ -110,7 +130,7 @@ type adaptiveState struct {
 // limits as they are (initial_limit after a start) and does nothing until
 // Run or Step.
 func NewController(opts Options) *Controller {
-	c := &Controller{limits: opts.Limits, log: opts.Log, onBackoff: opts.OnBackoff, rules: make(map[string]*adaptiveState)}
+	c := &Controller{limits: opts.Limits, log: opts.Log, onBackoff: opts.OnBackoff, budget: opts.Budget, rules: make(map[string]*adaptiveState)}
 	if c.log == nil {
 		c.log = zap.NewNop()
 	}
@@ -273,17 +293,32 @@ func (c *Controller) Run(ctx context.Context, src Source) {
 		case <-kick:
 			timer.Stop()
 		}
-		if !Enabled(c.limits.Policy()) {
+		pol := c.limits.Policy()
+		if !Enabled(pol) {
 			continue
 		}
 		now := time.Now()
-		c.Step(now, src.Sample(now))
+		ps := src.Sample(now)
+		if c.budget != nil && pol.Budget.Enabled {
+			var st *cgroup.Stats
+			if ss, ok := src.(StatsSource); ok {
+				if s, ok := ss.LastStats(); ok {
+					st = &s
+				}
+			}
+			c.budget.StepBudget(now, slices.Clone(ps), st, &pol.Adaptive)
+		}
+		c.Step(now, ps)
 	}
 }
 
-// Enabled reports whether cfg has an adaptive rule: without one, nothing
-// is sampled and no kernel notification is registered.
+// Enabled reports whether cfg has an adaptive rule or the host budget:
+// without either, nothing is sampled and no kernel notification is
+// registered.
 func Enabled(cfg *policy.Config) bool {
+	if cfg.Budget.Enabled {
+		return true
+	}
 	for _, r := range cfg.Limits {
 		if r.Adaptive {
 			return true

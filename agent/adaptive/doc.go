@@ -4,6 +4,12 @@
 // is watched, reads it once per sample and turns the kernel's memory
 // notifications into immediate samples.
 //
+// It also owns the host budget's control law: the [BudgetController],
+// which derives the pack class's starting point from the host's CPUs and
+// memory and adapts it to memory pressure, CPU oversubscription and
+// goodput (docs/host-budget.md; the simulation test in
+// budget_sim_test.go states its convergence time and band).
+//
 // It consumes package cgroup (statistics readers, the kernel event
 // listener, the agent's own cgroup) and moves limits of package
 // agent/limiter through the small [Limits] interface, which the agent

@@ -59,6 +59,8 @@ type Sensor struct {
 	ws       []Watcher
 	reported map[string]bool // missing signals already logged
 	oomNote  string          // an OOM notification not yet sampled
+	last     cgroup.Stats    // the last sample's stats
+	haveLast bool
 	events   *cgroup.EventListener
 	// eventsFor is the bucket count the listener was registered for (-1:
 	// not registered).
@@ -239,6 +241,22 @@ func (s *Sensor) stats() (cgroup.Stats, error) {
 	return st, nil
 }
 
+// LastStats implements StatsSource: the stats of the last sample, and
+// whether it could read them. Without a memory limit (the host is
+// watched) MemoryLimit and MemoryUsage are the host's total and used
+// memory.
+func (s *Sensor) LastStats() (cgroup.Stats, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.last
+	if s.haveLast && st.MemoryLimit == 0 {
+		if used, total, err := s.host(); err == nil {
+			st.MemoryLimit, st.MemoryUsage, st.InactiveFile = total, used, 0
+		}
+	}
+	return st, s.haveLast
+}
+
 // Sample implements Source: it reads the watched cgroup once and runs
 // every watcher over it.
 func (s *Sensor) Sample(now time.Time) []Pressure {
@@ -260,8 +278,10 @@ func (s *Sensor) Sample(now time.Time) []Pressure {
 	st, err := s.stats()
 	if err != nil {
 		s.log.Warn("adaptive: reading cgroup stats", zap.Error(err))
+		s.haveLast = false
 		return nil
 	}
+	s.last, s.haveLast = st, true
 	var out []Pressure
 	for _, w := range s.ws {
 		v, err := w.Observe(st, now)

@@ -1167,6 +1167,8 @@ type StatusResponse struct {
 	// "disabled", "unavailable: <why>", "running".
 	EbpfState string `protobuf:"bytes,8,opt,name=ebpf_state,json=ebpfState,proto3" json:"ebpf_state,omitempty"`
 	Socket    string `protobuf:"bytes,9,opt,name=socket,proto3" json:"socket,omitempty"`
+	// The host budget, one entry per class (pack, upload-pack, receive-pack).
+	Budgets []*BudgetStatus `protobuf:"bytes,10,rep,name=budgets,proto3" json:"budgets,omitempty"`
 	// Git server processes the agent saw requests or unwrapped execs from
 	// (agent/servers.go), by pid.
 	Servers       []*ServerStatus `protobuf:"bytes,20,rep,name=servers,proto3" json:"servers,omitempty"`
@@ -1265,6 +1267,13 @@ func (x *StatusResponse) GetSocket() string {
 		return x.Socket
 	}
 	return ""
+}
+
+func (x *StatusResponse) GetBudgets() []*BudgetStatus {
+	if x != nil {
+		return x.Budgets
+	}
+	return nil
 }
 
 func (x *StatusResponse) GetServers() []*ServerStatus {
@@ -1373,6 +1382,277 @@ func (x *ServerStatus) GetLastUnwrapped() string {
 	return ""
 }
 
+// One class of the host budget (issue 17): its limit for the whole host,
+// how it was derived and why it last moved, and its fair shares.
+type BudgetStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Class string                 `protobuf:"bytes,1,opt,name=class,proto3" json:"class,omitempty"`
+	// [budget] enabled: when false the classes are shown but not applied.
+	Enabled bool  `protobuf:"varint,2,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	Limit   int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	InUse   int64 `protobuf:"varint,4,opt,name=in_use,json=inUse,proto3" json:"in_use,omitempty"`
+	Queued  int64 `protobuf:"varint,5,opt,name=queued,proto3" json:"queued,omitempty"`
+	// Fair keys running or waiting, and those waiting.
+	Keys           int64 `protobuf:"varint,6,opt,name=keys,proto3" json:"keys,omitempty"`
+	BackloggedKeys int64 `protobuf:"varint,7,opt,name=backlogged_keys,json=backloggedKeys,proto3" json:"backlogged_keys,omitempty"`
+	// Jain's index of running/weight over the keys that wait (1 = fair).
+	Fairness       float64 `protobuf:"fixed64,8,opt,name=fairness,proto3" json:"fairness,omitempty"`
+	FairKey        string  `protobuf:"bytes,9,opt,name=fair_key,json=fairKey,proto3" json:"fair_key,omitempty"`
+	AdmittedTotal  int64   `protobuf:"varint,10,opt,name=admitted_total,json=admittedTotal,proto3" json:"admitted_total,omitempty"`
+	DroppedMaxSize int64   `protobuf:"varint,11,opt,name=dropped_max_size,json=droppedMaxSize,proto3" json:"dropped_max_size,omitempty"`
+	DroppedMaxTime int64   `protobuf:"varint,12,opt,name=dropped_max_time,json=droppedMaxTime,proto3" json:"dropped_max_time,omitempty"`
+	// True when the controller adapts the limit (pack, not fixed).
+	Adaptive bool `protobuf:"varint,13,opt,name=adaptive,proto3" json:"adaptive,omitempty"`
+	// How the limit was derived from the host.
+	Derivation   string  `protobuf:"bytes,14,opt,name=derivation,proto3" json:"derivation,omitempty"`
+	Start        int32   `protobuf:"varint,15,opt,name=start,proto3" json:"start,omitempty"`
+	Ceiling      int32   `protobuf:"varint,16,opt,name=ceiling,proto3" json:"ceiling,omitempty"`
+	Cpus         float64 `protobuf:"fixed64,17,opt,name=cpus,proto3" json:"cpus,omitempty"`
+	CpusSource   string  `protobuf:"bytes,18,opt,name=cpus_source,json=cpusSource,proto3" json:"cpus_source,omitempty"`
+	MemoryBytes  uint64  `protobuf:"varint,19,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	MemorySource string  `protobuf:"bytes,20,opt,name=memory_source,json=memorySource,proto3" json:"memory_source,omitempty"`
+	// Learned from finished commands: mean max RSS and real time.
+	EstimateRssBytes uint64 `protobuf:"varint,21,opt,name=estimate_rss_bytes,json=estimateRssBytes,proto3" json:"estimate_rss_bytes,omitempty"`
+	ServiceTimeUsec  int64  `protobuf:"varint,22,opt,name=service_time_usec,json=serviceTimeUsec,proto3" json:"service_time_usec,omitempty"`
+	// The last epoch: goodput (bytes written per second by the class's
+	// commands), CPU use of the CPUs allowed, cores per running command.
+	GoodputBytesPerSec float64 `protobuf:"fixed64,23,opt,name=goodput_bytes_per_sec,json=goodputBytesPerSec,proto3" json:"goodput_bytes_per_sec,omitempty"`
+	CpuUse             float64 `protobuf:"fixed64,24,opt,name=cpu_use,json=cpuUse,proto3" json:"cpu_use,omitempty"`
+	CoresPerCommand    float64 `protobuf:"fixed64,25,opt,name=cores_per_command,json=coresPerCommand,proto3" json:"cores_per_command,omitempty"`
+	EpochUsec          int64   `protobuf:"varint,26,opt,name=epoch_usec,json=epochUsec,proto3" json:"epoch_usec,omitempty"`
+	// The last move: when, and "old -> new: why".
+	LastMoveUnixUsec int64  `protobuf:"varint,27,opt,name=last_move_unix_usec,json=lastMoveUnixUsec,proto3" json:"last_move_unix_usec,omitempty"`
+	LastMoveReason   string `protobuf:"bytes,28,opt,name=last_move_reason,json=lastMoveReason,proto3" json:"last_move_reason,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *BudgetStatus) Reset() {
+	*x = BudgetStatus{}
+	mi := &file_agent_admitpb_admit_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BudgetStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BudgetStatus) ProtoMessage() {}
+
+func (x *BudgetStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_admitpb_admit_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BudgetStatus.ProtoReflect.Descriptor instead.
+func (*BudgetStatus) Descriptor() ([]byte, []int) {
+	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *BudgetStatus) GetClass() string {
+	if x != nil {
+		return x.Class
+	}
+	return ""
+}
+
+func (x *BudgetStatus) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
+func (x *BudgetStatus) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetInUse() int64 {
+	if x != nil {
+		return x.InUse
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetQueued() int64 {
+	if x != nil {
+		return x.Queued
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetKeys() int64 {
+	if x != nil {
+		return x.Keys
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetBackloggedKeys() int64 {
+	if x != nil {
+		return x.BackloggedKeys
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetFairness() float64 {
+	if x != nil {
+		return x.Fairness
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetFairKey() string {
+	if x != nil {
+		return x.FairKey
+	}
+	return ""
+}
+
+func (x *BudgetStatus) GetAdmittedTotal() int64 {
+	if x != nil {
+		return x.AdmittedTotal
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetDroppedMaxSize() int64 {
+	if x != nil {
+		return x.DroppedMaxSize
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetDroppedMaxTime() int64 {
+	if x != nil {
+		return x.DroppedMaxTime
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetAdaptive() bool {
+	if x != nil {
+		return x.Adaptive
+	}
+	return false
+}
+
+func (x *BudgetStatus) GetDerivation() string {
+	if x != nil {
+		return x.Derivation
+	}
+	return ""
+}
+
+func (x *BudgetStatus) GetStart() int32 {
+	if x != nil {
+		return x.Start
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetCeiling() int32 {
+	if x != nil {
+		return x.Ceiling
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetCpus() float64 {
+	if x != nil {
+		return x.Cpus
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetCpusSource() string {
+	if x != nil {
+		return x.CpusSource
+	}
+	return ""
+}
+
+func (x *BudgetStatus) GetMemoryBytes() uint64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetMemorySource() string {
+	if x != nil {
+		return x.MemorySource
+	}
+	return ""
+}
+
+func (x *BudgetStatus) GetEstimateRssBytes() uint64 {
+	if x != nil {
+		return x.EstimateRssBytes
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetServiceTimeUsec() int64 {
+	if x != nil {
+		return x.ServiceTimeUsec
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetGoodputBytesPerSec() float64 {
+	if x != nil {
+		return x.GoodputBytesPerSec
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetCpuUse() float64 {
+	if x != nil {
+		return x.CpuUse
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetCoresPerCommand() float64 {
+	if x != nil {
+		return x.CoresPerCommand
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetEpochUsec() int64 {
+	if x != nil {
+		return x.EpochUsec
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetLastMoveUnixUsec() int64 {
+	if x != nil {
+		return x.LastMoveUnixUsec
+	}
+	return 0
+}
+
+func (x *BudgetStatus) GetLastMoveReason() string {
+	if x != nil {
+		return x.LastMoveReason
+	}
+	return ""
+}
+
 type ReloadRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1381,7 +1661,7 @@ type ReloadRequest struct {
 
 func (x *ReloadRequest) Reset() {
 	*x = ReloadRequest{}
-	mi := &file_agent_admitpb_admit_proto_msgTypes[13]
+	mi := &file_agent_admitpb_admit_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +1673,7 @@ func (x *ReloadRequest) String() string {
 func (*ReloadRequest) ProtoMessage() {}
 
 func (x *ReloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_admitpb_admit_proto_msgTypes[13]
+	mi := &file_agent_admitpb_admit_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +1686,7 @@ func (x *ReloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadRequest.ProtoReflect.Descriptor instead.
 func (*ReloadRequest) Descriptor() ([]byte, []int) {
-	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{13}
+	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{14}
 }
 
 type ReloadResponse struct {
@@ -1424,7 +1704,7 @@ type ReloadResponse struct {
 
 func (x *ReloadResponse) Reset() {
 	*x = ReloadResponse{}
-	mi := &file_agent_admitpb_admit_proto_msgTypes[14]
+	mi := &file_agent_admitpb_admit_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1436,7 +1716,7 @@ func (x *ReloadResponse) String() string {
 func (*ReloadResponse) ProtoMessage() {}
 
 func (x *ReloadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_admitpb_admit_proto_msgTypes[14]
+	mi := &file_agent_admitpb_admit_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1449,7 +1729,7 @@ func (x *ReloadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadResponse.ProtoReflect.Descriptor instead.
 func (*ReloadResponse) Descriptor() ([]byte, []int) {
-	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{14}
+	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReloadResponse) GetApplied() bool {
@@ -1580,7 +1860,7 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"cpuPeriods\x122\n" +
 	"\x15cpu_throttled_periods\x18\a \x01(\x04R\x13cpuThrottledPeriods\x12\x1b\n" +
 	"\toom_kills\x18\b \x01(\x04R\boomKills\x12-\n" +
-	"\x12placement_failures\x18\t \x01(\x04R\x11placementFailures\"\x8f\x03\n" +
+	"\x12placement_failures\x18\t \x01(\x04R\x11placementFailures\"\xc2\x03\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12*\n" +
 	"\x11started_unix_usec\x18\x02 \x01(\x03R\x0fstartedUnixUsec\x12\x1f\n" +
@@ -1593,6 +1873,8 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"\n" +
 	"ebpf_state\x18\b \x01(\tR\tebpfState\x12\x16\n" +
 	"\x06socket\x18\t \x01(\tR\x06socket\x121\n" +
+	"\abudgets\x18\n" +
+	" \x03(\v2\x17.sluice.v1.BudgetStatusR\abudgets\x121\n" +
 	"\aservers\x18\x14 \x03(\v2\x17.sluice.v1.ServerStatusR\aservers\"\x99\x02\n" +
 	"\fServerStatus\x12\x12\n" +
 	"\x04comm\x18\x01 \x01(\tR\x04comm\x12\x10\n" +
@@ -1601,7 +1883,41 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"\x16last_request_unix_usec\x18\x04 \x01(\x03R\x13lastRequestUnixUsec\x12'\n" +
 	"\x0funwrapped_total\x18\x05 \x01(\x03R\x0eunwrappedTotal\x127\n" +
 	"\x18last_unwrapped_unix_usec\x18\x06 \x01(\x03R\x15lastUnwrappedUnixUsec\x12%\n" +
-	"\x0elast_unwrapped\x18\a \x01(\tR\rlastUnwrapped\"\x0f\n" +
+	"\x0elast_unwrapped\x18\a \x01(\tR\rlastUnwrapped\"\xa5\a\n" +
+	"\fBudgetStatus\x12\x14\n" +
+	"\x05class\x18\x01 \x01(\tR\x05class\x12\x18\n" +
+	"\aenabled\x18\x02 \x01(\bR\aenabled\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x05R\x05limit\x12\x15\n" +
+	"\x06in_use\x18\x04 \x01(\x03R\x05inUse\x12\x16\n" +
+	"\x06queued\x18\x05 \x01(\x03R\x06queued\x12\x12\n" +
+	"\x04keys\x18\x06 \x01(\x03R\x04keys\x12'\n" +
+	"\x0fbacklogged_keys\x18\a \x01(\x03R\x0ebackloggedKeys\x12\x1a\n" +
+	"\bfairness\x18\b \x01(\x01R\bfairness\x12\x19\n" +
+	"\bfair_key\x18\t \x01(\tR\afairKey\x12%\n" +
+	"\x0eadmitted_total\x18\n" +
+	" \x01(\x03R\radmittedTotal\x12(\n" +
+	"\x10dropped_max_size\x18\v \x01(\x03R\x0edroppedMaxSize\x12(\n" +
+	"\x10dropped_max_time\x18\f \x01(\x03R\x0edroppedMaxTime\x12\x1a\n" +
+	"\badaptive\x18\r \x01(\bR\badaptive\x12\x1e\n" +
+	"\n" +
+	"derivation\x18\x0e \x01(\tR\n" +
+	"derivation\x12\x14\n" +
+	"\x05start\x18\x0f \x01(\x05R\x05start\x12\x18\n" +
+	"\aceiling\x18\x10 \x01(\x05R\aceiling\x12\x12\n" +
+	"\x04cpus\x18\x11 \x01(\x01R\x04cpus\x12\x1f\n" +
+	"\vcpus_source\x18\x12 \x01(\tR\n" +
+	"cpusSource\x12!\n" +
+	"\fmemory_bytes\x18\x13 \x01(\x04R\vmemoryBytes\x12#\n" +
+	"\rmemory_source\x18\x14 \x01(\tR\fmemorySource\x12,\n" +
+	"\x12estimate_rss_bytes\x18\x15 \x01(\x04R\x10estimateRssBytes\x12*\n" +
+	"\x11service_time_usec\x18\x16 \x01(\x03R\x0fserviceTimeUsec\x121\n" +
+	"\x15goodput_bytes_per_sec\x18\x17 \x01(\x01R\x12goodputBytesPerSec\x12\x17\n" +
+	"\acpu_use\x18\x18 \x01(\x01R\x06cpuUse\x12*\n" +
+	"\x11cores_per_command\x18\x19 \x01(\x01R\x0fcoresPerCommand\x12\x1d\n" +
+	"\n" +
+	"epoch_usec\x18\x1a \x01(\x03R\tepochUsec\x12-\n" +
+	"\x13last_move_unix_usec\x18\x1b \x01(\x03R\x10lastMoveUnixUsec\x12(\n" +
+	"\x10last_move_reason\x18\x1c \x01(\tR\x0elastMoveReason\"\x0f\n" +
 	"\rReloadRequest\"}\n" +
 	"\x0eReloadResponse\x12\x18\n" +
 	"\aapplied\x18\x01 \x01(\bR\aapplied\x12\x1f\n" +
@@ -1635,7 +1951,7 @@ func file_agent_admitpb_admit_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_admitpb_admit_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_admitpb_admit_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_agent_admitpb_admit_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_agent_admitpb_admit_proto_goTypes = []any{
 	(RejectReason)(0),      // 0: sluice.v1.RejectReason
 	(*AdmitRequest)(nil),   // 1: sluice.v1.AdmitRequest
@@ -1651,8 +1967,9 @@ var file_agent_admitpb_admit_proto_goTypes = []any{
 	(*CgroupStatus)(nil),   // 11: sluice.v1.CgroupStatus
 	(*StatusResponse)(nil), // 12: sluice.v1.StatusResponse
 	(*ServerStatus)(nil),   // 13: sluice.v1.ServerStatus
-	(*ReloadRequest)(nil),  // 14: sluice.v1.ReloadRequest
-	(*ReloadResponse)(nil), // 15: sluice.v1.ReloadResponse
+	(*BudgetStatus)(nil),   // 14: sluice.v1.BudgetStatus
+	(*ReloadRequest)(nil),  // 15: sluice.v1.ReloadRequest
+	(*ReloadResponse)(nil), // 16: sluice.v1.ReloadResponse
 }
 var file_agent_admitpb_admit_proto_depIdxs = []int32{
 	0,  // 0: sluice.v1.Rejected.reason:type_name -> sluice.v1.RejectReason
@@ -1664,18 +1981,19 @@ var file_agent_admitpb_admit_proto_depIdxs = []int32{
 	9,  // 6: sluice.v1.StatusResponse.limits:type_name -> sluice.v1.LimitStatus
 	10, // 7: sluice.v1.StatusResponse.leases:type_name -> sluice.v1.LeaseInfo
 	11, // 8: sluice.v1.StatusResponse.cgroups:type_name -> sluice.v1.CgroupStatus
-	13, // 9: sluice.v1.StatusResponse.servers:type_name -> sluice.v1.ServerStatus
-	6,  // 10: sluice.v1.Admission.Admit:input_type -> sluice.v1.ClientMsg
-	8,  // 11: sluice.v1.Admin.Status:input_type -> sluice.v1.StatusRequest
-	14, // 12: sluice.v1.Admin.Reload:input_type -> sluice.v1.ReloadRequest
-	7,  // 13: sluice.v1.Admission.Admit:output_type -> sluice.v1.ServerMsg
-	12, // 14: sluice.v1.Admin.Status:output_type -> sluice.v1.StatusResponse
-	15, // 15: sluice.v1.Admin.Reload:output_type -> sluice.v1.ReloadResponse
-	13, // [13:16] is the sub-list for method output_type
-	10, // [10:13] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	14, // 9: sluice.v1.StatusResponse.budgets:type_name -> sluice.v1.BudgetStatus
+	13, // 10: sluice.v1.StatusResponse.servers:type_name -> sluice.v1.ServerStatus
+	6,  // 11: sluice.v1.Admission.Admit:input_type -> sluice.v1.ClientMsg
+	8,  // 12: sluice.v1.Admin.Status:input_type -> sluice.v1.StatusRequest
+	15, // 13: sluice.v1.Admin.Reload:input_type -> sluice.v1.ReloadRequest
+	7,  // 14: sluice.v1.Admission.Admit:output_type -> sluice.v1.ServerMsg
+	12, // 15: sluice.v1.Admin.Status:output_type -> sluice.v1.StatusResponse
+	16, // 16: sluice.v1.Admin.Reload:output_type -> sluice.v1.ReloadResponse
+	14, // [14:17] is the sub-list for method output_type
+	11, // [11:14] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_agent_admitpb_admit_proto_init() }
@@ -1698,7 +2016,7 @@ func file_agent_admitpb_admit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_admitpb_admit_proto_rawDesc), len(file_agent_admitpb_admit_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

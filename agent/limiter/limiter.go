@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -43,6 +44,12 @@ type Config struct {
 type Limiter struct {
 	name  string
 	clock Clock
+	// id orders locks when a budget takes slots of several limiters at
+	// once (budget.go).
+	id uint64
+	// group is told when slots free up, so budget waiters holding claims
+	// on this limiter are looked at again; nil without budgets.
+	group *Group
 
 	mu    sync.Mutex // guards the fields below
 	cfg   Config
@@ -51,10 +58,16 @@ type Limiter struct {
 	// Totals across keys, kept so that stats never walk the key map.
 	running, queued                    int
 	admitted, droppedSize, droppedTime uint64
+	// external counts budget waiters that hold a claim on one of this
+	// limiter's keys (they wait in the budget's queue, not here).
+	external int
 }
 
 type keyState struct {
 	running int
+	// external is how many budget waiters claim a slot of this key: they
+	// count against max_queue_size like the key's own queue.
+	external int
 	// queue holds waiters in arrival order; FIFO serves from the front,
 	// LIFO from the back.
 	queue []*waiter
@@ -75,12 +88,18 @@ type Option func(*Limiter)
 // (a simulated host; see Clock).
 func WithClock(c Clock) Option { return func(l *Limiter) { l.clock = c } }
 
+// WithGroup makes the limiter tell g whenever slots free up, so that
+// budgets of g whose waiters claim slots of this limiter can admit them.
+func WithGroup(g *Group) Option { return func(l *Limiter) { l.group = g } }
+
+var limiterIDs atomic.Uint64
+
 // New returns a limiter for cfg.
 func New(cfg Config, opts ...Option) *Limiter {
 	if cfg.Limit < 1 {
 		cfg.Limit = 1
 	}
-	l := &Limiter{name: cfg.Name, clock: realClock{}, cfg: cfg, limit: cfg.Limit, keys: make(map[string]*keyState)}
+	l := &Limiter{name: cfg.Name, clock: realClock{}, cfg: cfg, limit: cfg.Limit, keys: make(map[string]*keyState), id: limiterIDs.Add(1)}
 	for _, o := range opts {
 		o(l)
 	}
@@ -107,12 +126,13 @@ func (l *Limiter) Reconfigure(cfg Config) {
 	}
 	cfg.Name = l.name
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.cfg = cfg
 	l.limit = cfg.Limit
 	for _, ks := range l.keys {
 		l.admitLocked(ks)
 	}
+	l.mu.Unlock()
+	l.group.pump()
 }
 
 // QueueFunc is told a waiter's position (1 = next to be admitted) and the
@@ -139,7 +159,7 @@ func (l *Limiter) Acquire(ctx context.Context, key string, onQueued QueueFunc) (
 		l.mu.Unlock()
 		return l.releaser(key), 0, nil
 	}
-	if len(ks.queue) >= l.cfg.MaxQueueSize || l.cfg.MaxQueueWait <= 0 {
+	if len(ks.queue)+ks.external >= l.cfg.MaxQueueSize || l.cfg.MaxQueueWait <= 0 {
 		l.droppedSize++
 		l.dropKeyIfIdleLocked(key, ks)
 		l.mu.Unlock()
@@ -224,12 +244,13 @@ func (l *Limiter) releaser(key string) func() {
 	return func() {
 		once.Do(func() {
 			l.mu.Lock()
-			defer l.mu.Unlock()
 			ks := l.keys[key]
 			ks.running--
 			l.running--
 			l.admitLocked(ks)
 			l.dropKeyIfIdleLocked(key, ks)
+			l.mu.Unlock()
+			l.group.pump()
 		})
 	}
 }
@@ -280,7 +301,7 @@ func (l *Limiter) notifyPositionsLocked(ks *keyState) {
 // dropKeyIfIdleLocked forgets a key with nothing running or queued, so the
 // key map holds only live keys however many distinct keys pass through.
 func (l *Limiter) dropKeyIfIdleLocked(key string, ks *keyState) {
-	if ks.running == 0 && len(ks.queue) == 0 {
+	if ks.running == 0 && len(ks.queue) == 0 && ks.external == 0 {
 		delete(l.keys, key)
 	}
 }
@@ -293,17 +314,30 @@ func (l *Limiter) SetLimit(n int) {
 		n = 1
 	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.limit = n
 	for _, ks := range l.keys {
 		l.admitLocked(ks)
 	}
+	l.mu.Unlock()
+	l.group.pump()
+}
+
+// KeyRunning returns how many run under key now.
+func (l *Limiter) KeyRunning(key string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if ks := l.keys[key]; ks != nil {
+		return ks.running
+	}
+	return 0
 }
 
 // Stats is a point-in-time view of a Limiter.
 type Stats struct {
-	Name                  string
-	Limit                 int
+	Name  string
+	Limit int
+	// Queued counts the rule's own waiters and budget waiters claiming
+	// one of its slots.
 	Running, Queued, Keys int
 	// MaxKeyRunning is how many run under the busiest key.
 	MaxKeyRunning            int
@@ -321,7 +355,7 @@ func (l *Limiter) Stats() Stats {
 	}
 	return Stats{
 		Name: l.name, Limit: l.limit, MaxKeyRunning: busiest,
-		Running: l.running, Queued: l.queued, Keys: len(l.keys),
+		Running: l.running, Queued: l.queued + l.external, Keys: len(l.keys),
 		Admitted: l.admitted, DroppedSize: l.droppedSize, DroppedTime: l.droppedTime,
 	}
 }

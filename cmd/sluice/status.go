@@ -108,6 +108,7 @@ func renderStatus(w io.Writer, st *admitpb.StatusResponse, now time.Time) {
 		}
 		tw.Flush()
 	}
+	renderBudget(&b, st.Budgets, now)
 	running, queued := 0, 0
 	for _, l := range st.Leases {
 		if l.State == "queued" {

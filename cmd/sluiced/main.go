@@ -124,6 +124,7 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 		Limits:  limitSource{func() *agent.Agent { return a }},
 		// Set before a is: the exporter serves only after New.
 		Connections: connSource{func() *agent.Agent { return a }},
+		Budget:      budgetSource{func() *agent.Agent { return a }},
 		Pprof:       cfg.Agent.Pprof,
 	}
 	var cgStats cgroupStats
@@ -293,6 +294,23 @@ func (s limitSource) LimitStats() []exporter.LimitStat {
 	var out []exporter.LimitStat
 	for _, st := range a.Limiters() {
 		out = append(out, exporter.LimitStat{Name: st.Name, InProgress: st.Running, Queued: st.Queued, CurrentLimit: st.Limit, Keys: st.Keys})
+	}
+	return out
+}
+
+// budgetSource feeds the exporter's host budget metrics from the agent.
+type budgetSource struct{ agent func() *agent.Agent }
+
+func (s budgetSource) BudgetStats() []exporter.BudgetStat {
+	a := s.agent()
+	if a == nil {
+		return nil
+	}
+	var out []exporter.BudgetStat
+	for _, b := range a.Budgets() {
+		out = append(out, exporter.BudgetStat{Class: b.Class, Limit: b.Limit, InUse: b.InUse, Queued: b.Queued,
+			BackloggedKeys: b.BackloggedKeys, Fairness: b.Fairness, GoodputBytesPerSecond: b.GoodputBytesPerSecond,
+			Admitted: b.Admitted, DroppedSize: b.DroppedSize, DroppedTime: b.DroppedTime})
 	}
 	return out
 }
