@@ -36,9 +36,8 @@ const (
 
 // sweepPolicy is the sweep's static policy: one host-wide limit on
 // pack-objects and nothing else. "Host-wide" is key = "global" on the only
-// rule matching pack-objects (the policy language has no separate host
-// budget: a subcommand matches one rule, and "global" is one queue for the
-// whole agent). upload-pack, receive-pack and upload-archive run unlimited,
+// rule matching pack-objects, with the shipped [budget] turned off (the
+// budget is what the sweep judges). upload-pack, receive-pack and upload-archive run unlimited,
 // so the only thing the sweep varies is how many packs are computed at
 // once. The queue is long and patient (1000, 5 minutes: longer than any
 // storm window), so the sweep measures the limit, not rejections.
@@ -51,6 +50,10 @@ key = "global"
 max_per_key = %d
 max_queue_size = 1000
 max_queue_wait = "5m"
+
+# The shipped host budget is what the sweep is the bar for: off here.
+[budget]
+enabled = false
 `, g)
 }
 
