@@ -80,8 +80,10 @@ type admission struct {
 	watch   *watch // timeouts armed while it runs; nil when none
 	// exec is set when the process runs in exec mode (execmode.go).
 	exec *execLease
-	// admitted is when the lease started running.
-	admitted time.Time
+	// admitted is when the lease started running; admittedBoot the same
+	// on CLOCK_BOOTTIME (ns), for the state file.
+	admitted     time.Time
+	admittedBoot int64
 	// saved is true when the lease has a state file (recovery.go).
 	saved bool
 }
@@ -179,12 +181,13 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 	if a.tracer != nil && req.CanExec {
 		a.startExec(adm, peer)
 	}
-	adm.admitted = time.Now()
+	adm.admitted, adm.admittedBoot = time.Now(), bootNow()
 	a.leases.MarkRunning(l, adm.admitted)
-	a.saveLease(adm, peer)
 	// Armed before the caller hears Admitted, so a pack-objects the
-	// command starts can never arrive before its negotiation is watched.
+	// command starts can never arrive before its negotiation is watched;
+	// and before the state file is written, which records the deadlines.
 	adm.watch = a.timeouts.arm(l, rule, a.Policy())
+	a.saveLease(adm, peer)
 	if err := send(&admitpb.ServerMsg{Msg: &admitpb.ServerMsg_Admitted{Admitted: &admitpb.Admitted{
 		LeaseId: l.ID, Limit: l.Limit, QueuedUsec: adm.waited.Microseconds(), Exec: adm.exec != nil,
 	}}}); err != nil {

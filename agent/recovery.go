@@ -50,6 +50,42 @@ type leaseRecord struct {
 	Bucket        string    `json:"bucket,omitempty"`
 	Admitted      time.Time `json:"admitted"`
 	Arrived       time.Time `json:"arrived"`
+	// AdmittedBoot is Admitted on CLOCK_BOOTTIME (ns), which no clock
+	// change moves: the adopting agent measures elapsed time with it.
+	// 0 in records written before it was recorded (Admitted is used).
+	AdmittedBoot int64 `json:"admitted_boot_ns,omitempty"`
+	// Deadlines are the timeouts the lease was armed with; nil in records
+	// written before they were recorded (the adopting agent then uses the
+	// values its own policy gives the lease's rule and subcommand).
+	Deadlines *recordDeadlines `json:"deadlines,omitempty"`
+}
+
+// recordDeadlines are a lease's timeouts (timeouts.go), in milliseconds;
+// 0 is "not bounded".
+type recordDeadlines struct {
+	NegotiationMS int64 `json:"negotiation_ms"`
+	MaxRuntimeMS  int64 `json:"max_runtime_ms"`
+	KillGraceMS   int64 `json:"kill_grace_ms"`
+}
+
+// bootNow is CLOCK_BOOTTIME in ns (0 when unreadable).
+func bootNow() int64 {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) != nil {
+		return 0
+	}
+	return ts.Nano()
+}
+
+// deadlinesOf records what w was armed with (nil w: nothing bounded).
+func deadlinesOf(w *watch) *recordDeadlines {
+	d := &recordDeadlines{}
+	if w != nil {
+		d.NegotiationMS = w.neg.limit.Milliseconds() // fixed at arming
+		d.MaxRuntimeMS = w.run.Milliseconds()
+		d.KillGraceMS = w.grace.Milliseconds()
+	}
+	return d
 }
 
 // maxLeaseRecord bounds what Recover reads of one state file.
@@ -68,6 +104,7 @@ func (a *Agent) saveLease(adm *admission, peer PeerCred) {
 			PID: int(peer.PID), Start: start, UID: peer.UID, Limit: l.Limit, Key: l.Key,
 			Command: l.Command, Subcommand: l.Subcommand, Repo: l.Repo, RemoteIP: l.RemoteIP, User: l.User,
 			CorrelationID: l.CorrelationID, Bucket: l.Bucket, Admitted: adm.admitted, Arrived: l.Arrived,
+			AdmittedBoot: adm.admittedBoot, Deadlines: deadlinesOf(adm.watch),
 		}
 		var b []byte
 		if b, err = json.Marshal(&rec); err == nil {
@@ -205,9 +242,45 @@ func (a *Agent) adopt(id string) string {
 			a.log.Warn("adopted process not traced; its CPU will not be recorded", append(a.leaseFields(l), zap.Error(err))...)
 		}
 	}
+	adm.watch = a.rearm(l, &rec, pidfd)
 	a.log.Info("adopted a command still running from before the restart", a.leaseFields(l)...)
 	go a.runExec(adm)
 	return ""
+}
+
+// rearm starts the timeouts of the adopted lease l from the time it was
+// admitted, with the values it was armed with (or, for a record written
+// before they were recorded, those of the current policy): a restart
+// neither resets a deadline nor lifts it. A deadline that passed while no
+// agent ran fires at once (a negotiation first gets its last look at the
+// process tree: a pack-objects running ends it). A negotiation that ended
+// under the old agent is not known to the new one: if its pack-objects is
+// still running (the transfer), the scan sees it and the timer is
+// cancelled; an upload-pack whose pack was already sent exits right after.
+func (a *Agent) rearm(l *Lease, rec *leaseRecord, pidfd int) *watch {
+	cfg := a.Policy()
+	neg := negotiationOf(rec.Subcommand, &cfg.Timeouts)
+	var run time.Duration
+	for i := range cfg.Limits {
+		if rec.Limit != "" && cfg.Limits[i].Name == rec.Limit {
+			run = cfg.Limits[i].MaxRuntime.Duration
+		}
+	}
+	grace := cfg.Timeouts.KillGrace.Duration
+	if d := rec.Deadlines; d != nil {
+		neg.limit = time.Duration(d.NegotiationMS) * time.Millisecond
+		run = time.Duration(d.MaxRuntimeMS) * time.Millisecond
+		grace = time.Duration(d.KillGraceMS) * time.Millisecond
+	}
+	since := rec.Admitted
+	if now := bootNow(); rec.AdmittedBoot > 0 && now >= rec.AdmittedBoot {
+		since = time.Now().Add(-time.Duration(now - rec.AdmittedBoot))
+	}
+	own := -1
+	if fd, err := unix.FcntlInt(uintptr(pidfd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+		own = fd
+	}
+	return a.timeouts.armAt(l, neg, run, grace, since, own)
 }
 
 // isLeaseID reports whether name looks like a lease ID (16 hex digits).
