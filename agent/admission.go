@@ -38,6 +38,9 @@ const (
 	OutcomeError    = "error"
 	OutcomeSignaled = "signaled"
 	OutcomeRejected = "rejected"
+	// OutcomeUnknown: an exec-mode command whose exit the tracer never
+	// reported (execmode.go); its CPU is not known either.
+	OutcomeUnknown = "unknown"
 )
 
 // Observer receives what the agent measures. The exporter implements it;
@@ -261,6 +264,15 @@ func (a *Agent) reject(l *Lease, rule *policy.Limit, lim *limiter.Limiter, err e
 // finish releases adm's slot and records how its command ended; fin is nil
 // when the caller went away without reporting (killed shim).
 func (a *Agent) finish(adm *admission, fin *admitpb.Finished) {
+	a.release(adm)
+	if adm.exec != nil {
+		a.untrack(adm)
+	}
+	a.record(adm, fin, false)
+}
+
+// release ends adm's lease: timers, slot, exec lease, state file, table.
+func (a *Agent) release(adm *admission) {
 	adm.watch.disarm()
 	if adm.release != nil {
 		adm.release()
@@ -269,15 +281,23 @@ func (a *Agent) finish(adm *admission, fin *admitpb.Finished) {
 		a.endExec(adm)
 	}
 	a.dropLease(adm)
+	a.leases.Remove(adm.lease)
+}
+
+// record counts and logs how adm's command ended; late is true when the
+// report came after the slot was released (execmode.go).
+func (a *Agent) record(adm *admission, fin *admitpb.Finished, late bool) {
 	l := adm.lease
-	a.leases.Remove(l)
 	fields := append(a.leaseFields(l), zap.Duration("queue_wait", adm.waited))
 	if fin == nil {
-		a.obs.CommandFinished(cmdLabel, subcmdLabel(l), OutcomeSignaled, 0, 0, time.Since(l.Arrived)-adm.waited, 0)
 		if adm.exec != nil {
-			a.log.Warn("lease released without an exit report", fields...)
+			// Without a tracer report nothing says how it ended.
+			a.obs.CommandFinished(cmdLabel, subcmdLabel(l), OutcomeUnknown, 0, 0, time.Since(l.Arrived)-adm.waited, 0)
+			a.log.Warn("lease released without an exit report; outcome unknown", fields...)
 			return
 		}
+		// A supervising shim that exits without its report was killed.
+		a.obs.CommandFinished(cmdLabel, subcmdLabel(l), OutcomeSignaled, 0, 0, time.Since(l.Arrived)-adm.waited, 0)
 		a.log.Warn("lease released without a report: the shim exited or was killed", fields...)
 		return
 	}
@@ -296,7 +316,7 @@ func (a *Agent) finish(adm *admission, fin *admitpb.Finished) {
 		zap.Duration("cpu_user", user), zap.Duration("cpu_system", sys),
 		zap.Int64("max_rss_kib", fin.MaxRssKib), zap.Duration("real", real),
 		zap.Int32("exit_code", fin.ExitCode), zap.Int32("signal", fin.Signal),
-		zap.String("outcome", outcome), zap.Bool("exec_mode", adm.exec != nil))...)
+		zap.String("outcome", outcome), zap.Bool("exec_mode", adm.exec != nil), zap.Bool("late_exit_report", late))...)
 }
 
 func (a *Agent) leaseFields(l *Lease) []zap.Field {

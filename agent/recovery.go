@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -109,18 +110,24 @@ func (a *Agent) saveLease(adm *admission, peer PeerCred) {
 		var b []byte
 		if b, err = json.Marshal(&rec); err == nil {
 			if a.stateFD < 0 {
-				err = errors.New("the state directory was not opened (Recover not called)")
+				err = errors.New("the state directory is not in use: " + a.StateProblem())
 			} else {
 				// Relative to the checked directory, never through a symlink
-				// and never over an existing file.
-				err = writeNewFile(a.stateFD, l.ID, b)
+				// and never over an existing file; all or nothing.
+				err = writeAtomic(a.stateFD, l.ID, b)
 			}
 		}
 	}
 	if err != nil {
-		a.stateErrors.Add(1)
-		a.log.Warn("cannot save the lease state; a restart of the agent would forget this command",
-			append(a.leaseFields(l), zap.String("state_dir", a.stateDir), zap.Error(err))...)
+		n := a.stateErrors.Add(1)
+		// Every failure is counted; the log says so for the first and then
+		// at most every 10s (a full disk fails every lease).
+		now := time.Now().UnixNano()
+		if last := a.stateLogged.Load(); n > 1 && now-last < int64(10*time.Second) || !a.stateLogged.CompareAndSwap(last, now) {
+			return
+		}
+		a.log.Error("cannot save the lease state; a restart of the agent would forget this command",
+			append(a.leaseFields(l), zap.String("state_dir", a.stateDir), zap.Uint64("state_errors_total", n), zap.Error(err))...)
 		return
 	}
 	adm.saved = true
@@ -139,18 +146,30 @@ func (a *Agent) dropLease(adm *admission) {
 // Recover adopts the running commands recorded in the state directory by
 // an earlier agent; call it before Serve. It returns how many processes
 // were adopted and how many records were stale (process gone, or its rule
-// gone from the policy, or unreadable) and removed.
+// gone from the policy, or unreadable: a zero-byte or torn record) and
+// removed.
+//
+// Only an unsafe state directory (safedir.go) is an error: sluiced refuses
+// to start. A directory that cannot be created, opened or listed (a full
+// or read-only filesystem, too many files) is not: the agent admits
+// without persistence, says so in an error log line, in `sluice status`
+// and with every lease it cannot save (sluice_lease_state_errors_total),
+// rather than leaving every shim to its fail mode. Start never waits on a
+// record: one that cannot be read is removed (or, failing that, skipped).
 func (a *Agent) Recover() (adopted, stale int, err error) {
 	if a.stateDir == "" {
 		return 0, 0, nil
 	}
 	// leases/ and every directory above it are checked, and leases/ is
 	// held open: every state file is then reached relative to it
-	// (safedir.go). An unsafe directory is an error: sluiced refuses to
-	// start.
+	// (safedir.go).
 	fd, err := openTrustedDir(a.stateDir, dirRole{what: "state directory", mode: 0o700, gid: -1})
-	if err != nil {
+	if errors.Is(err, errUnsafe) {
 		return 0, 0, err
+	}
+	if err != nil {
+		a.noPersistence(err)
+		return 0, 0, nil
 	}
 	if a.stateFD >= 0 {
 		unix.Close(a.stateFD)
@@ -158,9 +177,16 @@ func (a *Agent) Recover() (adopted, stale int, err error) {
 	a.stateFD = fd
 	names, err := readDirNames(fd)
 	if err != nil {
-		return 0, 0, fmt.Errorf("state directory %s: %w", a.stateDir, err)
+		a.noPersistence(fmt.Errorf("list %s: %w", a.stateDir, err))
+		return 0, 0, nil
 	}
+	a.setStateProblem("")
 	for _, name := range names {
+		if id, ok := strings.CutSuffix(name, tmpSuffix); ok && isLeaseID(id) {
+			// A write the previous agent did not finish: never adopted.
+			_ = unix.Unlinkat(fd, name, 0)
+			continue
+		}
 		if !isLeaseID(name) {
 			continue
 		}
@@ -175,6 +201,35 @@ func (a *Agent) Recover() (adopted, stale int, err error) {
 	}
 	return adopted, stale, nil
 }
+
+// noPersistence records that the state directory cannot be used.
+func (a *Agent) noPersistence(err error) {
+	if a.stateFD >= 0 {
+		unix.Close(a.stateFD)
+		a.stateFD = -1
+	}
+	msg := fmt.Sprintf("state directory %s unusable (%v): admitting without persistence, so a restart of the agent forgets the commands running; free space or fix %s, then restart sluiced", a.stateDir, err, a.stateDir)
+	a.setStateProblem(msg)
+	a.log.Error("admitting without persistence", zap.String("state_dir", a.stateDir), zap.Error(err),
+		zap.String("fix", "free space or fix the state directory, then restart sluiced"))
+}
+
+func (a *Agent) setStateProblem(s string) {
+	a.stateMu.Lock()
+	a.stateProblem = s
+	a.stateMu.Unlock()
+}
+
+// StateProblem says why the state directory is not in use ("" when it is).
+func (a *Agent) StateProblem() string {
+	a.stateMu.Lock()
+	defer a.stateMu.Unlock()
+	return a.stateProblem
+}
+
+// StateErrors is how many lease state files could not be written
+// (sluice_lease_state_errors_total).
+func (a *Agent) StateErrors() uint64 { return a.stateErrors.Load() }
 
 // readDirNames lists the directory dirfd (through a duplicate, so dirfd's
 // offset is untouched).

@@ -124,7 +124,13 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 		Limits:  limitSource{func() *agent.Agent { return a }},
 		// Set before a is: the exporter serves only after New.
 		Connections: connSource{func() *agent.Agent { return a }},
-		Pprof:       cfg.Agent.Pprof,
+		LeaseStateErrors: func() uint64 {
+			if a == nil {
+				return 0
+			}
+			return a.StateErrors()
+		},
+		Pprof: cfg.Agent.Pprof,
 	}
 	var cgStats cgroupStats
 	if cg != nil {
@@ -174,8 +180,11 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 		return err
 	}
 	if err := wire.WriteShimConfig(shimConf, shimConfig(cfg)); err != nil {
-		sock.Close()
-		return fmt.Errorf("write shim settings %s: %w", shimConf, err)
+		// A full or read-only filesystem must not stop admission: every
+		// shim would then apply its fail mode. Shims keep the shim.conf
+		// they find (or their defaults) until a reload rewrites it.
+		log.Error("shim settings not written; shims use the previous file or their defaults until a reload (SIGHUP) rewrites it",
+			zap.String("file", shimConf), zap.Error(err))
 	}
 	// Listen refused to start beside a live agent, so the commands recorded
 	// in the state directory are nobody's now: take them over before the
