@@ -368,3 +368,31 @@ func procStartTime(pid int) (uint64, error) {
 	}
 	return strconv.ParseUint(fields[start], 10, 64)
 }
+
+// StoppingMark is the file a stopping agent leaves next to its socket
+// (its mtime: when it began to stop) and a ready agent removes. A shim
+// that finds no socket, or a socket nobody accepts on, while the mark is
+// younger than restart_grace is looking at a restart, not a missing agent:
+// it keeps trying until the grace is over (cmd/sluice-shim/reconnect.go).
+// A mark left by an agent that never comes back costs each command at
+// most what is left of the grace, once, and nothing after it.
+const StoppingMark = "stopping"
+
+// MarkStopping writes the stopping mark in the socket's directory (a
+// directory Listen checked: safedir.go). Best effort: a failure is logged.
+func MarkStopping(socket string, log *zap.Logger) {
+	dir := filepath.Dir(socket)
+	path := filepath.Join(dir, StoppingMark)
+	_ = unix.Unlink(path)
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		log.Warn("cannot leave the stopping mark; shims arriving during a restart apply fail_mode at once", zap.String("file", path), zap.Error(err))
+		return
+	}
+	unix.Close(fd)
+}
+
+// ClearStopping removes the stopping mark: the agent is ready.
+func ClearStopping(socket string) {
+	_ = unix.Unlink(filepath.Join(filepath.Dir(socket), StoppingMark))
+}

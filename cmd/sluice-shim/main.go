@@ -56,10 +56,8 @@
 package main
 
 import (
-	"errors"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -136,34 +134,10 @@ func run(argv []string) int {
 	if setup.NoDial {
 		return unavailable(&setup, sock, setup.Problem, git, gitArgv, env, corr)
 	}
-	conn, err := wire.Dial(sock, dialTimeout)
+	// Dial, ask and wait; a restarting agent is waited for (reconnect.go).
+	conn, rep, err := admitRetrying(&setup, sock, &req)
 	if err != nil {
-		if errors.Is(err, syscall.EACCES) {
-			err = errors.New("permission denied connecting as uid " + strconv.Itoa(os.Geteuid()) + "; " + wire.GroupFix(setup.SocketGID))
-		}
 		return unavailable(&setup, sock, err, git, gitArgv, env, corr)
-	}
-	var rep wire.Reply
-	if cfg.QueueFeedbackAfter > 0 {
-		fb := newFeedback(cfg.QueueFeedbackAfter, req.Repo)
-		rep, err = conn.AdmitTicking(&req, time.Now().Add(cfg.AdmitTimeout), fb.queuedAt, feedbackTick, fb.tick)
-		fb.done(err == nil && rep.Admitted)
-	} else {
-		rep, err = conn.Admit(&req, time.Now().Add(cfg.AdmitTimeout), nil)
-	}
-	if err != nil {
-		conn.Close()
-		return unavailable(&setup, sock, err, git, gitArgv, env, corr)
-	}
-	if !rep.Admitted && rep.Reason == wire.ReasonUnavailable {
-		// The agent is shutting down or at its connection limit: the
-		// same as not reaching it.
-		conn.Close()
-		why := strings.TrimPrefix(rep.Message, "sluice: ")
-		if why == "" {
-			why = "agent shutting down"
-		}
-		return unavailable(&setup, sock, errors.New(why), git, gitArgv, env, corr)
 	}
 	if !rep.Admitted {
 		conn.Close()

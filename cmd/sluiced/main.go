@@ -227,6 +227,7 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 		zap.String("config", cfg.Source),
 		zap.String("fail_mode", cfg.Agent.FailMode),
 		zap.Int("rules", len(cfg.Limits)))
+	agent.ClearStopping(socketPath)
 	if err := sdNotify("READY=1\nSTATUS=admitting"); err != nil {
 		log.Warn("systemd notify", zap.Error(err))
 	}
@@ -249,6 +250,7 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 			}
 			cancel() // one part stopping stops the other
 		case <-ctx.Done():
+			agent.MarkStopping(socketPath, log)
 			_ = sdNotify("STOPPING=1")
 			shutdown := time.AfterFunc(10*time.Second, func() {
 				log.Error("shutdown took longer than 10s; exiting")
@@ -272,6 +274,7 @@ func shimConfig(cfg *policy.Config) wire.ShimConfig {
 		// agent to answer.
 		AdmitTimeout:       cfg.MaxQueueWait() + 2*time.Second,
 		QueueFeedbackAfter: cfg.Agent.QueueFeedbackAfter.Duration,
+		RestartGrace:       cfg.Agent.RestartGrace.Duration,
 	}
 }
 
