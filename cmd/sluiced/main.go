@@ -250,7 +250,6 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 			}
 			cancel() // one part stopping stops the other
 		case <-ctx.Done():
-			agent.MarkStopping(socketPath, log)
 			_ = sdNotify("STOPPING=1")
 			shutdown := time.AfterFunc(10*time.Second, func() {
 				log.Error("shutdown took longer than 10s; exiting")
