@@ -655,6 +655,9 @@ func timeoutChanges(old, cfg *policy.Config) []string {
 	d("upload_archive_negotiation", old.Timeouts.UploadArchiveNegotiation, cfg.Timeouts.UploadArchiveNegotiation)
 	d("kill_grace", old.Timeouts.KillGrace, cfg.Timeouts.KillGrace)
 	d("queue_feedback_after", old.Agent.QueueFeedbackAfter, cfg.Agent.QueueFeedbackAfter)
+	if old.Agent.RestartGrace != cfg.Agent.RestartGrace {
+		out = append(out, "restart_grace "+formatDuration(old.Agent.RestartGrace.Duration)+" -> "+formatDuration(cfg.Agent.RestartGrace.Duration)+" (shims read it from shim.conf on their next run)")
+	}
 	for _, r := range cfg.Limits {
 		for _, o := range old.Limits {
 			if o.Name == r.Name {
