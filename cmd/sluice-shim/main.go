@@ -33,8 +33,11 @@
 //     exits 75 (EX_TEMPFAIL: "try again later"). In hook mode the client
 //     sees it as "remote: sluice: …". fail_mode "closed" refuses the same
 //     way (reject.go).
-//   - Rejected as unavailable (the agent is shutting down, or already
-//     serves [agent] max_connections): as if the agent were unreachable.
+//   - Rejected as unavailable (the agent is shutting down), a waiting
+//     connection dropped, or no socket while the agent's stopping mark is
+//     fresh: the agent is restarting; the shim reconnects and queues again
+//     for restart_grace_ms (reconnect.go), then as if the agent were
+//     unreachable.
 //   - Agent unreachable, no answer in time or a broken answer: fail_mode
 //     "open" (default) execs git without a lease and logs a warning;
 //     "closed" prints why to stderr and exits 75. Permission denied on the
