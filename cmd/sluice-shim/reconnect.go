@@ -38,6 +38,12 @@ import (
 //     agent's socket appearing, so they queue before almost all fresh
 //     arrivals, but not in their old order (the agent keeps no queue
 //     across a restart; its limiter is FIFO per key from then on).
+//   - A crash (SIGKILL, OOM) leaves no mark: shims that were waiting ride
+//     it out (their connection dropped), but one arriving while no agent
+//     listens sees a socket nobody accepts on and cannot tell a crash
+//     that systemd will restart from an agent that is gone for good, so
+//     it applies fail_mode at once, as before (waiting there would cost
+//     every command restart_grace for as long as the agent stays dead).
 //   - Nothing runs without a lease meanwhile: the commands that were
 //     running were adopted from the state directory before the first
 //     admission, so the limit counts them from the new agent's start.
