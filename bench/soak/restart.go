@@ -47,7 +47,6 @@ type restartResult struct {
 	GitRuns        int     `json:"git_runs_completed"`
 	MaxConcurrent  int     `json:"max_concurrent_git"`
 	WithoutLease   int     `json:"runs_without_lease"`
-	RetriesLogged  int     `json:"shim_restart_waits_logged"`
 	GaugesZero     bool    `json:"gauges_zero"`
 	GaugesDetail   string  `json:"gauges_detail"`
 	StateFilesLeft int     `json:"state_files_left"`
