@@ -174,11 +174,13 @@ func parseStatusGroups(r io.Reader) ([]uint32, error) {
 func (a *Agent) Status() *admitpb.StatusResponse {
 	pol, stats := a.limitsSnapshot()
 	resp := &admitpb.StatusResponse{
-		Version:         a.version,
-		StartedUnixUsec: a.started.UnixMicro(),
-		ConfigPath:      pol.Source,
-		FailMode:        pol.Agent.FailMode,
-		Socket:          a.socketPath(),
+		Version:           a.version,
+		StartedUnixUsec:   a.started.UnixMicro(),
+		ConfigPath:        pol.Source,
+		FailMode:          pol.Agent.FailMode,
+		Socket:            a.socketPath(),
+		LeaseStateErrors:  int64(a.StateErrors()),
+		LeaseStateProblem: a.StateProblem(),
 	}
 	for _, sv := range a.Servers() {
 		resp.Servers = append(resp.Servers, &admitpb.ServerStatus{

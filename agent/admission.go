@@ -38,6 +38,9 @@ const (
 	OutcomeError    = "error"
 	OutcomeSignaled = "signaled"
 	OutcomeRejected = "rejected"
+	// OutcomeUnknown: an exec-mode command whose exit the tracer never
+	// reported (execmode.go); its CPU is not known either.
+	OutcomeUnknown = "unknown"
 )
 
 // Observer receives what the agent measures. The exporter implements it;
@@ -80,8 +83,10 @@ type admission struct {
 	watch   *watch // timeouts armed while it runs; nil when none
 	// exec is set when the process runs in exec mode (execmode.go).
 	exec *execLease
-	// admitted is when the lease started running.
-	admitted time.Time
+	// admitted is when the lease started running; admittedBoot the same
+	// on CLOCK_BOOTTIME (ns), for the state file.
+	admitted     time.Time
+	admittedBoot int64
 	// saved is true when the lease has a state file (recovery.go).
 	saved bool
 }
@@ -179,12 +184,13 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 	if a.tracer != nil && req.CanExec {
 		a.startExec(adm, peer)
 	}
-	adm.admitted = time.Now()
+	adm.admitted, adm.admittedBoot = time.Now(), bootNow()
 	a.leases.MarkRunning(l, adm.admitted)
-	a.saveLease(adm, peer)
 	// Armed before the caller hears Admitted, so a pack-objects the
-	// command starts can never arrive before its negotiation is watched.
+	// command starts can never arrive before its negotiation is watched;
+	// and before the state file is written, which records the deadlines.
 	adm.watch = a.timeouts.arm(l, rule, a.Policy())
+	a.saveLease(adm, peer)
 	if err := send(&admitpb.ServerMsg{Msg: &admitpb.ServerMsg_Admitted{Admitted: &admitpb.Admitted{
 		LeaseId: l.ID, Limit: l.Limit, QueuedUsec: adm.waited.Microseconds(), Exec: adm.exec != nil,
 	}}}); err != nil {
@@ -263,6 +269,15 @@ func (a *Agent) reject(l *Lease, rule *policy.Limit, lim *limiter.Limiter, err e
 // finish releases adm's slot and records how its command ended; fin is nil
 // when the caller went away without reporting (killed shim).
 func (a *Agent) finish(adm *admission, fin *admitpb.Finished) {
+	a.release(adm)
+	if adm.exec != nil {
+		a.untrack(adm)
+	}
+	a.record(adm, fin, false)
+}
+
+// release ends adm's lease: timers, slot, exec lease, state file, table.
+func (a *Agent) release(adm *admission) {
 	adm.watch.disarm()
 	if adm.release != nil {
 		adm.release()
@@ -271,15 +286,23 @@ func (a *Agent) finish(adm *admission, fin *admitpb.Finished) {
 		a.endExec(adm)
 	}
 	a.dropLease(adm)
+	a.leases.Remove(adm.lease)
+}
+
+// record counts and logs how adm's command ended; late is true when the
+// report came after the slot was released (execmode.go).
+func (a *Agent) record(adm *admission, fin *admitpb.Finished, late bool) {
 	l := adm.lease
-	a.leases.Remove(l)
 	fields := append(a.leaseFields(l), zap.Duration("queue_wait", adm.waited))
 	if fin == nil {
-		a.obs.CommandFinished(cmdLabel, subcmdLabel(l), OutcomeSignaled, 0, 0, time.Since(l.Arrived)-adm.waited, 0)
 		if adm.exec != nil {
-			a.log.Warn("lease released without an exit report", fields...)
+			// Without a tracer report nothing says how it ended.
+			a.obs.CommandFinished(cmdLabel, subcmdLabel(l), OutcomeUnknown, 0, 0, time.Since(l.Arrived)-adm.waited, 0)
+			a.log.Warn("lease released without an exit report; outcome unknown", fields...)
 			return
 		}
+		// A supervising shim that exits without its report was killed.
+		a.obs.CommandFinished(cmdLabel, subcmdLabel(l), OutcomeSignaled, 0, 0, time.Since(l.Arrived)-adm.waited, 0)
 		a.log.Warn("lease released without a report: the shim exited or was killed", fields...)
 		return
 	}
@@ -299,7 +322,7 @@ func (a *Agent) finish(adm *admission, fin *admitpb.Finished) {
 		zap.Duration("cpu_user", user), zap.Duration("cpu_system", sys),
 		zap.Int64("max_rss_kib", fin.MaxRssKib), zap.Duration("real", real),
 		zap.Int32("exit_code", fin.ExitCode), zap.Int32("signal", fin.Signal),
-		zap.String("outcome", outcome), zap.Bool("exec_mode", adm.exec != nil))...)
+		zap.String("outcome", outcome), zap.Bool("exec_mode", adm.exec != nil), zap.Bool("late_exit_report", late))...)
 }
 
 func (a *Agent) leaseFields(l *Lease) []zap.Field {

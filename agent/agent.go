@@ -72,7 +72,11 @@ type Agent struct {
 	stateDir    string
 	stateFD     int // stateDir, opened and checked by Recover; -1 before
 	stateErrors atomic.Uint64
-	calib       *adaptive.Controller
+	stateLogged atomic.Int64 // unix ns of the last state error logged
+	stateMu     sync.Mutex   // guards stateProblem
+	// stateProblem says why the state directory is not in use.
+	stateProblem string
+	calib        *adaptive.Controller
 
 	describe   func(*admitpb.StatusResponse)
 	socket     string // set by Serve
@@ -100,6 +104,7 @@ type Agent struct {
 	servers    *serverTable
 	execMu     sync.Mutex
 	execLeases map[int]*execLease // by pid; guarded by execMu
+	lateExits  map[int]*lateExit  // released leases awaiting their exit event, by pid; guarded by execMu
 
 	// group links the rules' limiters and the budget's classes, so a
 	// request takes its rule slot and budget slot together (budget.go).
@@ -134,6 +139,7 @@ func New(opts Options) *Agent {
 		stateDir:   opts.StateDir,
 		stateFD:    -1,
 		execLeases: make(map[int]*execLease),
+		lateExits:  make(map[int]*lateExit),
 		servers:    newServerTable(defaultProcFS),
 		configPath: opts.ConfigPath,
 		describe:   opts.Describe,

@@ -45,11 +45,48 @@ type ProcessExit struct {
 	ExitCode int
 	Signal   int
 	End      time.Time
+	// StartTicks is the process's start time in clock ticks since boot
+	// (/proc/PID/stat field 22); 0 when the tracer does not say.
+	StartTicks uint64
 }
 
 // exitEventGrace is how long a lease whose process is gone (pidfd readable)
-// waits for the tracer's exit event before it is released without one.
+// waits for the tracer's exit event before its slot is released without
+// one.
 const exitEventGrace = 250 * time.Millisecond
+
+// lateExitWindow is how long after that the outcome of such a lease still
+// waits for the event (reconcileExit); after it the command counts as
+// OutcomeUnknown. A variable for tests.
+var lateExitWindow = 30 * time.Second
+
+// Late exit events.
+//
+// Under load the tracer's exit report can reach the agent well after the
+// process's pidfd said it was gone. The slot is not held hostage to it:
+// after exitEventGrace the lease is released (the limit admits the next
+// waiter, the state file is removed) but its outcome is not recorded yet.
+// The lease waits in lateExits, by pid, for lateExitWindow; an exit event
+// for that pid is its own when the exit it reports happened no later than
+// the moment the pidfd said the process was gone (plus clock slack), and,
+// when the tracer reports start times, the start time matches: a later
+// process reusing the pid exited after that moment. It then gets its real
+// outcome, CPU and max RSS (sluice_commands_total and the CPU counters
+// count it once, late). Without an event in the window the command counts
+// as outcome "unknown" with no CPU: never "signaled" unless the kernel
+// said so.
+
+// lateExitSlack allows for the tracer's conversion of kernel time to wall
+// time when an exit time is compared with the pidfd's.
+const lateExitSlack = 100 * time.Millisecond
+
+// lateExit is a released exec-mode lease awaiting its exit event.
+type lateExit struct {
+	adm    *admission
+	goneAt time.Time // when the pidfd said the process was gone
+	start  uint64    // the process's start time (clock ticks), 0: unknown
+	timer  *time.Timer
+}
 
 // execLease is the agent's hold on a process admitted in exec mode.
 type execLease struct {
@@ -61,6 +98,9 @@ type execLease struct {
 	// parent is the exec lease this one descends from (a pack-objects
 	// hook under an admitted upload-pack), nil when none.
 	parent *execLease
+
+	// start is the process's start time in clock ticks (0: unknown).
+	start uint64
 
 	// nested is the CPU of descendant leases, reported separately and so
 	// subtracted from this one's; guarded by Agent.execMu.
@@ -92,6 +132,7 @@ func (a *Agent) startExec(adm *admission, peer PeerCred) bool {
 		return false
 	}
 	el := &execLease{pid: pid, exit: make(chan ProcessExit, 1), pidfd: pidfd}
+	el.start, _ = procStartTime(pid)
 	a.execMu.Lock()
 	if prev != 0 {
 		el.parent = a.execLeases[prev]
@@ -107,7 +148,18 @@ func (a *Agent) startExec(adm *admission, peer PeerCred) bool {
 func (a *Agent) ProcessExited(e ProcessExit) {
 	a.execMu.Lock()
 	el := a.execLeases[e.PID]
+	var late *lateExit
+	if el == nil {
+		if le := a.lateExits[e.PID]; le != nil && le.owns(e) {
+			late = le
+			delete(a.lateExits, e.PID)
+		}
+	}
 	a.execMu.Unlock()
+	if late != nil {
+		a.reconcileExit(late, &e)
+		return
+	}
 	if el == nil {
 		return
 	}
@@ -117,33 +169,17 @@ func (a *Agent) ProcessExited(e ProcessExit) {
 	}
 }
 
-// holdExec waits until the process admitted in exec mode exits and
-// returns how it ended (nil when the process is gone without an exit
-// event). ok is false when the agent is shutting down first: the process
-// keeps running and the lease is left for the next agent to adopt.
-func (a *Agent) holdExec(adm *admission) (fin *admitpb.Finished, ok bool) {
+// owns reports whether exit event e can be the exit of le's process.
+func (le *lateExit) owns(e ProcessExit) bool {
+	if le.start != 0 && e.StartTicks != 0 && le.start != e.StartTicks {
+		return false
+	}
+	return e.End.IsZero() || !e.End.After(le.goneAt.Add(lateExitSlack))
+}
+
+// exitFinished turns an exit event into the lease's Finished report.
+func (a *Agent) exitFinished(adm *admission, e *ProcessExit) *admitpb.Finished {
 	el := adm.exec
-	gone := make(chan struct{})
-	if el.pidfd != nil {
-		go func() {
-			waitReadable(el.pidfd)
-			close(gone)
-		}()
-	}
-	var e ProcessExit
-	select {
-	case e = <-el.exit:
-	case <-gone:
-		select {
-		case e = <-el.exit:
-		case <-time.After(exitEventGrace):
-			a.log.Warn("exec mode: the process exited but the tracer reported no exit; its CPU is not recorded",
-				a.leaseFields(adm.lease)...)
-			return nil, true
-		}
-	case <-a.stopping.Done():
-		return nil, false
-	}
 	user, sys := e.User, e.System
 	a.execMu.Lock()
 	user -= el.nestedUser
@@ -161,17 +197,105 @@ func (a *Agent) holdExec(adm *admission) (fin *admitpb.Finished, ok bool) {
 		SystemUsec: max(sys, 0).Microseconds(),
 		MaxRssKib:  e.MaxRSSKiB,
 		RealUsec:   max(real, 0).Microseconds(),
-	}, true
+	}
+}
+
+// releaseLate releases adm's slot now and leaves its outcome to a late
+// exit event (see "Late exit events").
+func (a *Agent) releaseLate(adm *admission, goneAt time.Time) {
+	a.release(adm)
+	window := lateExitWindow
+	le := &lateExit{adm: adm, goneAt: goneAt, start: adm.exec.start}
+	a.execMu.Lock()
+	if old := a.lateExits[adm.exec.pid]; old != nil {
+		// The pid was reused and its next process is late too: the older
+		// one can no longer be told apart.
+		old.timer.Stop()
+		a.untrack(old.adm)
+		a.recordUnknown(old.adm, window)
+	}
+	a.lateExits[adm.exec.pid] = le
+	le.timer = time.AfterFunc(window, func() {
+		a.execMu.Lock()
+		mine := a.lateExits[adm.exec.pid] == le
+		if mine {
+			delete(a.lateExits, adm.exec.pid)
+		}
+		a.execMu.Unlock()
+		if mine {
+			a.untrack(adm)
+			a.recordUnknown(adm, window)
+		}
+	})
+	a.execMu.Unlock()
+	a.log.Info("exec mode: the process exited before the tracer reported it; slot released, its outcome waits for the report",
+		append(a.leaseFields(adm.lease), zap.Duration("window", window))...)
+}
+
+// reconcileExit records the outcome of a lease released before its exit
+// event, now that it came.
+func (a *Agent) reconcileExit(le *lateExit, e *ProcessExit) {
+	le.timer.Stop()
+	a.untrack(le.adm)
+	a.record(le.adm, a.exitFinished(le.adm, e), true)
+}
+
+// recordUnknown counts a command whose exit was never reported.
+func (a *Agent) recordUnknown(adm *admission, window time.Duration) {
+	l := adm.lease
+	a.obs.CommandFinished(cmdLabel, subcmdLabel(l), OutcomeUnknown, 0, 0, time.Since(l.Arrived)-adm.waited, 0)
+	a.log.Warn("exec mode: the tracer never reported the exit; outcome unknown, CPU not recorded",
+		append(a.leaseFields(l), zap.Duration("queue_wait", adm.waited), zap.Duration("window", window))...)
+}
+
+// untrack stops the tracer following adm's process.
+func (a *Agent) untrack(adm *admission) {
+	if a.tracer != nil {
+		a.tracer.Untrack(adm.exec.pid)
+	}
+}
+
+// holdExec waits until the process admitted in exec mode exits and
+// returns how it ended (nil when the process is gone without an exit
+// event; goneAt is then when the pidfd said so). ok is false when the
+// agent is shutting down first: the process keeps running and the lease
+// is left for the next agent to adopt.
+func (a *Agent) holdExec(adm *admission) (fin *admitpb.Finished, goneAt time.Time, ok bool) {
+	el := adm.exec
+	gone := make(chan struct{})
+	if el.pidfd != nil {
+		go func() {
+			waitReadable(el.pidfd)
+			close(gone)
+		}()
+	}
+	var e ProcessExit
+	select {
+	case e = <-el.exit:
+	case <-gone:
+		goneAt := time.Now()
+		select {
+		case e = <-el.exit:
+		case <-time.After(exitEventGrace):
+			return nil, goneAt, true
+		}
+	case <-a.stopping.Done():
+		return nil, time.Time{}, false
+	}
+	return a.exitFinished(adm, &e), time.Time{}, true
 }
 
 // runExec holds an exec-mode lease to its end (see holdExec).
 func (a *Agent) runExec(adm *admission) {
-	fin, ok := a.holdExec(adm)
-	if ok {
+	fin, goneAt, ok := a.holdExec(adm)
+	switch {
+	case !ok:
+		a.abandon(adm)
+	case fin == nil && a.tracer != nil:
+		a.releaseLate(adm, goneAt)
+	default:
 		a.finish(adm, fin)
-		return
 	}
-	a.abandon(adm)
 }
 
 // abandon lets go of a running lease without recording an outcome, when
@@ -185,12 +309,14 @@ func (a *Agent) abandon(adm *admission) {
 	adm.watch.disarm() // this agent no longer enforces its timeouts
 	if adm.exec != nil {
 		a.endExec(adm)
+		a.untrack(adm)
 	}
 	a.leases.Remove(adm.lease)
 	a.log.Info("agent stopping: the command keeps running without a lease", a.leaseFields(adm.lease)...)
 }
 
-// endExec forgets adm's exec lease: called by finish.
+// endExec forgets adm's exec lease (the tracer keeps following its pid
+// until untrack: a late exit event may still come): called by release.
 func (a *Agent) endExec(adm *admission) {
 	el := adm.exec
 	a.execMu.Lock()
@@ -198,9 +324,6 @@ func (a *Agent) endExec(adm *admission) {
 		delete(a.execLeases, el.pid)
 	}
 	a.execMu.Unlock()
-	if a.tracer != nil {
-		a.tracer.Untrack(el.pid)
-	}
 	if el.pidfd != nil {
 		el.pidfd.Close() // also ends holdExec's waiter
 	}

@@ -258,7 +258,12 @@ func TestExecModeHoldsLeaseUntilExitEvent(t *testing.T) {
 	p.end(t)
 }
 
+// TestExecModeWithoutExitEventReleasesOnPidfd: a process whose exit event
+// never comes frees its slot by its pidfd and, after the late-event
+// window, counts as "unknown" with no CPU: never "signaled".
 func TestExecModeWithoutExitEventReleasesOnPidfd(t *testing.T) {
+	defer func(w time.Duration) { lateExitWindow = w }(lateExitWindow)
+	lateExitWindow = 300 * time.Millisecond
 	tr := &fakeTracer{tracked: map[int]bool{}, prev: map[int]int{}}
 	obs := &recordingObserver{}
 	a, sock := startExecAgent(t, tr, obs)
@@ -267,11 +272,68 @@ func TestExecModeWithoutExitEventReleasesOnPidfd(t *testing.T) {
 		t.Fatalf("peer told %q, want exec", p.mode)
 	}
 	waitUntil(t, "running", func() bool { return inFlight(a, "upload-pack") == 1 })
+	pid := p.pid()
 	p.end(t) // exits; the tracer (fake) says nothing
 	waitUntil(t, "lease released by the pidfd", func() bool { return inFlight(a, "upload-pack") == 0 })
+	waitUntil(t, "outcome recorded after the window", func() bool { return len(obs.snapshot()) == 1 })
 	got := obs.snapshot()
-	if len(got) != 1 || got[0].outcome != OutcomeSignaled || got[0].user != 0 {
-		t.Fatalf("finished = %+v, want one unreported (signaled, no CPU)", got)
+	if got[0].outcome != OutcomeUnknown || got[0].user != 0 {
+		t.Fatalf("finished = %+v, want one unknown with no CPU", got)
+	}
+	// An event after the window changes nothing.
+	a.ProcessExited(ProcessExit{PID: pid, User: time.Second, End: time.Now()})
+	if got := obs.snapshot(); len(got) != 1 {
+		t.Fatalf("finished = %+v after a too-late event", got)
+	}
+	tr.mu.Lock()
+	tracked := tr.tracked[pid]
+	tr.mu.Unlock()
+	if tracked {
+		t.Fatal("pid still tracked after the window")
+	}
+}
+
+// TestExecModeLateExitEvent: the fake tracer delivers the exit event after
+// the pidfd released the slot (as under load): the command still gets its
+// real outcome and CPU, once, and an event for a later process reusing
+// the pid (it exited after the pidfd said the first one was gone) is not
+// taken for it.
+func TestExecModeLateExitEvent(t *testing.T) {
+	tr := &fakeTracer{tracked: map[int]bool{}, prev: map[int]int{}}
+	obs := &recordingObserver{}
+	a, sock := startExecAgent(t, tr, obs)
+	p := startExecPeer(t, sock, "upload-pack", true)
+	if p.mode != "exec" {
+		t.Fatalf("peer told %q, want exec", p.mode)
+	}
+	waitUntil(t, "running", func() bool { return inFlight(a, "upload-pack") == 1 })
+	pid := p.pid()
+	exited := time.Now()
+	p.end(t)
+	waitUntil(t, "slot released by the pidfd", func() bool { return inFlight(a, "upload-pack") == 0 })
+	if got := obs.snapshot(); len(got) != 0 {
+		t.Fatalf("outcome recorded before the exit event: %+v", got)
+	}
+	// A reused pid's exit, long after: not this lease's.
+	a.ProcessExited(ProcessExit{PID: pid, User: 9 * time.Second, ExitCode: 1, End: time.Now().Add(time.Second)})
+	if got := obs.snapshot(); len(got) != 0 {
+		t.Fatalf("a later process's exit was taken for the lease: %+v", got)
+	}
+	a.ProcessExited(ProcessExit{PID: pid, User: 700 * time.Millisecond, System: 50 * time.Millisecond,
+		MaxRSSKiB: 1024, ExitCode: 0, End: exited})
+	got := obs.snapshot()
+	if len(got) != 1 || got[0] != (finishedCmd{"upload-pack", OutcomeOK, 700 * time.Millisecond, 50 * time.Millisecond, 1024 * 1024}) {
+		t.Fatalf("finished = %+v, want the late report's outcome and CPU", got)
+	}
+	a.ProcessExited(ProcessExit{PID: pid, User: time.Second, End: exited})
+	if got := obs.snapshot(); len(got) != 1 {
+		t.Fatalf("counted twice: %+v", got)
+	}
+	a.execMu.Lock()
+	n := len(a.lateExits)
+	a.execMu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d late entries left", n)
 	}
 }
 
@@ -391,6 +453,9 @@ func startStateAgent(t *testing.T, dir string, tr ProcessTracer, obs Observer) (
 }
 
 func TestRestartAdoptsRunningCommands(t *testing.T) {
+	// The fake tracer reports no exits: outcomes come after the window.
+	defer func(w time.Duration) { lateExitWindow = w }(lateExitWindow)
+	lateExitWindow = 200 * time.Millisecond
 	dir := t.TempDir()
 	tr := &fakeTracer{tracked: map[int]bool{}, prev: map[int]int{}}
 	a1, sock, stop1, done1 := startStateAgent(t, dir, tr, &recordingObserver{})
@@ -428,9 +493,7 @@ func TestRestartAdoptsRunningCommands(t *testing.T) {
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Fatalf("state files left: %d", len(ents))
 	}
-	if n := len(obs.snapshot()); n != 2 {
-		t.Fatalf("finished after adoption: %d, want 2", n)
-	}
+	waitUntil(t, "both outcomes recorded", func() bool { return len(obs.snapshot()) == 2 })
 }
 
 func writeRecord(t *testing.T, dir, id string, rec leaseRecord) {

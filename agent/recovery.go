@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -50,6 +51,42 @@ type leaseRecord struct {
 	Bucket        string    `json:"bucket,omitempty"`
 	Admitted      time.Time `json:"admitted"`
 	Arrived       time.Time `json:"arrived"`
+	// AdmittedBoot is Admitted on CLOCK_BOOTTIME (ns), which no clock
+	// change moves: the adopting agent measures elapsed time with it.
+	// 0 in records written before it was recorded (Admitted is used).
+	AdmittedBoot int64 `json:"admitted_boot_ns,omitempty"`
+	// Deadlines are the timeouts the lease was armed with; nil in records
+	// written before they were recorded (the adopting agent then uses the
+	// values its own policy gives the lease's rule and subcommand).
+	Deadlines *recordDeadlines `json:"deadlines,omitempty"`
+}
+
+// recordDeadlines are a lease's timeouts (timeouts.go), in milliseconds;
+// 0 is "not bounded".
+type recordDeadlines struct {
+	NegotiationMS int64 `json:"negotiation_ms"`
+	MaxRuntimeMS  int64 `json:"max_runtime_ms"`
+	KillGraceMS   int64 `json:"kill_grace_ms"`
+}
+
+// bootNow is CLOCK_BOOTTIME in ns (0 when unreadable).
+func bootNow() int64 {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) != nil {
+		return 0
+	}
+	return ts.Nano()
+}
+
+// deadlinesOf records what w was armed with (nil w: nothing bounded).
+func deadlinesOf(w *watch) *recordDeadlines {
+	d := &recordDeadlines{}
+	if w != nil {
+		d.NegotiationMS = w.neg.limit.Milliseconds() // fixed at arming
+		d.MaxRuntimeMS = w.run.Milliseconds()
+		d.KillGraceMS = w.grace.Milliseconds()
+	}
+	return d
 }
 
 // maxLeaseRecord bounds what Recover reads of one state file.
@@ -68,22 +105,29 @@ func (a *Agent) saveLease(adm *admission, peer PeerCred) {
 			PID: int(peer.PID), Start: start, UID: peer.UID, Limit: l.Limit, Key: l.Key,
 			Command: l.Command, Subcommand: l.Subcommand, Repo: l.Repo, RemoteIP: l.RemoteIP, User: l.User,
 			CorrelationID: l.CorrelationID, Bucket: l.Bucket, Admitted: adm.admitted, Arrived: l.Arrived,
+			AdmittedBoot: adm.admittedBoot, Deadlines: deadlinesOf(adm.watch),
 		}
 		var b []byte
 		if b, err = json.Marshal(&rec); err == nil {
 			if a.stateFD < 0 {
-				err = errors.New("the state directory was not opened (Recover not called)")
+				err = errors.New("the state directory is not in use: " + a.StateProblem())
 			} else {
 				// Relative to the checked directory, never through a symlink
-				// and never over an existing file.
-				err = writeNewFile(a.stateFD, l.ID, b)
+				// and never over an existing file; all or nothing.
+				err = writeAtomic(a.stateFD, l.ID, b)
 			}
 		}
 	}
 	if err != nil {
-		a.stateErrors.Add(1)
-		a.log.Warn("cannot save the lease state; a restart of the agent would forget this command",
-			append(a.leaseFields(l), zap.String("state_dir", a.stateDir), zap.Error(err))...)
+		n := a.stateErrors.Add(1)
+		// Every failure is counted; the log says so for the first and then
+		// at most every 10s (a full disk fails every lease).
+		now := time.Now().UnixNano()
+		if last := a.stateLogged.Load(); n > 1 && now-last < int64(10*time.Second) || !a.stateLogged.CompareAndSwap(last, now) {
+			return
+		}
+		a.log.Error("cannot save the lease state; a restart of the agent would forget this command",
+			append(a.leaseFields(l), zap.String("state_dir", a.stateDir), zap.Uint64("state_errors_total", n), zap.Error(err))...)
 		return
 	}
 	adm.saved = true
@@ -102,18 +146,30 @@ func (a *Agent) dropLease(adm *admission) {
 // Recover adopts the running commands recorded in the state directory by
 // an earlier agent; call it before Serve. It returns how many processes
 // were adopted and how many records were stale (process gone, or its rule
-// gone from the policy, or unreadable) and removed.
+// gone from the policy, or unreadable: a zero-byte or torn record) and
+// removed.
+//
+// Only an unsafe state directory (safedir.go) is an error: sluiced refuses
+// to start. A directory that cannot be created, opened or listed (a full
+// or read-only filesystem, too many files) is not: the agent admits
+// without persistence, says so in an error log line, in `sluice status`
+// and with every lease it cannot save (sluice_lease_state_errors_total),
+// rather than leaving every shim to its fail mode. Start never waits on a
+// record: one that cannot be read is removed (or, failing that, skipped).
 func (a *Agent) Recover() (adopted, stale int, err error) {
 	if a.stateDir == "" {
 		return 0, 0, nil
 	}
 	// leases/ and every directory above it are checked, and leases/ is
 	// held open: every state file is then reached relative to it
-	// (safedir.go). An unsafe directory is an error: sluiced refuses to
-	// start.
+	// (safedir.go).
 	fd, err := openTrustedDir(a.stateDir, dirRole{what: "state directory", mode: 0o700, gid: -1})
-	if err != nil {
+	if errors.Is(err, errUnsafe) {
 		return 0, 0, err
+	}
+	if err != nil {
+		a.noPersistence(err)
+		return 0, 0, nil
 	}
 	if a.stateFD >= 0 {
 		unix.Close(a.stateFD)
@@ -121,9 +177,16 @@ func (a *Agent) Recover() (adopted, stale int, err error) {
 	a.stateFD = fd
 	names, err := readDirNames(fd)
 	if err != nil {
-		return 0, 0, fmt.Errorf("state directory %s: %w", a.stateDir, err)
+		a.noPersistence(fmt.Errorf("list %s: %w", a.stateDir, err))
+		return 0, 0, nil
 	}
+	a.setStateProblem("")
 	for _, name := range names {
+		if id, ok := strings.CutSuffix(name, tmpSuffix); ok && isLeaseID(id) {
+			// A write the previous agent did not finish: never adopted.
+			_ = unix.Unlinkat(fd, name, 0)
+			continue
+		}
 		if !isLeaseID(name) {
 			continue
 		}
@@ -138,6 +201,35 @@ func (a *Agent) Recover() (adopted, stale int, err error) {
 	}
 	return adopted, stale, nil
 }
+
+// noPersistence records that the state directory cannot be used.
+func (a *Agent) noPersistence(err error) {
+	if a.stateFD >= 0 {
+		unix.Close(a.stateFD)
+		a.stateFD = -1
+	}
+	msg := fmt.Sprintf("state directory %s unusable (%v): admitting without persistence, so a restart of the agent forgets the commands running; free space or fix %s, then restart sluiced", a.stateDir, err, a.stateDir)
+	a.setStateProblem(msg)
+	a.log.Error("admitting without persistence", zap.String("state_dir", a.stateDir), zap.Error(err),
+		zap.String("fix", "free space or fix the state directory, then restart sluiced"))
+}
+
+func (a *Agent) setStateProblem(s string) {
+	a.stateMu.Lock()
+	a.stateProblem = s
+	a.stateMu.Unlock()
+}
+
+// StateProblem says why the state directory is not in use ("" when it is).
+func (a *Agent) StateProblem() string {
+	a.stateMu.Lock()
+	defer a.stateMu.Unlock()
+	return a.stateProblem
+}
+
+// StateErrors is how many lease state files could not be written
+// (sluice_lease_state_errors_total).
+func (a *Agent) StateErrors() uint64 { return a.stateErrors.Load() }
 
 // readDirNames lists the directory dirfd (through a duplicate, so dirfd's
 // offset is untouched).
@@ -206,9 +298,45 @@ func (a *Agent) adopt(id string) string {
 			a.log.Warn("adopted process not traced; its CPU will not be recorded", append(a.leaseFields(l), zap.Error(err))...)
 		}
 	}
+	adm.watch = a.rearm(l, &rec, pidfd)
 	a.log.Info("adopted a command still running from before the restart", a.leaseFields(l)...)
 	go a.runExec(adm)
 	return ""
+}
+
+// rearm starts the timeouts of the adopted lease l from the time it was
+// admitted, with the values it was armed with (or, for a record written
+// before they were recorded, those of the current policy): a restart
+// neither resets a deadline nor lifts it. A deadline that passed while no
+// agent ran fires at once (a negotiation first gets its last look at the
+// process tree: a pack-objects running ends it). A negotiation that ended
+// under the old agent is not known to the new one: if its pack-objects is
+// still running (the transfer), the scan sees it and the timer is
+// cancelled; an upload-pack whose pack was already sent exits right after.
+func (a *Agent) rearm(l *Lease, rec *leaseRecord, pidfd int) *watch {
+	cfg := a.Policy()
+	neg := negotiationOf(rec.Subcommand, &cfg.Timeouts)
+	var run time.Duration
+	for i := range cfg.Limits {
+		if rec.Limit != "" && cfg.Limits[i].Name == rec.Limit {
+			run = cfg.Limits[i].MaxRuntime.Duration
+		}
+	}
+	grace := cfg.Timeouts.KillGrace.Duration
+	if d := rec.Deadlines; d != nil {
+		neg.limit = time.Duration(d.NegotiationMS) * time.Millisecond
+		run = time.Duration(d.MaxRuntimeMS) * time.Millisecond
+		grace = time.Duration(d.KillGraceMS) * time.Millisecond
+	}
+	since := rec.Admitted
+	if now := bootNow(); rec.AdmittedBoot > 0 && now >= rec.AdmittedBoot {
+		since = time.Now().Add(-time.Duration(now - rec.AdmittedBoot))
+	}
+	own := -1
+	if fd, err := unix.FcntlInt(uintptr(pidfd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+		own = fd
+	}
+	return a.timeouts.armAt(l, neg, run, grace, since, own)
 }
 
 // isLeaseID reports whether name looks like a lease ID (16 hex digits).
@@ -240,4 +368,32 @@ func procStartTime(pid int) (uint64, error) {
 		return 0, fmt.Errorf("stat: %d fields after the command name", len(fields))
 	}
 	return strconv.ParseUint(fields[start], 10, 64)
+}
+
+// StoppingMark is the file a stopping agent leaves next to its socket
+// (its mtime: when it began to stop) and a ready agent removes. A shim
+// that finds no socket, or a socket nobody accepts on, while the mark is
+// younger than restart_grace is looking at a restart, not a missing agent:
+// it keeps trying until the grace is over (cmd/sluice-shim/reconnect.go).
+// A mark left by an agent that never comes back costs each command at
+// most what is left of the grace, once, and nothing after it.
+const StoppingMark = "stopping"
+
+// MarkStopping writes the stopping mark in the socket's directory (a
+// directory Listen checked: safedir.go). Best effort: a failure is logged.
+func MarkStopping(socket string, log *zap.Logger) {
+	dir := filepath.Dir(socket)
+	path := filepath.Join(dir, StoppingMark)
+	_ = unix.Unlink(path)
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		log.Warn("cannot leave the stopping mark; shims arriving during a restart apply fail_mode at once", zap.String("file", path), zap.Error(err))
+		return
+	}
+	unix.Close(fd)
+}
+
+// ClearStopping removes the stopping mark: the agent is ready.
+func ClearStopping(socket string) {
+	_ = unix.Unlink(filepath.Join(filepath.Dir(socket), StoppingMark))
 }

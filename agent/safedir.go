@@ -28,7 +28,9 @@ package agent
 //   - leases/ must be owned by the agent's uid and not writable by group or
 //     others (the agent creates it 0700). It is held open for the agent's
 //     life; every state file is created, read and removed relative to that
-//     descriptor: openat(O_CREAT|O_EXCL|O_NOFOLLOW) to write,
+//     descriptor: openat(O_CREAT|O_EXCL|O_NOFOLLOW) of a temporary name
+//     then renameat2(RENAME_NOREPLACE) to write (atomic: a reader sees the
+//     whole record or none),
 //     openat(O_NOFOLLOW|O_NONBLOCK) then fstat to read, unlinkat to remove.
 //   - A state file is adopted only when it is a regular file with one link,
 //     owned by the agent's uid and not writable by group or others: a file
@@ -230,11 +232,25 @@ func readTrustedFile(dirfd int, name string, max int) ([]byte, error) {
 	return buf[:n], nil
 }
 
-// writeNewFile creates name in dirfd (never following or replacing
-// anything: O_CREAT|O_EXCL|O_NOFOLLOW) with mode 0600 and writes b.
-func writeNewFile(dirfd int, name string, b []byte) error {
-	fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+// tmpSuffix ends the name of a state file being written (writeAtomic);
+// Recover removes leftovers.
+const tmpSuffix = ".tmp"
+
+// writeAtomic writes b as name in dirfd with mode 0600, all or nothing:
+// it writes a temporary file name+".tmp" (O_CREAT|O_EXCL|O_NOFOLLOW:
+// never following or reusing anything) and renames it to name relative
+// to the same descriptor (RENAME_NOREPLACE: never over an existing file).
+// A reader therefore sees no file or the whole record, never a torn or
+// empty one; on any error nothing is left behind.
+func writeAtomic(dirfd int, name string, b []byte) error {
+	tmp := name + tmpSuffix
+	fd, err := unix.Openat(dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
+		return err
+	}
+	fail := func(err error) error {
+		unix.Close(fd)
+		_ = unix.Unlinkat(dirfd, tmp, 0)
 		return err
 	}
 	for len(b) > 0 {
@@ -243,11 +259,17 @@ func writeNewFile(dirfd int, name string, b []byte) error {
 			continue
 		}
 		if err != nil {
-			unix.Close(fd)
-			_ = unix.Unlinkat(dirfd, name, 0)
-			return err
+			return fail(err)
 		}
 		b = b[n:]
 	}
-	return unix.Close(fd)
+	if err := unix.Close(fd); err != nil {
+		_ = unix.Unlinkat(dirfd, tmp, 0)
+		return err
+	}
+	if err := unix.Renameat2(dirfd, tmp, dirfd, name, unix.RENAME_NOREPLACE); err != nil {
+		_ = unix.Unlinkat(dirfd, tmp, 0)
+		return err
+	}
+	return nil
 }

@@ -298,8 +298,25 @@ func TestRecoverRefusesUnsafeStateDir(t *testing.T) {
 }
 
 // TestWriteNewFileNeverFollowsSymlink: a symlink planted at a state file's
-// name is not written through.
+// name, or at its temporary name, is not written through.
 func TestWriteNewFileNeverFollowsSymlink(t *testing.T) {
+	t.Run("tmp", func(t *testing.T) {
+		dir := t.TempDir()
+		target := filepath.Join(t.TempDir(), "passwd")
+		os.WriteFile(target, []byte("root:x:0:0\n"), 0o644)
+		os.Symlink(target, filepath.Join(dir, "00000000000000d2.tmp"))
+		fd, err := openTrustedDir(dir, dirRole{what: "state directory", mode: 0o700, gid: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		if err := writeAtomic(fd, "00000000000000d2", []byte(`{"pid":1}`)); err == nil {
+			t.Fatal("wrote through a planted symlink at the temporary name")
+		}
+		if b, _ := os.ReadFile(target); string(b) != "root:x:0:0\n" {
+			t.Fatalf("target changed: %q", b)
+		}
+	})
 	dir := t.TempDir()
 	target := filepath.Join(t.TempDir(), "passwd")
 	if err := os.WriteFile(target, []byte("root:x:0:0\n"), 0o644); err != nil {
@@ -313,7 +330,7 @@ func TestWriteNewFileNeverFollowsSymlink(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(fd)
-	if err := writeNewFile(fd, "00000000000000d1", []byte(`{"pid":1}`)); err == nil {
+	if err := writeAtomic(fd, "00000000000000d1", []byte(`{"pid":1}`)); err == nil {
 		t.Fatal("wrote through a planted symlink")
 	}
 	if b, _ := os.ReadFile(target); string(b) != "root:x:0:0\n" {

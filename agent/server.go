@@ -115,8 +115,10 @@ func (a *Agent) Serve(ctx context.Context, sock *Socket) error {
 	case err = <-acceptErr:
 		err = fmt.Errorf("accept on %s: %w", path, err)
 	}
-	// Shutdown: refuse and fail over waiters first, so they get a clean
-	// answer rather than a broken connection.
+	// Shutdown: leave the stopping mark before anything a shim can see
+	// changes (recovery.go), then refuse and fail over waiters first, so
+	// they get a clean answer rather than a broken connection.
+	MarkStopping(path, a.log)
 	a.stop()
 	ln.Close()
 	removeSocketIfOurs(path, sock.ino)

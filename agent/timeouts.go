@@ -209,31 +209,43 @@ func realProcOps() procOps {
 // arm starts the timers of lease l, admitted under rule (nil: no rule)
 // with cfg in force. It returns nil when nothing is bounded.
 func (wr *watcher) arm(l *Lease, rule *policy.Limit, cfg *policy.Config) *watch {
-	neg := negotiationOf(l.Subcommand, &cfg.Timeouts)
 	var run time.Duration
-	limit := l.Limit
 	if rule != nil {
 		run = rule.MaxRuntime.Duration
 	}
+	return wr.armAt(l, negotiationOf(l.Subcommand, &cfg.Timeouts), run, cfg.Timeouts.KillGrace.Duration,
+		time.Now(), dupPidfd(l.Peer))
+}
+
+// armAt starts the timers of lease l as if it had been armed at since
+// (a lease adopted after a restart keeps the deadlines it was admitted
+// with: recovery.go); a deadline already past fires at once. pidfd is the
+// watch's own pidfd of the peer (-1: none), closed with the watch; it is
+// closed here when nothing is bounded.
+func (wr *watcher) armAt(l *Lease, neg negotiation, run, grace time.Duration, since time.Time, pidfd int) *watch {
+	limit := l.Limit
 	if limit == "" {
 		limit = "none"
 	}
 	if neg.limit <= 0 && run <= 0 {
+		if pidfd >= 0 {
+			unix.Close(pidfd)
+		}
 		return nil
 	}
 	w := &watch{w: wr, lease: l, pid: int(l.Peer.PID), neg: neg, run: run,
-		grace: cfg.Timeouts.KillGrace.Duration, limit: limit, pidfd: -1, negOver: neg.limit <= 0}
+		grace: grace, limit: limit, pidfd: pidfd, negOver: neg.limit <= 0}
 	if w.grace <= 0 {
 		w.grace = 5 * time.Second
 	}
-	w.pidfd = dupPidfd(l.Peer)
+	elapsed := time.Since(since)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if run > 0 {
-		w.runT = time.AfterFunc(run, func() { w.expire(KindMaxRuntime, run) })
+		w.runT = time.AfterFunc(run-elapsed, func() { w.expire(KindMaxRuntime, run) })
 	}
 	if !w.negOver {
-		w.negT = time.AfterFunc(neg.limit, w.negotiationExpired)
+		w.negT = time.AfterFunc(neg.limit-elapsed, w.negotiationExpired)
 		wr.addPending(w)
 	}
 	return w
@@ -643,6 +655,9 @@ func timeoutChanges(old, cfg *policy.Config) []string {
 	d("upload_archive_negotiation", old.Timeouts.UploadArchiveNegotiation, cfg.Timeouts.UploadArchiveNegotiation)
 	d("kill_grace", old.Timeouts.KillGrace, cfg.Timeouts.KillGrace)
 	d("queue_feedback_after", old.Agent.QueueFeedbackAfter, cfg.Agent.QueueFeedbackAfter)
+	if old.Agent.RestartGrace != cfg.Agent.RestartGrace {
+		out = append(out, "restart_grace "+formatDuration(old.Agent.RestartGrace.Duration)+" -> "+formatDuration(cfg.Agent.RestartGrace.Duration)+" (shims read it from shim.conf on their next run)")
+	}
 	for _, r := range cfg.Limits {
 		for _, o := range old.Limits {
 			if o.Name == r.Name {

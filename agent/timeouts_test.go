@@ -348,3 +348,33 @@ func TestParseIOWchar(t *testing.T) {
 		t.Error("no error without wchar")
 	}
 }
+
+// TestArmAtKeepsDeadlineAcrossRestart: a lease armed as if since an
+// earlier admission (an adopted lease) fires at the original deadline, and
+// at once when that passed while no agent ran.
+func TestArmAtKeepsDeadlineAcrossRestart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		wr, _, rec, obs := testWatcher(t)
+		neg := negotiationOf("upload-pack", &timeoutsConfig(4*time.Second, time.Second).Timeouts)
+		w := wr.armAt(testLease("upload-pack", fakePID), neg, 0, time.Second, time.Now().Add(-3*time.Second), -1)
+		time.Sleep(999 * time.Millisecond)
+		synctest.Wait()
+		if got := rec.get(); len(got) != 0 {
+			t.Fatalf("acted before the recorded deadline: %v", got)
+		}
+		time.Sleep(2 * time.Millisecond)
+		synctest.Wait()
+		if got := strings.Join(rec.get(), ","); got != "tell,term" {
+			t.Fatalf("at the recorded deadline: %q, want tell,term", got)
+		}
+		w.disarm()
+
+		w = wr.armAt(testLease("upload-pack", fakePID+1), negotiation{}, 6*time.Second, time.Second, time.Now().Add(-time.Minute), -1)
+		synctest.Wait()
+		if obs.get("upload-pack/"+KindMaxRuntime) != 1 {
+			t.Errorf("a max_runtime that passed during the restart did not fire at once: %v", obs.counts)
+		}
+		w.disarm()
+		time.Sleep(10 * time.Second) // the scan loop ends
+	})
+}

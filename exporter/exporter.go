@@ -28,6 +28,7 @@ const (
 	OutcomeError    = "error"    // the command exited with a non-zero status
 	OutcomeSignaled = "signaled" // the command was killed by a signal
 	OutcomeRejected = "rejected" // the command was refused admission and never ran
+	OutcomeUnknown  = "unknown"  // exec mode: the tracer never reported how it ended
 )
 
 // Values of the reason label of sluice_requests_dropped_total.
@@ -72,6 +73,9 @@ type Options struct {
 	// Cgroups is read at scrape time for the sluice_cgroup_* metrics; nil
 	// exports none.
 	Cgroups CgroupSource
+	// LeaseStateErrors is read at scrape time for
+	// sluice_lease_state_errors_total; nil exports nothing.
+	LeaseStateErrors func() uint64
 	// Connections is read at scrape time for sluice_connections and
 	// sluice_connections_rejected_total; nil exports neither.
 	Connections ConnectionSource
@@ -133,6 +137,12 @@ func New(opts Options) *Exporter {
 	}
 	if opts.Budget != nil {
 		cs = append(cs, newBudgetCollector(opts.Budget))
+	}
+	if f := opts.LeaseStateErrors; f != nil {
+		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: namespace, Name: "lease_state_errors_total",
+			Help: "Running commands whose restart state file the agent could not write (a full or unusable state directory): a restart of the agent would forget them.",
+		}, func() float64 { return float64(f()) }))
 	}
 	e.reg.MustRegister(cs...)
 	return e

@@ -120,6 +120,12 @@ type Agent struct {
 	// waiting for a slot for …", refreshed every ~2 s). 0 means never; Parse
 	// fills in 2s when absent; at most 1h. Passed to the shim in shim.conf.
 	QueueFeedbackAfter Duration `toml:"queue_feedback_after"`
+	// RestartGrace is how long a shim whose agent is restarting (its
+	// waiting connection answered "shutting down" or dropped, or the agent
+	// left its stopping mark) keeps reconnecting and re-queueing before its
+	// fail mode applies. 0 means never; Parse fills in 5s when absent; at
+	// most 1m. Passed to the shim in shim.conf (restart_grace_ms).
+	RestartGrace Duration `toml:"restart_grace"`
 	// AdmitUsers lists the users (names or numeric uids) whose processes may
 	// ask for admission, checked against the kernel's peer credentials of
 	// each connection. Root may always. Empty, with AdmitGroups empty too,
@@ -588,6 +594,7 @@ func defaults() *Config {
 			MetricsAddr:        "127.0.0.1:9780",
 			FailMode:           FailOpen,
 			QueueFeedbackAfter: Duration{2 * time.Second},
+			RestartGrace:       Duration{5 * time.Second},
 			MaxConnections:     DefaultMaxConnections,
 			AdmitUsers:         []string{},
 			AdmitGroups:        []string{},

@@ -179,7 +179,7 @@ top = 1
 `
 	es := parseErrors(t, doc)
 	want := []wantErr{
-		{2, "agent.sockt", "", "unknown key", `did you mean "socket"? remove it, or check the spelling (known keys in [agent]: socket, socket_group, metrics_addr, pprof, fail_mode, admin_group, queue_feedback_after, admit_users, admit_groups, max_connections, max_connections_per_uid)`},
+		{2, "agent.sockt", "", "unknown key", `did you mean "socket"? remove it, or check the spelling (known keys in [agent]: socket, socket_group, metrics_addr, pprof, fail_mode, admin_group, queue_feedback_after, restart_grace, admit_users, admit_groups, max_connections, max_connections_per_uid)`},
 		{3, "agent.fail_mode", `"maybe"`, `"open" or "closed"`, "closed"},
 		{5, `limit "up".max_queue_wait`, "", "is missing", "never wait forever"},
 		{10, `limit "up".max_wait`, "", "unknown key", "known keys in [[limit]]: name, match, key, queue_order, max_queue_size, max_queue_wait,"},

@@ -130,6 +130,9 @@ func (v *validator) agent() {
 	case d > maxFeedback:
 		v.add("agent.queue_feedback_after", a.QueueFeedbackAfter, "must be at most 1h", `set a Go duration such as "2s", or "0s" to never show the waiting message`)
 	}
+	if d := a.RestartGrace.Duration; d < 0 || d > time.Minute {
+		v.add("agent.restart_grace", a.RestartGrace, "must be between 0s and 1m", `set a Go duration such as "5s" (longer than the agent's restart), or "0s" to apply fail_mode at once`)
+	}
 	if a.FailMode != FailOpen && a.FailMode != FailClosed {
 		v.add("agent.fail_mode", a.FailMode, "must be \"open\" or \"closed\"", `use "open" to run git when the agent cannot answer, "closed" to reject`)
 	}

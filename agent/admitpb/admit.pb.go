@@ -1171,9 +1171,15 @@ type StatusResponse struct {
 	Budgets []*BudgetStatus `protobuf:"bytes,10,rep,name=budgets,proto3" json:"budgets,omitempty"`
 	// Git server processes the agent saw requests or unwrapped execs from
 	// (agent/servers.go), by pid.
-	Servers       []*ServerStatus `protobuf:"bytes,20,rep,name=servers,proto3" json:"servers,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Servers []*ServerStatus `protobuf:"bytes,20,rep,name=servers,proto3" json:"servers,omitempty"`
+	// Restart state (agent/recovery.go): state files the agent could not
+	// write (sluice_lease_state_errors_total) and, when the state directory
+	// could not be used at all, why (admission runs without persistence: a
+	// restart forgets running commands). Empty when it is in use.
+	LeaseStateErrors  int64  `protobuf:"varint,30,opt,name=lease_state_errors,json=leaseStateErrors,proto3" json:"lease_state_errors,omitempty"`
+	LeaseStateProblem string `protobuf:"bytes,31,opt,name=lease_state_problem,json=leaseStateProblem,proto3" json:"lease_state_problem,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -1281,6 +1287,20 @@ func (x *StatusResponse) GetServers() []*ServerStatus {
 		return x.Servers
 	}
 	return nil
+}
+
+func (x *StatusResponse) GetLeaseStateErrors() int64 {
+	if x != nil {
+		return x.LeaseStateErrors
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetLeaseStateProblem() string {
+	if x != nil {
+		return x.LeaseStateProblem
+	}
+	return ""
 }
 
 // ServerStatus is one Git server process: the topmost ancestor of a git
@@ -1860,7 +1880,7 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"cpuPeriods\x122\n" +
 	"\x15cpu_throttled_periods\x18\a \x01(\x04R\x13cpuThrottledPeriods\x12\x1b\n" +
 	"\toom_kills\x18\b \x01(\x04R\boomKills\x12-\n" +
-	"\x12placement_failures\x18\t \x01(\x04R\x11placementFailures\"\xc2\x03\n" +
+	"\x12placement_failures\x18\t \x01(\x04R\x11placementFailures\"\xa0\x04\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12*\n" +
 	"\x11started_unix_usec\x18\x02 \x01(\x03R\x0fstartedUnixUsec\x12\x1f\n" +
@@ -1875,7 +1895,9 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"\x06socket\x18\t \x01(\tR\x06socket\x121\n" +
 	"\abudgets\x18\n" +
 	" \x03(\v2\x17.sluice.v1.BudgetStatusR\abudgets\x121\n" +
-	"\aservers\x18\x14 \x03(\v2\x17.sluice.v1.ServerStatusR\aservers\"\x99\x02\n" +
+	"\aservers\x18\x14 \x03(\v2\x17.sluice.v1.ServerStatusR\aservers\x12,\n" +
+	"\x12lease_state_errors\x18\x1e \x01(\x03R\x10leaseStateErrors\x12.\n" +
+	"\x13lease_state_problem\x18\x1f \x01(\tR\x11leaseStateProblem\"\x99\x02\n" +
 	"\fServerStatus\x12\x12\n" +
 	"\x04comm\x18\x01 \x01(\tR\x04comm\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12%\n" +

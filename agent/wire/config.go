@@ -23,6 +23,7 @@ import (
 //	match=upload-pack,pack-objects,receive-pack,upload-archive
 //	admit_timeout_ms=62000
 //	queue_feedback_after_ms=2000 (0 = never)
+//	restart_grace_ms=5000        (0 = apply fail_mode at once)
 type ShimConfig struct {
 	// FailClosed makes the shim refuse to run git (exit 75) when the agent
 	// cannot be reached or does not answer in time. False (the default)
@@ -42,7 +43,14 @@ type ShimConfig struct {
 	// tells the git client on stderr that it is waiting. Zero or negative
 	// means never (DefaultShimConfig uses DefaultQueueFeedbackAfter).
 	QueueFeedbackAfter time.Duration
+	// RestartGrace is how long the shim keeps reconnecting to an agent
+	// that is restarting before it applies the fail mode (0: never).
+	RestartGrace time.Duration
 }
+
+// DefaultRestartGrace is the restart grace used when shim.conf does not
+// say ([agent] restart_grace's default).
+const DefaultRestartGrace = 5 * time.Second
 
 // DefaultQueueFeedbackAfter is the queue feedback threshold used when
 // shim.conf does not say ([agent] queue_feedback_after's default).
@@ -67,6 +75,7 @@ func DefaultShimConfig() ShimConfig {
 		Match:              append([]string(nil), defaultMatch[:]...),
 		AdmitTimeout:       DefaultAdmitTimeout,
 		QueueFeedbackAfter: DefaultQueueFeedbackAfter,
+		RestartGrace:       DefaultRestartGrace,
 	}
 }
 
@@ -111,6 +120,8 @@ func FormatShimConfig(c ShimConfig) []byte {
 	b = strconv.AppendInt(b, t.Milliseconds(), 10)
 	b = append(b, "\nqueue_feedback_after_ms="...)
 	b = strconv.AppendInt(b, max(c.QueueFeedbackAfter, 0).Milliseconds(), 10)
+	b = append(b, "\nrestart_grace_ms="...)
+	b = strconv.AppendInt(b, max(c.RestartGrace, 0).Milliseconds(), 10)
 	return append(b, '\n')
 }
 
@@ -305,6 +316,13 @@ func parseShimConfig(data []byte, c *ShimConfig) error {
 			} else {
 				c.AdmitTimeout = time.Duration(ms) * time.Millisecond
 			}
+		case "restart_grace_ms":
+			ms, err := strconv.ParseInt(val, 10, 64)
+			if err != nil || ms < 0 || ms > int64(time.Minute/time.Millisecond) {
+				bad(lineNo, "restart_grace_ms must be milliseconds, at most 60000")
+				continue
+			}
+			c.RestartGrace = time.Duration(ms) * time.Millisecond
 		case "queue_feedback_after_ms":
 			ms, err := strconv.ParseInt(val, 10, 64)
 			if err != nil || ms < 0 || ms > int64(24*time.Hour/time.Millisecond) {

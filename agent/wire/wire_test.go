@@ -360,7 +360,7 @@ func TestShimConfigRoundTrip(t *testing.T) {
 		t.Error("default Matches wrong")
 	}
 	for _, want := range []ShimConfig{
-		{FailClosed: true, GitBin: "/opt/git/bin/git", Match: []string{"upload-pack"}, AdmitTimeout: 1500 * time.Millisecond, QueueFeedbackAfter: 500 * time.Millisecond},
+		{FailClosed: true, GitBin: "/opt/git/bin/git", Match: []string{"upload-pack"}, AdmitTimeout: 1500 * time.Millisecond, QueueFeedbackAfter: 500 * time.Millisecond, RestartGrace: 2500 * time.Millisecond},
 		{Match: []string{}, AdmitTimeout: time.Second}, // QueueFeedbackAfter 0: never
 		def,
 	} {
@@ -376,7 +376,7 @@ func TestShimConfigRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 		if got.FailClosed != want.FailClosed || got.GitBin != want.GitBin || got.AdmitTimeout != want.AdmitTimeout ||
-			got.QueueFeedbackAfter != want.QueueFeedbackAfter ||
+			got.QueueFeedbackAfter != want.QueueFeedbackAfter || got.RestartGrace != want.RestartGrace ||
 			strings.Join(got.Match, ",") != strings.Join(want.Match, ",") {
 			t.Errorf("round trip: got %+v, want %+v", got, want)
 		}
@@ -454,6 +454,24 @@ func TestReasonsMatchProto(t *testing.T) {
 	} {
 		if got != int32(want) {
 			t.Errorf("wire reason %d != %v (%d)", got, want, want)
+		}
+	}
+}
+
+// TestRestartGraceKey: restart_grace_ms is read within its bounds, and a
+// bad value keeps the default.
+func TestRestartGraceKey(t *testing.T) {
+	for in, want := range map[string]time.Duration{
+		"restart_grace_ms=0":     0,
+		"restart_grace_ms=1200":  1200 * time.Millisecond,
+		"restart_grace_ms=60001": DefaultRestartGrace,
+		"restart_grace_ms=-1":    DefaultRestartGrace,
+		"version=1":              DefaultRestartGrace,
+	} {
+		c := DefaultShimConfig()
+		_ = parseShimConfig([]byte(in), &c)
+		if c.RestartGrace != want {
+			t.Errorf("%s: RestartGrace = %v, want %v", in, c.RestartGrace, want)
 		}
 	}
 }

@@ -14,6 +14,13 @@
 //	           report the agent's RSS, fds and goroutines while held and
 //	           after; connections beyond [agent] max_connections are
 //	           counted as refused.
+//	-restart-every D
+//	           real shims (running a fake git that counts how many of
+//	           itself run at once) behind a limit of 1 while the agent is
+//	           restarted (SIGTERM, new sluiced) every D: checks that at most
+//	           one ran at any time (no command without a lease while another
+//	           waits), none ran without a lease, and the gauges end at 0;
+//	           reports SIGTERM-to-ready times (restart.go).
 //	-keys N    admit N requests, each for a different repository (distinct
 //	           limiter keys), and report RSS and sluice_limiter_keys.
 //
@@ -52,22 +59,23 @@ func main() {
 }
 
 type options struct {
-	bin         string
-	duration    time.Duration
-	clients     int
-	repos       int
-	killPct     int
-	shims       int
-	smoke       bool
-	conns       int
-	keys        int
-	maxConns    int
-	goSlack     int
-	fdSlack     int
-	jsonOut     string
-	holdLease   time.Duration
-	heapProfile string
-	keepFDLimit bool
+	bin          string
+	duration     time.Duration
+	clients      int
+	repos        int
+	killPct      int
+	shims        int
+	smoke        bool
+	conns        int
+	keys         int
+	maxConns     int
+	goSlack      int
+	fdSlack      int
+	jsonOut      string
+	holdLease    time.Duration
+	heapProfile  string
+	keepFDLimit  bool
+	restartEvery time.Duration
 }
 
 // raiseFDLimit raises this process's RLIMIT_NOFILE (soft and hard) to at
@@ -101,6 +109,7 @@ func run() error {
 	flag.BoolVar(&o.keepFDLimit, "keep-fd-limit", false, "with -conns: do not raise the open-file limit sluiced inherits")
 	flag.StringVar(&o.heapProfile, "heap-profile", "", "save the agent's heap profile (after GC) to this file at the end")
 	flag.DurationVar(&o.holdLease, "hold", 2*time.Millisecond, "longest a protocol client holds a lease")
+	flag.DurationVar(&o.restartEvery, "restart-every", 0, "instead of the soak: run real shims behind a limit of 1 and restart the agent (SIGTERM, new sluiced) this often (restart.go)")
 	flag.Parse()
 	if o.smoke {
 		o.duration, o.clients, o.shims = 4*time.Second, 16, 2
@@ -119,6 +128,9 @@ func run() error {
 		// so.
 		raiseFDLimit(uint64(2*o.conns + 1024))
 	}
+	if o.restartEvery > 0 {
+		activePolicy = restartPolicy
+	}
 	dir, err := os.MkdirTemp("", fmt.Sprintf("sluice-soak-%d-", os.Getpid()))
 	if err != nil {
 		return err
@@ -128,9 +140,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	defer ag.stop()
+	defer func() { ag.stop() }() // the restart mode replaces ag
 	var res any
 	switch {
+	case o.restartEvery > 0:
+		res, err = restartSoak(o, &ag, dir)
 	case o.conns > 0:
 		res, err = holdConns(o, ag)
 	case o.keys > 0:
@@ -195,7 +209,7 @@ func startAgent(o options, dir string) (*agentProc, error) {
 		agentCfg += fmt.Sprintf("max_connections = %d\n", o.maxConns)
 	}
 	cfg := filepath.Join(dir, "sluice.toml")
-	if err := os.WriteFile(cfg, []byte(agentCfg+policy), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(agentCfg+activePolicy), 0o644); err != nil {
 		return nil, err
 	}
 	logf, err := os.Create(filepath.Join(dir, "sluiced.log"))

@@ -33,8 +33,11 @@
 //     exits 75 (EX_TEMPFAIL: "try again later"). In hook mode the client
 //     sees it as "remote: sluice: …". fail_mode "closed" refuses the same
 //     way (reject.go).
-//   - Rejected as unavailable (the agent is shutting down, or already
-//     serves [agent] max_connections): as if the agent were unreachable.
+//   - Rejected as unavailable (the agent is shutting down), a waiting
+//     connection dropped, or no socket while the agent's stopping mark is
+//     fresh: the agent is restarting; the shim reconnects and queues again
+//     for restart_grace_ms (reconnect.go), then as if the agent were
+//     unreachable.
 //   - Agent unreachable, no answer in time or a broken answer: fail_mode
 //     "open" (default) execs git without a lease and logs a warning;
 //     "closed" prints why to stderr and exits 75. Permission denied on the
@@ -56,10 +59,8 @@
 package main
 
 import (
-	"errors"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -136,34 +137,10 @@ func run(argv []string) int {
 	if setup.NoDial {
 		return unavailable(&setup, sock, setup.Problem, git, gitArgv, env, corr)
 	}
-	conn, err := wire.Dial(sock, dialTimeout)
+	// Dial, ask and wait; a restarting agent is waited for (reconnect.go).
+	conn, rep, err := admitRetrying(&setup, sock, &req)
 	if err != nil {
-		if errors.Is(err, syscall.EACCES) {
-			err = errors.New("permission denied connecting as uid " + strconv.Itoa(os.Geteuid()) + "; " + wire.GroupFix(setup.SocketGID))
-		}
 		return unavailable(&setup, sock, err, git, gitArgv, env, corr)
-	}
-	var rep wire.Reply
-	if cfg.QueueFeedbackAfter > 0 {
-		fb := newFeedback(cfg.QueueFeedbackAfter, req.Repo)
-		rep, err = conn.AdmitTicking(&req, time.Now().Add(cfg.AdmitTimeout), fb.queuedAt, feedbackTick, fb.tick)
-		fb.done(err == nil && rep.Admitted)
-	} else {
-		rep, err = conn.Admit(&req, time.Now().Add(cfg.AdmitTimeout), nil)
-	}
-	if err != nil {
-		conn.Close()
-		return unavailable(&setup, sock, err, git, gitArgv, env, corr)
-	}
-	if !rep.Admitted && rep.Reason == wire.ReasonUnavailable {
-		// The agent is shutting down or at its connection limit: the
-		// same as not reaching it.
-		conn.Close()
-		why := strings.TrimPrefix(rep.Message, "sluice: ")
-		if why == "" {
-			why = "agent shutting down"
-		}
-		return unavailable(&setup, sock, errors.New(why), git, gitArgv, env, corr)
 	}
 	if !rep.Admitted {
 		conn.Close()

@@ -84,6 +84,14 @@ func renderStatus(w io.Writer, st *admitpb.StatusResponse, now time.Time) {
 		ebpf = "not reported"
 	}
 	fmt.Fprintf(tw, "eBPF\t%s\n", ebpf)
+	// Shown only when something is wrong: a restart would forget commands.
+	if st.LeaseStateProblem != "" || st.LeaseStateErrors > 0 {
+		line := fmt.Sprintf("%d state files not written (sluice_lease_state_errors_total)", st.LeaseStateErrors)
+		if st.LeaseStateProblem != "" {
+			line = st.LeaseStateProblem + "; " + line
+		}
+		fmt.Fprintf(tw, "restart state\t%s\n", line)
+	}
 	tw.Flush()
 
 	b.WriteString("\n")

@@ -125,7 +125,13 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 		// Set before a is: the exporter serves only after New.
 		Connections: connSource{func() *agent.Agent { return a }},
 		Budget:      budgetSource{func() *agent.Agent { return a }},
-		Pprof:       cfg.Agent.Pprof,
+		LeaseStateErrors: func() uint64 {
+			if a == nil {
+				return 0
+			}
+			return a.StateErrors()
+		},
+		Pprof: cfg.Agent.Pprof,
 	}
 	var cgStats cgroupStats
 	if cg != nil {
@@ -179,8 +185,11 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 		return err
 	}
 	if err := wire.WriteShimConfig(shimConf, shimConfig(cfg)); err != nil {
-		sock.Close()
-		return fmt.Errorf("write shim settings %s: %w", shimConf, err)
+		// A full or read-only filesystem must not stop admission: every
+		// shim would then apply its fail mode. Shims keep the shim.conf
+		// they find (or their defaults) until a reload rewrites it.
+		log.Error("shim settings not written; shims use the previous file or their defaults until a reload (SIGHUP) rewrites it",
+			zap.String("file", shimConf), zap.Error(err))
 	}
 	// Listen refused to start beside a live agent, so the commands recorded
 	// in the state directory are nobody's now: take them over before the
@@ -223,6 +232,7 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 		zap.String("config", cfg.Source),
 		zap.String("fail_mode", cfg.Agent.FailMode),
 		zap.Int("rules", len(cfg.Limits)))
+	agent.ClearStopping(socketPath)
 	if err := sdNotify("READY=1\nSTATUS=admitting"); err != nil {
 		log.Warn("systemd notify", zap.Error(err))
 	}
@@ -280,6 +290,7 @@ func shimConfig(cfg *policy.Config) wire.ShimConfig {
 		// agent to answer.
 		AdmitTimeout:       cfg.MaxQueueWait() + 2*time.Second,
 		QueueFeedbackAfter: cfg.Agent.QueueFeedbackAfter.Duration,
+		RestartGrace:       cfg.Agent.RestartGrace.Duration,
 	}
 }
 

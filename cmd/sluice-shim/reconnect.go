@@ -1,0 +1,141 @@
+package main
+
+import (
+	"errors"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sluicehq/sluice/agent/wire"
+)
+
+// Riding out an agent restart.
+//
+// A deploy (`systemctl restart sluiced`) during a storm is exactly when
+// protection is needed, yet every command queued at that moment used to
+// lose its connection and run without a lease (fail_mode open) or be
+// refused (closed). Now the shim tells a restart from a missing agent and
+// waits it out for restart_grace (shim.conf, [agent] restart_grace,
+// default 5s, reloadable):
+//
+//   - Evidence of a restart: the agent answered Rejected UNAVAILABLE (it
+//     says that only while shutting down; connection caps answer
+//     otherwise), or closed a connection that was waiting for an answer
+//     (a crash or SIGKILL: systemd restarts it), or the socket is missing
+//     or refuses connections while the agent's stopping mark (written when
+//     it begins to stop, removed when its successor is ready:
+//     agent.StoppingMark) is younger than the grace.
+//   - Then the shim reconnects every restartPoll (one connect(2) on a Unix
+//     socket: cheap; the new agent's listen backlog holds it until the
+//     agent has adopted the running commands and serves) and sends its
+//     request again, until the grace that started with the first evidence
+//     (or with the mark) is over, then applies fail_mode as before. A
+//     timeout or a malformed answer is not a restart: fail_mode at once.
+//   - Place in the queue: the new agent queues re-sent requests in the
+//     order they arrive; waiters reconnect within restartPoll of the new
+//     agent's socket appearing, so they queue before almost all fresh
+//     arrivals, but not in their old order (the agent keeps no queue
+//     across a restart; its limiter is FIFO per key from then on).
+//   - A crash (SIGKILL, OOM) leaves no mark: shims that were waiting ride
+//     it out (their connection dropped), but one arriving while no agent
+//     listens sees a socket nobody accepts on and cannot tell a crash
+//     that systemd will restart from an agent that is gone for good, so
+//     it applies fail_mode at once, as before (waiting there would cost
+//     every command restart_grace for as long as the agent stays dead).
+//   - Nothing runs without a lease meanwhile: the commands that were
+//     running were adopted from the state directory before the first
+//     admission, so the limit counts them from the new agent's start.
+const restartPoll = 25 * time.Millisecond
+
+// admitRetrying asks for admission, riding out a restart as described
+// above. It returns the connection holding the lease and the answer, or
+// an error for the fail mode (never a Rejected UNAVAILABLE answer).
+func admitRetrying(setup *wire.ShimSetup, sock string, req *wire.AdmitRequest) (*wire.Conn, wire.Reply, error) {
+	cfg := &setup.Config
+	deadline := time.Now().Add(cfg.AdmitTimeout)
+	var fb *feedback
+	if cfg.QueueFeedbackAfter > 0 {
+		fb = newFeedback(cfg.QueueFeedbackAfter, req.Repo)
+	}
+	var graceEnd time.Time
+	tries := 0
+	for {
+		tries++
+		var rep wire.Reply
+		restarting := false
+		conn, err := wire.Dial(sock, dialTimeout)
+		if err != nil {
+			if errors.Is(err, syscall.EACCES) {
+				err = errors.New("permission denied connecting as uid " + strconv.Itoa(syscall.Geteuid()) + "; " + wire.GroupFix(setup.SocketGID))
+			} else if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+				if mark, ok := stoppingMark(sock); ok {
+					restarting = true
+					if graceEnd.IsZero() {
+						graceEnd = mark.Add(cfg.RestartGrace)
+					}
+				} else if !graceEnd.IsZero() {
+					restarting = true // already riding out a restart
+				}
+			}
+		} else {
+			if fb != nil {
+				rep, err = conn.AdmitTicking(req, deadline, fb.queuedAt, feedbackTick, fb.tick)
+			} else {
+				rep, err = conn.Admit(req, deadline, nil)
+			}
+			if err == nil && (rep.Admitted || rep.Reason != wire.ReasonUnavailable) {
+				if fb != nil {
+					fb.done(rep.Admitted)
+				}
+				return conn, rep, nil
+			}
+			conn.Close()
+			if err == nil {
+				why := strings.TrimPrefix(rep.Message, "sluice: ")
+				if why == "" {
+					why = "agent shutting down"
+				}
+				err = errors.New(why)
+				restarting = true
+			} else if dropped(err) {
+				restarting = true
+			}
+		}
+		now := time.Now()
+		if restarting && graceEnd.IsZero() {
+			graceEnd = now.Add(cfg.RestartGrace)
+		}
+		if !restarting || cfg.RestartGrace <= 0 || now.After(graceEnd) || now.After(deadline) {
+			if fb != nil {
+				fb.done(false)
+			}
+			if restarting && cfg.RestartGrace > 0 {
+				err = errors.New(err.Error() + "; the agent was not back within restart_grace " + seconds(cfg.RestartGrace) + " (" + strconv.Itoa(tries) + " attempts)")
+			}
+			return nil, wire.Reply{}, err
+		}
+		time.Sleep(restartPoll)
+	}
+}
+
+// dropped reports whether an Admit error means the agent went away
+// mid-conversation (as opposed to a timeout or a malformed answer).
+func dropped(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "agent closed the connection") || strings.HasPrefix(s, "send admit request") ||
+		strings.Contains(s, "connection reset") || strings.Contains(s, "broken pipe")
+}
+
+// stoppingMark returns the time the agent left its stopping mark next to
+// the socket, and whether it is there and younger than a minute
+// (restart_grace's upper bound).
+func stoppingMark(sock string) (time.Time, bool) {
+	var st syscall.Stat_t
+	if syscall.Stat(filepath.Join(filepath.Dir(sock), "stopping"), &st) != nil {
+		return time.Time{}, false
+	}
+	t := time.Unix(st.Mtim.Sec, st.Mtim.Nsec)
+	return t, time.Since(t) < time.Minute
+}
