@@ -46,6 +46,9 @@ type Options struct {
 	// can adopt the commands still running (see recovery.go); "" keeps
 	// no state.
 	StateDir string
+	// PackCache serves pack cache connections (agent/packcache); nil: no
+	// pack cache, shims that ask run pack-objects uncached.
+	PackCache PackCache
 }
 
 // Placer puts an admitted process into its repository's cgroup bucket
@@ -71,6 +74,7 @@ type Agent struct {
 	stateDir    string
 	stateErrors atomic.Uint64
 	calib       *adaptive.Controller
+	packCache   PackCache
 
 	describe   func(*admitpb.StatusResponse)
 	socket     string // set by Serve
@@ -122,6 +126,7 @@ func New(opts Options) *Agent {
 		placer:     opts.Placer,
 		tracer:     opts.Tracer,
 		stateDir:   opts.StateDir,
+		packCache:  opts.PackCache,
 		execLeases: make(map[int]*execLease),
 		configPath: opts.ConfigPath,
 		describe:   opts.Describe,

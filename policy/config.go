@@ -64,6 +64,8 @@ type Config struct {
 	EBPF EBPF `toml:"ebpf"`
 	// Timeouts bounds phases of git commands.
 	Timeouts Timeouts `toml:"timeouts"`
+	// PackCache configures the pack-objects cache (packcache.go).
+	PackCache PackCache `toml:"pack_cache"`
 
 	// Source is the file name the policy was read from, DefaultSource for
 	// the embedded default policy; "" for a Config built by hand.
@@ -541,6 +543,7 @@ func defaults() *Config {
 			UploadArchiveNegotiation: Duration{time.Minute},
 			KillGrace:                Duration{5 * time.Second},
 		},
+		PackCache: defaultPackCache(),
 	}
 }
 

@@ -101,6 +101,7 @@ func (c *Config) validate() []*Error {
 	v.cgroups()
 	v.adaptive()
 	v.timeouts()
+	v.packCache()
 	if len(v.errs) > 0 {
 		c.bySub = nil
 		return v.errs

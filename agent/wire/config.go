@@ -42,6 +42,9 @@ type ShimConfig struct {
 	// tells the git client on stderr that it is waiting. Zero or negative
 	// means never (DefaultShimConfig uses DefaultQueueFeedbackAfter).
 	QueueFeedbackAfter time.Duration
+	// PackCache makes the hook-mode shim ask the agent's pack cache before
+	// running pack-objects --stdout ([pack_cache] enabled; packcache.go).
+	PackCache bool
 }
 
 // DefaultQueueFeedbackAfter is the queue feedback threshold used when
@@ -111,6 +114,9 @@ func FormatShimConfig(c ShimConfig) []byte {
 	b = strconv.AppendInt(b, t.Milliseconds(), 10)
 	b = append(b, "\nqueue_feedback_after_ms="...)
 	b = strconv.AppendInt(b, max(c.QueueFeedbackAfter, 0).Milliseconds(), 10)
+	if c.PackCache {
+		b = append(b, "\npack_cache=1"...)
+	}
 	return append(b, '\n')
 }
 
@@ -312,6 +318,8 @@ func parseShimConfig(data []byte, c *ShimConfig) error {
 				continue
 			}
 			c.QueueFeedbackAfter = time.Duration(ms) * time.Millisecond
+		case "pack_cache":
+			c.PackCache = val == "1"
 		}
 	}
 	return firstErr

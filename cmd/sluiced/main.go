@@ -163,6 +163,10 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 	if cg != nil {
 		opts.Placer = cg
 	}
+	if pc := openPackCache(cfg, log, exp); pc != nil { // [pack_cache] (packcache.go)
+		defer pc.Close()
+		opts.PackCache = pc
+	}
 	a = agent.New(opts)
 
 	sock, err := agent.Listen(agent.SocketOptions{Path: socketPath, Group: cfg.Agent.SocketGroup})
@@ -257,6 +261,7 @@ func shimConfig(cfg *policy.Config) wire.ShimConfig {
 		// agent to answer.
 		AdmitTimeout:       cfg.MaxQueueWait() + 2*time.Second,
 		QueueFeedbackAfter: cfg.Agent.QueueFeedbackAfter.Duration,
+		PackCache:          packCacheOn(cfg),
 	}
 }
 
