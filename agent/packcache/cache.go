@@ -42,7 +42,7 @@ type Stats struct {
 	EvictionsSize, EvictionsAge  uint64
 	WriterFailures               uint64
 	BypassCold, BypassDisk       uint64
-	BypassTooLarge                 uint64
+	BypassTooLarge               uint64
 	Entries                      int
 	SizeBytes                    int64
 	MaxBytes                     int64
@@ -191,7 +191,7 @@ func (c *Cache) Stats() Stats {
 		WriterFailures: c.writerFailures.Load(),
 		BypassCold:     c.bypassCold.Load(), BypassDisk: c.bypassDisk.Load(),
 		BypassTooLarge: c.bypassTooLarge.Load(),
-		Entries: n, SizeBytes: size, MaxBytes: c.cfg.MaxBytes,
+		Entries:        n, SizeBytes: size, MaxBytes: c.cfg.MaxBytes,
 		MaxAgeSeconds: c.cfg.MaxAge.Seconds(), MinOccurrence: float64(c.cfg.MinOccurrences),
 	}
 }
