@@ -53,8 +53,11 @@
 // answer; join: in the final PackStatus), and exits 0 only after copying
 // exactly that many bytes. When the writer fails (pack-objects dies, the
 // writer's shim is killed, the cache file fills the disk, the agent goes
-// away), a reader that has not sent a byte yet falls back to running its
-// own pack-objects through admission as if there were no cache; one that
+// away), a reader that has not sent a byte yet asks the cache once more
+// (one of the waiting requests becomes the new writer, the others join it;
+// a storm is not turned into N pack-objects by one failure) and, if that
+// fails too, runs its own pack-objects through admission as if there were
+// no cache; one that
 // has already sent bytes to upload-pack cannot restart the pack (pack-objects
 // output is not deterministic with threads), so it prints one line
 // "sluice: the shared pack for this fetch failed …; try again" and exits

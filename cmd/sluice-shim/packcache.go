@@ -70,15 +70,29 @@ func packCacheLookup(sock string, inv *gitwrap.Invocation) (p *packCache, code i
 			l.Env = append(l.Env, []byte(e))
 		}
 	}
+	// A reader whose writer failed before it sent a byte asks once more:
+	// one of the requests that were waiting becomes the new writer and the
+	// others join it, instead of each running its own pack-objects.
+	for attempt := 0; ; attempt++ {
+		p, code, done, retry := lookupOnce(sock, &l, stdin, attempt > 0)
+		if !retry || attempt > 0 {
+			return p, code, done
+		}
+	}
+}
+
+// lookupOnce is one lookup; retry reports a writer that failed before this
+// reader sent anything (last: do not ask again, run pack-objects).
+func lookupOnce(sock string, l *wire.PackLookup, stdin []byte, last bool) (p *packCache, code int, done, retry bool) {
 	conn, err := wire.Dial(sock, dialTimeout)
 	if err != nil {
-		return nil, 0, false // the admission path applies the fail mode
+		return nil, 0, false, false // the admission path applies the fail mode
 	}
-	ans, fd, err := conn.PackCacheLookup(&l, stdin, packCacheTimeout)
+	ans, fd, err := conn.PackCacheLookup(l, stdin, packCacheTimeout)
 	if err != nil {
 		conn.Close()
 		warn("pack cache at " + sock + ": " + err.Error() + "; running pack-objects uncached")
-		return nil, 0, false
+		return nil, 0, false, false
 	}
 	switch {
 	case (ans.Kind == wire.PackHit || ans.Kind == wire.PackJoin) && fd >= 0:
@@ -86,22 +100,24 @@ func packCacheLookup(sock string, inv *gitwrap.Invocation) (p *packCache, code i
 		syscall.Close(fd)
 		conn.Close()
 		if why == "" {
-			return nil, code, true
+			return nil, code, true, false
 		}
 		if sent > 0 {
 			os.Stderr.WriteString("sluice: the shared pack for this fetch failed (" + why + "); try again\n")
-			return nil, exitTempFail, true
+			return nil, exitTempFail, true, false
 		}
-		warn("pack cache: shared pack failed before its first byte (" + why + "); running pack-objects")
-		return nil, 0, false
+		if last {
+			warn("pack cache: shared pack failed before its first byte (" + why + "); running pack-objects")
+		}
+		return nil, 0, false, true
 	case ans.Kind == wire.PackWrite && fd >= 0:
-		return &packCache{conn: conn, wfd: fd, maxBytes: ans.MaxBytes}, 0, false
+		return &packCache{conn: conn, wfd: fd, maxBytes: ans.MaxBytes}, 0, false, false
 	}
 	if fd >= 0 {
 		syscall.Close(fd)
 	}
 	conn.Close()
-	return nil, 0, false
+	return nil, 0, false, false
 }
 
 // readStdin reads all of fd 0 and puts it back on fd 0 as a memfd, so
