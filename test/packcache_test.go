@@ -76,8 +76,10 @@ func (s *serverSetup) cacheServed() float64 {
 // packCacheScenarios clones and fetches through url with the cache on:
 // each shape twice (the second must be served from the cache), each result
 // fsck --strict clean with refs equal to an uncached clone of upstream.
-func (s *serverSetup) packCacheScenarios(t *testing.T, url string, env []string) {
-	s.enablePackCache(t, filepath.Join(s.a.dir, "packcache"), "")
+// extra is more agent configuration (e.g. "[ebpf]\nenabled = false" for
+// supervising mode).
+func (s *serverSetup) packCacheScenarios(t *testing.T, url string, env []string, extra string) {
+	s.enablePackCache(t, filepath.Join(s.a.dir, "packcache"), extra)
 	cases := []struct {
 		name string
 		args []string
@@ -228,7 +230,7 @@ func TestPackCacheGitDaemon(t *testing.T) {
 	waitListening(t, port, "git daemon")
 	base := fmt.Sprintf("git://127.0.0.1:%d", port)
 
-	t.Run("fetch shapes", func(t *testing.T) { s.packCacheScenarios(t, base+"/project.git", s.clientEnv()) })
+	t.Run("fetch shapes", func(t *testing.T) { s.packCacheScenarios(t, base+"/project.git", s.clientEnv(), "") })
 
 	big := filepath.Join(s.repos, "big.git")
 	makeBigRepo(t, big, 150, 128<<10) // ~19 MiB of incompressible blobs

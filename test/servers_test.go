@@ -659,6 +659,8 @@ SetEnv %s
 			t.Errorf("sluice check with git outside the socket's group: exit %d\n%s", code, out)
 		}
 	})
+	// Pack cache (packcache_test.go); last: it restarts the agent.
+	t.Run("pack cache", func(t *testing.T) { s.packCacheScenarios(t, url, env, "") })
 }
 
 func TestServerHTTP(t *testing.T) {
@@ -718,6 +720,9 @@ http {
 %[4]s            fastcgi_pass unix:%[5]s;
         }
     }
+	// Pack cache in supervising mode (packcache_test.go); last: it
+	// restarts the agent.
+	t.Run("pack cache", func(t *testing.T) { s.packCacheScenarios(t, url, s.clientEnv(), "[ebpf]\nenabled = false") })
 }
 `, dir, port, backend, params.String(), fsock)
 	os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644)
