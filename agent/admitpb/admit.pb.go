@@ -1165,8 +1165,11 @@ type StatusResponse struct {
 	Leases          []*LeaseInfo           `protobuf:"bytes,6,rep,name=leases,proto3" json:"leases,omitempty"`
 	Cgroups         *CgroupStatus          `protobuf:"bytes,7,opt,name=cgroups,proto3" json:"cgroups,omitempty"`
 	// "disabled", "unavailable: <why>", "running".
-	EbpfState     string `protobuf:"bytes,8,opt,name=ebpf_state,json=ebpfState,proto3" json:"ebpf_state,omitempty"`
-	Socket        string `protobuf:"bytes,9,opt,name=socket,proto3" json:"socket,omitempty"`
+	EbpfState string `protobuf:"bytes,8,opt,name=ebpf_state,json=ebpfState,proto3" json:"ebpf_state,omitempty"`
+	Socket    string `protobuf:"bytes,9,opt,name=socket,proto3" json:"socket,omitempty"`
+	// The pack-objects cache ([pack_cache]); absent when it is off. Field
+	// 18: issue 18, kept clear of the numbers other additions take.
+	PackCache     *PackCacheStatus `protobuf:"bytes,18,opt,name=pack_cache,json=packCache,proto3" json:"pack_cache,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1264,6 +1267,195 @@ func (x *StatusResponse) GetSocket() string {
 	return ""
 }
 
+func (x *StatusResponse) GetPackCache() *PackCacheStatus {
+	if x != nil {
+		return x.PackCache
+	}
+	return nil
+}
+
+// PackCacheStatus: the pack-objects cache's counters (agent/packcache);
+// the same numbers as the sluice_pack_cache_* metrics.
+type PackCacheStatus struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Dir            string                 `protobuf:"bytes,1,opt,name=dir,proto3" json:"dir,omitempty"`
+	MaxAgeUsec     int64                  `protobuf:"varint,2,opt,name=max_age_usec,json=maxAgeUsec,proto3" json:"max_age_usec,omitempty"`
+	MaxBytes       int64                  `protobuf:"varint,3,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	MinOccurrences int32                  `protobuf:"varint,4,opt,name=min_occurrences,json=minOccurrences,proto3" json:"min_occurrences,omitempty"`
+	Entries        int64                  `protobuf:"varint,5,opt,name=entries,proto3" json:"entries,omitempty"`
+	SizeBytes      int64                  `protobuf:"varint,6,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Hits           uint64                 `protobuf:"varint,7,opt,name=hits,proto3" json:"hits,omitempty"`
+	Joins          uint64                 `protobuf:"varint,8,opt,name=joins,proto3" json:"joins,omitempty"`
+	Misses         uint64                 `protobuf:"varint,9,opt,name=misses,proto3" json:"misses,omitempty"`
+	Fills          uint64                 `protobuf:"varint,10,opt,name=fills,proto3" json:"fills,omitempty"`
+	FillFailures   uint64                 `protobuf:"varint,11,opt,name=fill_failures,json=fillFailures,proto3" json:"fill_failures,omitempty"`
+	ServedBytes    uint64                 `protobuf:"varint,12,opt,name=served_bytes,json=servedBytes,proto3" json:"served_bytes,omitempty"`
+	WrittenBytes   uint64                 `protobuf:"varint,13,opt,name=written_bytes,json=writtenBytes,proto3" json:"written_bytes,omitempty"`
+	EvictionsSize  uint64                 `protobuf:"varint,14,opt,name=evictions_size,json=evictionsSize,proto3" json:"evictions_size,omitempty"`
+	EvictionsAge   uint64                 `protobuf:"varint,15,opt,name=evictions_age,json=evictionsAge,proto3" json:"evictions_age,omitempty"`
+	BypassCold     uint64                 `protobuf:"varint,16,opt,name=bypass_cold,json=bypassCold,proto3" json:"bypass_cold,omitempty"`
+	BypassDisk     uint64                 `protobuf:"varint,17,opt,name=bypass_disk,json=bypassDisk,proto3" json:"bypass_disk,omitempty"`
+	BypassTooLarge uint64                 `protobuf:"varint,18,opt,name=bypass_too_large,json=bypassTooLarge,proto3" json:"bypass_too_large,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PackCacheStatus) Reset() {
+	*x = PackCacheStatus{}
+	mi := &file_agent_admitpb_admit_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PackCacheStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PackCacheStatus) ProtoMessage() {}
+
+func (x *PackCacheStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_admitpb_admit_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PackCacheStatus.ProtoReflect.Descriptor instead.
+func (*PackCacheStatus) Descriptor() ([]byte, []int) {
+	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PackCacheStatus) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *PackCacheStatus) GetMaxAgeUsec() int64 {
+	if x != nil {
+		return x.MaxAgeUsec
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetMaxBytes() int64 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetMinOccurrences() int32 {
+	if x != nil {
+		return x.MinOccurrences
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetEntries() int64 {
+	if x != nil {
+		return x.Entries
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetHits() uint64 {
+	if x != nil {
+		return x.Hits
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetJoins() uint64 {
+	if x != nil {
+		return x.Joins
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetMisses() uint64 {
+	if x != nil {
+		return x.Misses
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetFills() uint64 {
+	if x != nil {
+		return x.Fills
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetFillFailures() uint64 {
+	if x != nil {
+		return x.FillFailures
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetServedBytes() uint64 {
+	if x != nil {
+		return x.ServedBytes
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetWrittenBytes() uint64 {
+	if x != nil {
+		return x.WrittenBytes
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetEvictionsSize() uint64 {
+	if x != nil {
+		return x.EvictionsSize
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetEvictionsAge() uint64 {
+	if x != nil {
+		return x.EvictionsAge
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetBypassCold() uint64 {
+	if x != nil {
+		return x.BypassCold
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetBypassDisk() uint64 {
+	if x != nil {
+		return x.BypassDisk
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetBypassTooLarge() uint64 {
+	if x != nil {
+		return x.BypassTooLarge
+	}
+	return 0
+}
+
 type ReloadRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1272,7 +1464,7 @@ type ReloadRequest struct {
 
 func (x *ReloadRequest) Reset() {
 	*x = ReloadRequest{}
-	mi := &file_agent_admitpb_admit_proto_msgTypes[12]
+	mi := &file_agent_admitpb_admit_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1284,7 +1476,7 @@ func (x *ReloadRequest) String() string {
 func (*ReloadRequest) ProtoMessage() {}
 
 func (x *ReloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_admitpb_admit_proto_msgTypes[12]
+	mi := &file_agent_admitpb_admit_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1297,7 +1489,7 @@ func (x *ReloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadRequest.ProtoReflect.Descriptor instead.
 func (*ReloadRequest) Descriptor() ([]byte, []int) {
-	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{12}
+	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{13}
 }
 
 type ReloadResponse struct {
@@ -1315,7 +1507,7 @@ type ReloadResponse struct {
 
 func (x *ReloadResponse) Reset() {
 	*x = ReloadResponse{}
-	mi := &file_agent_admitpb_admit_proto_msgTypes[13]
+	mi := &file_agent_admitpb_admit_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1519,7 @@ func (x *ReloadResponse) String() string {
 func (*ReloadResponse) ProtoMessage() {}
 
 func (x *ReloadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_admitpb_admit_proto_msgTypes[13]
+	mi := &file_agent_admitpb_admit_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +1532,7 @@ func (x *ReloadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReloadResponse.ProtoReflect.Descriptor instead.
 func (*ReloadResponse) Descriptor() ([]byte, []int) {
-	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{13}
+	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReloadResponse) GetApplied() bool {
@@ -1471,7 +1663,7 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"cpuPeriods\x122\n" +
 	"\x15cpu_throttled_periods\x18\a \x01(\x04R\x13cpuThrottledPeriods\x12\x1b\n" +
 	"\toom_kills\x18\b \x01(\x04R\boomKills\x12-\n" +
-	"\x12placement_failures\x18\t \x01(\x04R\x11placementFailures\"\xdc\x02\n" +
+	"\x12placement_failures\x18\t \x01(\x04R\x11placementFailures\"\x97\x03\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12*\n" +
 	"\x11started_unix_usec\x18\x02 \x01(\x03R\x0fstartedUnixUsec\x12\x1f\n" +
@@ -1483,7 +1675,33 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"\acgroups\x18\a \x01(\v2\x17.sluice.v1.CgroupStatusR\acgroups\x12\x1d\n" +
 	"\n" +
 	"ebpf_state\x18\b \x01(\tR\tebpfState\x12\x16\n" +
-	"\x06socket\x18\t \x01(\tR\x06socket\"\x0f\n" +
+	"\x06socket\x18\t \x01(\tR\x06socket\x129\n" +
+	"\n" +
+	"pack_cache\x18\x12 \x01(\v2\x1a.sluice.v1.PackCacheStatusR\tpackCache\"\xc1\x04\n" +
+	"\x0fPackCacheStatus\x12\x10\n" +
+	"\x03dir\x18\x01 \x01(\tR\x03dir\x12 \n" +
+	"\fmax_age_usec\x18\x02 \x01(\x03R\n" +
+	"maxAgeUsec\x12\x1b\n" +
+	"\tmax_bytes\x18\x03 \x01(\x03R\bmaxBytes\x12'\n" +
+	"\x0fmin_occurrences\x18\x04 \x01(\x05R\x0eminOccurrences\x12\x18\n" +
+	"\aentries\x18\x05 \x01(\x03R\aentries\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x06 \x01(\x03R\tsizeBytes\x12\x12\n" +
+	"\x04hits\x18\a \x01(\x04R\x04hits\x12\x14\n" +
+	"\x05joins\x18\b \x01(\x04R\x05joins\x12\x16\n" +
+	"\x06misses\x18\t \x01(\x04R\x06misses\x12\x14\n" +
+	"\x05fills\x18\n" +
+	" \x01(\x04R\x05fills\x12#\n" +
+	"\rfill_failures\x18\v \x01(\x04R\ffillFailures\x12!\n" +
+	"\fserved_bytes\x18\f \x01(\x04R\vservedBytes\x12#\n" +
+	"\rwritten_bytes\x18\r \x01(\x04R\fwrittenBytes\x12%\n" +
+	"\x0eevictions_size\x18\x0e \x01(\x04R\revictionsSize\x12#\n" +
+	"\revictions_age\x18\x0f \x01(\x04R\fevictionsAge\x12\x1f\n" +
+	"\vbypass_cold\x18\x10 \x01(\x04R\n" +
+	"bypassCold\x12\x1f\n" +
+	"\vbypass_disk\x18\x11 \x01(\x04R\n" +
+	"bypassDisk\x12(\n" +
+	"\x10bypass_too_large\x18\x12 \x01(\x04R\x0ebypassTooLarge\"\x0f\n" +
 	"\rReloadRequest\"}\n" +
 	"\x0eReloadResponse\x12\x18\n" +
 	"\aapplied\x18\x01 \x01(\bR\aapplied\x12\x1f\n" +
@@ -1517,23 +1735,24 @@ func file_agent_admitpb_admit_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_admitpb_admit_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_admitpb_admit_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_agent_admitpb_admit_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_agent_admitpb_admit_proto_goTypes = []any{
-	(RejectReason)(0),      // 0: sluice.v1.RejectReason
-	(*AdmitRequest)(nil),   // 1: sluice.v1.AdmitRequest
-	(*Queued)(nil),         // 2: sluice.v1.Queued
-	(*Admitted)(nil),       // 3: sluice.v1.Admitted
-	(*Rejected)(nil),       // 4: sluice.v1.Rejected
-	(*Finished)(nil),       // 5: sluice.v1.Finished
-	(*ClientMsg)(nil),      // 6: sluice.v1.ClientMsg
-	(*ServerMsg)(nil),      // 7: sluice.v1.ServerMsg
-	(*StatusRequest)(nil),  // 8: sluice.v1.StatusRequest
-	(*LimitStatus)(nil),    // 9: sluice.v1.LimitStatus
-	(*LeaseInfo)(nil),      // 10: sluice.v1.LeaseInfo
-	(*CgroupStatus)(nil),   // 11: sluice.v1.CgroupStatus
-	(*StatusResponse)(nil), // 12: sluice.v1.StatusResponse
-	(*ReloadRequest)(nil),  // 13: sluice.v1.ReloadRequest
-	(*ReloadResponse)(nil), // 14: sluice.v1.ReloadResponse
+	(RejectReason)(0),       // 0: sluice.v1.RejectReason
+	(*AdmitRequest)(nil),    // 1: sluice.v1.AdmitRequest
+	(*Queued)(nil),          // 2: sluice.v1.Queued
+	(*Admitted)(nil),        // 3: sluice.v1.Admitted
+	(*Rejected)(nil),        // 4: sluice.v1.Rejected
+	(*Finished)(nil),        // 5: sluice.v1.Finished
+	(*ClientMsg)(nil),       // 6: sluice.v1.ClientMsg
+	(*ServerMsg)(nil),       // 7: sluice.v1.ServerMsg
+	(*StatusRequest)(nil),   // 8: sluice.v1.StatusRequest
+	(*LimitStatus)(nil),     // 9: sluice.v1.LimitStatus
+	(*LeaseInfo)(nil),       // 10: sluice.v1.LeaseInfo
+	(*CgroupStatus)(nil),    // 11: sluice.v1.CgroupStatus
+	(*StatusResponse)(nil),  // 12: sluice.v1.StatusResponse
+	(*PackCacheStatus)(nil), // 13: sluice.v1.PackCacheStatus
+	(*ReloadRequest)(nil),   // 14: sluice.v1.ReloadRequest
+	(*ReloadResponse)(nil),  // 15: sluice.v1.ReloadResponse
 }
 var file_agent_admitpb_admit_proto_depIdxs = []int32{
 	0,  // 0: sluice.v1.Rejected.reason:type_name -> sluice.v1.RejectReason
@@ -1545,17 +1764,18 @@ var file_agent_admitpb_admit_proto_depIdxs = []int32{
 	9,  // 6: sluice.v1.StatusResponse.limits:type_name -> sluice.v1.LimitStatus
 	10, // 7: sluice.v1.StatusResponse.leases:type_name -> sluice.v1.LeaseInfo
 	11, // 8: sluice.v1.StatusResponse.cgroups:type_name -> sluice.v1.CgroupStatus
-	6,  // 9: sluice.v1.Admission.Admit:input_type -> sluice.v1.ClientMsg
-	8,  // 10: sluice.v1.Admin.Status:input_type -> sluice.v1.StatusRequest
-	13, // 11: sluice.v1.Admin.Reload:input_type -> sluice.v1.ReloadRequest
-	7,  // 12: sluice.v1.Admission.Admit:output_type -> sluice.v1.ServerMsg
-	12, // 13: sluice.v1.Admin.Status:output_type -> sluice.v1.StatusResponse
-	14, // 14: sluice.v1.Admin.Reload:output_type -> sluice.v1.ReloadResponse
-	12, // [12:15] is the sub-list for method output_type
-	9,  // [9:12] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	13, // 9: sluice.v1.StatusResponse.pack_cache:type_name -> sluice.v1.PackCacheStatus
+	6,  // 10: sluice.v1.Admission.Admit:input_type -> sluice.v1.ClientMsg
+	8,  // 11: sluice.v1.Admin.Status:input_type -> sluice.v1.StatusRequest
+	14, // 12: sluice.v1.Admin.Reload:input_type -> sluice.v1.ReloadRequest
+	7,  // 13: sluice.v1.Admission.Admit:output_type -> sluice.v1.ServerMsg
+	12, // 14: sluice.v1.Admin.Status:output_type -> sluice.v1.StatusResponse
+	15, // 15: sluice.v1.Admin.Reload:output_type -> sluice.v1.ReloadResponse
+	13, // [13:16] is the sub-list for method output_type
+	10, // [10:13] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_agent_admitpb_admit_proto_init() }
@@ -1578,7 +1798,7 @@ func file_agent_admitpb_admit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_admitpb_admit_proto_rawDesc), len(file_agent_admitpb_admit_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -166,6 +166,7 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 	if pc := openPackCache(cfg, log, exp); pc != nil { // [pack_cache] (packcache.go)
 		defer pc.Close()
 		opts.PackCache = pc
+		opts.Describe = withPackCache(opts.Describe, pc, cfg.PackCache)
 	}
 	a = agent.New(opts)
 

@@ -3,6 +3,7 @@ package main
 import (
 	"go.uber.org/zap"
 
+	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/packcache"
 	"github.com/sluicehq/sluice/exporter"
 	"github.com/sluicehq/sluice/policy"
@@ -49,4 +50,22 @@ func openPackCache(cfg *policy.Config, log *zap.Logger, exp *exporter.Exporter) 
 		}
 	})
 	return c
+}
+
+// withPackCache adds the pack cache's counters to every Status answer.
+func withPackCache(describe func(*admitpb.StatusResponse), c *packcache.Cache, p policy.PackCache) func(*admitpb.StatusResponse) {
+	return func(resp *admitpb.StatusResponse) {
+		if describe != nil {
+			describe(resp)
+		}
+		s := c.Stats()
+		resp.PackCache = &admitpb.PackCacheStatus{
+			Dir: p.Dir, MaxAgeUsec: p.MaxAge.Microseconds(), MaxBytes: p.MaxBytes, MinOccurrences: int32(p.MinOccurrences),
+			Entries: int64(s.Entries), SizeBytes: s.SizeBytes,
+			Hits: s.Hits, Joins: s.Joins, Misses: s.Misses, Fills: s.Writes, FillFailures: s.WriterFailures,
+			ServedBytes: s.BytesServed, WrittenBytes: s.BytesWritten,
+			EvictionsSize: s.EvictionsSize, EvictionsAge: s.EvictionsAge,
+			BypassCold: s.BypassCold, BypassDisk: s.BypassDisk, BypassTooLarge: s.BypassTooLarge,
+		}
+	}
 }
