@@ -80,6 +80,10 @@ func (s *serverSetup) cacheServed() float64 {
 // supervising mode).
 func (s *serverSetup) packCacheScenarios(t *testing.T, url string, env []string, extra string) {
 	s.enablePackCache(t, filepath.Join(s.a.dir, "packcache"), extra)
+	defer func() { // the caller's tests go on with the agent it started
+		s.a.stop()
+		s.a.start(serverLimits, "open")
+	}()
 	cases := []struct {
 		name string
 		args []string

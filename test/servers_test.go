@@ -593,6 +593,8 @@ SetEnv %s
 	}()
 	s.exercise(t, url, env)
 	s.checkRemoteIP(t)
+	// Pack cache (packcache_test.go): restarts the agent, then restores it.
+	t.Run("pack cache", func(t *testing.T) { s.packCacheScenarios(t, url, env, "") })
 	for _, m := range s.agentLines("command finished") {
 		if m["subcmd"] == "upload-pack" && m["user"] != "git" {
 			t.Errorf("upload-pack over ssh with user %v, want git", m["user"])
@@ -659,8 +661,6 @@ SetEnv %s
 			t.Errorf("sluice check with git outside the socket's group: exit %d\n%s", code, out)
 		}
 	})
-	// Pack cache (packcache_test.go); last: it restarts the agent.
-	t.Run("pack cache", func(t *testing.T) { s.packCacheScenarios(t, url, env, "") })
 }
 
 func TestServerHTTP(t *testing.T) {
@@ -720,9 +720,6 @@ http {
 %[4]s            fastcgi_pass unix:%[5]s;
         }
     }
-	// Pack cache in supervising mode (packcache_test.go); last: it
-	// restarts the agent.
-	t.Run("pack cache", func(t *testing.T) { s.packCacheScenarios(t, url, s.clientEnv(), "[ebpf]\nenabled = false") })
 }
 `, dir, port, backend, params.String(), fsock)
 	os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644)
@@ -737,6 +734,9 @@ http {
 	url := fmt.Sprintf("http://127.0.0.1:%d/project.git", port)
 	s.exercise(t, url, s.clientEnv())
 	s.checkRemoteIP(t)
+	// Pack cache in supervising mode (packcache_test.go): restarts the
+	// agent, then restores it.
+	t.Run("pack cache", func(t *testing.T) { s.packCacheScenarios(t, url, s.clientEnv(), "[ebpf]\nenabled = false") })
 
 	// Hold the slot: a POST to git-upload-pack whose body never comes. nginx
 	// streams it (fastcgi_request_buffering off), so upload-pack starts and

@@ -101,7 +101,10 @@ func run() error {
 			m, *k, r.ok, r.wall.Seconds(), r.packCPU, r.serverCPU, float64(r.ok)/r.wall.Minutes(), ratio,
 			r.packCPU/float64(max(r.ok, 1)), r.serverCPU/float64(max(r.ok, 1)), r.fills, r.hits, r.joins)
 	}
-	return e.startup()
+	if err := e.startup(true); err != nil {
+		return err
+	}
+	return e.startup(false)
 }
 
 type stormResult struct {
@@ -318,9 +321,11 @@ func (e *env) storm(cache bool, proxy string) (stormResult, error) {
 }
 
 // startup times matched commands through the shim and the same command run
-// directly, interleaved, in one run.
-func (e *env) startup() error {
-	a, err := e.startAgent(true, "agent-startup")
+// directly, interleaved, in one run, against an agent with the cache on or
+// off.
+func (e *env) startup(cache bool) error {
+	name := map[bool]string{false: "off", true: "on"}[cache]
+	a, err := e.startAgent(cache, "agent-startup-"+name)
 	if err != nil {
 		return err
 	}
@@ -335,24 +340,33 @@ func (e *env) startup() error {
 	base := []string{"PATH=/usr/bin:/bin", "HOME=" + e.tmp, "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=/dev/null",
 		"SLUICE_SOCKET=" + a.socket, "SLUICE_SHIM_LOG=" + filepath.Join(e.tmp, "shim-startup.log"), "SLUICE_REAL_GIT=" + e.git}
 	packArgs := []string{"pack-objects", "--revs", "--thin", "--stdout", "--delta-base-offset"}
-	variants := []struct {
-		name  string
-		argv  []string
-		stdin []byte
-	}{
-		{"direct git upload-pack --advertise-refs", []string{e.git, "upload-pack", "--advertise-refs", e.repo}, nil},
-		{"shim   git-upload-pack --advertise-refs (matched)", []string{filepath.Join(links, "git-upload-pack"), "--advertise-refs", e.repo}, nil},
-		{"direct git pack-objects (full clone pack)", append([]string{e.git}, packArgs...), head},
-		{"shim   hook pack-objects, cache hit", append([]string{e.shim, "git"}, packArgs...), head},
+	type variant struct {
+		name   string
+		argv   []string
+		unique bool // a --depth that no other sample uses: a cache miss every time
+	}
+	variants := []variant{
+		{"direct git upload-pack --advertise-refs", []string{e.git, "upload-pack", "--advertise-refs", e.repo}, false},
+		{"shim   git-upload-pack --advertise-refs (matched)", []string{filepath.Join(links, "git-upload-pack"), "--advertise-refs", e.repo}, false},
+		{"direct git pack-objects (full clone pack)", append([]string{e.git}, packArgs...), false},
+	}
+	if cache {
+		variants = append(variants,
+			variant{"shim   hook pack-objects, cache hit", append([]string{e.shim, "git"}, packArgs...), false},
+			variant{"shim   hook pack-objects, every request new (writer)", append([]string{e.shim, "git"}, packArgs...), true})
+	} else {
+		variants = append(variants, variant{"shim   hook pack-objects, cache off", append([]string{e.shim, "git"}, packArgs...), false})
 	}
 	times := make([][]time.Duration, len(variants))
 	for i := 0; i < *samples; i++ {
 		for j, v := range variants {
-			c := exec.Command(v.argv[0], v.argv[1:]...)
-			c.Dir, c.Env = e.repo, base
-			if v.stdin != nil {
-				c.Stdin = bytes.NewReader(v.stdin)
+			argv := v.argv
+			if v.unique {
+				argv = append(append([]string{}, argv...), "--depth="+strconv.Itoa(1000+i))
 			}
+			c := exec.Command(argv[0], argv[1:]...)
+			c.Dir, c.Env = e.repo, base
+			c.Stdin = bytes.NewReader(head)
 			t0 := time.Now()
 			if out, err := c.CombinedOutput(); err != nil && j != 0 {
 				return fmt.Errorf("%s: %v\n%.300s", v.name, err, out)
@@ -360,14 +374,14 @@ func (e *env) startup() error {
 			times[j] = append(times[j], time.Since(t0))
 		}
 	}
-	fmt.Printf("\nstart-up and hit latency, %d samples each, interleaved (wall time of the whole command):\n", *samples)
+	fmt.Printf("\ncache %s: start-up and pack latency, %d samples each, interleaved (wall time of the whole command):\n", name, *samples)
 	for j, v := range variants {
 		ts := times[j]
 		sort.Slice(ts, func(a, b int) bool { return ts[a] < ts[b] })
-		fmt.Printf("  %-52s p50 %8.2f ms  p99 %8.2f ms\n", v.name, ms(ts[len(ts)/2]), ms(ts[len(ts)*99/100]))
+		fmt.Printf("  %-54s p50 %8.2f ms  p99 %8.2f ms\n", v.name, ms(ts[len(ts)/2]), ms(ts[len(ts)*99/100]))
 	}
 	m := a.scrape()
-	fmt.Printf("  (startup agent: hits %v, fills %v)\n", m["sluice_pack_cache_hits_total"], m["sluice_pack_cache_fills_total"])
+	fmt.Printf("  (agent: hits %v, fills %v, joins %v)\n", m["sluice_pack_cache_hits_total"], m["sluice_pack_cache_fills_total"], m["sluice_pack_cache_joins_total"])
 	return nil
 }
 
