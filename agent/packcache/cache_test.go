@@ -2,12 +2,17 @@ package packcache
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/sluicehq/sluice/agent/wire"
 )
@@ -55,7 +60,14 @@ func newHarness(t *testing.T, cfg Config) *harness {
 					conn.Close()
 					return
 				}
-				c.ServeConn(conn, uint32(os.Getuid()), uint32(os.Getgid()))
+				raw, _ := conn.SyscallConn()
+				var cred *unix.Ucred
+				raw.Control(func(fd uintptr) { cred, _ = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+				if cred == nil {
+					conn.Close()
+					return
+				}
+				c.ServeConn(conn, cred.Uid, cred.Gid)
 			}()
 		}
 	}()
@@ -381,5 +393,75 @@ func TestStartClearsAndRefusesBadDir(t *testing.T) {
 		if _, err := New(Config{Dir: other, MaxAge: time.Minute, MaxBytes: 1 << 20}, nil); err == nil {
 			t.Error("a directory owned by nobody was accepted")
 		}
+	}
+}
+
+// TestOtherUserNeverGetsAPack plays a local user in the socket group: the
+// test binary re-run as uid 65534 asks for exactly the key root's entry
+// was written under (same object directory, arguments and stdin). The
+// uid is in the key, so it must be told to write its own, never handed
+// root's pack; and it cannot open the cache files.
+func TestOtherUserNeverGetsAPack(t *testing.T) {
+	if os.Getenv("PACKCACHE_ATTACKER") != "" {
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a child as another uid")
+	}
+	h := newHarness(t, Config{})
+	h.fill("want secret\n", 100)
+	if r := h.lookup("want secret\n"); r.ans.Kind != wire.PackHit {
+		t.Fatalf("root's own lookup: %+v", r.ans)
+	}
+	os.Chmod(filepath.Dir(h.sock), 0o755)
+	os.Chmod(h.sock, 0o777)
+	// The test binary lives in a private build directory: copy it where
+	// uid 65534 can run it.
+	bin := filepath.Join(filepath.Dir(h.sock), "packcache.test")
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for d := filepath.Dir(h.sock); d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	cmd := exec.Command(bin, "-test.run=^TestAttackerLookup$", "-test.v")
+	cmd.Env = append(os.Environ(), "PACKCACHE_ATTACKER="+h.sock, "PACKCACHE_OBJ="+h.obj, "PACKCACHE_DIR="+h.c.cfg.Dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "ATTACKER-RESULT kind=3") {
+		t.Fatalf("attacker run: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "ATTACKER-OPEN denied") {
+		t.Fatalf("attacker could read the cache directory:\n%s", out)
+	}
+}
+
+// TestAttackerLookup is the attacker's half (runs only as the child).
+func TestAttackerLookup(t *testing.T) {
+	sock := os.Getenv("PACKCACHE_ATTACKER")
+	if sock == "" {
+		t.Skip("helper for TestOtherUserNeverGetsAPack")
+	}
+	conn, err := wire.Dial(sock, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := wire.PackLookup{ObjDir: []byte(os.Getenv("PACKCACHE_OBJ")), Args: [][]byte{[]byte("pack-objects"), []byte("--stdout"), []byte("--progress")}}
+	ans, fd, err := conn.PackCacheLookup(&l, []byte("want secret\n"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fd >= 0 && ans.Kind != wire.PackWrite {
+		buf := make([]byte, 200)
+		n, _ := syscall.Pread(fd, buf, 0)
+		fmt.Printf("ATTACKER-READ %d bytes\n", n)
+	}
+	fmt.Printf("ATTACKER-RESULT kind=%d\n", ans.Kind)
+	if _, err := os.ReadDir(os.Getenv("PACKCACHE_DIR")); err != nil {
+		fmt.Println("ATTACKER-OPEN denied")
 	}
 }
