@@ -54,8 +54,7 @@ max_queue_wait = "10s"
 // servers serve --filter.
 func (s *serverSetup) enablePackCache(t *testing.T, dir, extra string) {
 	t.Helper()
-	s.a.stop()
-	s.a.start(packCacheLimits+fmt.Sprintf("\n[pack_cache]\nenabled = true\ndir = %q\n%s\n", dir, extra), "open")
+	s.restartAgent(packCacheLimits + fmt.Sprintf("\n[pack_cache]\nenabled = true\ndir = %q\n%s\n", dir, extra))
 	conf, err := os.ReadFile(s.gitconfig)
 	if err != nil {
 		t.Fatal(err)
@@ -65,6 +64,19 @@ func (s *serverSetup) enablePackCache(t *testing.T, dir, extra string) {
 		if err := os.WriteFile(s.gitconfig, conf, 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// restartAgent restarts the agent with limits (more TOML), keeping the
+// group shareWith gave the socket and its directory.
+func (s *serverSetup) restartAgent(limits string) {
+	var st syscall.Stat_t
+	syscall.Stat(s.a.socket, &st)
+	s.a.stop()
+	s.a.start(limits, "open")
+	if st.Gid != 0 {
+		os.Chown(filepath.Dir(s.a.socket), -1, int(st.Gid))
+		os.Chown(s.a.socket, -1, int(st.Gid))
 	}
 }
 
@@ -80,10 +92,7 @@ func (s *serverSetup) cacheServed() float64 {
 // supervising mode).
 func (s *serverSetup) packCacheScenarios(t *testing.T, url string, env []string, extra string) {
 	s.enablePackCache(t, filepath.Join(s.a.dir, "packcache"), extra)
-	defer func() { // the caller's tests go on with the agent it started
-		s.a.stop()
-		s.a.start(serverLimits, "open")
-	}()
+	defer s.restartAgent(serverLimits) // the caller's tests go on with the agent it started
 	cases := []struct {
 		name string
 		args []string
