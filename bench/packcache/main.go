@@ -40,6 +40,7 @@ var (
 	minOcc  = flag.Int("min-occurrences", 1, "[pack_cache] min_occurrences for the cached run")
 	modes   = flag.String("modes", "off,on", "storm runs: off (no cache), on (cache)")
 	limit   = flag.Duration("timeout", 5*time.Minute, "bound on each storm")
+	doStart = flag.Bool("startup", true, "also time start-up and pack latency")
 )
 
 func main() {
@@ -100,6 +101,9 @@ func run() error {
 		fmt.Printf("%-6s %6d %6d %9.2f %14.3f %14.3f %12.1f %10s   (per clone: pack-objects %.3f s, server %.3f s; fills %v hits %v joins %v)\n",
 			m, *k, r.ok, r.wall.Seconds(), r.packCPU, r.serverCPU, float64(r.ok)/r.wall.Minutes(), ratio,
 			r.packCPU/float64(max(r.ok, 1)), r.serverCPU/float64(max(r.ok, 1)), r.fills, r.hits, r.joins)
+	}
+	if !*doStart {
+		return nil
 	}
 	if err := e.startup(true); err != nil {
 		return err

@@ -200,17 +200,41 @@ func streamEntry(fd int, conn *wire.Conn, complete bool, size int64) (sent int64
 	if complete {
 		final = size
 	}
-	buf := make([]byte, 256<<10)
+	var buf []byte // only when sendfile(2) cannot write to our stdout
 	wait := time.Millisecond
 	for {
 		if final >= 0 && sent >= final {
 			return sent, 0, ""
 		}
-		want := buf
-		if final >= 0 && final-sent < int64(len(want)) {
-			want = want[:final-sent]
+		want := 1 << 20
+		if final >= 0 && final-sent < int64(want) {
+			want = int(final - sent)
 		}
-		n, err := syscall.Pread(fd, want, sent)
+		var n int
+		var err error
+		if buf == nil {
+			// In-kernel copy from the page cache to upload-pack's pipe.
+			off := sent
+			n, err = syscall.Sendfile(1, fd, &off, want)
+			if err == syscall.EINVAL || err == syscall.ENOSYS {
+				buf = make([]byte, 256<<10)
+				continue
+			}
+			if err == syscall.EPIPE {
+				return sent, 1, "" // upload-pack is gone: so is its client
+			}
+		} else {
+			n, err = syscall.Pread(fd, buf[:min(want, len(buf))], sent)
+			if n > 0 && err == nil {
+				if werr := writeAll(1, buf[:n]); werr != nil {
+					return sent, 1, ""
+				}
+			}
+		}
+		if err == syscall.EAGAIN { // a non-blocking stdout is full
+			time.Sleep(time.Millisecond)
+			continue
+		}
 		if err == syscall.EINTR {
 			continue
 		}
@@ -218,10 +242,6 @@ func streamEntry(fd int, conn *wire.Conn, complete bool, size int64) (sent int64
 			return sent, 0, "read cache file: " + err.Error()
 		}
 		if n > 0 {
-			if err := writeAll(1, want[:n]); err != nil {
-				// upload-pack is gone: so is its client.
-				return sent, 1, ""
-			}
 			sent += int64(n)
 			wait = time.Millisecond
 			continue
