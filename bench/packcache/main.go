@@ -112,7 +112,7 @@ func run() error {
 }
 
 type stormResult struct {
-	ok                         int
+	ok, failures               int
 	wall                       time.Duration
 	packCPU, serverCPU         float64
 	hits, joins, misses, fills float64
@@ -300,10 +300,13 @@ func (e *env) storm(cache bool, proxy string) (stormResult, error) {
 			c := exec.CommandContext(ctx, e.git, "clone", "-q", "--bare", fmt.Sprintf("git://127.0.0.1:%d/r.git", port), dest)
 			c.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + e.tmp, "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL=/dev/null",
 				"GIT_PROXY_COMMAND=" + proxy, "BENCH_ADDR=" + strconv.Itoa(10+i)}
-			err := c.Run()
+			out, err := c.CombinedOutput()
 			mu.Lock()
 			if err == nil {
 				r.ok++
+			} else if r.failures < 3 {
+				r.failures++
+				fmt.Fprintf(os.Stderr, "clone %d (%s): %v: %.400s\n", i, name, err, out)
 			}
 			lastDone = time.Now()
 			mu.Unlock()
@@ -311,6 +314,13 @@ func (e *env) storm(cache bool, proxy string) (stormResult, error) {
 	}
 	wg.Wait()
 	r.wall = lastDone.Sub(start)
+	if r.failures > 0 {
+		b, _ := os.ReadFile(filepath.Join(e.tmp, "shim-"+name+".log"))
+		if len(b) > 2000 {
+			b = b[len(b)-2000:]
+		}
+		fmt.Fprintf(os.Stderr, "shim log (tail):\n%s\n", b)
+	}
 	time.Sleep(200 * time.Millisecond) // last Finished reports
 	m1, cpu1 := a.scrape(), cg.usage()
 	r.packCPU = packObjectsCPU(m1) - packObjectsCPU(m0)
