@@ -98,6 +98,11 @@ type Cache struct {
 	now    func() time.Time
 }
 
+// maxSeen bounds the keys remembered for min_occurrences (about 100 bytes
+// each); past it a new key counts as seen for the first time until expiry
+// makes room.
+const maxSeen = 100_000
+
 // filePrefix names cache files; only such files are removed on start.
 const filePrefix = "pc-"
 
@@ -397,7 +402,9 @@ func (c *Cache) lookup(conn *net.UnixConn, r *bufio.Reader, key [32]byte) {
 			s = seen{first: now}
 		}
 		s.count++
-		c.seen[key] = s
+		if s.count > 1 || len(c.seen) < maxSeen {
+			c.seen[key] = s
+		}
 		if s.count < c.cfg.MinOccurrences {
 			c.mu.Unlock()
 			c.bypassCold.Add(1)
