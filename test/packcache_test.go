@@ -316,9 +316,11 @@ func TestPackCacheGitDaemon(t *testing.T) {
 		if m["sluice_pack_cache_fill_failures_total"] < 1 {
 			t.Error("the killed writer was not counted as a fill failure")
 		}
-		if ok == 0 {
-			t.Error("no clone succeeded: readers that had sent nothing should have asked again")
-		}
+		// How many succeed depends on timing: readers that had sent
+		// nothing when the writer died ask again (one becomes the new
+		// writer) and succeed; readers already streaming fail cleanly.
+		// With sendfile the readers keep up with the writer, so usually
+		// all have sent bytes by the time the file holds 1 MiB.
 		for _, r := range results {
 			os.RemoveAll(r.dest)
 		}
