@@ -47,6 +47,9 @@ type Options struct {
 	// can adopt the commands still running (see recovery.go); "" keeps
 	// no state.
 	StateDir string
+	// PackCache serves pack cache connections (agent/packcache); nil: no
+	// pack cache, shims that ask run pack-objects uncached.
+	PackCache PackCache
 }
 
 // Placer puts an admitted process into its repository's cgroup bucket
@@ -77,6 +80,7 @@ type Agent struct {
 	// stateProblem says why the state directory is not in use.
 	stateProblem string
 	calib        *adaptive.Controller
+	packCache    PackCache
 
 	describe   func(*admitpb.StatusResponse)
 	socket     string // set by Serve
@@ -138,6 +142,7 @@ func New(opts Options) *Agent {
 		tracer:     opts.Tracer,
 		stateDir:   opts.StateDir,
 		stateFD:    -1,
+		packCache:  opts.PackCache,
 		execLeases: make(map[int]*execLease),
 		lateExits:  make(map[int]*lateExit),
 		servers:    newServerTable(defaultProcFS),

@@ -198,6 +198,11 @@ func (a *Agent) dispatch(c *net.UnixConn, cred PeerCred, gln *chanListener, done
 		defer track(false)
 		defer cred.close()
 		a.serveShim(c, cred)
+	case packCacheFirst: // pack cache (packcache_hook.go)
+		track(true)
+		defer track(false)
+		defer cred.close()
+		a.servePackCache(c, cred)
 	default:
 		cred.close()
 		a.log.Warn("unknown protocol on admission socket", zap.Int32("pid", cred.PID), zap.Uint32("uid", cred.UID), zap.Uint8("first_byte", first[0]))

@@ -71,6 +71,8 @@ type Config struct {
 	Keys Keys `toml:"keys"`
 	// Classes weight clients' fair shares of the budget, one per [[class]].
 	Classes []Class `toml:"class"`
+	// PackCache configures the pack-objects cache (packcache.go).
+	PackCache PackCache `toml:"pack_cache"`
 
 	// Source is the file name the policy was read from, DefaultSource for
 	// the embedded default policy; "" for a Config built by hand.
@@ -628,6 +630,7 @@ func defaults() *Config {
 			UploadArchiveNegotiation: Duration{time.Minute},
 			KillGrace:                Duration{5 * time.Second},
 		},
+		PackCache: defaultPackCache(),
 	}
 }
 

@@ -184,7 +184,7 @@ top = 1
 		{5, `limit "up".max_queue_wait`, "", "is missing", "never wait forever"},
 		{10, `limit "up".max_wait`, "", "unknown key", "known keys in [[limit]]: name, match, key, queue_order, max_queue_size, max_queue_wait,"},
 		{11, `limit "up".Max_Queue_Size`, "", "unknown key", `did you mean "max_queue_size"?`},
-		{13, "cgroup", "", "unknown key", `did you mean "cgroups"? remove it, or check the spelling (known keys in the top level: agent, git, limit, cgroups, adaptive, ebpf, timeouts, budget, keys, class)`},
+		{13, "cgroup", "", "unknown key", `did you mean "cgroups"? remove it, or check the spelling (known keys in the top level: agent, git, limit, cgroups, adaptive, ebpf, timeouts, budget, keys, class, pack_cache)`},
 	}
 	if len(es) != len(want) {
 		t.Fatalf("got %d errors, want %d:\n%v", len(es), len(want), es)

@@ -103,6 +103,7 @@ func (c *Config) validate() []*Error {
 	v.timeouts()
 	v.ebpf()
 	v.budget()
+	v.packCache()
 	if len(v.errs) > 0 {
 		c.bySub = nil
 		return v.errs

@@ -610,6 +610,8 @@ SetEnv %s
 	}()
 	s.exercise(t, url, env)
 	s.checkRemoteIP(t)
+	// Pack cache (packcache_test.go): restarts the agent, then restores it.
+	t.Run("pack cache", func(t *testing.T) { s.packCacheScenarios(t, url, env, "") })
 	for _, m := range s.agentLines("command finished") {
 		if m["subcmd"] == "upload-pack" && m["user"] != "git" {
 			t.Errorf("upload-pack over ssh with user %v, want git", m["user"])
@@ -749,6 +751,9 @@ http {
 	url := fmt.Sprintf("http://127.0.0.1:%d/project.git", port)
 	s.exercise(t, url, s.clientEnv())
 	s.checkRemoteIP(t)
+	// Pack cache in supervising mode (packcache_test.go): restarts the
+	// agent, then restores it.
+	t.Run("pack cache", func(t *testing.T) { s.packCacheScenarios(t, url, s.clientEnv(), "[ebpf]\nenabled = false") })
 
 	// Hold the slot: a POST to git-upload-pack whose body never comes. nginx
 	// streams it (fastcgi_request_buffering off), so upload-pack starts and

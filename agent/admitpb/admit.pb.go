@@ -1172,6 +1172,9 @@ type StatusResponse struct {
 	// Git server processes the agent saw requests or unwrapped execs from
 	// (agent/servers.go), by pid.
 	Servers []*ServerStatus `protobuf:"bytes,20,rep,name=servers,proto3" json:"servers,omitempty"`
+	// The pack-objects cache ([pack_cache]); absent when it is off. Field
+	// 18: issue 18, kept clear of the numbers other additions take.
+	PackCache *PackCacheStatus `protobuf:"bytes,18,opt,name=pack_cache,json=packCache,proto3" json:"pack_cache,omitempty"`
 	// Restart state (agent/recovery.go): state files the agent could not
 	// write (sluice_lease_state_errors_total) and, when the state directory
 	// could not be used at all, why (admission runs without persistence: a
@@ -1285,6 +1288,13 @@ func (x *StatusResponse) GetBudgets() []*BudgetStatus {
 func (x *StatusResponse) GetServers() []*ServerStatus {
 	if x != nil {
 		return x.Servers
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetPackCache() *PackCacheStatus {
+	if x != nil {
+		return x.PackCache
 	}
 	return nil
 }
@@ -1780,6 +1790,188 @@ func (x *ReloadResponse) GetChanges() []string {
 	return nil
 }
 
+// PackCacheStatus: the pack-objects cache's counters (agent/packcache);
+// the same numbers as the sluice_pack_cache_* metrics.
+type PackCacheStatus struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Dir            string                 `protobuf:"bytes,1,opt,name=dir,proto3" json:"dir,omitempty"`
+	MaxAgeUsec     int64                  `protobuf:"varint,2,opt,name=max_age_usec,json=maxAgeUsec,proto3" json:"max_age_usec,omitempty"`
+	MaxBytes       int64                  `protobuf:"varint,3,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	MinOccurrences int32                  `protobuf:"varint,4,opt,name=min_occurrences,json=minOccurrences,proto3" json:"min_occurrences,omitempty"`
+	Entries        int64                  `protobuf:"varint,5,opt,name=entries,proto3" json:"entries,omitempty"`
+	SizeBytes      int64                  `protobuf:"varint,6,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Hits           uint64                 `protobuf:"varint,7,opt,name=hits,proto3" json:"hits,omitempty"`
+	Joins          uint64                 `protobuf:"varint,8,opt,name=joins,proto3" json:"joins,omitempty"`
+	Misses         uint64                 `protobuf:"varint,9,opt,name=misses,proto3" json:"misses,omitempty"`
+	Fills          uint64                 `protobuf:"varint,10,opt,name=fills,proto3" json:"fills,omitempty"`
+	FillFailures   uint64                 `protobuf:"varint,11,opt,name=fill_failures,json=fillFailures,proto3" json:"fill_failures,omitempty"`
+	ServedBytes    uint64                 `protobuf:"varint,12,opt,name=served_bytes,json=servedBytes,proto3" json:"served_bytes,omitempty"`
+	WrittenBytes   uint64                 `protobuf:"varint,13,opt,name=written_bytes,json=writtenBytes,proto3" json:"written_bytes,omitempty"`
+	EvictionsSize  uint64                 `protobuf:"varint,14,opt,name=evictions_size,json=evictionsSize,proto3" json:"evictions_size,omitempty"`
+	EvictionsAge   uint64                 `protobuf:"varint,15,opt,name=evictions_age,json=evictionsAge,proto3" json:"evictions_age,omitempty"`
+	BypassCold     uint64                 `protobuf:"varint,16,opt,name=bypass_cold,json=bypassCold,proto3" json:"bypass_cold,omitempty"`
+	BypassDisk     uint64                 `protobuf:"varint,17,opt,name=bypass_disk,json=bypassDisk,proto3" json:"bypass_disk,omitempty"`
+	BypassTooLarge uint64                 `protobuf:"varint,18,opt,name=bypass_too_large,json=bypassTooLarge,proto3" json:"bypass_too_large,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PackCacheStatus) Reset() {
+	*x = PackCacheStatus{}
+	mi := &file_agent_admitpb_admit_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PackCacheStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PackCacheStatus) ProtoMessage() {}
+
+func (x *PackCacheStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_admitpb_admit_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PackCacheStatus.ProtoReflect.Descriptor instead.
+func (*PackCacheStatus) Descriptor() ([]byte, []int) {
+	return file_agent_admitpb_admit_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *PackCacheStatus) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *PackCacheStatus) GetMaxAgeUsec() int64 {
+	if x != nil {
+		return x.MaxAgeUsec
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetMaxBytes() int64 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetMinOccurrences() int32 {
+	if x != nil {
+		return x.MinOccurrences
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetEntries() int64 {
+	if x != nil {
+		return x.Entries
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetHits() uint64 {
+	if x != nil {
+		return x.Hits
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetJoins() uint64 {
+	if x != nil {
+		return x.Joins
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetMisses() uint64 {
+	if x != nil {
+		return x.Misses
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetFills() uint64 {
+	if x != nil {
+		return x.Fills
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetFillFailures() uint64 {
+	if x != nil {
+		return x.FillFailures
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetServedBytes() uint64 {
+	if x != nil {
+		return x.ServedBytes
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetWrittenBytes() uint64 {
+	if x != nil {
+		return x.WrittenBytes
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetEvictionsSize() uint64 {
+	if x != nil {
+		return x.EvictionsSize
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetEvictionsAge() uint64 {
+	if x != nil {
+		return x.EvictionsAge
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetBypassCold() uint64 {
+	if x != nil {
+		return x.BypassCold
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetBypassDisk() uint64 {
+	if x != nil {
+		return x.BypassDisk
+	}
+	return 0
+}
+
+func (x *PackCacheStatus) GetBypassTooLarge() uint64 {
+	if x != nil {
+		return x.BypassTooLarge
+	}
+	return 0
+}
+
 var File_agent_admitpb_admit_proto protoreflect.FileDescriptor
 
 const file_agent_admitpb_admit_proto_rawDesc = "" +
@@ -1880,7 +2072,7 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"cpuPeriods\x122\n" +
 	"\x15cpu_throttled_periods\x18\a \x01(\x04R\x13cpuThrottledPeriods\x12\x1b\n" +
 	"\toom_kills\x18\b \x01(\x04R\boomKills\x12-\n" +
-	"\x12placement_failures\x18\t \x01(\x04R\x11placementFailures\"\xa0\x04\n" +
+	"\x12placement_failures\x18\t \x01(\x04R\x11placementFailures\"\xdb\x04\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12*\n" +
 	"\x11started_unix_usec\x18\x02 \x01(\x03R\x0fstartedUnixUsec\x12\x1f\n" +
@@ -1895,7 +2087,9 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"\x06socket\x18\t \x01(\tR\x06socket\x121\n" +
 	"\abudgets\x18\n" +
 	" \x03(\v2\x17.sluice.v1.BudgetStatusR\abudgets\x121\n" +
-	"\aservers\x18\x14 \x03(\v2\x17.sluice.v1.ServerStatusR\aservers\x12,\n" +
+	"\aservers\x18\x14 \x03(\v2\x17.sluice.v1.ServerStatusR\aservers\x129\n" +
+	"\n" +
+	"pack_cache\x18\x12 \x01(\v2\x1a.sluice.v1.PackCacheStatusR\tpackCache\x12,\n" +
 	"\x12lease_state_errors\x18\x1e \x01(\x03R\x10leaseStateErrors\x12.\n" +
 	"\x13lease_state_problem\x18\x1f \x01(\tR\x11leaseStateProblem\"\x99\x02\n" +
 	"\fServerStatus\x12\x12\n" +
@@ -1946,7 +2140,31 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"\vconfig_path\x18\x02 \x01(\tR\n" +
 	"configPath\x12\x16\n" +
 	"\x06errors\x18\x03 \x03(\tR\x06errors\x12\x18\n" +
-	"\achanges\x18\x04 \x03(\tR\achanges*\xbd\x01\n" +
+	"\achanges\x18\x04 \x03(\tR\achanges\"\xc1\x04\n" +
+	"\x0fPackCacheStatus\x12\x10\n" +
+	"\x03dir\x18\x01 \x01(\tR\x03dir\x12 \n" +
+	"\fmax_age_usec\x18\x02 \x01(\x03R\n" +
+	"maxAgeUsec\x12\x1b\n" +
+	"\tmax_bytes\x18\x03 \x01(\x03R\bmaxBytes\x12'\n" +
+	"\x0fmin_occurrences\x18\x04 \x01(\x05R\x0eminOccurrences\x12\x18\n" +
+	"\aentries\x18\x05 \x01(\x03R\aentries\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x06 \x01(\x03R\tsizeBytes\x12\x12\n" +
+	"\x04hits\x18\a \x01(\x04R\x04hits\x12\x14\n" +
+	"\x05joins\x18\b \x01(\x04R\x05joins\x12\x16\n" +
+	"\x06misses\x18\t \x01(\x04R\x06misses\x12\x14\n" +
+	"\x05fills\x18\n" +
+	" \x01(\x04R\x05fills\x12#\n" +
+	"\rfill_failures\x18\v \x01(\x04R\ffillFailures\x12!\n" +
+	"\fserved_bytes\x18\f \x01(\x04R\vservedBytes\x12#\n" +
+	"\rwritten_bytes\x18\r \x01(\x04R\fwrittenBytes\x12%\n" +
+	"\x0eevictions_size\x18\x0e \x01(\x04R\revictionsSize\x12#\n" +
+	"\revictions_age\x18\x0f \x01(\x04R\fevictionsAge\x12\x1f\n" +
+	"\vbypass_cold\x18\x10 \x01(\x04R\n" +
+	"bypassCold\x12\x1f\n" +
+	"\vbypass_disk\x18\x11 \x01(\x04R\n" +
+	"bypassDisk\x12(\n" +
+	"\x10bypass_too_large\x18\x12 \x01(\x04R\x0ebypassTooLarge*\xbd\x01\n" +
 	"\fRejectReason\x12\x1d\n" +
 	"\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16REJECT_REASON_MAX_SIZE\x10\x01\x12\x1a\n" +
@@ -1973,25 +2191,26 @@ func file_agent_admitpb_admit_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_admitpb_admit_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_admitpb_admit_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_agent_admitpb_admit_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_agent_admitpb_admit_proto_goTypes = []any{
-	(RejectReason)(0),      // 0: sluice.v1.RejectReason
-	(*AdmitRequest)(nil),   // 1: sluice.v1.AdmitRequest
-	(*Queued)(nil),         // 2: sluice.v1.Queued
-	(*Admitted)(nil),       // 3: sluice.v1.Admitted
-	(*Rejected)(nil),       // 4: sluice.v1.Rejected
-	(*Finished)(nil),       // 5: sluice.v1.Finished
-	(*ClientMsg)(nil),      // 6: sluice.v1.ClientMsg
-	(*ServerMsg)(nil),      // 7: sluice.v1.ServerMsg
-	(*StatusRequest)(nil),  // 8: sluice.v1.StatusRequest
-	(*LimitStatus)(nil),    // 9: sluice.v1.LimitStatus
-	(*LeaseInfo)(nil),      // 10: sluice.v1.LeaseInfo
-	(*CgroupStatus)(nil),   // 11: sluice.v1.CgroupStatus
-	(*StatusResponse)(nil), // 12: sluice.v1.StatusResponse
-	(*ServerStatus)(nil),   // 13: sluice.v1.ServerStatus
-	(*BudgetStatus)(nil),   // 14: sluice.v1.BudgetStatus
-	(*ReloadRequest)(nil),  // 15: sluice.v1.ReloadRequest
-	(*ReloadResponse)(nil), // 16: sluice.v1.ReloadResponse
+	(RejectReason)(0),       // 0: sluice.v1.RejectReason
+	(*AdmitRequest)(nil),    // 1: sluice.v1.AdmitRequest
+	(*Queued)(nil),          // 2: sluice.v1.Queued
+	(*Admitted)(nil),        // 3: sluice.v1.Admitted
+	(*Rejected)(nil),        // 4: sluice.v1.Rejected
+	(*Finished)(nil),        // 5: sluice.v1.Finished
+	(*ClientMsg)(nil),       // 6: sluice.v1.ClientMsg
+	(*ServerMsg)(nil),       // 7: sluice.v1.ServerMsg
+	(*StatusRequest)(nil),   // 8: sluice.v1.StatusRequest
+	(*LimitStatus)(nil),     // 9: sluice.v1.LimitStatus
+	(*LeaseInfo)(nil),       // 10: sluice.v1.LeaseInfo
+	(*CgroupStatus)(nil),    // 11: sluice.v1.CgroupStatus
+	(*StatusResponse)(nil),  // 12: sluice.v1.StatusResponse
+	(*ServerStatus)(nil),    // 13: sluice.v1.ServerStatus
+	(*BudgetStatus)(nil),    // 14: sluice.v1.BudgetStatus
+	(*ReloadRequest)(nil),   // 15: sluice.v1.ReloadRequest
+	(*ReloadResponse)(nil),  // 16: sluice.v1.ReloadResponse
+	(*PackCacheStatus)(nil), // 17: sluice.v1.PackCacheStatus
 }
 var file_agent_admitpb_admit_proto_depIdxs = []int32{
 	0,  // 0: sluice.v1.Rejected.reason:type_name -> sluice.v1.RejectReason
@@ -2005,17 +2224,18 @@ var file_agent_admitpb_admit_proto_depIdxs = []int32{
 	11, // 8: sluice.v1.StatusResponse.cgroups:type_name -> sluice.v1.CgroupStatus
 	14, // 9: sluice.v1.StatusResponse.budgets:type_name -> sluice.v1.BudgetStatus
 	13, // 10: sluice.v1.StatusResponse.servers:type_name -> sluice.v1.ServerStatus
-	6,  // 11: sluice.v1.Admission.Admit:input_type -> sluice.v1.ClientMsg
-	8,  // 12: sluice.v1.Admin.Status:input_type -> sluice.v1.StatusRequest
-	15, // 13: sluice.v1.Admin.Reload:input_type -> sluice.v1.ReloadRequest
-	7,  // 14: sluice.v1.Admission.Admit:output_type -> sluice.v1.ServerMsg
-	12, // 15: sluice.v1.Admin.Status:output_type -> sluice.v1.StatusResponse
-	16, // 16: sluice.v1.Admin.Reload:output_type -> sluice.v1.ReloadResponse
-	14, // [14:17] is the sub-list for method output_type
-	11, // [11:14] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	17, // 11: sluice.v1.StatusResponse.pack_cache:type_name -> sluice.v1.PackCacheStatus
+	6,  // 12: sluice.v1.Admission.Admit:input_type -> sluice.v1.ClientMsg
+	8,  // 13: sluice.v1.Admin.Status:input_type -> sluice.v1.StatusRequest
+	15, // 14: sluice.v1.Admin.Reload:input_type -> sluice.v1.ReloadRequest
+	7,  // 15: sluice.v1.Admission.Admit:output_type -> sluice.v1.ServerMsg
+	12, // 16: sluice.v1.Admin.Status:output_type -> sluice.v1.StatusResponse
+	16, // 17: sluice.v1.Admin.Reload:output_type -> sluice.v1.ReloadResponse
+	15, // [15:18] is the sub-list for method output_type
+	12, // [12:15] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_agent_admitpb_admit_proto_init() }
@@ -2038,7 +2258,7 @@ func file_agent_admitpb_admit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_admitpb_admit_proto_rawDesc), len(file_agent_admitpb_admit_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

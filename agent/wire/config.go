@@ -46,6 +46,9 @@ type ShimConfig struct {
 	// RestartGrace is how long the shim keeps reconnecting to an agent
 	// that is restarting before it applies the fail mode (0: never).
 	RestartGrace time.Duration
+	// PackCache makes the hook-mode shim ask the agent's pack cache before
+	// running pack-objects --stdout ([pack_cache] enabled; packcache.go).
+	PackCache bool
 }
 
 // DefaultRestartGrace is the restart grace used when shim.conf does not
@@ -122,6 +125,9 @@ func FormatShimConfig(c ShimConfig) []byte {
 	b = strconv.AppendInt(b, max(c.QueueFeedbackAfter, 0).Milliseconds(), 10)
 	b = append(b, "\nrestart_grace_ms="...)
 	b = strconv.AppendInt(b, max(c.RestartGrace, 0).Milliseconds(), 10)
+	if c.PackCache {
+		b = append(b, "\npack_cache=1"...)
+	}
 	return append(b, '\n')
 }
 
@@ -330,6 +336,8 @@ func parseShimConfig(data []byte, c *ShimConfig) error {
 				continue
 			}
 			c.QueueFeedbackAfter = time.Duration(ms) * time.Millisecond
+		case "pack_cache":
+			c.PackCache = val == "1"
 		}
 	}
 	return firstErr

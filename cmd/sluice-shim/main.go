@@ -107,7 +107,18 @@ func run(argv []string) int {
 		// A matched command that may not dial reports it once, below.
 		warn("shim config: " + setup.Problem.Error())
 	}
+	var pc *packCache // pack cache (packcache.go): a hit ends here
+	if inv.Hook && cfg.PackCache && !setup.NoDial && packCacheable(&inv) {
+		var code int
+		var done bool
+		if pc, code, done = packCacheLookup(sock, &inv); done {
+			return code
+		}
+	}
 	if !matched {
+		if pc.writer() {
+			return pc.write(nil, git, gitArgv, os.Environ())
+		}
 		return execGit(git, gitArgv, os.Environ())
 	}
 
@@ -129,7 +140,7 @@ func run(argv []string) int {
 		User:          gitwrap.User(os.Getenv),
 		CorrelationID: corr,
 		Hook:          inv.Hook,
-		CanExec:       true,
+		CanExec:       !pc.writer(), // a cache writer tees pack-objects' stdout
 	}
 	// Fit what argv and the environment gave into the agent's bounds, so
 	// an odd CORRELATION_ID or user name never turns into a rejection.
@@ -148,6 +159,9 @@ func run(argv []string) int {
 		return refuse(&inv, line, detail)
 	}
 
+	if pc.writer() && !rep.Exec {
+		return pc.write(conn, git, gitArgv, env)
+	}
 	if rep.Exec {
 		// Exec mode: the agent follows this very process to its exit in
 		// the kernel, so git takes over the pid and nothing stays

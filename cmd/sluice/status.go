@@ -93,6 +93,9 @@ func renderStatus(w io.Writer, st *admitpb.StatusResponse, now time.Time) {
 		fmt.Fprintf(tw, "restart state\t%s\n", line)
 	}
 	tw.Flush()
+	if st.PackCache != nil {
+		b.WriteString("pack cache: " + packCacheLine(st.PackCache) + "\n") // packcache.go
+	}
 
 	b.WriteString("\n")
 	if len(st.Limits) == 0 {

@@ -214,3 +214,17 @@ func TestFmtBytes(t *testing.T) {
 		}
 	}
 }
+
+func TestStatusShowsPackCache(t *testing.T) {
+	var b strings.Builder
+	renderStatus(&b, &admitpb.StatusResponse{PackCache: &admitpb.PackCacheStatus{
+		Dir: "/var/cache/sluice/packs", MaxAgeUsec: 300e6, MaxBytes: 10 << 30, MinOccurrences: 1,
+		Entries: 2, SizeBytes: 3 << 20, Hits: 30, Joins: 17, Misses: 3, Fills: 3, ServedBytes: 47 << 20,
+		WrittenBytes: 3 << 20, EvictionsSize: 1, BypassDisk: 2,
+	}}, time.Now())
+	for _, want := range []string{"pack cache: /var/cache/sluice/packs: 2 entries, 3.0 MiB of 10.0 GiB", "30 hits + 17 joins of 50 (94%)", "3 fills (0 failed)", "evicted 1 by size", "2 disk"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, b.String())
+		}
+	}
+}

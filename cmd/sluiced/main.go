@@ -174,6 +174,11 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 	if cg != nil {
 		opts.Placer = cg
 	}
+	if pc := openPackCache(cfg, log, exp); pc != nil { // [pack_cache] (packcache.go)
+		defer pc.Close()
+		opts.PackCache = pc
+		opts.Describe = withPackCache(opts.Describe, pc, cfg.PackCache)
+	}
 	a = agent.New(opts)
 
 	// A runtime directory this agent creates (run by hand, not by the unit's
@@ -291,6 +296,7 @@ func shimConfig(cfg *policy.Config) wire.ShimConfig {
 		AdmitTimeout:       cfg.MaxQueueWait() + 2*time.Second,
 		QueueFeedbackAfter: cfg.Agent.QueueFeedbackAfter.Duration,
 		RestartGrace:       cfg.Agent.RestartGrace.Duration,
+		PackCache:          packCacheOn(cfg),
 	}
 }
 

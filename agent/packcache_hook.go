@@ -1,0 +1,32 @@
+package agent
+
+import (
+	"net"
+)
+
+// PackCache serves pack cache connections (wire.PackCacheMagic; the cache
+// itself is agent/packcache). Kept in its own file so the hook into
+// dispatch is one case.
+type PackCache interface {
+	// ServeConn serves c, whose first byte was read; uid and gid are the
+	// peer's SO_PEERCRED. It closes c.
+	ServeConn(c *net.UnixConn, uid, gid uint32)
+}
+
+// packCacheFirst is the first byte of a pack cache connection.
+const packCacheFirst = 'C' // wire.PackCacheMagic[0]
+
+// servePackCache hands c to the pack cache, or closes it when there is none
+// (the shim then runs pack-objects uncached).
+func (a *Agent) servePackCache(c *net.UnixConn, cred PeerCred) {
+	if a.packCache == nil {
+		c.Close()
+		return
+	}
+	// A pack-objects hook asking the cache ends its upload-pack's
+	// negotiation, as its admission would (a hit is never admitted).
+	if a.timeouts != nil {
+		a.timeouts.noteStart(int(cred.PID), "pack-objects", "pack cache")
+	}
+	a.packCache.ServeConn(c, cred.UID, cred.GID)
+}
