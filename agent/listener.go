@@ -153,8 +153,8 @@ func inodeOf(path string) uint64 {
 	return 0
 }
 
-// RemoveRuntimeDir removes what the agent put in dir — shim.conf, an empty
-// leases/ — and dir itself, once the socket is gone (Serve removes it). It
+// RemoveRuntimeDir removes what the agent put in dir — shim.conf, the
+// stopping mark, an empty leases/ — and dir itself, once the socket is gone (Serve removes it). It
 // is for a directory the agent created; a lease record still in leases/
 // (a command that outlives the agent, for the next agent to adopt) keeps
 // everything. dir was checked at Listen (owned by the agent, writable by
@@ -163,8 +163,12 @@ func RemoveRuntimeDir(dir string) error {
 	if err := os.Remove(filepath.Join(dir, "leases")); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%s: commands still running keep their records: %w", dir, err)
 	}
-	if err := os.Remove(filepath.Join(dir, "shim.conf")); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+	// The stopping mark tells shims a restart is under way; a directory
+	// going away is no restart: they apply fail_mode at once.
+	for _, name := range []string{"shim.conf", StoppingMark} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
 	}
 	return os.Remove(dir)
 }

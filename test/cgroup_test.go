@@ -310,4 +310,12 @@ func TestCleanStopRemovesWhatItMade(t *testing.T) {
 	if _, err := os.Stat(tree); !os.IsNotExist(err) {
 		t.Errorf("cgroup tree %s left after a clean stop (%v)", tree, err)
 	}
+	// With fail_mode "closed" shim.conf stays: shims keep failing closed
+	// while no agent runs.
+	b := newAgentDir(t)
+	b.start(uploadPackRule, "closed")
+	b.stop()
+	if _, err := os.Stat(filepath.Join(filepath.Dir(b.socket), "shim.conf")); err != nil {
+		t.Errorf("fail_mode closed: shim.conf gone after a clean stop (%v); shims would fail open", err)
+	}
 }

@@ -441,12 +441,20 @@ func (p *proc) exited() bool {
 // gitOf returns the pid of the real git that the shim process pid stands
 // for: pid itself in exec-in-place mode, its only child in supervising
 // mode.
+//
+// The agent counts a command in flight as it answers Admitted, a moment
+// before the shim execs git in place (or starts it): gitOf waits for that.
 func gitOf(t *testing.T, pid int) int {
 	t.Helper()
-	if sameFile(exeOf(pid), bins.realGit) {
-		return pid
+	var kids []int
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if sameFile(exeOf(pid), bins.realGit) {
+			return pid
+		}
+		if kids = childrenOf(pid); len(kids) == 1 || time.Now().After(deadline) {
+			break
+		}
 	}
-	kids := childrenOf(pid)
 	if len(kids) != 1 {
 		t.Fatalf("shim %d (%s) has children %v, want exactly its git", pid, exeOf(pid), kids)
 	}

@@ -237,12 +237,18 @@ func TestShimPermissionDenied(t *testing.T) {
 	gitUID, gitGID, _ := shimsecUser(t, "git")
 	for _, mode := range []string{"open", "closed"} {
 		t.Run(mode, func(t *testing.T) {
-			a := startAgent(t, uploadPackRule, mode)
+			// run/ exists before the agent, as systemd's RuntimeDirectory
+			// makes it: a clean stop then leaves shim.conf for the shims.
+			a := newAgentDir(t)
+			run := filepath.Dir(a.socket)
+			if err := os.Mkdir(run, 0o750); err != nil {
+				t.Fatal(err)
+			}
+			a.start(uploadPackRule, mode)
 			l := newShimsecLab(t)
 			for d := a.dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
 				os.Chmod(d, 0o755)
 			}
-			run := filepath.Dir(a.socket)
 			// The real git of shim.conf ([git] bin) would not leave a marker.
 			env := []string{"SLUICE_SOCKET=" + a.socket, "SLUICE_REAL_GIT=" + filepath.Join(l.dir, "realbin", "git")}
 			check := func(what string, wantDenied string) {
@@ -269,7 +275,7 @@ func TestShimPermissionDenied(t *testing.T) {
 					t.Errorf("%s: message says no such file: %q", what, msg)
 				}
 			}
-			// The agent made run/ 0750 root:root: not searchable for the Git server.
+			// run/ is 0750 root:root: not searchable for the Git server.
 			check("socket directory 0750", "permission denied opening "+run)
 			// Directory searchable, socket 0660 root:root (os.Chmod would
 			// clear the sticky bit that carries fail_mode).

@@ -182,7 +182,8 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 	a = agent.New(opts)
 
 	// A runtime directory this agent creates (run by hand, not by the unit's
-	// RuntimeDirectory=) is removed again on a clean stop.
+	// RuntimeDirectory=) is removed again on a clean stop, unless fail_mode
+	// is "closed".
 	_, statErr := os.Lstat(filepath.Dir(socketPath))
 	madeRunDir := errors.Is(statErr, fs.ErrNotExist)
 	sock, err := agent.Listen(agent.SocketOptions{Path: socketPath, Group: cfg.Agent.SocketGroup})
@@ -269,7 +270,9 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 			ctx = context.Background() // wait for the parts without re-entering this case
 		}
 	}
-	if madeRunDir {
+	// With fail_mode "closed" shim.conf stays, so that shims keep failing
+	// closed while no agent runs (as under the unit, which preserves it).
+	if madeRunDir && a.Policy().Agent.FailMode != policy.FailClosed {
 		if err := agent.RemoveRuntimeDir(filepath.Dir(socketPath)); err != nil {
 			log.Info("runtime directory kept", zap.Error(err))
 		}
