@@ -441,6 +441,11 @@ max_queue_wait = "60s"
 			t.Errorf("exit %d: %s", code, p.stderr.String())
 		}
 	}
+	// Each command's outcome is recorded when the agent hears of its exit,
+	// a moment after the test's wait returns.
+	waitFor(t, 5*time.Second, "4 commands recorded", func() bool {
+		return a.metric(`sluice_commands_total{cmd="git",outcome="ok",subcmd="upload-pack"}`) >= 4
+	})
 	m = a.scrape()
 	if m[`sluice_concurrency_limiting_acquiring_seconds_count{limit="upload-pack"}`] != 4 ||
 		m[`sluice_commands_total{cmd="git",outcome="ok",subcmd="upload-pack"}`] != 4 ||
