@@ -432,6 +432,9 @@ kill_grace = "5s"
 	waitFor(t, 10*time.Second, "the timeout counted", func() bool {
 		return a.metric(`sluice_timeouts_total{kind="max_runtime",limit="upload-pack"}`) == 1
 	})
+	// The metric can be counted before the agent's log line is copied
+	// into the test's buffer.
+	waitFor(t, 10*time.Second, "the log line", func() bool { return len(agentLogLines(a, "timeout: command stopped")) >= 1 })
 	lines := agentLogLines(a, "timeout: command stopped")
 	if len(lines) != 1 || lines[0]["correlation_id"] != "runaway-1" || lines[0]["kind"] != "max_runtime" {
 		t.Errorf("log lines %v", lines)
@@ -610,6 +613,7 @@ kill_grace = "2s"
 	waitFor(t, 10*time.Second, "the timeout counted", func() bool {
 		return s.a.metric(`sluice_timeouts_total{kind="upload_archive_negotiation",limit="upload-archive"}`) == 1
 	})
+	waitFor(t, 10*time.Second, "the log line", func() bool { return len(agentLogLines(s.a, "timeout: command stopped")) >= 1 })
 	if n := len(agentLogLines(s.a, "timeout: command stopped")); n != 1 {
 		t.Errorf("%d timeout log lines, want 1 (the real archive must not time out)", n)
 	}
