@@ -72,7 +72,7 @@ clean: ## remove build output
 # too and becomes a regression test of plain `go test`.
 FUZZ_TARGETS := policy:FuzzParse \
   gitwrap:FuzzParse gitwrap:FuzzRepo gitwrap:FuzzEnv gitwrap:FuzzParsePkt \
-  agent/wire:FuzzDecodeServerMsg agent/wire:FuzzDecodeClientMsg agent/wire:FuzzClamp agent/wire:FuzzLookupID \
+  agent/shimproto:FuzzDecodeServerMsg agent/shimproto:FuzzDecodeClientMsg agent/shimproto:FuzzClamp agent/shimproto:FuzzLookupID \
   agent:FuzzShimRequest agent:FuzzAdmitRequest agent:FuzzServeShim agent:FuzzCleanText agent:FuzzLeaseRecord
 # A count, not a duration: Go 1.26's fuzz coordinator can fail a target with
 # "context deadline exceeded" when a duration -fuzztime expires mid-exec

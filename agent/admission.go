@@ -13,16 +13,16 @@ import (
 
 	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/limiter"
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 	"github.com/sluicehq/sluice/policy"
 )
 
 // Bounds on what an admission request may carry.
 const (
-	maxRepoBytes   = wire.MaxRepoBytes
-	maxNameBytes   = wire.MaxNameBytes
-	maxUserBytes   = wire.MaxUserBytes
-	maxCorrIDBytes = wire.MaxCorrelationIDBytes
+	maxRepoBytes   = shimproto.MaxRepoBytes
+	maxNameBytes   = shimproto.MaxNameBytes
+	maxUserBytes   = shimproto.MaxUserBytes
+	maxCorrIDBytes = shimproto.MaxCorrelationIDBytes
 )
 
 // Drop reasons, the `reason` label of sluice_requests_dropped_total.

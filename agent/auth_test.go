@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -62,13 +62,13 @@ func TestAdmitHelperProcess(t *testing.T) {
 	if socket == "" {
 		t.Skip("helper process for TestAdmitPermission only")
 	}
-	c, err := wire.Dial(socket, time.Second)
+	c, err := shimproto.Dial(socket, time.Second)
 	if err != nil {
 		fmt.Println("dial:", err)
 		os.Exit(3)
 	}
 	// worker_pid names another process (pid 1): it must change nothing.
-	rep, err := c.Admit(&wire.AdmitRequest{Command: "git-upload-pack", Subcommand: "upload-pack", Repo: []byte("/srv/helper.git"), WorkerPID: 1},
+	rep, err := c.Admit(&shimproto.AdmitRequest{Command: "git-upload-pack", Subcommand: "upload-pack", Repo: []byte("/srv/helper.git"), WorkerPID: 1},
 		time.Now().Add(10*time.Second), nil)
 	switch {
 	case err != nil:

@@ -11,9 +11,9 @@ package agent
 //     connection holds two file descriptors (socket and the peer's pidfd),
 //     so the count is also capped by the open-file limit, with a warning
 //     at start;
-//   - message size: wire.MaxFrame (64 KiB) per shim frame and per gRPC
+//   - message size: shimproto.MaxFrame (64 KiB) per shim frame and per gRPC
 //     message; a larger length prefix closes the connection;
-//   - request fields: wire.MaxRepoBytes, MaxUserBytes, … (validateRequest);
+//   - request fields: shimproto.MaxRepoBytes, MaxUserBytes, … (validateRequest);
 //   - the hello: a connection must say which protocol it speaks and send
 //     its request within helloTimeout (shim framing); a gRPC connection
 //     must finish the HTTP/2 handshake and open its first call within
@@ -45,7 +45,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -352,7 +352,7 @@ func (a *Agent) refuseConn(c *net.UnixConn, cred PeerCred, reason string) {
 	code, msg := a.refusal(cred, reason)
 	b, _ := proto.Marshal(rejected(code, "", msg))
 	_ = c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
-	_, _ = c.Write(wire.AppendFrame(nil, b))
+	_, _ = c.Write(shimproto.AppendFrame(nil, b))
 	c.Close()
 }
 

@@ -19,7 +19,7 @@ import (
 
 	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/limiter"
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 )
 
 // grpcClientNoT dials the agent's socket for a helper process.
@@ -82,13 +82,13 @@ func TestMaxConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	c4.SetReadDeadline(time.Now().Add(10 * time.Second))
-	f, err := wire.ReadFrame(c4, nil)
+	f, err := shimproto.ReadFrame(c4, nil)
 	c4.Close()
 	if err != nil {
 		t.Fatalf("over the limit: %v, want a Rejected frame", err)
 	}
-	rep, err := wire.DecodeServerMsg(f)
-	if err != nil || rep.Kind != wire.ServerRejected || rep.Reply.Reason == wire.ReasonUnavailable || !strings.Contains(rep.Reply.Message, "max_connections = 3") {
+	rep, err := shimproto.DecodeServerMsg(f)
+	if err != nil || rep.Kind != shimproto.ServerRejected || rep.Reply.Reason == shimproto.ReasonUnavailable || !strings.Contains(rep.Reply.Message, "max_connections = 3") {
 		t.Fatalf("over the limit: %+v, %v; want Rejected (not UNAVAILABLE) naming max_connections", rep, err)
 	}
 	if _, rej := a.Connections(); rej != 1 {
@@ -200,10 +200,10 @@ func TestIdleKeysForgotten(t *testing.T) {
 // TestRequestBoundsAgree checks the agent validates with the bounds the
 // shim clamps to.
 func TestRequestBoundsAgree(t *testing.T) {
-	if maxRepoBytes != wire.MaxRepoBytes || maxUserBytes != wire.MaxUserBytes || maxCorrIDBytes != wire.MaxCorrelationIDBytes || maxNameBytes != wire.MaxNameBytes {
+	if maxRepoBytes != shimproto.MaxRepoBytes || maxUserBytes != shimproto.MaxUserBytes || maxCorrIDBytes != shimproto.MaxCorrelationIDBytes || maxNameBytes != shimproto.MaxNameBytes {
 		t.Fatal("agent and wire bounds differ")
 	}
-	r := wire.AdmitRequest{
+	r := shimproto.AdmitRequest{
 		Command:       strings.Repeat("g", 100),
 		Subcommand:    "upload-pack",
 		Repo:          []byte("/" + strings.Repeat("r", 5000)),
@@ -217,9 +217,9 @@ func TestRequestBoundsAgree(t *testing.T) {
 }
 
 // pbRequest encodes r as the shim does and decodes it as the agent does.
-func pbRequest(t testing.TB, r *wire.AdmitRequest) *admitpb.AdmitRequest {
+func pbRequest(t testing.TB, r *shimproto.AdmitRequest) *admitpb.AdmitRequest {
 	var m admitpb.ClientMsg
-	if err := proto.Unmarshal(wire.AppendAdmit(nil, r), &m); err != nil {
+	if err := proto.Unmarshal(shimproto.AppendAdmit(nil, r), &m); err != nil {
 		t.Fatalf("agent cannot decode the shim's request: %v", err)
 	}
 	return m.GetAdmit()
@@ -231,8 +231,8 @@ func pbRequest(t testing.TB, r *wire.AdmitRequest) *admitpb.AdmitRequest {
 func TestHelloTimeout(t *testing.T) {
 	a, sock := startTestAgent(t, testPolicy)
 	silent := rawShim(t, sock, nil)
-	magicOnly := rawShim(t, sock, []byte(wire.Magic))
-	partial := rawShim(t, sock, append([]byte(wire.Magic), 0, 0, 0, 20, 0x0a))
+	magicOnly := rawShim(t, sock, []byte(shimproto.Magic))
+	partial := rawShim(t, sock, append([]byte(shimproto.Magic), 0, 0, 0, 20, 0x0a))
 	waitUntil(t, "three connections counted", func() bool { open, _ := a.Connections(); return open == 3 })
 	for name, c := range map[string]net.Conn{"silent": silent, "magic only": magicOnly, "partial frame": partial} {
 		// The deadline is a hang detector: the agent closes after

@@ -12,7 +12,7 @@
 // protobuf messages (agent/admitpb) two ways on one socket and tells them
 // apart by the first byte a client sends: 'P' starts gRPC's HTTP/2 preface,
 // 'S' starts the shim's magic "SLUICE/1\n" followed by length-prefixed
-// frames (package agent/wire). Both paths end in the same admission code.
+// frames (package agent/shimproto). Both paths end in the same admission code.
 //
 // # Leases
 //

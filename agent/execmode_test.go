@@ -16,7 +16,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -134,12 +134,12 @@ func TestExecHelperProcess(t *testing.T) {
 	if sock == "" {
 		t.Skip("helper process for the exec-mode tests")
 	}
-	c, err := wire.Dial(sock, time.Second)
+	c, err := shimproto.Dial(sock, time.Second)
 	if err != nil {
 		os.Stdout.WriteString("dial: " + err.Error() + "\n")
 		os.Exit(2)
 	}
-	rep, err := c.Admit(&wire.AdmitRequest{
+	rep, err := c.Admit(&shimproto.AdmitRequest{
 		Command: "git-upload-pack", Subcommand: os.Getenv("SLUICE_EXEC_SUBCMD"), Repo: []byte("/srv/a.git"),
 		CanExec: os.Getenv("SLUICE_EXEC_CAN") == "1",
 	}, time.Now().Add(5*time.Second), nil)
@@ -155,7 +155,7 @@ func TestExecHelperProcess(t *testing.T) {
 	}
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	if !rep.Exec {
-		_ = c.Finish(&wire.Finished{UserUsec: 7})
+		_ = c.Finish(&shimproto.Finished{UserUsec: 7})
 		c.Close()
 	}
 	os.Exit(0)

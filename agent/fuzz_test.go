@@ -14,7 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 	"github.com/sluicehq/sluice/gitwrap"
 	"github.com/sluicehq/sluice/policy"
 )
@@ -72,7 +72,7 @@ func FuzzShimRequest(f *testing.F) {
 		}
 		inv := gitwrap.Parse(args)
 		corr, _ := gitwrap.CorrelationID(getenv)
-		r := wire.AdmitRequest{
+		r := shimproto.AdmitRequest{
 			Command:       inv.Command,
 			Subcommand:    inv.Subcommand,
 			Repo:          []byte(gitwrap.Repo(&inv, cwd, getenv)),
@@ -153,19 +153,19 @@ func FuzzAdmitRequest(f *testing.F) {
 func FuzzServeShim(f *testing.F) {
 	admit := func(r *admitpb.AdmitRequest) []byte {
 		b, _ := proto.Marshal(&admitpb.ClientMsg{Msg: &admitpb.ClientMsg_Admit{Admit: r}})
-		return wire.AppendFrame([]byte(wire.Magic), b)
+		return shimproto.AppendFrame([]byte(shimproto.Magic), b)
 	}
 	fin, _ := proto.Marshal(&admitpb.ClientMsg{Msg: &admitpb.ClientMsg_Finished{Finished: &admitpb.Finished{ExitCode: 1, UserUsec: 5}}})
 	ok := admit(&admitpb.AdmitRequest{Command: "git", Subcommand: "upload-pack", Repo: []byte("/srv/a.git")})
 	f.Add(ok)
-	f.Add(wire.AppendFrame(ok, fin))
+	f.Add(shimproto.AppendFrame(ok, fin))
 	f.Add(admit(&admitpb.AdmitRequest{Subcommand: "x y"}))
-	f.Add(wire.AppendFrame([]byte(wire.Magic), []byte{0x0a, 0x03, 0x12, 0x01}))
-	f.Add(append([]byte(wire.Magic), 0xff, 0xff, 0xff, 0xff))
+	f.Add(shimproto.AppendFrame([]byte(shimproto.Magic), []byte{0x0a, 0x03, 0x12, 0x01}))
+	f.Add(append([]byte(shimproto.Magic), 0xff, 0xff, 0xff, 0xff))
 	f.Add([]byte("SLUICE/2\n"))
 	a := fuzzAgent(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if len(b) == 0 || b[0] != wire.Magic[0] {
+		if len(b) == 0 || b[0] != shimproto.Magic[0] {
 			return // dispatch never hands such a connection to serveShim
 		}
 		srv, cli := socketPair(t)
@@ -189,7 +189,7 @@ func FuzzServeShim(f *testing.F) {
 		_ = cli.SetReadDeadline(time.Now().Add(10 * time.Second))
 		finals := 0
 		for {
-			frame, err := wire.ReadFrame(cli, nil)
+			frame, err := shimproto.ReadFrame(cli, nil)
 			if err != nil {
 				if errors.Is(err, os.ErrDeadlineExceeded) {
 					t.Fatal("serveShim neither answered nor closed within 10s")
@@ -199,11 +199,11 @@ func FuzzServeShim(f *testing.F) {
 				}
 				break
 			}
-			m, err := wire.DecodeServerMsg(frame)
+			m, err := shimproto.DecodeServerMsg(frame)
 			if err != nil {
 				t.Fatalf("agent sent a malformed frame: %v", err)
 			}
-			if m.Kind == wire.ServerAdmitted || m.Kind == wire.ServerRejected {
+			if m.Kind == shimproto.ServerAdmitted || m.Kind == shimproto.ServerRejected {
 				finals++
 			}
 		}

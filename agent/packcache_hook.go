@@ -4,7 +4,7 @@ import (
 	"net"
 )
 
-// PackCache serves pack cache connections (wire.PackCacheMagic; the cache
+// PackCache serves pack cache connections (shimproto.PackCacheMagic; the cache
 // itself is agent/packcache). Kept in its own file so the hook into
 // dispatch is one case.
 type PackCache interface {
@@ -14,7 +14,7 @@ type PackCache interface {
 }
 
 // packCacheFirst is the first byte of a pack cache connection.
-const packCacheFirst = 'C' // wire.PackCacheMagic[0]
+const packCacheFirst = 'C' // shimproto.PackCacheMagic[0]
 
 // servePackCache hands c to the pack cache, or closes it when there is none
 // (the shim then runs pack-objects uncached).

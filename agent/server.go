@@ -23,7 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 )
 
 const (
@@ -193,7 +193,7 @@ func (a *Agent) dispatch(c *net.UnixConn, cred PeerCred, gln *chanListener, done
 		if !gln.deliver(pc) {
 			pc.Close()
 		}
-	case wire.Magic[0]:
+	case shimproto.Magic[0]:
 		track(true)
 		defer track(false)
 		defer cred.close()
@@ -215,12 +215,12 @@ func (a *Agent) dispatch(c *net.UnixConn, cred PeerCred, gln *chanListener, done
 func (a *Agent) serveShim(c *net.UnixConn, cred PeerCred) {
 	defer c.Close()
 	r := bufio.NewReaderSize(c, 512)
-	magic := make([]byte, len(wire.Magic)-1)
+	magic := make([]byte, len(shimproto.Magic)-1)
 	// The read deadline dispatch set (helloTimeout from accept) still
 	// runs: the magic and the whole admit frame must arrive before it, so
 	// a connection that says hello and then nothing, or drips its request
 	// a byte at a time, is closed like a silent one.
-	if _, err := io.ReadFull(r, magic); err != nil || string(magic) != wire.Magic[1:] {
+	if _, err := io.ReadFull(r, magic); err != nil || string(magic) != shimproto.Magic[1:] {
 		if isTimeout(err) {
 			a.conns.count(RejectHandshake)
 		}
@@ -228,7 +228,7 @@ func (a *Agent) serveShim(c *net.UnixConn, cred PeerCred) {
 		return
 	}
 	var buf []byte
-	frame, err := wire.ReadFrame(r, buf)
+	frame, err := shimproto.ReadFrame(r, buf)
 	if err != nil {
 		if isTimeout(err) {
 			a.conns.count(RejectHandshake)
@@ -244,7 +244,7 @@ func (a *Agent) serveShim(c *net.UnixConn, cred PeerCred) {
 			return err
 		}
 		_ = c.SetWriteDeadline(time.Now().Add(helloTimeout))
-		_, err = c.Write(wire.AppendFrame(nil, b))
+		_, err = c.Write(shimproto.AppendFrame(nil, b))
 		return err
 	}
 	if err := proto.Unmarshal(frame, &msg); err != nil || msg.GetAdmit() == nil {
@@ -265,7 +265,7 @@ func (a *Agent) serveShim(c *net.UnixConn, cred PeerCred) {
 	go func() {
 		defer cancel()
 		defer close(next)
-		f, err := wire.ReadFrame(r, buf)
+		f, err := shimproto.ReadFrame(r, buf)
 		if err != nil {
 			return
 		}
@@ -493,7 +493,7 @@ const grpcMaxIdle = 10 * time.Second
 func (a *Agent) grpcServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.Creds(peerCredentials{}),
-		grpc.MaxRecvMsgSize(wire.MaxFrame),
+		grpc.MaxRecvMsgSize(shimproto.MaxFrame),
 		grpc.MaxSendMsgSize(4 << 20),
 		grpc.ConnectionTimeout(helloTimeout),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: grpcMaxIdle}),

@@ -21,7 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -169,7 +169,7 @@ func rawShim(t *testing.T, socket string, payload []byte) net.Conn {
 func readReply(t *testing.T, c net.Conn) *admitpb.ServerMsg {
 	t.Helper()
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	f, err := wire.ReadFrame(c, nil)
+	f, err := shimproto.ReadFrame(c, nil)
 	if err != nil {
 		t.Fatalf("read reply: %v", err)
 	}
@@ -195,7 +195,7 @@ func admitFrame(t *testing.T, req *admitpb.AdmitRequest) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return wire.AppendFrame([]byte(wire.Magic), b)
+	return shimproto.AppendFrame([]byte(shimproto.Magic), b)
 }
 
 // TestGarbageKeepsServing throws malformed input at the socket and checks
@@ -207,9 +207,9 @@ func TestGarbageKeepsServing(t *testing.T) {
 	garbage := [][]byte{
 		[]byte("GET / HTTP/1.1\r\n\r\n"),
 		[]byte("SLUICE/2\n"),
-		append([]byte(wire.Magic), huge...),                      // oversized frame
-		wire.AppendFrame([]byte(wire.Magic), []byte{0xff, 0xff}), // not protobuf
-		append([]byte(wire.Magic), 0, 0, 0),                      // truncated
+		append([]byte(shimproto.Magic), huge...),                           // oversized frame
+		shimproto.AppendFrame([]byte(shimproto.Magic), []byte{0xff, 0xff}), // not protobuf
+		append([]byte(shimproto.Magic), 0, 0, 0),                           // truncated
 		[]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00garbage"),
 	}
 	for _, g := range garbage {
@@ -220,7 +220,7 @@ func TestGarbageKeepsServing(t *testing.T) {
 		c.Close()
 	}
 	// A malformed-but-framed message gets an invalid rejection.
-	c := rawShim(t, socket, wire.AppendFrame([]byte(wire.Magic), []byte{0x0a, 0x03, 0x12, 0x01}))
+	c := rawShim(t, socket, shimproto.AppendFrame([]byte(shimproto.Magic), []byte{0x0a, 0x03, 0x12, 0x01}))
 	if r := readReply(t, c).GetRejected(); r == nil || r.Reason != admitpb.RejectReason_REJECT_REASON_INVALID {
 		t.Fatalf("malformed frame: %v", r)
 	}
@@ -276,7 +276,7 @@ func TestQueuedPositionsAndDisconnect(t *testing.T) {
 	}
 	// Finish the holder properly: w2 is next.
 	fin, _ := proto.Marshal(&admitpb.ClientMsg{Msg: &admitpb.ClientMsg_Finished{Finished: &admitpb.Finished{ExitCode: 0, UserUsec: 1000}}})
-	holder.Write(wire.AppendFrame(nil, fin))
+	holder.Write(shimproto.AppendFrame(nil, fin))
 	if m := readFinal(t, w2); m.GetAdmitted() == nil {
 		t.Fatalf("w2 not admitted after holder finished: %v", m)
 	}

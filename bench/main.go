@@ -35,7 +35,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 	istats "github.com/sluicehq/sluice/internal/stats"
 )
 
@@ -281,7 +281,7 @@ max_queue_wait = "10s"
 	}
 	a := &agentProc{cmd: cmd, pid: cmd.Process.Pid, socket: socket}
 	for deadline := time.Now().Add(20 * time.Second); ; {
-		if c, err := wire.Dial(socket, 100*time.Millisecond); err == nil {
+		if c, err := shimproto.Dial(socket, 100*time.Millisecond); err == nil {
 			c.Close()
 			return a, nil
 		}
@@ -401,10 +401,10 @@ func throughput(socket, proto string, clients int, d time.Duration) (float64, []
 	return float64(count.Load()) / time.Since(start).Seconds(), lat, firstErr
 }
 
-var benchReq = wire.AdmitRequest{Command: "git", Subcommand: "upload-pack", Repo: []byte("/srv/bench.git"), CorrelationID: "bench"}
+var benchReq = shimproto.AdmitRequest{Command: "git", Subcommand: "upload-pack", Repo: []byte("/srv/bench.git"), CorrelationID: "bench"}
 
 func framingRoundTrip(socket string) error {
-	c, err := wire.Dial(socket, time.Second)
+	c, err := shimproto.Dial(socket, time.Second)
 	if err != nil {
 		return err
 	}
@@ -416,7 +416,7 @@ func framingRoundTrip(socket string) error {
 	if !r.Admitted {
 		return fmt.Errorf("rejected: %s", r.Message)
 	}
-	return c.Finish(&wire.Finished{})
+	return c.Finish(&shimproto.Finished{})
 }
 
 func grpcRoundTrip(cc *grpc.ClientConn) error {
@@ -454,10 +454,10 @@ func grpcRoundTrip(cc *grpc.ClientConn) error {
 }
 
 // openLeases opens n admitted leases, each on its own repository key.
-func openLeases(socket string, n int) ([]*wire.Conn, error) {
-	var out []*wire.Conn
+func openLeases(socket string, n int) ([]*shimproto.Conn, error) {
+	var out []*shimproto.Conn
 	for i := 0; i < n; i++ {
-		c, err := wire.Dial(socket, time.Second)
+		c, err := shimproto.Dial(socket, time.Second)
 		if err != nil {
 			return out, fmt.Errorf("lease %d: %w (raise `ulimit -n`?)", i, err)
 		}

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 	"github.com/sluicehq/sluice/cgroup"
 )
 
@@ -157,7 +157,7 @@ func startReactionAgent(o options, rdir, cfg string, env []string) (*agentProc, 
 		io.Copy(io.Discard, logs)
 	}()
 	for deadline := time.Now().Add(20 * time.Second); ; {
-		if c, err := wire.Dial(socket, 100*time.Millisecond); err == nil {
+		if c, err := shimproto.Dial(socket, 100*time.Millisecond); err == nil {
 			c.Close()
 			return a, backoff, nil
 		}

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 )
 
 // Env looks up an environment variable; os.Getenv satisfies it.
@@ -168,7 +168,7 @@ func expandHome(p string, getenv Env, passwd string) string {
 
 // lookupHome finds user's home directory in a passwd(5) file.
 func lookupHome(user, passwd string) string {
-	data, err := wire.ReadFile(passwd, 1<<20)
+	data, err := shimproto.ReadFile(passwd, 1<<20)
 	if err != nil {
 		return ""
 	}

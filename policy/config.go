@@ -94,7 +94,7 @@ type Config struct {
 type Agent struct {
 	// Socket is the path of the agent's Unix socket. "" means the default,
 	// /run/sluice/sluice.sock, whoever runs the agent (resolved by
-	// wire.SocketPath, shared with the shim and CLI; no per-user fallback).
+	// shimproto.SocketPath, shared with the shim and CLI; no per-user fallback).
 	// Must be absolute when set.
 	Socket string `toml:"socket"`
 	// SocketGroup is the group (name or numeric gid) that owns the socket

@@ -21,7 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 )
 
 // A hand-made admission client: the test binary re-executed with
@@ -41,29 +41,29 @@ func rawClientMain(sock string) int {
 		fmt.Println("dial:", err)
 		return 2
 	}
-	req := &wire.AdmitRequest{Command: "git", Subcommand: "upload-pack", Repo: []byte("/srv/security.git"),
+	req := &shimproto.AdmitRequest{Command: "git", Subcommand: "upload-pack", Repo: []byte("/srv/security.git"),
 		CorrelationID: os.Getenv("SLUICE_SECTEST_CORR")}
-	msg := append([]byte(wire.Magic), wire.AppendFrame(nil, wire.AppendAdmit(nil, req))...)
+	msg := append([]byte(shimproto.Magic), shimproto.AppendFrame(nil, shimproto.AppendAdmit(nil, req))...)
 	if _, err := c.Write(msg); err != nil {
 		fmt.Println("write:", err)
 		return 2
 	}
 	for {
-		f, err := wire.ReadFrame(c, nil)
+		f, err := shimproto.ReadFrame(c, nil)
 		if err != nil {
 			fmt.Println("read:", err)
 			return 2
 		}
-		m, err := wire.DecodeServerMsg(f)
+		m, err := shimproto.DecodeServerMsg(f)
 		if err != nil {
 			fmt.Println("decode:", err)
 			return 2
 		}
-		if m.Kind == wire.ServerRejected {
+		if m.Kind == shimproto.ServerRejected {
 			fmt.Printf("rejected: %s\n", m.Reply.Message)
 			return 3
 		}
-		if m.Kind == wire.ServerAdmitted {
+		if m.Kind == shimproto.ServerAdmitted {
 			break
 		}
 	}

@@ -23,7 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 )
 
 // connectEnv makes the test binary, run with it, a helper that connects to
@@ -181,30 +181,30 @@ func shimAsUser(t *testing.T, a *agentProc, u testUser, repo string) (int, strin
 
 // holdLease sends an admit request for repo on c (shim framing) and
 // returns the agent's answer.
-func holdLease(t *testing.T, c net.Conn, repo string) wire.ServerMsg {
+func holdLease(t *testing.T, c net.Conn, repo string) shimproto.ServerMsg {
 	t.Helper()
-	req := wire.AppendAdmit(nil, &wire.AdmitRequest{Command: "git-upload-pack", Subcommand: "upload-pack", Repo: []byte(repo)})
-	if _, err := c.Write(append([]byte(wire.Magic), wire.AppendFrame(nil, req)...)); err != nil {
+	req := shimproto.AppendAdmit(nil, &shimproto.AdmitRequest{Command: "git-upload-pack", Subcommand: "upload-pack", Repo: []byte(repo)})
+	if _, err := c.Write(append([]byte(shimproto.Magic), shimproto.AppendFrame(nil, req)...)); err != nil {
 		t.Fatalf("write admit request: %v", err)
 	}
 	return readServerMsg(t, c)
 }
 
 // readServerMsg reads the agent's next final frame on c.
-func readServerMsg(t *testing.T, c net.Conn) wire.ServerMsg {
+func readServerMsg(t *testing.T, c net.Conn) shimproto.ServerMsg {
 	t.Helper()
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	defer c.SetReadDeadline(time.Time{})
 	for {
-		f, err := wire.ReadFrame(c, nil)
+		f, err := shimproto.ReadFrame(c, nil)
 		if err != nil {
 			t.Fatalf("read the agent's answer: %v", err)
 		}
-		m, err := wire.DecodeServerMsg(f)
+		m, err := shimproto.DecodeServerMsg(f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if m.Kind != wire.ServerQueued {
+		if m.Kind != shimproto.ServerQueued {
 			return m
 		}
 	}
@@ -236,13 +236,13 @@ func TestConnFloodPerUID(t *testing.T) {
 			a.start(uploadPackRule, mode)
 			conns := connectAs(t, a, attacker, 9)
 			for i, c := range conns[:8] {
-				if m := holdLease(t, c, fmt.Sprintf("/srv/attacker-%d.git", i)); m.Kind != wire.ServerAdmitted {
+				if m := holdLease(t, c, fmt.Sprintf("/srv/attacker-%d.git", i)); m.Kind != shimproto.ServerAdmitted {
 					t.Fatalf("attacker connection %d: %+v, want a lease (under its cap)", i, m)
 				}
 			}
 			want := fmt.Sprintf("sluice: too many connections from uid %d ([agent] max_connections_per_uid = 8 in %s)", attacker.uid, filepath.Join(a.dir, "sluice.toml"))
 			m := readServerMsg(t, conns[8])
-			if m.Kind != wire.ServerRejected || m.Reply.Reason != wire.ReasonPermission || !strings.HasPrefix(m.Reply.Message, want) {
+			if m.Kind != shimproto.ServerRejected || m.Reply.Reason != shimproto.ReasonPermission || !strings.HasPrefix(m.Reply.Message, want) {
 				t.Fatalf("attacker's 9th connection: %+v; want Rejected PERMISSION %q", m, want)
 			}
 			code, stderr := shimAsUser(t, a, attacker, "/srv/attacker-shim.git")
@@ -306,12 +306,12 @@ func TestConnSaturationNeverFailsOpen(t *testing.T) {
 			a.start(uploadPackRule, mode)
 			conns := connectAs(t, a, attacker, 13)
 			for i, c := range conns[:12] {
-				if m := holdLease(t, c, fmt.Sprintf("/srv/attacker-%d.git", i)); m.Kind != wire.ServerAdmitted {
+				if m := holdLease(t, c, fmt.Sprintf("/srv/attacker-%d.git", i)); m.Kind != shimproto.ServerAdmitted {
 					t.Fatalf("attacker connection %d: %+v, want a lease", i, m)
 				}
 			}
 			want := fmt.Sprintf("sluice: the admission service is at its connection limit ([agent] max_connections = 24 in %s); try again later", filepath.Join(a.dir, "sluice.toml"))
-			if m := readServerMsg(t, conns[12]); m.Kind != wire.ServerRejected || m.Reply.Reason == wire.ReasonUnavailable || m.Reply.Message != want {
+			if m := readServerMsg(t, conns[12]); m.Kind != shimproto.ServerRejected || m.Reply.Reason == shimproto.ReasonUnavailable || m.Reply.Message != want {
 				t.Fatalf("13th connection: %+v; want Rejected (not UNAVAILABLE) %q", m, want)
 			}
 			code, stderr := shimAsUser(t, a, gitsrv, "/srv/security.git")
@@ -373,14 +373,14 @@ func h2CallHeaders(method string) []byte {
 func TestConnHandshakeFlood(t *testing.T) {
 	attacker, gitsrv := newTestUser(t, "atk"), newTestUser(t, "git")
 	a := startAgent(t, uploadPackRule, "open")
-	half := wire.AppendFrame(nil, wire.AppendAdmit(nil, &wire.AdmitRequest{Command: "git-upload-pack", Subcommand: "upload-pack", Repo: []byte("/srv/x.git")}))
+	half := shimproto.AppendFrame(nil, shimproto.AppendAdmit(nil, &shimproto.AdmitRequest{Command: "git-upload-pack", Subcommand: "upload-pack", Repo: []byte("/srv/x.git")}))
 	kinds := []struct {
 		name    string
 		payload [][]byte
 	}{
 		{"silent", nil},
-		{"shim magic only", [][]byte{[]byte(wire.Magic)}},
-		{"half a request", [][]byte{[]byte(wire.Magic), half[:len(half)/2]}},
+		{"shim magic only", [][]byte{[]byte(shimproto.Magic)}},
+		{"half a request", [][]byte{[]byte(shimproto.Magic), half[:len(half)/2]}},
 		{"half an HTTP/2 preface", [][]byte{[]byte(h2Preface[:8])}},
 		{"preface without SETTINGS", [][]byte{[]byte(h2Preface)}},
 		{"HTTP/2 handshake, then idle", [][]byte{[]byte(h2Preface), h2Settings}},

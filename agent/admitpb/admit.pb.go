@@ -3,7 +3,7 @@
 // The agent serves these messages two ways on the same Unix socket:
 //   - gRPC (service Admission, service Admin), for the CLI and any client
 //     that can afford grpc-go;
-//   - the shim framing (package agent/wire): the magic "SLUICE/1\n", then
+//   - the shim framing (package agent/shimproto): the magic "SLUICE/1\n", then
 //     4-byte big-endian length-prefixed ClientMsg / ServerMsg frames. The shim
 //     encodes these same messages by hand so it links no protobuf runtime.
 //

@@ -21,7 +21,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 )
 
 // Config configures a Cache (policy [pack_cache]).
@@ -74,7 +74,7 @@ type seen struct {
 }
 
 // Cache is the agent's pack-objects cache. Create it with New; serve
-// connections that start with wire.PackCacheMagic with ServeConn.
+// connections that start with shimproto.PackCacheMagic with ServeConn.
 type Cache struct {
 	cfg Config
 	log *zap.Logger
@@ -251,7 +251,7 @@ func (c *Cache) removeLocked(e *entry) {
 }
 
 // Key computes the cache key of a lookup from uid/gid of the peer.
-func Key(uid, gid uint32, dev, ino uint64, l *wire.PackLookup, stdin []byte) [32]byte {
+func Key(uid, gid uint32, dev, ino uint64, l *shimproto.PackLookup, stdin []byte) [32]byte {
 	h := sha256.New()
 	var num [8]byte
 	field := func(b []byte) {
@@ -268,13 +268,13 @@ func Key(uid, gid uint32, dev, ino uint64, l *wire.PackLookup, stdin []byte) [32
 	field(l.ObjDir)
 	field([]byte("args"))
 	for _, a := range l.Args {
-		if wire.PackKeyArg(string(a)) {
+		if shimproto.PackKeyArg(string(a)) {
 			field(a)
 		}
 	}
 	env := make([]string, 0, len(l.Env))
 	for _, e := range l.Env {
-		if wire.PackKeyEnv(string(e)) {
+		if shimproto.PackKeyEnv(string(e)) {
 			env = append(env, string(e))
 		}
 	}
@@ -294,23 +294,23 @@ func Key(uid, gid uint32, dev, ino uint64, l *wire.PackLookup, stdin []byte) [32
 const helloTimeout = 5 * time.Second
 
 // ServeConn serves one pack cache connection whose first byte (of
-// wire.PackCacheMagic) the caller has read. uid and gid are the peer's
+// shimproto.PackCacheMagic) the caller has read. uid and gid are the peer's
 // SO_PEERCRED. It closes c.
 func (c *Cache) ServeConn(conn *net.UnixConn, uid, gid uint32) {
 	defer conn.Close()
 	_ = conn.SetReadDeadline(time.Now().Add(helloTimeout))
 	r := bufio.NewReaderSize(conn, 64<<10)
-	magic := make([]byte, len(wire.PackCacheMagic)-1)
-	if _, err := io.ReadFull(r, magic); err != nil || string(magic) != wire.PackCacheMagic[1:] {
+	magic := make([]byte, len(shimproto.PackCacheMagic)-1)
+	if _, err := io.ReadFull(r, magic); err != nil || string(magic) != shimproto.PackCacheMagic[1:] {
 		c.log.Warn("pack cache: bad handshake", zap.Uint32("uid", uid))
 		return
 	}
-	frame, err := wire.ReadFrame(r, nil)
+	frame, err := shimproto.ReadFrame(r, nil)
 	if err != nil {
 		c.log.Warn("pack cache: reading lookup", zap.Uint32("uid", uid), zap.Error(err))
 		return
 	}
-	l, err := wire.DecodePackLookup(frame)
+	l, err := shimproto.DecodePackLookup(frame)
 	if err != nil {
 		c.log.Warn("pack cache: malformed lookup", zap.Uint32("uid", uid), zap.Error(err))
 		return
@@ -318,7 +318,7 @@ func (c *Cache) ServeConn(conn *net.UnixConn, uid, gid uint32) {
 	stdin := make([]byte, 0, l.StdinLen)
 	var buf []byte
 	for int64(len(stdin)) < l.StdinLen {
-		chunk, err := wire.ReadFrame(r, buf)
+		chunk, err := shimproto.ReadFrame(r, buf)
 		if err != nil || int64(len(stdin)+len(chunk)) > l.StdinLen {
 			c.log.Warn("pack cache: reading lookup stdin", zap.Uint32("uid", uid), zap.Error(err))
 			return
@@ -338,8 +338,8 @@ func (c *Cache) ServeConn(conn *net.UnixConn, uid, gid uint32) {
 	c.lookup(conn, r, key)
 }
 
-func (c *Cache) answer(conn *net.UnixConn, a *wire.PackAnswer, fd int) error {
-	b := wire.AppendFrame(nil, wire.AppendPackAnswer(nil, a))
+func (c *Cache) answer(conn *net.UnixConn, a *shimproto.PackAnswer, fd int) error {
+	b := shimproto.AppendFrame(nil, shimproto.AppendPackAnswer(nil, a))
 	_ = conn.SetWriteDeadline(time.Now().Add(helloTimeout))
 	var oob []byte
 	if fd >= 0 {
@@ -350,7 +350,7 @@ func (c *Cache) answer(conn *net.UnixConn, a *wire.PackAnswer, fd int) error {
 }
 
 func (c *Cache) bypass(conn *net.UnixConn, why string) {
-	_ = c.answer(conn, &wire.PackAnswer{Kind: wire.PackBypass, Message: why}, -1)
+	_ = c.answer(conn, &shimproto.PackAnswer{Kind: shimproto.PackBypass, Message: why}, -1)
 }
 
 func (c *Cache) lookup(conn *net.UnixConn, r *bufio.Reader, key [32]byte) {
@@ -379,7 +379,7 @@ func (c *Cache) lookup(conn *net.UnixConn, r *bufio.Reader, key [32]byte) {
 			size := e.size
 			c.mu.Unlock()
 			c.hits.Add(1)
-			if c.answer(conn, &wire.PackAnswer{Kind: wire.PackHit, Size: size}, fd) == nil {
+			if c.answer(conn, &shimproto.PackAnswer{Kind: shimproto.PackHit, Size: size}, fd) == nil {
 				c.bytesServed.Add(uint64(size))
 			}
 			syscall.Close(fd)
@@ -387,7 +387,7 @@ func (c *Cache) lookup(conn *net.UnixConn, r *bufio.Reader, key [32]byte) {
 		}
 		c.mu.Unlock()
 		c.joins.Add(1)
-		err = c.answer(conn, &wire.PackAnswer{Kind: wire.PackJoin}, fd)
+		err = c.answer(conn, &shimproto.PackAnswer{Kind: shimproto.PackJoin}, fd)
 		syscall.Close(fd)
 		if err == nil {
 			c.waitJoined(conn, e)
@@ -434,19 +434,19 @@ func (c *Cache) lookup(conn *net.UnixConn, r *bufio.Reader, key [32]byte) {
 	delete(c.seen, key)
 	c.mu.Unlock()
 	c.writes.Add(1)
-	err = c.answer(conn, &wire.PackAnswer{Kind: wire.PackWrite, MaxBytes: c.cfg.MaxBytes}, wfd)
+	err = c.answer(conn, &shimproto.PackAnswer{Kind: shimproto.PackWrite, MaxBytes: c.cfg.MaxBytes}, wfd)
 	syscall.Close(wfd)
 	if err != nil {
 		c.fail(e, "writer gone before the answer: "+err.Error())
 		return
 	}
 	// The writer's PackStatus, or EOF when it died.
-	frame, err := wire.ReadFrame(r, nil)
+	frame, err := shimproto.ReadFrame(r, nil)
 	if err != nil {
 		c.fail(e, "writer went away ("+errText(err)+")")
 		return
 	}
-	s, err := wire.DecodePackStatus(frame)
+	s, err := shimproto.DecodePackStatus(frame)
 	if err != nil || !s.OK {
 		why := s.Message
 		if err != nil {
@@ -481,9 +481,9 @@ func (c *Cache) waitJoined(conn *net.UnixConn, e *entry) {
 		return // closing conn tells the reader: unknown, fall back or fail
 	}
 	c.mu.Lock()
-	s := wire.PackStatus{OK: e.state == stateComplete, Size: e.size, Message: e.why}
+	s := shimproto.PackStatus{OK: e.state == stateComplete, Size: e.size, Message: e.why}
 	c.mu.Unlock()
-	b := wire.AppendFrame(nil, wire.AppendPackStatus(nil, &s))
+	b := shimproto.AppendFrame(nil, shimproto.AppendPackStatus(nil, &s))
 	_ = conn.SetWriteDeadline(time.Now().Add(helloTimeout))
 	if _, err := conn.Write(b); err == nil && s.OK {
 		c.bytesServed.Add(uint64(s.Size))

@@ -14,11 +14,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 )
 
 // harness serves a Cache on a real Unix socket; clients speak the real
-// protocol through wire.Conn, as the shim does.
+// protocol through shimproto.Conn, as the shim does.
 type harness struct {
 	t    *testing.T
 	c    *Cache
@@ -76,18 +76,18 @@ func newHarness(t *testing.T, cfg Config) *harness {
 }
 
 type client struct {
-	conn *wire.Conn
-	ans  wire.PackAnswer
+	conn *shimproto.Conn
+	ans  shimproto.PackAnswer
 	fd   int
 }
 
 func (h *harness) lookup(stdin string) *client {
 	h.t.Helper()
-	conn, err := wire.Dial(h.sock, time.Second)
+	conn, err := shimproto.Dial(h.sock, time.Second)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	l := wire.PackLookup{ObjDir: []byte(h.obj), Args: [][]byte{[]byte("pack-objects"), []byte("--stdout"), []byte("--progress")}}
+	l := shimproto.PackLookup{ObjDir: []byte(h.obj), Args: [][]byte{[]byte("pack-objects"), []byte("--stdout"), []byte("--progress")}}
 	ans, fd, err := conn.PackCacheLookup(&l, []byte(stdin), time.Second)
 	if err != nil {
 		h.t.Fatal(err)
@@ -111,7 +111,7 @@ func (cl *client) write(t *testing.T, data []byte) {
 
 func (cl *client) finish(t *testing.T, ok bool, size int64) {
 	t.Helper()
-	if err := cl.conn.SendPackStatus(&wire.PackStatus{OK: ok, Size: size}); err != nil {
+	if err := cl.conn.SendPackStatus(&shimproto.PackStatus{OK: ok, Size: size}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -133,7 +133,7 @@ func readAll(t *testing.T, fd int) []byte {
 	}
 }
 
-func waitStatus(t *testing.T, cl *client) wire.PackStatus {
+func waitStatus(t *testing.T, cl *client) shimproto.PackStatus {
 	t.Helper()
 	s, ready, err := cl.conn.PackStatusWait(5 * time.Second)
 	if err != nil || !ready {
@@ -145,7 +145,7 @@ func waitStatus(t *testing.T, cl *client) wire.PackStatus {
 func TestWriteThenHit(t *testing.T) {
 	h := newHarness(t, Config{})
 	w := h.lookup("want a\n")
-	if w.ans.Kind != wire.PackWrite || w.fd < 0 {
+	if w.ans.Kind != shimproto.PackWrite || w.fd < 0 {
 		t.Fatalf("first lookup: %+v fd %d, want write", w.ans, w.fd)
 	}
 	pack := bytes.Repeat([]byte("PACK"), 1000)
@@ -156,12 +156,12 @@ func TestWriteThenHit(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		r = h.lookup("want a\n")
-		if r.ans.Kind == wire.PackHit || time.Now().After(deadline) {
+		if r.ans.Kind == shimproto.PackHit || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if r.ans.Kind != wire.PackHit || r.ans.Size != int64(len(pack)) {
+	if r.ans.Kind != shimproto.PackHit || r.ans.Size != int64(len(pack)) {
 		t.Fatalf("second lookup: %+v, want hit of %d bytes", r.ans, len(pack))
 	}
 	if got := readAll(t, r.fd); !bytes.Equal(got, pack) {
@@ -172,7 +172,7 @@ func TestWriteThenHit(t *testing.T) {
 		t.Fatal("a hit's descriptor is writable")
 	}
 	// A different stdin is a different key.
-	if o := h.lookup("want b\n"); o.ans.Kind != wire.PackWrite {
+	if o := h.lookup("want b\n"); o.ans.Kind != shimproto.PackWrite {
 		t.Fatalf("other stdin: %+v, want write", o.ans)
 	}
 	// --progress is not in the key, any other argument is.
@@ -197,12 +197,12 @@ func TestWriteThenHit(t *testing.T) {
 func TestJoinStreamsWhileWriting(t *testing.T) {
 	h := newHarness(t, Config{})
 	w := h.lookup("want j\n")
-	if w.ans.Kind != wire.PackWrite {
+	if w.ans.Kind != shimproto.PackWrite {
 		t.Fatalf("%+v", w.ans)
 	}
 	w.write(t, []byte("first half;"))
 	r := h.lookup("want j\n")
-	if r.ans.Kind != wire.PackJoin || r.fd < 0 {
+	if r.ans.Kind != shimproto.PackJoin || r.fd < 0 {
 		t.Fatalf("join: %+v", r.ans)
 	}
 	if got := string(readAll(t, r.fd)); got != "first half;" {
@@ -230,7 +230,7 @@ func TestWriterDiesReadersToldAndEntryGone(t *testing.T) {
 	w := h.lookup("want d\n")
 	w.write(t, []byte("partial"))
 	r := h.lookup("want d\n")
-	if r.ans.Kind != wire.PackJoin {
+	if r.ans.Kind != shimproto.PackJoin {
 		t.Fatalf("%+v", r.ans)
 	}
 	w.conn.Close() // killed: no status
@@ -239,7 +239,7 @@ func TestWriterDiesReadersToldAndEntryGone(t *testing.T) {
 		t.Fatalf("status after the writer died: %+v", s)
 	}
 	// The next request writes afresh; the failed file is gone.
-	if n := h.lookup("want d\n"); n.ans.Kind != wire.PackWrite {
+	if n := h.lookup("want d\n"); n.ans.Kind != shimproto.PackWrite {
 		t.Fatalf("after failure: %+v", n.ans)
 	}
 	ents, _ := os.ReadDir(h.c.cfg.Dir)
@@ -267,7 +267,7 @@ func waitFor(t *testing.T, cond func() bool) {
 func (h *harness) fill(stdin string, size int) {
 	h.t.Helper()
 	w := h.lookup(stdin)
-	if w.ans.Kind != wire.PackWrite {
+	if w.ans.Kind != shimproto.PackWrite {
 		h.t.Fatalf("fill %q: %+v", stdin, w.ans)
 	}
 	w.write(h.t, bytes.Repeat([]byte{'x'}, size))
@@ -286,7 +286,7 @@ func TestEvictsLeastRecentlyUsedFirst(t *testing.T) {
 	h.fill("b", 1000)
 	h.fill("c", 1000)
 	// Use a: b is now the least recently used.
-	if r := h.lookup("a"); r.ans.Kind != wire.PackHit {
+	if r := h.lookup("a"); r.ans.Kind != shimproto.PackHit {
 		t.Fatalf("%+v", r.ans)
 	}
 	h.fill("d", 1000) // over the cap by 1000: b goes
@@ -294,7 +294,7 @@ func TestEvictsLeastRecentlyUsedFirst(t *testing.T) {
 	for _, k := range []string{"a", "c", "d", "b"} {
 		kinds[k] = h.lookup(k).ans.Kind
 	}
-	if kinds["a"] != wire.PackHit || kinds["c"] != wire.PackHit || kinds["d"] != wire.PackHit || kinds["b"] != wire.PackWrite {
+	if kinds["a"] != shimproto.PackHit || kinds["c"] != shimproto.PackHit || kinds["d"] != shimproto.PackHit || kinds["b"] != shimproto.PackWrite {
 		t.Fatalf("after eviction: %v (1 hit, 3 write)", kinds)
 	}
 	st := h.c.Stats()
@@ -304,7 +304,7 @@ func TestEvictsLeastRecentlyUsedFirst(t *testing.T) {
 	// An entry alone over the cap is not kept.
 	h2 := newHarness(t, Config{MaxBytes: 500})
 	h2.fill("big", 600)
-	if r := h2.lookup("big"); r.ans.Kind != wire.PackWrite {
+	if r := h2.lookup("big"); r.ans.Kind != shimproto.PackWrite {
 		t.Fatalf("entry over max_bytes kept: %+v", r.ans)
 	}
 }
@@ -312,11 +312,11 @@ func TestEvictsLeastRecentlyUsedFirst(t *testing.T) {
 func TestMaxAgeExpires(t *testing.T) {
 	h := newHarness(t, Config{MaxAge: 200 * time.Millisecond})
 	h.fill("old", 10)
-	if r := h.lookup("old"); r.ans.Kind != wire.PackHit {
+	if r := h.lookup("old"); r.ans.Kind != shimproto.PackHit {
 		t.Fatalf("%+v", r.ans)
 	}
 	time.Sleep(300 * time.Millisecond)
-	if r := h.lookup("old"); r.ans.Kind != wire.PackWrite {
+	if r := h.lookup("old"); r.ans.Kind != shimproto.PackWrite {
 		t.Fatalf("after max_age: %+v", r.ans)
 	}
 	if st := h.c.Stats(); st.EvictionsAge != 1 {
@@ -326,10 +326,10 @@ func TestMaxAgeExpires(t *testing.T) {
 
 func TestMinOccurrences(t *testing.T) {
 	h := newHarness(t, Config{MinOccurrences: 2})
-	if r := h.lookup("m"); r.ans.Kind != wire.PackBypass {
+	if r := h.lookup("m"); r.ans.Kind != shimproto.PackBypass {
 		t.Fatalf("first of min_occurrences 2: %+v", r.ans)
 	}
-	if r := h.lookup("m"); r.ans.Kind != wire.PackWrite {
+	if r := h.lookup("m"); r.ans.Kind != shimproto.PackWrite {
 		t.Fatalf("second: %+v", r.ans)
 	}
 	if st := h.c.Stats(); st.BypassCold != 1 {
@@ -338,7 +338,7 @@ func TestMinOccurrences(t *testing.T) {
 }
 
 func TestKeyExcludesCallerButNotContent(t *testing.T) {
-	l := wire.PackLookup{ObjDir: []byte("/r/objects"), Args: [][]byte{[]byte("pack-objects"), []byte("--stdout")},
+	l := shimproto.PackLookup{ObjDir: []byte("/r/objects"), Args: [][]byte{[]byte("pack-objects"), []byte("--stdout")},
 		Env: [][]byte{[]byte("GIT_PROTOCOL=version=2")}}
 	base := Key(1000, 1000, 1, 2, &l, []byte("want x\n"))
 	same := l
@@ -351,10 +351,10 @@ func TestKeyExcludesCallerButNotContent(t *testing.T) {
 		"uid":     Key(1001, 1000, 1, 2, &l, []byte("want x\n")),
 		"inode":   Key(1000, 1000, 1, 3, &l, []byte("want x\n")),
 		"stdin":   Key(1000, 1000, 1, 2, &l, []byte("want x\nhave y\n")),
-		"filter":  Key(1000, 1000, 1, 2, &wire.PackLookup{ObjDir: l.ObjDir, Args: append(append([][]byte{}, l.Args...), []byte("--filter=blob:none")), Env: l.Env}, []byte("want x\n")),
-		"proto":   Key(1000, 1000, 1, 2, &wire.PackLookup{ObjDir: l.ObjDir, Args: l.Args}, []byte("want x\n")),
-		"objdir":  Key(1000, 1000, 1, 2, &wire.PackLookup{ObjDir: []byte("/s/objects"), Args: l.Args, Env: l.Env}, []byte("want x\n")),
-		"replace": Key(1000, 1000, 1, 2, &wire.PackLookup{ObjDir: l.ObjDir, Args: l.Args, Env: append(append([][]byte{}, l.Env...), []byte("GIT_NO_REPLACE_OBJECTS=1"))}, []byte("want x\n")),
+		"filter":  Key(1000, 1000, 1, 2, &shimproto.PackLookup{ObjDir: l.ObjDir, Args: append(append([][]byte{}, l.Args...), []byte("--filter=blob:none")), Env: l.Env}, []byte("want x\n")),
+		"proto":   Key(1000, 1000, 1, 2, &shimproto.PackLookup{ObjDir: l.ObjDir, Args: l.Args}, []byte("want x\n")),
+		"objdir":  Key(1000, 1000, 1, 2, &shimproto.PackLookup{ObjDir: []byte("/s/objects"), Args: l.Args, Env: l.Env}, []byte("want x\n")),
+		"replace": Key(1000, 1000, 1, 2, &shimproto.PackLookup{ObjDir: l.ObjDir, Args: l.Args, Env: append(append([][]byte{}, l.Env...), []byte("GIT_NO_REPLACE_OBJECTS=1"))}, []byte("want x\n")),
 	} {
 		if k == base {
 			t.Errorf("%s is not in the key", name)
@@ -410,7 +410,7 @@ func TestOtherUserNeverGetsAPack(t *testing.T) {
 	}
 	h := newHarness(t, Config{})
 	h.fill("want secret\n", 100)
-	if r := h.lookup("want secret\n"); r.ans.Kind != wire.PackHit {
+	if r := h.lookup("want secret\n"); r.ans.Kind != shimproto.PackHit {
 		t.Fatalf("root's own lookup: %+v", r.ans)
 	}
 	os.Chmod(filepath.Dir(h.sock), 0o755)
@@ -446,16 +446,16 @@ func TestAttackerLookup(t *testing.T) {
 	if sock == "" {
 		t.Skip("helper for TestOtherUserNeverGetsAPack")
 	}
-	conn, err := wire.Dial(sock, time.Second)
+	conn, err := shimproto.Dial(sock, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := wire.PackLookup{ObjDir: []byte(os.Getenv("PACKCACHE_OBJ")), Args: [][]byte{[]byte("pack-objects"), []byte("--stdout"), []byte("--progress")}}
+	l := shimproto.PackLookup{ObjDir: []byte(os.Getenv("PACKCACHE_OBJ")), Args: [][]byte{[]byte("pack-objects"), []byte("--stdout"), []byte("--progress")}}
 	ans, fd, err := conn.PackCacheLookup(&l, []byte("want secret\n"), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fd >= 0 && ans.Kind != wire.PackWrite {
+	if fd >= 0 && ans.Kind != shimproto.PackWrite {
 		buf := make([]byte, 200)
 		n, _ := syscall.Pread(fd, buf, 0)
 		fmt.Printf("ATTACKER-READ %d bytes\n", n)

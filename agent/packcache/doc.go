@@ -6,8 +6,8 @@
 // The agent owns the cache; the shim does the work. sluice-shim runs as
 // uploadpack.packObjectsHook. For `git pack-objects --stdout …` it reads
 // pack-objects' whole stdin (wants, haves, shallow lines; at most
-// wire.MaxPackStdin, else it bypasses), opens a second connection on the
-// agent's socket (wire.PackCacheMagic) and sends the lookup. The agent
+// shimproto.MaxPackStdin, else it bypasses), opens a second connection on the
+// agent's socket (shimproto.PackCacheMagic) and sends the lookup. The agent
 // hashes the key, and answers with a file descriptor passed over the Unix
 // socket (SCM_RIGHTS):
 //
@@ -71,8 +71,8 @@
 // the agent stats it, and its resolved path as the shim found it
 // ($GIT_OBJECT_DIRECTORY, else $GIT_DIR or the working directory, plus
 // /objects, symbolic links resolved); the pack-objects arguments except
-// progress switches (wire.PackKeyArg), in order; the GIT_* environment
-// except per-caller and tracing variables (wire.PackKeyEnv), sorted; and
+// progress switches (shimproto.PackKeyArg), in order; the GIT_* environment
+// except per-caller and tracing variables (shimproto.PackKeyEnv), sorted; and
 // every byte of stdin.
 //
 // Not in the key, so identical fetches from different clients share: the

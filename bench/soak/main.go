@@ -47,7 +47,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 	"github.com/sluicehq/sluice/internal/stats"
 )
 
@@ -504,10 +504,10 @@ func oneRequest(sock string, repo []byte, kill int, hold time.Duration, c *count
 		return
 	}
 	defer conn.Close()
-	b := append([]byte(wire.Magic), 0, 0, 0, 0)
-	b = wire.AppendAdmit(b, &wire.AdmitRequest{Command: "git-upload-pack", Subcommand: "upload-pack", Repo: repo, CorrelationID: "soak"})
-	n := len(b) - len(wire.Magic) - 4
-	b[len(wire.Magic)], b[len(wire.Magic)+1], b[len(wire.Magic)+2], b[len(wire.Magic)+3] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+	b := append([]byte(shimproto.Magic), 0, 0, 0, 0)
+	b = shimproto.AppendAdmit(b, &shimproto.AdmitRequest{Command: "git-upload-pack", Subcommand: "upload-pack", Repo: repo, CorrelationID: "soak"})
+	n := len(b) - len(shimproto.Magic) - 4
+	b[len(shimproto.Magic)], b[len(shimproto.Magic)+1], b[len(shimproto.Magic)+2], b[len(shimproto.Magic)+3] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
 	if _, err := conn.Write(b); err != nil {
 		c.errors.Add(1)
 		return
@@ -519,31 +519,31 @@ func oneRequest(sock string, repo []byte, kill int, hold time.Duration, c *count
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	var buf []byte
 	for {
-		f, err := wire.ReadFrame(conn, buf)
+		f, err := shimproto.ReadFrame(conn, buf)
 		if err != nil {
 			c.errors.Add(1)
 			return
 		}
-		m, err := wire.DecodeServerMsg(f)
+		m, err := shimproto.DecodeServerMsg(f)
 		if err != nil {
 			c.errors.Add(1)
 			return
 		}
 		switch m.Kind {
-		case wire.ServerQueued:
+		case shimproto.ServerQueued:
 			if kill == killQueued {
 				c.killedQueued.Add(1)
 				return
 			}
 			continue
-		case wire.ServerRejected:
-			if m.Reply.Reason == wire.ReasonUnavailable {
+		case shimproto.ServerRejected:
+			if m.Reply.Reason == shimproto.ReasonUnavailable {
 				c.unavailable.Add(1)
 			} else {
 				c.rejected.Add(1)
 			}
 			return
-		case wire.ServerAdmitted:
+		case shimproto.ServerAdmitted:
 			c.admitted.Add(1)
 			c.lease(1)
 			if hold > 0 {
@@ -555,7 +555,7 @@ func oneRequest(sock string, repo []byte, kill int, hold time.Duration, c *count
 				c.lease(-1)
 				return
 			}
-			fin := wire.AppendFrame(nil, wire.AppendFinished(nil, &wire.Finished{UserUsec: 1, RealUsec: 1}))
+			fin := shimproto.AppendFrame(nil, shimproto.AppendFinished(nil, &shimproto.Finished{UserUsec: 1, RealUsec: 1}))
 			conn.Write(fin)
 			c.lease(-1)
 			return
@@ -858,16 +858,16 @@ func holdConns(o options, a *agentProc) (*connsResult, error) {
 				mu.Unlock()
 				return
 			}
-			b := append([]byte(wire.Magic), 0, 0, 0, 0)
-			b = wire.AppendAdmit(b, &wire.AdmitRequest{Command: "git-upload-pack", Subcommand: "upload-pack", Repo: []byte(fmt.Sprintf("/srv/conns/r%d.git", i))})
-			n := len(b) - len(wire.Magic) - 4
-			b[len(wire.Magic)], b[len(wire.Magic)+1], b[len(wire.Magic)+2], b[len(wire.Magic)+3] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
+			b := append([]byte(shimproto.Magic), 0, 0, 0, 0)
+			b = shimproto.AppendAdmit(b, &shimproto.AdmitRequest{Command: "git-upload-pack", Subcommand: "upload-pack", Repo: []byte(fmt.Sprintf("/srv/conns/r%d.git", i))})
+			n := len(b) - len(shimproto.Magic) - 4
+			b[len(shimproto.Magic)], b[len(shimproto.Magic)+1], b[len(shimproto.Magic)+2], b[len(shimproto.Magic)+3] = byte(n>>24), byte(n>>16), byte(n>>8), byte(n)
 			c.Write(b)
 			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			f, err := wire.ReadFrame(c, nil)
-			var m wire.ServerMsg
+			f, err := shimproto.ReadFrame(c, nil)
+			var m shimproto.ServerMsg
 			if err == nil {
-				m, err = wire.DecodeServerMsg(f)
+				m, err = shimproto.DecodeServerMsg(f)
 			}
 			mu.Lock()
 			defer mu.Unlock()
@@ -875,10 +875,10 @@ func holdConns(o options, a *agentProc) (*connsResult, error) {
 			case err != nil:
 				res.Errors++
 				c.Close()
-			case m.Kind == wire.ServerAdmitted:
+			case m.Kind == shimproto.ServerAdmitted:
 				res.Admitted++
 				conns[i] = c
-			case m.Kind == wire.ServerRejected: // over max_connections: MAX_SIZE (exit 75 in the shim)
+			case m.Kind == shimproto.ServerRejected: // over max_connections: MAX_SIZE (exit 75 in the shim)
 				res.Refused++
 				c.Close()
 			default:

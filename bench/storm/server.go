@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 )
 
 // freePort returns a loopback TCP port that was free a moment ago.
@@ -113,7 +113,7 @@ func startAgent(bin, dir string, m mode, cg *serverCgroup, hierarchyRoot string,
 	}
 	a.pid = cmd.Process.Pid // the wrapper execs sluiced: same pid
 	for deadline := time.Now().Add(20 * time.Second); ; {
-		if c, err := wire.Dial(socket, 100*time.Millisecond); err == nil {
+		if c, err := shimproto.Dial(socket, 100*time.Millisecond); err == nil {
 			c.Close()
 			if r, err := http.Get(a.metrics); err == nil {
 				r.Body.Close()

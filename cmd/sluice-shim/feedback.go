@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 )
 
 // Queue feedback: a command that waits in a queue longer than shim.conf's
@@ -55,7 +55,7 @@ func newFeedback(after time.Duration, repo []byte) *feedback {
 }
 
 // queuedAt records the position the agent reported.
-func (f *feedback) queuedAt(q wire.Queued) {
+func (f *feedback) queuedAt(q shimproto.Queued) {
 	f.queued = true
 	f.pos, f.n = q.Position, q.QueueLength
 	f.tick()

@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 )
 
 // fakeFeedback is a feedback on a fake clock that records what it writes.
@@ -21,7 +21,7 @@ func fakeFeedback(after time.Duration, repo string) (*feedback, *time.Time, *str
 
 func TestFeedbackShortWaitPrintsNothing(t *testing.T) {
 	f, now, out := fakeFeedback(2*time.Second, "/srv/git/project.git")
-	f.queuedAt(wire.Queued{Position: 1, QueueLength: 1})
+	f.queuedAt(shimproto.Queued{Position: 1, QueueLength: 1})
 	for i := 0; i < 7; i++ {
 		*now = now.Add(250 * time.Millisecond)
 		f.tick()
@@ -34,7 +34,7 @@ func TestFeedbackShortWaitPrintsNothing(t *testing.T) {
 
 func TestFeedbackLineRefreshedInPlace(t *testing.T) {
 	f, now, out := fakeFeedback(2*time.Second, "/srv/git/project.git")
-	f.queuedAt(wire.Queued{Position: 12, QueueLength: 12})
+	f.queuedAt(shimproto.Queued{Position: 12, QueueLength: 12})
 	step := func(d time.Duration) {
 		for end := now.Add(d); now.Before(end); {
 			*now = now.Add(250 * time.Millisecond)
@@ -47,7 +47,7 @@ func TestFeedbackLineRefreshedInPlace(t *testing.T) {
 		t.Fatalf("after 2s: %q, want %q", out.String(), want)
 	}
 	out.Reset()
-	f.queuedAt(wire.Queued{Position: 3, QueueLength: 7})
+	f.queuedAt(shimproto.Queued{Position: 3, QueueLength: 7})
 	step(time.Second)
 	if out.Len() != 0 {
 		t.Errorf("refreshed after 1s: %q", out.String())
@@ -66,7 +66,7 @@ func TestFeedbackLineRefreshedInPlace(t *testing.T) {
 
 func TestFeedbackRejectedEndsLine(t *testing.T) {
 	f, now, out := fakeFeedback(time.Second, "")
-	f.queuedAt(wire.Queued{Position: 1, QueueLength: 2})
+	f.queuedAt(shimproto.Queued{Position: 1, QueueLength: 2})
 	*now = now.Add(1500 * time.Millisecond)
 	f.tick()
 	f.done(false)
@@ -77,7 +77,7 @@ func TestFeedbackRejectedEndsLine(t *testing.T) {
 
 func TestFeedbackNever(t *testing.T) {
 	f, now, out := fakeFeedback(0, "/r.git")
-	f.queuedAt(wire.Queued{Position: 1, QueueLength: 1})
+	f.queuedAt(shimproto.Queued{Position: 1, QueueLength: 1})
 	*now = now.Add(time.Hour)
 	f.tick()
 	f.done(true)

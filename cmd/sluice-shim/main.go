@@ -6,7 +6,7 @@
 // library (deps_test.go enforces the budget).
 //
 // Flow: parse argv → read shim.conf next to the socket, only if it and its
-// directory are trusted (wire.LoadShimConfig: owned by root or the agent,
+// directory are trusted (shimproto.LoadShimConfig: owned by root or the agent,
 // not writable by others, no symbolic link; otherwise fail closed without
 // dialling, one "sluice:" line naming the path, owner and mode) → find the real git →
 // a subcommand shim.conf does not match is exec'd at once (no socket, no
@@ -65,7 +65,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 	"github.com/sluicehq/sluice/gitwrap"
 )
 
@@ -93,8 +93,8 @@ func run(argv []string) int {
 		os.Stdout.WriteString("sluice-shim " + version + " " + runtime.Version() + "\n")
 		return 0
 	}
-	sock := wire.SocketPath("")
-	setup := wire.LoadShimConfig(sock)
+	sock := shimproto.SocketPath("")
+	setup := shimproto.LoadShimConfig(sock)
 	cfg := setup.Config
 	git, err := gitwrap.FindRealGit(os.Getenv, cfg.GitBin)
 	if err != nil {
@@ -132,7 +132,7 @@ func run(argv []string) int {
 	if generated {
 		env = gitwrap.SetEnv(env, gitwrap.CorrelationEnv, corr)
 	}
-	req := wire.AdmitRequest{
+	req := shimproto.AdmitRequest{
 		Command:       inv.Command,
 		Subcommand:    inv.Subcommand,
 		Repo:          []byte(gitwrap.Repo(&inv, cwd, os.Getenv)),
@@ -179,7 +179,7 @@ func run(argv []string) int {
 		os.Stderr.WriteString(err.Error() + "\n")
 		return exitNoGit
 	}
-	if err := conn.Finish(&wire.Finished{
+	if err := conn.Finish(&shimproto.Finished{
 		ExitCode:   res.ExitCode(),
 		Signal:     res.Signal(),
 		UserUsec:   res.UserUsec(),
@@ -204,7 +204,7 @@ func execGit(git string, argv, env []string) int {
 // unavailable applies the fail mode when the agent cannot give an answer.
 // setup.FailWhy says where the fail mode came from (shim.conf, the socket
 // directory's sticky bit, or an untrusted place that forces "closed").
-func unavailable(setup *wire.ShimSetup, sock string, reason error, git string, argv, env []string, corr string) int {
+func unavailable(setup *shimproto.ShimSetup, sock string, reason error, git string, argv, env []string, corr string) int {
 	if setup.Config.FailClosed {
 		return refuse(refusing, failClosedLine(corr), "sluice: admission service unavailable at "+sock+" ("+reason.Error()+
 			"); "+setup.FailWhy+": try again in "+failClosedRetry+" (correlation id "+corr+")")
@@ -215,7 +215,7 @@ func unavailable(setup *wire.ShimSetup, sock string, reason error, git string, a
 }
 
 // rejectLine makes the agent's message one line starting with "sluice: ".
-func rejectLine(rep *wire.Reply, subcommand string) string {
+func rejectLine(rep *shimproto.Reply, subcommand string) string {
 	msg, _, _ := strings.Cut(rep.Message, "\n")
 	msg = strings.TrimSpace(strings.ReplaceAll(msg, "\r", ""))
 	if msg == "" {

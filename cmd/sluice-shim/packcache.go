@@ -14,7 +14,7 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 	"github.com/sluicehq/sluice/gitwrap"
 )
 
@@ -25,7 +25,7 @@ const packCacheTimeout = 2 * time.Second
 // pack-objects (as the writer when conn is set), with stdin replayed from a
 // memfd already on fd 0.
 type packCache struct {
-	conn     *wire.Conn // writer only
+	conn     *shimproto.Conn // writer only
 	wfd      int
 	maxBytes int64
 }
@@ -59,14 +59,14 @@ func packCacheLookup(sock string, inv *gitwrap.Invocation) (p *packCache, code i
 	if objdir == "" {
 		return nil, 0, false
 	}
-	l := wire.PackLookup{ObjDir: []byte(objdir)}
+	l := shimproto.PackLookup{ObjDir: []byte(objdir)}
 	for _, a := range inv.Args {
-		if wire.PackKeyArg(a) {
+		if shimproto.PackKeyArg(a) {
 			l.Args = append(l.Args, []byte(a))
 		}
 	}
 	for _, e := range os.Environ() {
-		if wire.PackKeyEnv(e) {
+		if shimproto.PackKeyEnv(e) {
 			l.Env = append(l.Env, []byte(e))
 		}
 	}
@@ -83,8 +83,8 @@ func packCacheLookup(sock string, inv *gitwrap.Invocation) (p *packCache, code i
 
 // lookupOnce is one lookup; retry reports a writer that failed before this
 // reader sent anything (last: do not ask again, run pack-objects).
-func lookupOnce(sock string, l *wire.PackLookup, stdin []byte, last bool) (p *packCache, code int, done, retry bool) {
-	conn, err := wire.Dial(sock, dialTimeout)
+func lookupOnce(sock string, l *shimproto.PackLookup, stdin []byte, last bool) (p *packCache, code int, done, retry bool) {
+	conn, err := shimproto.Dial(sock, dialTimeout)
 	if err != nil {
 		return nil, 0, false, false // the admission path applies the fail mode
 	}
@@ -95,8 +95,8 @@ func lookupOnce(sock string, l *wire.PackLookup, stdin []byte, last bool) (p *pa
 		return nil, 0, false, false
 	}
 	switch {
-	case (ans.Kind == wire.PackHit || ans.Kind == wire.PackJoin) && fd >= 0:
-		sent, code, why := streamEntry(fd, conn, ans.Kind == wire.PackHit, ans.Size)
+	case (ans.Kind == shimproto.PackHit || ans.Kind == shimproto.PackJoin) && fd >= 0:
+		sent, code, why := streamEntry(fd, conn, ans.Kind == shimproto.PackHit, ans.Size)
 		syscall.Close(fd)
 		conn.Close()
 		if why == "" {
@@ -110,7 +110,7 @@ func lookupOnce(sock string, l *wire.PackLookup, stdin []byte, last bool) (p *pa
 			warn("pack cache: shared pack failed before its first byte (" + why + "); running pack-objects")
 		}
 		return nil, 0, false, true
-	case ans.Kind == wire.PackWrite && fd >= 0:
+	case ans.Kind == shimproto.PackWrite && fd >= 0:
 		return &packCache{conn: conn, wfd: fd, maxBytes: ans.MaxBytes}, 0, false, false
 	}
 	if fd >= 0 {
@@ -122,7 +122,7 @@ func lookupOnce(sock string, l *wire.PackLookup, stdin []byte, last bool) (p *pa
 
 // readStdin reads all of fd 0 and puts it back on fd 0 as a memfd, so
 // whatever runs next (exec'd git, or the writer's child) reads it again.
-// big reports stdin over wire.MaxPackStdin: the memfd then holds all of it
+// big reports stdin over shimproto.MaxPackStdin: the memfd then holds all of it
 // but stdin is not returned.
 func readStdin() (stdin []byte, big bool, err error) {
 	name := [...]byte{'s', 'l', 'u', 'i', 'c', 'e', '-', 's', 't', 'd', 'i', 'n', 0}
@@ -150,7 +150,7 @@ func readStdin() (stdin []byte, big bool, err error) {
 		}
 		if !big {
 			buf = append(buf, chunk[:n]...)
-			if len(buf) > wire.MaxPackStdin {
+			if len(buf) > shimproto.MaxPackStdin {
 				big, buf = true, nil
 			}
 		}
@@ -195,7 +195,7 @@ func objectDir() string {
 // a hit; otherwise it waits on conn for the writer's end. why is "" on
 // success (code is then the exit code), else why the entry failed and
 // sent how many bytes already went out.
-func streamEntry(fd int, conn *wire.Conn, complete bool, size int64) (sent int64, code int, why string) {
+func streamEntry(fd int, conn *shimproto.Conn, complete bool, size int64) (sent int64, code int, why string) {
 	final := int64(-1)
 	if complete {
 		final = size
@@ -283,7 +283,7 @@ func writeAll(fd int, p []byte) error {
 // stdout and to the cache file; its stderr (progress) is ours. adm is the
 // admission lease (nil when pack-objects is not matched); Finished goes
 // there. It never returns.
-func (p *packCache) write(adm *wire.Conn, git string, argv, env []string) int {
+func (p *packCache) write(adm *shimproto.Conn, git string, argv, env []string) int {
 	// The writer must outlive its first client: SIGHUP/SIGINT/SIGTERM
 	// from upload-pack's side are caught and not forwarded (SIGKILL still
 	// ends it, and pack-objects with it).
@@ -303,7 +303,7 @@ func (p *packCache) write(adm *wire.Conn, git string, argv, env []string) int {
 	})
 	syscall.Close(pfd[1])
 	if err != nil {
-		p.conn.SendPackStatus(&wire.PackStatus{Message: "start " + git + ": " + err.Error()})
+		p.conn.SendPackStatus(&shimproto.PackStatus{Message: "start " + git + ": " + err.Error()})
 		os.Stderr.WriteString("sluice: start " + git + ": " + err.Error() + "\n")
 		return exitNoGit
 	}
@@ -344,14 +344,14 @@ func (p *packCache) write(adm *wire.Conn, git string, argv, env []string) int {
 	}
 	r.Real = time.Since(start)
 	syscall.Close(p.wfd)
-	st := wire.PackStatus{OK: cacheOK && r.Status.Exited() && r.Status.ExitStatus() == 0, Size: written, Message: why}
+	st := shimproto.PackStatus{OK: cacheOK && r.Status.Exited() && r.Status.ExitStatus() == 0, Size: written, Message: why}
 	if !st.OK && why == "" {
 		st.Message = "pack-objects " + exitText(r.Status)
 	}
 	p.conn.SendPackStatus(&st)
 	p.conn.Close()
 	if adm != nil {
-		adm.Finish(&wire.Finished{
+		adm.Finish(&shimproto.Finished{
 			ExitCode: r.ExitCode(), Signal: r.Signal(), UserUsec: r.UserUsec(), SystemUsec: r.SystemUsec(),
 			MaxRSSKiB: r.MaxRSSKiB(), RealUsec: r.Real.Microseconds(),
 		})

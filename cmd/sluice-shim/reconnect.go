@@ -8,7 +8,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 )
 
 // Riding out an agent restart.
@@ -52,7 +52,7 @@ const restartPoll = 25 * time.Millisecond
 // admitRetrying asks for admission, riding out a restart as described
 // above. It returns the connection holding the lease and the answer, or
 // an error for the fail mode (never a Rejected UNAVAILABLE answer).
-func admitRetrying(setup *wire.ShimSetup, sock string, req *wire.AdmitRequest) (*wire.Conn, wire.Reply, error) {
+func admitRetrying(setup *shimproto.ShimSetup, sock string, req *shimproto.AdmitRequest) (*shimproto.Conn, shimproto.Reply, error) {
 	cfg := &setup.Config
 	deadline := time.Now().Add(cfg.AdmitTimeout)
 	var fb *feedback
@@ -63,12 +63,12 @@ func admitRetrying(setup *wire.ShimSetup, sock string, req *wire.AdmitRequest) (
 	tries := 0
 	for {
 		tries++
-		var rep wire.Reply
+		var rep shimproto.Reply
 		restarting := false
-		conn, err := wire.Dial(sock, dialTimeout)
+		conn, err := shimproto.Dial(sock, dialTimeout)
 		if err != nil {
 			if errors.Is(err, syscall.EACCES) {
-				err = errors.New("permission denied connecting as uid " + strconv.Itoa(syscall.Geteuid()) + "; " + wire.GroupFix(setup.SocketGID))
+				err = errors.New("permission denied connecting as uid " + strconv.Itoa(syscall.Geteuid()) + "; " + shimproto.GroupFix(setup.SocketGID))
 			} else if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
 				if mark, ok := stoppingMark(sock); ok {
 					restarting = true
@@ -85,7 +85,7 @@ func admitRetrying(setup *wire.ShimSetup, sock string, req *wire.AdmitRequest) (
 			} else {
 				rep, err = conn.Admit(req, deadline, nil)
 			}
-			if err == nil && (rep.Admitted || rep.Reason != wire.ReasonUnavailable) {
+			if err == nil && (rep.Admitted || rep.Reason != shimproto.ReasonUnavailable) {
 				if fb != nil {
 					fb.done(rep.Admitted)
 				}
@@ -114,7 +114,7 @@ func admitRetrying(setup *wire.ShimSetup, sock string, req *wire.AdmitRequest) (
 			if restarting && cfg.RestartGrace > 0 {
 				err = errors.New(err.Error() + "; the agent was not back within restart_grace " + seconds(cfg.RestartGrace) + " (" + strconv.Itoa(tries) + " attempts)")
 			}
-			return nil, wire.Reply{}, err
+			return nil, shimproto.Reply{}, err
 		}
 		time.Sleep(restartPoll)
 	}

@@ -6,7 +6,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 	"github.com/sluicehq/sluice/gitwrap"
 )
 
@@ -83,10 +83,10 @@ func refuse(inv *gitwrap.Invocation, line, detail string) int {
 // the agent's line with the correlation id the agent logs. Rejections that
 // are about the server's own configuration (a caller not allowed by
 // admit_users, an invalid request) name no files or uids in the ERR packet.
-func rejection(rep *wire.Reply, subcommand, corr string) (line, detail string) {
+func rejection(rep *shimproto.Reply, subcommand, corr string) (line, detail string) {
 	detail = withCorrelation(rejectLine(rep, subcommand), corr)
 	switch rep.Reason {
-	case wire.ReasonPermission, wire.ReasonInvalid:
+	case shimproto.ReasonPermission, shimproto.ReasonInvalid:
 		return withCorrelation("sluice: the server's admission check refused "+subcommand+
 			" (a server configuration problem); tell the operator", corr), detail
 	}

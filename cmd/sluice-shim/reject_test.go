@@ -8,15 +8,15 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 	"github.com/sluicehq/sluice/gitwrap"
 )
 
 const fullMsg = `sluice: too many upload-pack requests for this repository: 1 running and this rule does not queue (limit "upload-pack"); try again in 10s`
 
-func rejectWith(reason int32, msg string) func(wire.AdmitRequest) []wire.ServerMsg {
-	return func(wire.AdmitRequest) []wire.ServerMsg {
-		return []wire.ServerMsg{{Kind: wire.ServerRejected, Reply: wire.Reply{Reason: reason, Limit: "upload-pack", Message: msg}}}
+func rejectWith(reason int32, msg string) func(shimproto.AdmitRequest) []shimproto.ServerMsg {
+	return func(shimproto.AdmitRequest) []shimproto.ServerMsg {
+		return []shimproto.ServerMsg{{Kind: shimproto.ServerRejected, Reply: shimproto.Reply{Reason: reason, Limit: "upload-pack", Message: msg}}}
 	}
 }
 
@@ -52,7 +52,7 @@ func refusedRun(t *testing.T, e *env, argv []string, input string, extra ...stri
 
 func TestRefusalOnEachStream(t *testing.T) {
 	e := newEnv(t)
-	startAgent(t, e.sock, rejectWith(wire.ReasonMaxSize, fullMsg))
+	startAgent(t, e.sock, rejectWith(shimproto.ReasonMaxSize, fullMsg))
 	line := fullMsg + " (correlation id c0ffee)"
 	archiveArgs := "0012argument HEAD\n" + "0000"
 	post := "0032want 0123456789012345678901234567890123456789\n00000009done\n"
@@ -107,7 +107,7 @@ func TestRefusalOnEachStream(t *testing.T) {
 func TestRefusalPermissionHidesDetail(t *testing.T) {
 	e := newEnv(t)
 	detail := "sluice: permission denied: uid 65534 (gid 65534) may not ask for admission ([agent] admit_users / admit_groups in /etc/sluice/sluice.toml); add the Git server's user or group there"
-	startAgent(t, e.sock, rejectWith(wire.ReasonPermission, detail))
+	startAgent(t, e.sock, rejectWith(shimproto.ReasonPermission, detail))
 	stdout, stderr, _ := refusedRun(t, e, []string{"git-upload-pack", "."}, "")
 	if strings.Contains(stdout, "65534") || strings.Contains(stdout, "/etc/sluice") ||
 		!strings.Contains(stdout, "ERR sluice: the server's admission check refused upload-pack") || !strings.Contains(stdout, "(correlation id c0ffee)") {
@@ -121,7 +121,7 @@ func TestRefusalPermissionHidesDetail(t *testing.T) {
 // fail_mode closed: the client hears why without the socket path.
 func TestRefusalFailClosed(t *testing.T) {
 	e := newEnv(t)
-	e.config(wire.ShimConfig{FailClosed: true, Match: []string{"upload-pack"}})
+	e.config(shimproto.ShimConfig{FailClosed: true, Match: []string{"upload-pack"}})
 	stdout, stderr, _ := refusedRun(t, e, []string{"git-upload-pack", "."}, "")
 	if want := errPkt("sluice: admission service unavailable (fail_mode closed); try again in 5s (correlation id c0ffee)"); stdout != want {
 		t.Errorf("stdout %q, want %q", stdout, want)
@@ -141,7 +141,7 @@ func must(b []byte, err error) []byte {
 // A client gone before the refusal is written: still exit 75, not SIGPIPE.
 func TestRefusalClientGone(t *testing.T) {
 	e := newEnv(t)
-	startAgent(t, e.sock, rejectWith(wire.ReasonMaxSize, fullMsg))
+	startAgent(t, e.sock, rejectWith(shimproto.ReasonMaxSize, fullMsg))
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 )
 
 // shimBin is the shim built once by TestMain.
@@ -85,8 +85,8 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-func (e *env) config(c wire.ShimConfig) {
-	if err := wire.WriteShimConfig(wire.ShimConfigPath(e.sock), c); err != nil {
+func (e *env) config(c shimproto.ShimConfig) {
+	if err := shimproto.WriteShimConfig(shimproto.ShimConfigPath(e.sock), c); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -135,20 +135,20 @@ func describe(ws syscall.WaitStatus) string {
 
 // agent is a fake sluiced speaking the shim framing.
 type agent struct {
-	admits   chan wire.AdmitRequest
-	finished chan wire.Finished
+	admits   chan shimproto.AdmitRequest
+	finished chan shimproto.Finished
 	closed   chan struct{} // one per connection closed
 }
 
 // startAgent serves connections: answer writes the replies for a request
 // (nil: read it and never answer until the test ends).
-func startAgent(t *testing.T, sock string, answer func(wire.AdmitRequest) []wire.ServerMsg) *agent {
+func startAgent(t *testing.T, sock string, answer func(shimproto.AdmitRequest) []shimproto.ServerMsg) *agent {
 	t.Helper()
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &agent{admits: make(chan wire.AdmitRequest, 16), finished: make(chan wire.Finished, 16), closed: make(chan struct{}, 16)}
+	a := &agent{admits: make(chan shimproto.AdmitRequest, 16), finished: make(chan shimproto.Finished, 16), closed: make(chan struct{}, 16)}
 	stop := make(chan struct{})
 	t.Cleanup(func() { close(stop); l.Close() })
 	go func() {
@@ -160,18 +160,18 @@ func startAgent(t *testing.T, sock string, answer func(wire.AdmitRequest) []wire
 			go func() {
 				defer func() { c.Close(); a.closed <- struct{}{} }()
 				r := bufio.NewReader(c)
-				magic := make([]byte, len(wire.Magic))
-				if _, err := io.ReadFull(r, magic); err != nil || string(magic) != wire.Magic {
+				magic := make([]byte, len(shimproto.Magic))
+				if _, err := io.ReadFull(r, magic); err != nil || string(magic) != shimproto.Magic {
 					t.Errorf("magic %q %v", magic, err)
 					return
 				}
-				f, err := wire.ReadFrame(r, nil)
+				f, err := shimproto.ReadFrame(r, nil)
 				if err != nil {
 					t.Errorf("admit frame: %v", err)
 					return
 				}
-				m, err := wire.DecodeClientMsg(f)
-				if err != nil || m.Kind != wire.ClientAdmit {
+				m, err := shimproto.DecodeClientMsg(f)
+				if err != nil || m.Kind != shimproto.ClientAdmit {
 					t.Errorf("admit: %+v %v", m, err)
 					return
 				}
@@ -182,15 +182,15 @@ func startAgent(t *testing.T, sock string, answer func(wire.AdmitRequest) []wire
 				}
 				var out []byte
 				for _, sm := range answer(m.Admit) {
-					out = wire.AppendFrame(out, wire.AppendServerMsg(nil, &sm))
+					out = shimproto.AppendFrame(out, shimproto.AppendServerMsg(nil, &sm))
 				}
 				c.Write(out)
 				for {
-					f, err := wire.ReadFrame(r, nil)
+					f, err := shimproto.ReadFrame(r, nil)
 					if err != nil {
 						return // closed: lease released
 					}
-					if m, err := wire.DecodeClientMsg(f); err == nil && m.Kind == wire.ClientFinished {
+					if m, err := shimproto.DecodeClientMsg(f); err == nil && m.Kind == shimproto.ClientFinished {
 						a.finished <- m.Finished
 					}
 				}
@@ -200,10 +200,10 @@ func startAgent(t *testing.T, sock string, answer func(wire.AdmitRequest) []wire
 	return a
 }
 
-func admitAll(wire.AdmitRequest) []wire.ServerMsg {
-	return []wire.ServerMsg{
-		{Kind: wire.ServerQueued, Queued: wire.Queued{Limit: "upload-pack", Position: 1, QueueLength: 1}},
-		{Kind: wire.ServerAdmitted, Reply: wire.Reply{Admitted: true, LeaseID: "lease-1", Limit: "upload-pack"}},
+func admitAll(shimproto.AdmitRequest) []shimproto.ServerMsg {
+	return []shimproto.ServerMsg{
+		{Kind: shimproto.ServerQueued, Queued: shimproto.Queued{Limit: "upload-pack", Position: 1, QueueLength: 1}},
+		{Kind: shimproto.ServerAdmitted, Reply: shimproto.Reply{Admitted: true, LeaseID: "lease-1", Limit: "upload-pack"}},
 	}
 }
 
@@ -311,8 +311,8 @@ func TestHookMode(t *testing.T) {
 
 func TestRejected(t *testing.T) {
 	e := newEnv(t)
-	startAgent(t, e.sock, func(wire.AdmitRequest) []wire.ServerMsg {
-		return []wire.ServerMsg{{Kind: wire.ServerRejected, Reply: wire.Reply{Reason: 1,
+	startAgent(t, e.sock, func(shimproto.AdmitRequest) []shimproto.ServerMsg {
+		return []shimproto.ServerMsg{{Kind: shimproto.ServerRejected, Reply: shimproto.Reply{Reason: 1,
 			Message: "sluice: upload-pack queue for this repository is full (limit upload-pack); try again in a minute\nsecond line"}}}
 	})
 	c := e.cmd([]string{"git-upload-pack", e.dir}, "FAKE_GIT=exit:0", "CORRELATION_ID=c0ffee")
@@ -352,7 +352,7 @@ func TestNoAgentFailOpen(t *testing.T) {
 
 func TestNoAgentFailClosed(t *testing.T) {
 	e := newEnv(t)
-	e.config(wire.ShimConfig{FailClosed: true, Match: []string{"upload-pack"}})
+	e.config(shimproto.ShimConfig{FailClosed: true, Match: []string{"upload-pack"}})
 	res := runCmd(t, e.cmd([]string{"git-upload-pack", e.dir}, "FAKE_GIT=exit:0"))
 	if !res.ws.Exited() || res.ws.ExitStatus() != exitTempFail {
 		t.Errorf("%s, want %d", describe(res.ws), exitTempFail)
@@ -372,14 +372,14 @@ func TestNoAgentFailClosed(t *testing.T) {
 
 func TestMatchFromConfig(t *testing.T) {
 	e := newEnv(t)
-	e.config(wire.ShimConfig{FailClosed: true, Match: nil}) // nothing matched
+	e.config(shimproto.ShimConfig{FailClosed: true, Match: nil}) // nothing matched
 	if res := runCmd(t, e.cmd([]string{"git-upload-pack", e.dir}, "FAKE_GIT=exit:0")); res.ws.ExitStatus() != 0 {
 		t.Errorf("empty match still asked the (absent) agent: %s %q", describe(res.ws), res.stderr)
 	}
 }
 
 // TestHungAgent: an agent that accepts and reads but never answers must not
-// hang the shim: it gives up after wire.FirstReplyTimeout and applies the
+// hang the shim: it gives up after shimproto.FirstReplyTimeout and applies the
 // fail mode. (The test's own timeout bounds it; nothing is timed here.)
 func TestHungAgent(t *testing.T) {
 	e := newEnv(t)
@@ -392,7 +392,7 @@ func TestHungAgent(t *testing.T) {
 	if log, _ := os.ReadFile(e.log); !strings.Contains(string(log), "no answer within") {
 		t.Errorf("log %q", log)
 	}
-	e.config(wire.ShimConfig{FailClosed: true, Match: []string{"upload-pack"}, AdmitTimeout: time.Hour})
+	e.config(shimproto.ShimConfig{FailClosed: true, Match: []string{"upload-pack"}, AdmitTimeout: time.Hour})
 	res = runCmd(t, e.cmd([]string{"git-upload-pack", e.dir}, "FAKE_GIT=exit:0"))
 	if res.ws.ExitStatus() != exitTempFail || !strings.Contains(res.stderr, "no answer within") {
 		t.Errorf("fail closed: %s %q", describe(res.ws), res.stderr)
@@ -512,12 +512,12 @@ func TestNoRecursion(t *testing.T) {
 
 func TestRejectLine(t *testing.T) {
 	for _, c := range []struct {
-		rep  wire.Reply
+		rep  shimproto.Reply
 		want string
 	}{
-		{wire.Reply{Message: "sluice: full"}, "sluice: full"},
-		{wire.Reply{Message: "full\r\nmore"}, "sluice: full"},
-		{wire.Reply{Limit: "pack"}, "sluice: upload-pack rejected by limit pack; try again later"},
+		{shimproto.Reply{Message: "sluice: full"}, "sluice: full"},
+		{shimproto.Reply{Message: "full\r\nmore"}, "sluice: full"},
+		{shimproto.Reply{Limit: "pack"}, "sluice: upload-pack rejected by limit pack; try again later"},
 	} {
 		if got := rejectLine(&c.rep, "upload-pack"); got != c.want {
 			t.Errorf("rejectLine(%+v) = %q, want %q", c.rep, got, c.want)

@@ -23,7 +23,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -120,7 +120,7 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		servers:    agentServers,
 	}
 	fset.StringVar(&env.configPath, "config", policy.DefaultPath, "policy file sluiced reads")
-	fset.StringVar(&env.socket, "socket", "", "sluiced's socket (default: $"+wire.SocketEnv+", then [agent] socket, then "+wire.RootSocket+")")
+	fset.StringVar(&env.socket, "socket", "", "sluiced's socket (default: $"+shimproto.SocketEnv+", then [agent] socket, then "+shimproto.RootSocket+")")
 	fset.StringVar(&env.path, "path", "", "also check that this PATH finds the shim (for a server check cannot name)")
 	fset.IntVar(&env.server.pid, "pid", 0, "pid of the Git server (sshd, git daemon, fcgiwrap, gitea)")
 	fset.StringVar(&env.server.unit, "unit", "", "systemd unit of the Git server")
@@ -196,8 +196,8 @@ func runChecks(env checkEnv) []checkResult {
 	results := []checkResult{r}
 	socket := env.socket
 	if socket == "" {
-		socket = wire.SocketPath(cfg.Agent.Socket)
-		if s := env.getenv(wire.SocketEnv); s != "" {
+		socket = shimproto.SocketPath(cfg.Agent.Socket)
+		if s := env.getenv(shimproto.SocketEnv); s != "" {
 			socket = s
 		}
 	}
@@ -256,7 +256,7 @@ func checkAgent(env checkEnv, socket string) checkResult {
 			return r
 		}
 		r.status, r.detail = checkFail, msg
-		r.fix = "start it (systemctl enable --now sluiced; journalctl -u sluiced says why it stopped), or point --socket/$" + wire.SocketEnv + " at it"
+		r.fix = "start it (systemctl enable --now sluiced; journalctl -u sluiced says why it stopped), or point --socket/$" + shimproto.SocketEnv + " at it"
 		return r
 	}
 	r.status, r.detail = checkOK, detail

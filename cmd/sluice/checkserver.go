@@ -50,7 +50,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 )
 
 // Kinds of Git server, by how server-side git gets its environment and
@@ -593,10 +593,10 @@ func checkServerExecPath(env checkEnv, s *gitServer) checkResult {
 // serverSocket is the socket the server's shims use: its SLUICE_SOCKET, or
 // the one every shim uses without it.
 func serverSocket(s *gitServer) string {
-	if v := s.env[wire.SocketEnv]; v != "" {
+	if v := s.env[shimproto.SocketEnv]; v != "" {
 		return v
 	}
-	return wire.RootSocket
+	return shimproto.RootSocket
 }
 
 // accessProbeArg is the hidden argument that makes `sluice check` the probe
@@ -637,7 +637,7 @@ func checkServerAccess(env checkEnv, s *gitServer) checkResult {
 		r.fix = accessFix(s, socket, text)
 		return r
 	}
-	r.status, r.detail = checkOK, who+" can connect to "+socket+" and read "+wire.ShimConfigPath(socket)
+	r.status, r.detail = checkOK, who+" can connect to "+socket+" and read "+shimproto.ShimConfigPath(socket)
 	return r
 }
 
@@ -673,19 +673,19 @@ func groupList(gid uint32, groups []uint32) string {
 }
 
 // runAccessProbe is the probe child: it does what the shim does on start —
-// load and trust-check shim.conf next to socket (wire.LoadShimConfig), then
+// load and trust-check shim.conf next to socket (shimproto.LoadShimConfig), then
 // connect — printing one line each, and exits 1 when either fails.
 func runAccessProbe(socket string, stdout io.Writer) int {
 	code := 0
-	setup := wire.LoadShimConfig(socket)
+	setup := shimproto.LoadShimConfig(socket)
 	if setup.Problem != nil {
-		fmt.Fprintf(stdout, "shim.conf %s: %s\n", wire.ShimConfigPath(socket), setup.Problem.Error())
+		fmt.Fprintf(stdout, "shim.conf %s: %s\n", shimproto.ShimConfigPath(socket), setup.Problem.Error())
 		code = 1
 	}
 	if setup.NoDial {
 		return 1
 	}
-	conn, err := wire.Dial(socket, time.Second)
+	conn, err := shimproto.Dial(socket, time.Second)
 	if err != nil {
 		fmt.Fprintf(stdout, "socket %s: %s\n", socket, describeAccessErr(err))
 		return 1

@@ -20,7 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 )
 
 // rpcTimeout bounds every admin call: the agent answers from memory, so a
@@ -38,11 +38,11 @@ type adminClient struct {
 }
 
 // resolveSocket returns the socket to use: the --socket flag, else
-// wire.SocketPath (SLUICE_SOCKET, then the default for this user).
+// shimproto.SocketPath (SLUICE_SOCKET, then the default for this user).
 func resolveSocket(flagValue string) string {
 	s := flagValue
 	if s == "" {
-		s = wire.SocketPath("")
+		s = shimproto.SocketPath("")
 	}
 	if abs, err := filepath.Abs(s); err == nil {
 		s = abs
@@ -117,7 +117,7 @@ func (c *adminClient) explain(err error) error {
 		if st.Code() == codes.DeadlineExceeded {
 			return fmt.Errorf("sluice: sluiced at %s did not answer within %v; is it overloaded or stuck? (systemctl status sluiced, journalctl -u sluiced)", c.socket, rpcTimeout)
 		}
-		return fmt.Errorf("sluice: cannot reach sluiced at %s: %s; is it running? (systemctl status sluiced), or set %s", c.socket, st.Message(), wire.SocketEnv)
+		return fmt.Errorf("sluice: cannot reach sluiced at %s: %s; is it running? (systemctl status sluiced), or set %s", c.socket, st.Message(), shimproto.SocketEnv)
 	case codes.Unimplemented:
 		return fmt.Errorf("sluice: sluiced at %s does not support this command (%s); upgrade sluiced to the version of this CLI", c.socket, st.Message())
 	}
@@ -133,5 +133,5 @@ func unreachable(socket string, err error) error {
 		}
 		err = errno // "connection refused", without the dial prefix
 	}
-	return fmt.Errorf("sluice: cannot reach sluiced at %s: %v; is it running? (systemctl status sluiced), or set %s", socket, err, wire.SocketEnv)
+	return fmt.Errorf("sluice: cannot reach sluiced at %s: %v; is it running? (systemctl status sluiced), or set %s", socket, err, shimproto.SocketEnv)
 }

@@ -23,7 +23,7 @@ import (
 	"github.com/sluicehq/sluice/agent"
 	"github.com/sluicehq/sluice/agent/adaptive"
 	"github.com/sluicehq/sluice/agent/admitpb"
-	"github.com/sluicehq/sluice/agent/wire"
+	"github.com/sluicehq/sluice/agent/shimproto"
 	"github.com/sluicehq/sluice/exporter"
 	"github.com/sluicehq/sluice/policy"
 )
@@ -140,15 +140,15 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 	}
 	exp := exporter.New(expOpts)
 	exp.SetLimits(cfg.RuleNames())
-	socketPath := wire.SocketPath(cfg.Agent.Socket)
-	shimConf := wire.ShimConfigPath(socketPath)
+	socketPath := shimproto.SocketPath(cfg.Agent.Socket)
+	shimConf := shimproto.ShimConfigPath(socketPath)
 	opts := agent.Options{
 		Policy: cfg, Log: log, Observer: exp, Version: version, ConfigPath: configFile,
 		StateDir: filepath.Join(filepath.Dir(socketPath), "leases"),
 		OnReload: func(c *policy.Config) []string {
 			exp.SetLimits(c.RuleNames())
 			var notes []string
-			if err := wire.WriteShimConfig(shimConf, shimConfig(c)); err != nil {
+			if err := shimproto.WriteShimConfig(shimConf, shimConfig(c)); err != nil {
 				notes = append(notes, "shim.conf not rewritten: "+err.Error())
 			}
 			if cg != nil {
@@ -190,7 +190,7 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := wire.WriteShimConfig(shimConf, shimConfig(cfg)); err != nil {
+	if err := shimproto.WriteShimConfig(shimConf, shimConfig(cfg)); err != nil {
 		// A full or read-only filesystem must not stop admission: every
 		// shim would then apply its fail mode. Shims keep the shim.conf
 		// they find (or their defaults) until a reload rewrites it.
@@ -289,8 +289,8 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 }
 
 // shimConfig is what the shim needs to know without parsing the policy.
-func shimConfig(cfg *policy.Config) wire.ShimConfig {
-	return wire.ShimConfig{
+func shimConfig(cfg *policy.Config) shimproto.ShimConfig {
+	return shimproto.ShimConfig{
 		FailClosed: cfg.Agent.FailMode == "closed",
 		GitBin:     cfg.Git.Bin,
 		Match:      cfg.MatchedSubcommands(),

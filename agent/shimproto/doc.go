@@ -1,4 +1,4 @@
-// Package wire owns the shim's framing of the admission protocol, shared by
+// Package shimproto owns the shim's framing of the admission protocol, shared by
 // the shim (client side) and the agent (server side), plus the two small
 // contracts between them that must be cheap to read on every git process:
 // the shim configuration file (shim.conf) and socket path resolution.
@@ -29,4 +29,4 @@
 //
 // The client side ([Dial], [Conn]) uses raw syscalls, not package net, which
 // costs the shim about a millisecond of start-up.
-package wire
+package shimproto

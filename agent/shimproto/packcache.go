@@ -1,4 +1,4 @@
-package wire
+package shimproto
 
 // The pack cache protocol (issue 18; the design is in agent/packcache's
 // package doc). A shim running as uploadpack.packObjectsHook opens its own
