@@ -26,8 +26,8 @@ func TestDefault(t *testing.T) {
 		perKey, size     int
 		wait             time.Duration
 	}{
-		{"upload-pack", "upload-pack", "repo", 20, 100, 30 * time.Second},
-		{"pack-objects", "pack-objects", "remote_ip", 15, 200, 60 * time.Second},
+		{"upload-pack", "upload-pack", "repo", 64, 200, 60 * time.Second},
+		{"pack-objects", "pack-objects", "remote_ip", 15, 200, 5 * time.Minute},
 		{"receive-pack", "receive-pack", "repo", 10, 100, 60 * time.Second},
 		{"upload-archive", "upload-archive", "repo", 4, 10, 10 * time.Second},
 	}
@@ -52,7 +52,7 @@ func TestDefault(t *testing.T) {
 	}
 	// Default returns a new Config each time.
 	c.Limits[0].MaxPerKey = 1
-	if Default().Limits[0].MaxPerKey != 20 {
+	if Default().Limits[0].MaxPerKey != 64 {
 		t.Errorf("Default shares state between calls")
 	}
 }
