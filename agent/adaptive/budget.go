@@ -34,6 +34,10 @@ const (
 	// than δ over the level before it; a decrease is kept if goodput
 	// stayed within δ of the best level seen.
 	BudgetGain = 0.05
+	// BudgetWarmEpochs is how many backlogged epochs the controller only
+	// measures before its first probe, at start and whenever demand
+	// returns after a lull: the ramp of a storm's start is not a level.
+	BudgetWarmEpochs = 2
 	// BudgetHoldEpochs is how many epochs the limit stays after a probe
 	// was undone (or a backoff) before the next probe.
 	BudgetHoldEpochs = 4
@@ -107,7 +111,7 @@ type BudgetMove struct {
 //     epochs (decaying ×0.95 per epoch; 0.56 until measured):
 //     - if the class was not backlogged (queued in fewer than half the
 //     samples) or no goodput was measured, nothing is learned: a probe
-//     in flight is undone;
+//     in flight is undone and the next backlog starts with a warm-up;
 //     - if a probe (±1) is in flight: an up-probe is kept when
 //     G ≥ (1+δ)·G_base; a down-probe is kept when G ≥ (1−δ)·G_best.
 //     Kept: probe again in the same direction (if that way is open).
@@ -115,6 +119,8 @@ type BudgetMove struct {
 //     - if u ≥ 0.9 and c < 0.5·c_best (admitted commands each get less
 //     than half the CPU one got recently: oversubscribed): L ← L − 1;
 //     - if the working set passed 0.85 of the memory limit: L ← L − 1;
+//     - in the warm-up (the first BudgetWarmEpochs backlogged epochs, at
+//     start and after a lull): G_base = G_best = G, nothing moves;
 //     - else G_base ← mean(G_base, G), G_best ← max(G_base,
 //     0.97·G_best); after the hold, probe +1 — not at the ceiling
 //     (8 × CPUs), not when u ≥ 0.9 and c < 0.9·c_best, not when the CPU
@@ -161,6 +167,7 @@ type BudgetController struct {
 	probeFrom int
 	nextDir   int
 	hold      int
+	warm      int
 	haveBase  bool
 	gBase     float64
 	gBest     float64
@@ -178,7 +185,7 @@ type BudgetController struct {
 // CPUs allowed, mem bytes of memory available; fixed > 0 pins the limit
 // instead (policy [budget] pack), and the controller then never moves it.
 func NewBudgetController(cpus float64, mem uint64, fixed int) *BudgetController {
-	c := &BudgetController{cpus: max(cpus, 0.1), mem: mem, estRSS: BudgetPriorRSS, nextDir: 1}
+	c := &BudgetController{cpus: max(cpus, 0.1), mem: mem, estRSS: BudgetPriorRSS, nextDir: 1, warm: BudgetWarmEpochs}
 	c.derive()
 	if fixed > 0 {
 		c.fixed = true
@@ -325,6 +332,8 @@ func (c *BudgetController) Step(now time.Time, s BudgetSample, beta float64, coo
 	if !backlogged || g <= 0 {
 		// Nothing to learn: demand is below the limit, or nothing was
 		// written (no goodput signal): hold, and undo a probe in flight.
+		// The next backlog starts with a warm-up.
+		c.warm = BudgetWarmEpochs
 		if c.probing {
 			c.probing = false
 			return c.limit, c.moveLocked(now, c.probeFrom, "probe undone: no demand above the limit or no goodput measured ("+stats+")")
@@ -355,6 +364,16 @@ func (c *BudgetController) Step(now time.Time, s BudgetSample, beta float64, coo
 	if memPeak > BudgetMemHold && c.limit > 1 {
 		c.hold, c.haveBase = BudgetHoldEpochs, false
 		return c.limit, c.moveLocked(now, c.limit-1, fmt.Sprintf("working set reached %.0f%% of the memory limit (over %.0f%%): %s", 100*memPeak, 100*BudgetMemHold, stats))
+	}
+	if c.warm > 0 {
+		// Warm-up: a storm's first epochs see commands that all started
+		// together (counting objects, writing nothing, then writing at
+		// once), so their goodput is a ramp, not a level; a probe
+		// measured against it would be kept for the ramp's sake.
+		c.warm--
+		c.gBase, c.haveBase = g, true
+		c.gBest = g
+		return c.limit, false
 	}
 	if c.haveBase {
 		c.gBase = (c.gBase + g) / 2

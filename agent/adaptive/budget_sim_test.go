@@ -210,6 +210,9 @@ func TestBudgetControllerConverges(t *testing.T) {
 		{"2cpu-half-io", budgetHost{C: 2, W: 1, D: 1, alpha: 0.1, M: 1536 << 20, base: 200 << 20, m: 100 << 20, clients: 48}},
 		// CPU-bound commands (bitmaps off, shallow): optimum 2.
 		{"2cpu-cpu-bound", budgetHost{C: 2, W: 2, D: 0.1, alpha: 0.1, M: 1536 << 20, base: 200 << 20, m: 100 << 20, clients: 48}},
+		// Storm v2's ci-burst: one CPU for the server, 48 clones of a
+		// 110 MiB repository, each ~2 s of CPU and a little waiting.
+		{"1cpu-ci-burst", budgetHost{C: 1, W: 2, D: 0.3, alpha: 0.1, M: 1536 << 20, base: 200 << 20, m: 150 << 20, clients: 48}},
 		// Slow clients: commands mostly wait, optimum 16 on 4 CPUs.
 		{"4cpu-slow-clients", budgetHost{C: 4, W: 0.5, D: 1.5, alpha: 0.1, M: 8 << 30, base: 500 << 20, m: 150 << 20, clients: 64}},
 		// Memory-bound: the CPUs could take 16, memory (85 %) only 7.
