@@ -50,9 +50,8 @@ type ProcessExit struct {
 	StartTicks uint64
 }
 
-// exitEventGrace is how long a lease whose process is gone (pidfd readable)
-// waits for the tracer's exit event before its slot is released without
-// one.
+// exitEventGrace is how long a supervised lease whose peer is gone (pidfd
+// readable) waits for the shim's report still in the socket.
 const exitEventGrace = 250 * time.Millisecond
 
 // lateExitWindow is how long after that the outcome of such a lease still
@@ -64,8 +63,9 @@ var lateExitWindow = 30 * time.Second
 //
 // Under load the tracer's exit report can reach the agent well after the
 // process's pidfd said it was gone. The slot is not held hostage to it:
-// after exitEventGrace the lease is released (the limit admits the next
-// waiter, the state file is removed) but its outcome is not recorded yet.
+// when the pidfd says the process is gone the lease is released at once
+// (the limit admits the next waiter, the state file is removed) but its
+// outcome is not recorded yet.
 // The lease waits in lateExits, by pid, for lateExitWindow; an exit event
 // for that pid is its own when the exit it reports happened no later than
 // the moment the pidfd said the process was gone (plus clock slack), and,
@@ -228,7 +228,7 @@ func (a *Agent) releaseLate(adm *admission, goneAt time.Time) {
 		}
 	})
 	a.execMu.Unlock()
-	a.log.Info("exec mode: the process exited before the tracer reported it; slot released, its outcome waits for the report",
+	a.log.Debug("exec mode: the process exited before the tracer reported it; slot released, its outcome waits for the report",
 		append(a.leaseFields(adm.lease), zap.Duration("window", window))...)
 }
 
@@ -273,11 +273,14 @@ func (a *Agent) holdExec(adm *admission) (fin *admitpb.Finished, goneAt time.Tim
 	select {
 	case e = <-el.exit:
 	case <-gone:
-		goneAt := time.Now()
+		// The slot is freed the moment the process is gone: a client's
+		// next request (HTTP's POST after its info/refs) can reach the
+		// agent before the tracer's report does. The report still gives
+		// the outcome (releaseLate, reconcileExit).
 		select {
 		case e = <-el.exit:
-		case <-time.After(exitEventGrace):
-			return nil, goneAt, true
+		default:
+			return nil, time.Now(), true
 		}
 	case <-a.stopping.Done():
 		return nil, time.Time{}, false
