@@ -97,12 +97,14 @@ func TestAdaptiveWatchesOwnCgroup(t *testing.T) {
 	}
 	repo := makeRepo(t, a.dir, "r", 2)
 	mark := filepath.Join(a.dir, "hog-ready")
-	hogGit := fakeGit(t, a.dir, fmt.Sprintf("(head -c 246415360 /dev/zero; date +%%s.%%N > %s; sleep 2) | tail -n 1 > /dev/null", mark))
+	hogGit := fakeGit(t, a.dir, fmt.Sprintf("(head -c 246415360 /dev/zero; date +%%s.%%N > %s; sleep 5) | tail -n 1 > /dev/null", mark))
 	hog := startProc(t, a.dir, a.env("SLUICE_REAL_GIT="+hogGit), append(enter, filepath.Join(a.shimBin, "git-upload-pack"), repo)...)
-	waitFor(t, 10*time.Second, "the limit to back off", func() bool {
+	// Generous bounds: on a loaded machine the hog takes a while to fill
+	// its 235 MiB, and it holds them for 5 s so a late sample still sees it.
+	waitFor(t, 30*time.Second, "the limit to back off", func() bool {
 		return a.metric(`sluice_concurrency_limiting_current_limit{limit="upload-pack"}`) == 4
 	})
-	hog.wait(t, 30*time.Second)
+	hog.wait(t, 60*time.Second)
 	_, reasons := backoffs(t, a.logs.String())
 	if len(reasons) == 0 || !strings.Contains(reasons[0], "of limit 256 MiB") {
 		t.Fatalf("backoff reasons %q, want the memory watcher against the 256 MiB limit", reasons)

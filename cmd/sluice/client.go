@@ -24,8 +24,10 @@ import (
 )
 
 // rpcTimeout bounds every admin call: the agent answers from memory, so a
-// slow answer means it is stuck or unreachable.
-const rpcTimeout = 2 * time.Second
+// slow answer means it is stuck or unreachable — but an operator runs
+// status in the middle of a storm, when the agent may wait a few seconds
+// for a CPU (2 s timed out under load), so the bound is 5 s.
+const rpcTimeout = 5 * time.Second
 
 // adminClient is a connection to sluiced's admin API.
 type adminClient struct {
