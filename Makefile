@@ -50,7 +50,7 @@ bench-storm-smoke: build ## storm v2 smoke (CI, < 2 min): tiny repositories, 6 c
 run: build ## run sluiced with the embedded default config (socket and metrics per DESIGN.md)
 	$(BIN)/sluiced
 
-generate: generate-proto ## regenerate protobuf code and the eBPF objects (needs protoc, clang, libbpf-dev: see README)
+generate: generate-proto ## regenerate protobuf code and the eBPF objects (needs protoc, clang, libbpf-dev: see docs/building.md)
 	$(GO) generate ./ebpf/...
 
 generate-proto: ## regenerate only the protobuf code (needs protoc; lint checks it)

@@ -30,7 +30,7 @@ func TestPrometheusRules(t *testing.T) {
 	}
 }
 
-// exported are the metric families sluice exports (README "Metrics"), and
+// exported are the metric families sluice exports (docs/metrics.md), and
 // the one the rules use before it exists.
 var exported = []string{
 	"sluice_command_cpu_seconds_total", "sluice_command_real_seconds_total", "sluice_command_max_rss_bytes",
