@@ -23,7 +23,7 @@ state.
 --json prints the admin API's StatusResponse as JSON for scripts: field
 names as in admit.proto, every field present (zeros too), counts and sizes
 as JSON numbers, repository paths as UTF-8 strings (a byte that is not
-UTF-8 shows as \xNN). The README's "sluice status --json" section lists
+UTF-8 shows as \xNN). docs/status-json.md lists
 the fields.
 
 Needs root or membership of [agent] admin_group.
