@@ -24,7 +24,8 @@ type FS struct {
 // Default is the host's /proc.
 var Default = FS{Root: DefaultRoot}
 
-func (fs FS) root() string {
+// Dir returns the mountpoint: Root, or DefaultRoot when Root is empty.
+func (fs FS) Dir() string {
 	if fs.Root == "" {
 		return DefaultRoot
 	}
@@ -33,19 +34,19 @@ func (fs FS) root() string {
 
 // Path returns the path of file name of process pid ("/proc/42/stat").
 func (fs FS) Path(pid int, name string) string {
-	return filepath.Join(fs.root(), strconv.Itoa(pid), name)
+	return filepath.Join(fs.Dir(), strconv.Itoa(pid), name)
 }
 
 // SelfPath returns the path of file name of the calling process
 // ("/proc/self/cgroup").
 func (fs FS) SelfPath(name string) string {
-	return filepath.Join(fs.root(), "self", name)
+	return filepath.Join(fs.Dir(), "self", name)
 }
 
 // PIDs lists the pids that have a directory under the root, in directory
 // order.
 func (fs FS) PIDs() ([]int, error) {
-	ents, err := os.ReadDir(fs.root())
+	ents, err := os.ReadDir(fs.Dir())
 	if err != nil {
 		return nil, err
 	}
