@@ -2,7 +2,9 @@
 // the host once (cgroup v1, hybrid or unified), creates or adopts a parent
 // cgroup <base>/<root> with optional limits and N bucket cgroups
 // <base>/<root>/repos/<i> with their own limits, places processes into
-// buckets, and reads memory, CPU, OOM and PSI statistics.
+// buckets, and reads memory, CPU, OOM and PSI statistics. Probe tells
+// `sluice check` whether the host's cgroups would let it do so. The agent's
+// own cgroups come from /proc/self/cgroup through internal/procfs.
 //
 // # Where the hierarchy lives
 //
