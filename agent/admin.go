@@ -8,22 +8,18 @@ package agent
 // asks for more.
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"os/user"
 	"strconv"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
+	"github.com/sluicehq/sluice/internal/procfs"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -56,7 +52,7 @@ func (a *Agent) authorizeAdmin(ctx context.Context) error {
 	}
 	pol := a.Policy()
 	err := authorize(cred, pol.Agent.AdminGroup, func(pid int32) ([]uint32, error) {
-		groups, err := procGroups(pid)
+		groups, err := procfs.Default.Groups(int(pid))
 		// The pid was read from SO_PEERCRED at accept time: make sure
 		// the groups were those of that very process, not of a
 		// successor that reused its pid.
@@ -136,40 +132,6 @@ func lookupGroupID(name string) (uint32, error) {
 	return uint32(n), nil
 }
 
-// procGroups returns the supplementary groups of pid from /proc/PID/status.
-func procGroups(pid int32) ([]uint32, error) {
-	f, err := os.Open("/proc/" + strconv.Itoa(int(pid)) + "/status")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return parseStatusGroups(f)
-}
-
-// parseStatusGroups reads the "Groups:" line of a /proc/PID/status file.
-func parseStatusGroups(r io.Reader) ([]uint32, error) {
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "Groups:")
-		if !ok {
-			continue
-		}
-		var out []uint32
-		for _, f := range strings.Fields(rest) {
-			n, err := strconv.ParseUint(f, 10, 32)
-			if err != nil {
-				return nil, fmt.Errorf("Groups: %q: %w", f, err)
-			}
-			out = append(out, uint32(n))
-		}
-		return out, nil
-	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	return nil, errors.New("no Groups: line")
-}
-
 // Status describes the agent's limits and leases.
 func (a *Agent) Status() *admitpb.StatusResponse {
 	pol, stats := a.limitsSnapshot()
@@ -214,7 +176,7 @@ func (a *Agent) Status() *admitpb.StatusResponse {
 		}
 	}
 	leases := a.leases.Snapshot()
-	var procs *procTable
+	var procs *procfs.Table
 	for _, l := range leases {
 		info := &admitpb.LeaseInfo{
 			LeaseId:       l.ID,
@@ -236,10 +198,10 @@ func (a *Agent) Status() *admitpb.StatusResponse {
 			// Only a live peer's pid is still the lease's process.
 			if l.Peer.alive() {
 				if procs == nil {
-					t := readProcTable(procRoot)
+					t := procfs.Default.ReadTable()
 					procs = &t
 				}
-				info.CpuUsec = procs.treeCPU(int(l.Peer.PID)).Microseconds()
+				info.CpuUsec = procs.TreeCPU(int(l.Peer.PID)).Microseconds()
 			}
 		}
 		resp.Leases = append(resp.Leases, info)
@@ -249,112 +211,6 @@ func (a *Agent) Status() *admitpb.StatusResponse {
 		a.describe(resp)
 	}
 	return resp
-}
-
-// procRoot is where procfs is mounted.
-const procRoot = "/proc"
-
-// clockTicks is the unit of the CPU times in /proc/PID/stat: USER_HZ, which
-// sysconf(_SC_CLK_TCK) reports as 100 on Linux for every architecture Go
-// supports (the kernel ABI fixes it; it is not CONFIG_HZ).
-const clockTicks = 100
-
-// procTable is a snapshot of every process's parent and CPU time, read
-// from /proc/*/stat. Descendants are found by parent pid rather than
-// /proc/PID/task/TID/children, which needs CONFIG_PROC_CHILDREN (off on the
-// machines sluice is tested on).
-type procTable struct {
-	cpu      map[int]cpuTime
-	children map[int][]int
-}
-
-// readProcTable reads /proc/*/stat under root. Processes that exit during
-// the scan are skipped.
-func readProcTable(root string) procTable {
-	t := procTable{cpu: map[int]cpuTime{}, children: map[int][]int{}}
-	ents, err := os.ReadDir(root)
-	if err != nil {
-		return t
-	}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(root + "/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		ppid, cpu, err := parseStat(b)
-		if err != nil {
-			continue
-		}
-		t.cpu[pid] = cpu
-		t.children[ppid] = append(t.children[ppid], pid)
-	}
-	return t
-}
-
-// treeCPU returns the CPU time (user+system) of pid and every live
-// descendant, each including the CPU of the children it has already reaped
-// (cutime+cstime), so a finished pack-objects still counts.
-func (t procTable) treeCPU(pid int) cpuTime {
-	var total cpuTime
-	seen := map[int]bool{}
-	stack := []int{pid}
-	for len(stack) > 0 {
-		p := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		if seen[p] {
-			continue
-		}
-		seen[p] = true
-		total += t.cpu[p]
-		stack = append(stack, t.children[p]...)
-	}
-	return total
-}
-
-// cpuTime counts clock ticks.
-type cpuTime int64
-
-// Microseconds converts clock ticks to µs.
-func (t cpuTime) Microseconds() int64 { return int64(t) * (1000000 / clockTicks) }
-
-// statFields splits a /proc/PID/stat line after the command name (field
-// 2), which may hold spaces and parentheses: fields[0] is field 3 (state).
-func statFields(b []byte) ([]string, error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return nil, errors.New("stat: no ')' after the command name")
-	}
-	return strings.Fields(string(b[i+1:])), nil
-}
-
-// parseStat returns the parent pid and utime+stime+cutime+cstime of a
-// /proc/PID/stat line. The command name (field 2) may hold spaces and
-// parentheses: fields are counted after its last ')'.
-func parseStat(b []byte) (ppid int, cpu cpuTime, err error) {
-	// ppid (field 4) is fields[1], utime (field 14) fields[11].
-	fields, err := statFields(b)
-	if err != nil {
-		return 0, 0, err
-	}
-	const utime = 14 - 3
-	if len(fields) < utime+4 {
-		return 0, 0, fmt.Errorf("stat: %d fields after the command name, want at least %d", len(fields), utime+4)
-	}
-	if ppid, err = strconv.Atoi(fields[1]); err != nil {
-		return 0, 0, fmt.Errorf("stat: ppid %q: %w", fields[1], err)
-	}
-	for _, f := range fields[utime : utime+4] {
-		n, err := strconv.ParseInt(f, 10, 64)
-		if err != nil {
-			return 0, 0, fmt.Errorf("stat: %q: %w", f, err)
-		}
-		cpu += cpuTime(n)
-	}
-	return ppid, cpu, nil
 }
 
 // unixUsec is t in microseconds since the epoch, 0 for the zero time.

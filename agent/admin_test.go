@@ -18,44 +18,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
+	"github.com/sluicehq/sluice/internal/procfs"
 )
-
-func TestParseStat(t *testing.T) {
-	// Captured from /proc/PID/stat, with a command name holding ") (".
-	line := "4242 (git) (evil x) S 4200 4242 4200 0 -1 4194560 1200 0 0 0 250 30 7 3 20 0 1 0 1234 10000000 500 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n"
-	ppid, cpu, err := parseStat([]byte(line))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ppid != 4200 || cpu != 250+30+7+3 {
-		t.Errorf("parseStat = ppid %d, cpu %d; want 4200, 290", ppid, cpu)
-	}
-	if got := cpu.Microseconds(); got != 2900000 {
-		t.Errorf("290 ticks = %d µs, want 2900000", got)
-	}
-	for _, bad := range []string{"", "1 (x", "1 (x) S 1 2 3", "1 (x) S 1 1 1 0 -1 0 0 0 0 0 a 0 0 0"} {
-		if _, _, err := parseStat([]byte(bad)); err == nil {
-			t.Errorf("parseStat(%q) = nil error", bad)
-		}
-	}
-}
-
-func TestParseStatusGroups(t *testing.T) {
-	status := "Name:\tbash\nUmask:\t0022\nState:\tS (sleeping)\nUid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\nFDSize:\t256\nGroups:\t4 24 27 1000 \nNStgid:\t1\n"
-	got, err := parseStatusGroups(strings.NewReader(status))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fmt.Sprint(got) != "[4 24 27 1000]" {
-		t.Errorf("groups = %v", got)
-	}
-	if got, err := parseStatusGroups(strings.NewReader("Groups:\t\n")); err != nil || len(got) != 0 {
-		t.Errorf("empty Groups: = %v, %v", got, err)
-	}
-	if _, err := parseStatusGroups(strings.NewReader("Name:\tx\n")); err == nil {
-		t.Error("missing Groups: line: no error")
-	}
-}
 
 func TestAuthorize(t *testing.T) {
 	lookup := func(name string) (uint32, error) {
@@ -106,8 +70,8 @@ func TestProcTreeCPU(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		// Kill the whole tree: the busy child too.
-		tab := readProcTable(procRoot)
-		for _, c := range tab.children[cmd.Process.Pid] {
+		tab := procfs.Default.ReadTable()
+		for _, c := range tab.Children[cmd.Process.Pid] {
 			syscall.Kill(c, syscall.SIGKILL)
 		}
 		cmd.Process.Kill()
@@ -116,13 +80,13 @@ func TestProcTreeCPU(t *testing.T) {
 	pid := cmd.Process.Pid
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		tab := readProcTable(procRoot)
-		tree, self := tab.treeCPU(pid), tab.cpu[pid]
+		tab := procfs.Default.ReadTable()
+		tree, self := tab.TreeCPU(pid), tab.CPU[pid]
 		if tree.Microseconds() >= 100000 && self < tree/2 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("tree CPU %d ticks (shell itself %d) after 20s; children %v", tree, self, tab.children[pid])
+			t.Fatalf("tree CPU %d ticks (shell itself %d) after 20s; children %v", tree, self, tab.Children[pid])
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/sluicehq/sluice/agent/adaptive"
 	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/limiter"
+	"github.com/sluicehq/sluice/internal/procfs"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -145,7 +146,7 @@ func New(opts Options) *Agent {
 		packCache:  opts.PackCache,
 		execLeases: make(map[int]*execLease),
 		lateExits:  make(map[int]*lateExit),
-		servers:    newServerTable(defaultProcFS),
+		servers:    newServerTable(procfs.Default),
 		configPath: opts.ConfigPath,
 		describe:   opts.Describe,
 		onReload:   opts.OnReload,

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
+	"github.com/sluicehq/sluice/internal/procfs"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -120,7 +121,7 @@ var errNotAllowed = errors.New("not in admit_users or admit_groups")
 func (a *Agent) authorizeAdmit(peer PeerCred) *admitpb.ServerMsg {
 	acl := a.admitACL()
 	err := acl.allows(peer, func() ([]uint32, error) {
-		g, err := procGroups(peer.PID)
+		g, err := procfs.Default.Groups(int(peer.PID))
 		// Read by pid, so make sure the pid was still the peer's.
 		if err == nil && !peer.alive() {
 			err = errors.New("peer process exited")

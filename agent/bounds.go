@@ -46,6 +46,7 @@ import (
 
 	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/shimproto"
+	"github.com/sluicehq/sluice/internal/procfs"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -292,7 +293,7 @@ func (a *Agent) privilegedPeer(cred PeerCred) bool {
 	}
 	pol := a.Policy()
 	err := authorize(cred, pol.Agent.AdminGroup, func(pid int32) ([]uint32, error) {
-		g, err := procGroups(pid)
+		g, err := procfs.Default.Groups(int(pid))
 		if err == nil && !cred.alive() {
 			err = errors.New("peer process exited")
 		}

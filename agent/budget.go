@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +15,7 @@ import (
 	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/limiter"
 	"github.com/sluicehq/sluice/cgroup"
+	"github.com/sluicehq/sluice/internal/procfs"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -309,7 +307,7 @@ func (h *hostBudget) sampleGoodput(leases []Lease) uint64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	seen := make(map[string]bool, len(leases))
-	var procs *procTable
+	var procs *procfs.Table
 	for i := range leases {
 		l := &leases[i]
 		if l.State != StateRunning || policy.BudgetClassFor(l.Subcommand) != policy.ClassPack || l.Peer.PID <= 0 {
@@ -322,15 +320,16 @@ func (h *hostBudget) sampleGoodput(leases []Lease) uint64 {
 			h.io[l.ID] = last
 		}
 		if procs == nil {
-			t := readProcTable(procRoot)
+			t := procfs.Default.ReadTable()
 			procs = &t
 		}
 		pids := append([]int32{l.Peer.PID}, descendants(procs, l.Peer.PID)...)
 		for _, pid := range pids {
-			w, ok := readWchar(pid)
-			if !ok {
+			pio, err := procfs.Default.IO(int(pid))
+			if err != nil {
 				continue
 			}
+			w := pio.WChar
 			if prev, ok := last[pid]; ok && w >= prev {
 				h.bytes += w - prev
 			} else if !ok {
@@ -347,28 +346,13 @@ func (h *hostBudget) sampleGoodput(leases []Lease) uint64 {
 	return h.bytes
 }
 
-// readWchar returns /proc/PID/io's wchar.
-func readWchar(pid int32) (uint64, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(int(pid)) + "/io")
-	if err != nil {
-		return 0, false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "wchar: "); ok {
-			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-			return n, err == nil
-		}
-	}
-	return 0, false
-}
-
 // descendants returns pid's children and grandchildren (the shim's git in
 // supervising mode; upload-archive's writer), at most 16.
-func descendants(t *procTable, pid int32) []int32 {
+func descendants(t *procfs.Table, pid int32) []int32 {
 	var out []int32
-	for _, c := range t.children[int(pid)] {
+	for _, c := range t.Children[int(pid)] {
 		out = append(out, int32(c))
-		for _, g := range t.children[c] {
+		for _, g := range t.Children[c] {
 			out = append(out, int32(g))
 		}
 		if len(out) >= 16 {

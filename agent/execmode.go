@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
+	"github.com/sluicehq/sluice/internal/procfs"
 )
 
 // Exec-in-place mode.
@@ -132,7 +133,7 @@ func (a *Agent) startExec(adm *admission, peer PeerCred) bool {
 		return false
 	}
 	el := &execLease{pid: pid, exit: make(chan ProcessExit, 1), pidfd: pidfd}
-	el.start, _ = procStartTime(pid)
+	el.start, _ = procfs.Default.StartTime(pid)
 	a.execMu.Lock()
 	if prev != 0 {
 		el.parent = a.execLeases[prev]

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/sluicehq/sluice/agent/shimproto"
+	"github.com/sluicehq/sluice/internal/procfs"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -467,7 +468,7 @@ func TestRestartAdoptsRunningCommands(t *testing.T) {
 	if err := gone.Run(); err != nil {
 		t.Fatal(err)
 	}
-	st, _ := procStartTime(os.Getpid())
+	st, _ := procfs.Default.StartTime(os.Getpid())
 	writeRecord(t, dir, "00000000000000aa", leaseRecord{PID: gone.Process.Pid, Start: st, Limit: "upload-pack", Key: "global"})
 	if err := os.WriteFile(filepath.Join(dir, "00000000000000bb"), []byte("{not json"), 0o600); err != nil {
 		t.Fatal(err)
@@ -504,15 +505,5 @@ func writeRecord(t *testing.T, dir, id string, rec leaseRecord) {
 	}
 	if err := os.WriteFile(filepath.Join(dir, id), b, 0o600); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestProcStartTime(t *testing.T) {
-	st, err := procStartTime(os.Getpid())
-	if err != nil || st == 0 {
-		t.Fatalf("procStartTime(self) = %d, %v", st, err)
-	}
-	if _, err := procStartTime(1 << 30); err == nil {
-		t.Fatal("no error for a pid that cannot exist")
 	}
 }

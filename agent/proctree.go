@@ -1,12 +1,11 @@
 package agent
 
 import (
-	"bytes"
 	"errors"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
+
+	"github.com/sluicehq/sluice/internal/procfs"
 )
 
 // Bounds of the process-tree walks: the agent never follows a chain or reads
@@ -21,61 +20,16 @@ const (
 	maxTreeProcs = 256
 )
 
-// procFS reads process facts from a proc file system mounted at root
-// ("/proc"; tests may point it elsewhere).
-type procFS struct {
-	root string
-}
-
-// defaultProcFS is the host's /proc.
-var defaultProcFS = procFS{root: "/proc"}
-
-// errNoProcess is returned for a pid that has no entry (it exited).
-var errNoProcess = errors.New("no such process")
-
-// ppid returns pid's parent pid.
-func (p procFS) ppid(pid int) (int, error) {
-	b, err := os.ReadFile(filepath.Join(p.root, strconv.Itoa(pid), "stat"))
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return 0, errNoProcess
-		}
-		return 0, err
-	}
-	ppid, _, err := parseStat(b)
-	return ppid, err
-}
-
-// cmdline returns pid's argument vector (at most 4 KiB of it is read).
-func (p procFS) cmdline(pid int) ([]string, error) {
-	f, err := os.Open(filepath.Join(p.root, strconv.Itoa(pid), "cmdline"))
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, errNoProcess
-		}
-		return nil, err
-	}
-	defer f.Close()
-	var buf [4096]byte
-	n, _ := f.Read(buf[:])
-	return parseCmdline(buf[:n]), nil
-}
-
-// parseCmdline splits the NUL-separated contents of /proc/PID/cmdline.
-func parseCmdline(b []byte) []string {
-	b = bytes.TrimRight(b, "\x00")
-	if len(b) == 0 {
-		return nil
-	}
-	return strings.Split(string(b), "\x00")
-}
+// maxCmdline is how much of a command line the tree walks read: enough
+// for git's argv, bounded whatever a client puts there.
+const maxCmdline = 4096
 
 // ancestors calls visit with each ancestor of pid, parent first, at most
 // maxAncestorDepth of them, stopping at pid 1 or when visit returns true.
 // It reports whether visit returned true.
-func (p procFS) ancestors(pid int, visit func(pid int) bool) bool {
+func ancestors(proc procfs.FS, pid int, visit func(pid int) bool) bool {
 	for range maxAncestorDepth {
-		pp, err := p.ppid(pid)
+		pp, err := proc.PPID(pid)
 		if err != nil || pp <= 1 {
 			return false
 		}
@@ -88,79 +42,46 @@ func (p procFS) ancestors(pid int, visit func(pid int) bool) bool {
 }
 
 // snapshot is the parent → children relation of every process at one
-// instant (readProcTable: /proc/*/stat, since this kernel has no
+// instant (procfs.Table: /proc/*/stat, since this kernel has no
 // /proc/PID/task/TID/children). One snapshot serves every lease a scan
 // looks at.
 type snapshot struct {
-	fs       procFS
-	children map[int][]int
+	proc procfs.FS
+	procfs.Table
 }
 
 // takeSnapshot reads every process's parent.
-func (p procFS) takeSnapshot() (*snapshot, error) {
-	t := readProcTable(p.root)
-	if len(t.children) == 0 {
-		return nil, errors.New("no process readable under " + p.root)
+func takeSnapshot(proc procfs.FS) (*snapshot, error) {
+	t := proc.ReadTable()
+	if len(t.Children) == 0 {
+		return nil, errors.New("no process readable under " + proc.Dir())
 	}
-	return &snapshot{fs: p, children: t.children}, nil
+	return &snapshot{proc: proc, Table: t}, nil
 }
 
 // descendants returns root's descendants, breadth first, at most
 // maxTreeProcs of them and maxTreeDepth levels deep.
 func (s *snapshot) descendants(root int) []int {
-	var out []int
-	level := []int{root}
-	for depth := 0; depth < maxTreeDepth && len(level) > 0; depth++ {
-		var next []int
-		for _, pid := range level {
-			for _, c := range s.children[pid] {
-				if len(out) == maxTreeProcs {
-					return out
-				}
-				out = append(out, c)
-				next = append(next, c)
-			}
-		}
-		level = next
-	}
-	return out
+	return s.Descendants(root, maxTreeDepth, maxTreeProcs)
 }
 
 // findGit reports whether a descendant of root runs git subcommand sub
-// (see gitSubcommand) and, with wrote, has written output already.
+// (see gitSubcommand) and, with wrote, has written output already (wchar
+// of /proc/PID/io).
 func (s *snapshot) findGit(root int, sub string, wrote bool) bool {
 	for _, pid := range s.descendants(root) {
-		argv, err := s.fs.cmdline(pid)
+		argv, err := s.proc.Cmdline(pid, maxCmdline)
 		if err != nil || gitSubcommand(argv) != sub {
 			continue
 		}
 		if !wrote {
 			return true
 		}
-		if n, err := s.fs.written(pid); err == nil && n > 0 {
+		if pio, err := s.proc.IO(pid); err == nil && pio.WChar > 0 {
 			return true
 		}
 	}
 	return false
-}
-
-// written returns how many bytes pid has written (wchar of /proc/PID/io).
-func (p procFS) written(pid int) (int64, error) {
-	b, err := os.ReadFile(filepath.Join(p.root, strconv.Itoa(pid), "io"))
-	if err != nil {
-		return 0, err
-	}
-	return parseIOWchar(b)
-}
-
-// parseIOWchar returns the wchar field of /proc/PID/io contents.
-func parseIOWchar(b []byte) (int64, error) {
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "wchar:"); ok {
-			return strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		}
-	}
-	return 0, errors.New("io: no wchar line")
 }
 
 // gitSubcommand returns the git subcommand an argument vector runs, "" when

@@ -4,14 +4,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"slices"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluicehq/sluice/internal/procfs"
 )
 
 func TestGitSubcommand(t *testing.T) {
@@ -32,9 +31,6 @@ func TestGitSubcommand(t *testing.T) {
 		if got := gitSubcommand(tt.argv); got != tt.want {
 			t.Errorf("gitSubcommand(%q) = %q, want %q", tt.argv, got, tt.want)
 		}
-	}
-	if got := parseCmdline([]byte("git\x00pack-objects\x00--revs\x00")); !slices.Equal(got, []string{"git", "pack-objects", "--revs"}) {
-		t.Errorf("parseCmdline = %q", got)
 	}
 }
 
@@ -62,12 +58,12 @@ func startTree(t *testing.T, shScript string) (*exec.Cmd, int) {
 	var child int
 	deadline := time.Now().Add(10 * time.Second)
 	for child == 0 && time.Now().Before(deadline) {
-		s, err := defaultProcFS.takeSnapshot()
+		s, err := takeSnapshot(procfs.Default)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, pid := range s.descendants(cmd.Process.Pid) {
-			if argv, _ := defaultProcFS.cmdline(pid); len(argv) > 0 && argv[0] == "git-pack-objects" {
+			if argv, _ := procfs.Default.Cmdline(pid, maxCmdline); len(argv) > 0 && argv[0] == "git-pack-objects" {
 				child = pid
 			}
 		}
@@ -83,14 +79,14 @@ func startTree(t *testing.T, shScript string) (*exec.Cmd, int) {
 func TestProcTreeOnRealProcesses(t *testing.T) {
 	sh, child := startTree(t, `bash -c 'exec -a git-pack-objects sleep 60' & wait`)
 	var seen []int
-	found := defaultProcFS.ancestors(child, func(pid int) bool {
+	found := ancestors(procfs.Default, child, func(pid int) bool {
 		seen = append(seen, pid)
 		return pid == os.Getpid()
 	})
 	if !found || seen[0] != sh.Process.Pid {
 		t.Errorf("ancestors of %d: %v (found us: %v), want sh %d first, then us %d", child, seen, found, sh.Process.Pid, os.Getpid())
 	}
-	s, err := defaultProcFS.takeSnapshot()
+	s, err := takeSnapshot(procfs.Default)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,9 +99,6 @@ func TestProcTreeOnRealProcesses(t *testing.T) {
 	// sleep has written nothing.
 	if s.findGit(sh.Process.Pid, "pack-objects", true) {
 		t.Error("findGit with wrote: sees output of a process that wrote nothing")
-	}
-	if _, err := defaultProcFS.ppid(1 << 23); err != errNoProcess {
-		t.Errorf("ppid of a missing process: %v, want errNoProcess", err)
 	}
 }
 
@@ -128,8 +121,7 @@ func TestKillTreeKillsDescendants(t *testing.T) {
 	for {
 		// The child was reparented; it is gone once its stat is gone or
 		// says zombie.
-		b, err := os.ReadFile("/proc/" + strconv.Itoa(child) + "/stat")
-		if err != nil || strings.Contains(string(b), ") Z ") {
+		if s, err := procfs.Default.Stat(child); err != nil || s.State == 'Z' {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -6,12 +6,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/sluicehq/sluice/internal/procfs"
 )
 
 // Surviving a restart.
@@ -99,7 +100,7 @@ func (a *Agent) saveLease(adm *admission, peer PeerCred) {
 		return
 	}
 	l := adm.lease
-	start, err := procStartTime(int(peer.PID))
+	start, err := procfs.Default.StartTime(int(peer.PID))
 	if err == nil {
 		rec := leaseRecord{
 			PID: int(peer.PID), Start: start, UID: peer.UID, Limit: l.Limit, Key: l.Key,
@@ -257,14 +258,14 @@ func (a *Agent) adopt(id string) string {
 	rec.sanitize()
 	// The same pid and start time name the same process; check again after
 	// the pidfd is open, so a pid reused in between is never adopted.
-	if st, err := procStartTime(rec.PID); err != nil || st != rec.Start {
+	if st, err := procfs.Default.StartTime(rec.PID); err != nil || st != rec.Start {
 		return "the process has ended"
 	}
 	pidfd, err := unix.PidfdOpen(rec.PID, unix.PIDFD_NONBLOCK)
 	if err != nil {
 		return "the process has ended"
 	}
-	if st, err := procStartTime(rec.PID); err != nil || st != rec.Start {
+	if st, err := procfs.Default.StartTime(rec.PID); err != nil || st != rec.Start {
 		unix.Close(pidfd)
 		return "the process has ended"
 	}
@@ -350,24 +351,6 @@ func isLeaseID(name string) bool {
 		}
 	}
 	return true
-}
-
-// procStartTime returns pid's start time in clock ticks since boot
-// (/proc/PID/stat field 22).
-func procStartTime(pid int) (uint64, error) {
-	b, err := os.ReadFile(procRoot + "/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	fields, err := statFields(b)
-	if err != nil {
-		return 0, err
-	}
-	const start = 22 - 3
-	if len(fields) <= start {
-		return 0, fmt.Errorf("stat: %d fields after the command name", len(fields))
-	}
-	return strconv.ParseUint(fields[start], 10, 64)
 }
 
 // StoppingMark is the file a stopping agent leaves next to its socket

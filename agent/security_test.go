@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluicehq/sluice/agent/admitpb"
+	"github.com/sluicehq/sluice/internal/procfs"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -147,7 +147,7 @@ func startVictim(t *testing.T) (*exec.Cmd, int) {
 
 func victimRecord(t *testing.T, pid int) []byte {
 	t.Helper()
-	st, err := procStartTime(pid)
+	st, err := procfs.Default.StartTime(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,12 +387,8 @@ func TestTimeoutNeverSignalsReusedPid(t *testing.T) {
 
 // procRunning reports whether pid exists and is not a zombie.
 func procRunning(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	i := bytes.LastIndexByte(b, ')')
-	return i > 0 && len(b) > i+2 && b[i+2] != 'Z'
+	s, err := procfs.Default.Stat(pid)
+	return err == nil && s.State != 'Z'
 }
 
 // TestTellStderrOnlyThroughWritableFD: a command whose stderr is a file it

@@ -21,14 +21,13 @@ package agent
 // "all" counts every one, as before.
 
 import (
-	"bytes"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/procfs"
 )
 
 // serverComms are the command names (as /proc/PID/comm shows them, at
@@ -74,26 +73,14 @@ const unwrappedLogEvery = time.Minute
 
 // serverTable attributes requests and unwrapped execs to Git servers.
 type serverTable struct {
-	fs procFS
+	proc procfs.FS
 
 	mu sync.Mutex // guards the fields below
 	m  map[serverID]*serverStats
 }
 
-func newServerTable(fs procFS) *serverTable {
-	return &serverTable{fs: fs, m: make(map[serverID]*serverStats)}
-}
-
-// comm returns pid's command name.
-func (p procFS) comm(pid int) (string, error) {
-	b, err := os.ReadFile(filepath.Join(p.root, strconv.Itoa(pid), "comm"))
-	if err != nil {
-		if os.IsNotExist(err) {
-			return "", errNoProcess
-		}
-		return "", err
-	}
-	return string(bytes.TrimRight(b, "\n")), nil
+func newServerTable(proc procfs.FS) *serverTable {
+	return &serverTable{proc: proc, m: make(map[serverID]*serverStats)}
 }
 
 // serverOf returns the Git server pid descends from (pid itself included),
@@ -104,7 +91,7 @@ func (t *serverTable) serverOf(pid int, extra []string) (serverID, bool) {
 	interactive := false
 	cur := pid
 	for depth := 0; depth <= maxAncestorDepth && cur > 1; depth++ {
-		comm, err := t.fs.comm(cur)
+		comm, err := t.proc.Comm(cur)
 		if err != nil {
 			break
 		}
@@ -119,11 +106,11 @@ func (t *serverTable) serverOf(pid int, extra []string) (serverID, bool) {
 			}
 			found = serverID{Comm: comm, PID: cur}
 		case slices.Contains(shells, comm):
-			if argv, err := t.fs.cmdline(cur); err == nil && !slices.Contains(argv, "-c") {
+			if argv, err := t.proc.Cmdline(cur, maxCmdline); err == nil && !slices.Contains(argv, "-c") {
 				interactive = true
 			}
 		}
-		pp, err := t.fs.ppid(cur)
+		pp, err := t.proc.PPID(cur)
 		if err != nil {
 			break
 		}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/procfs"
 )
 
 // fakeProc writes a /proc with the given processes: pid → comm, ppid, argv.
@@ -16,7 +18,7 @@ type fakeProcess struct {
 	argv []string
 }
 
-func fakeProcFS(t *testing.T, procs map[int]fakeProcess) procFS {
+func fakeProcFS(t *testing.T, procs map[int]fakeProcess) procfs.FS {
 	t.Helper()
 	root := t.TempDir()
 	for pid, p := range procs {
@@ -26,7 +28,7 @@ func fakeProcFS(t *testing.T, procs map[int]fakeProcess) procFS {
 		os.WriteFile(filepath.Join(dir, "stat"), []byte(strconv.Itoa(pid)+" ("+p.comm+") S "+strconv.Itoa(p.ppid)+" 1 1 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 100 0 0"), 0o644)
 		os.WriteFile(filepath.Join(dir, "cmdline"), []byte(strings.Join(p.argv, "\x00")+"\x00"), 0o644)
 	}
-	return procFS{root: root}
+	return procfs.FS{Root: root}
 }
 
 func TestServerOf(t *testing.T) {
@@ -79,7 +81,7 @@ func TestServerOf(t *testing.T) {
 // once, the next ones once per unwrappedLogEvery with their count, and
 // every one is counted.
 func TestUnwrappedAggregation(t *testing.T) {
-	tab := newServerTable(procFS{root: t.TempDir()})
+	tab := newServerTable(procfs.FS{Root: t.TempDir()})
 	id := serverID{"git-daemon", 10}
 	now := time.Unix(1000, 0)
 	if ok, n := tab.noteUnwrapped(id, "a", now); !ok || n != 1 {
@@ -103,7 +105,7 @@ func TestUnwrappedAggregation(t *testing.T) {
 }
 
 func TestServerTableBounded(t *testing.T) {
-	tab := newServerTable(procFS{root: t.TempDir()})
+	tab := newServerTable(procfs.FS{Root: t.TempDir()})
 	now := time.Unix(1000, 0)
 	for i := range maxServers + 10 {
 		tab.noteUnwrapped(serverID{"git-daemon", i + 2}, "x", now.Add(time.Duration(i)*time.Second))

@@ -89,6 +89,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/sluicehq/sluice/internal/procfs"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -199,7 +200,7 @@ func newWatcher(log *zap.Logger, obs Observer, ops procOps) *watcher {
 // realProcOps act on real processes through pidfds and /proc.
 func realProcOps() procOps {
 	return procOps{
-		snapshot: func() (treeView, error) { return defaultProcFS.takeSnapshot() },
+		snapshot: func() (treeView, error) { return takeSnapshot(procfs.Default) },
 		tell:     tellStderr,
 		term:     termTree,
 		kill:     killTree,
@@ -349,7 +350,7 @@ func (wr *watcher) noteStart(pid int, sub, how string) {
 	if n == 0 {
 		return
 	}
-	defaultProcFS.ancestors(pid, func(pp int) bool {
+	ancestors(procfs.Default, pid, func(pp int) bool {
 		return wr.noteRoot(pp, sub, how)
 	})
 }
@@ -547,12 +548,12 @@ func pinDescendants(rootfd, root int) []int {
 	if rootfd < 0 || !pidfdAlive(rootfd) {
 		return nil
 	}
-	s, err := defaultProcFS.takeSnapshot()
+	s, err := takeSnapshot(procfs.Default)
 	if err != nil {
 		return nil
 	}
 	parent := map[int]int{}
-	for pp, kids := range s.children {
+	for pp, kids := range s.Children {
 		for _, k := range kids {
 			parent[k] = pp
 		}
@@ -568,7 +569,7 @@ func pinDescendants(rootfd, root int) []int {
 		if err != nil {
 			continue
 		}
-		if pp, err := defaultProcFS.ppid(d); err != nil || pp != parent[d] || !pidfdAlive(pfd) {
+		if pp, err := procfs.Default.PPID(d); err != nil || pp != parent[d] || !pidfdAlive(pfd) {
 			unix.Close(fd)
 			continue
 		}

@@ -339,16 +339,6 @@ func TestArchiveWriterMustWrite(t *testing.T) {
 	})
 }
 
-func TestParseIOWchar(t *testing.T) {
-	n, err := parseIOWchar([]byte("rchar: 6976\nwchar: 1234\nsyscr: 10\n"))
-	if err != nil || n != 1234 {
-		t.Errorf("parseIOWchar = %d, %v", n, err)
-	}
-	if _, err := parseIOWchar([]byte("rchar: 1\n")); err == nil {
-		t.Error("no error without wchar")
-	}
-}
-
 // TestArmAtKeepsDeadlineAcrossRestart: a lease armed as if since an
 // earlier admission (an adopted lease) fires at the original deadline, and
 // at once when that passed while no agent ran.

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -9,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sluicehq/sluice/gitwrap"
+	"github.com/sluicehq/sluice/internal/procfs"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -58,7 +58,7 @@ func (a *Agent) GitExecuted(e GitExec) {
 		server = serverID{Comm: e.ParentComm, PID: e.PPID}
 	}
 	a.obs.Unwrapped(inv.Subcommand)
-	cwd, _ := os.Readlink("/proc/" + strconv.Itoa(e.PID) + "/cwd")
+	cwd, _ := procfs.Default.Cwd(e.PID)
 	logNow, count := a.servers.noteUnwrapped(server, describeExec(e.PID, inv.Subcommand, cwd), time.Now())
 	if !logNow {
 		return

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+
+	"github.com/sluicehq/sluice/internal/procfs"
 )
 
 // AllowedCPUs returns how many CPUs the calling process may use, and how
@@ -21,7 +23,7 @@ func AllowedCPUs(mountpoint string) (float64, string) {
 	}
 	n := float64(runtime.NumCPU())
 	why := fmt.Sprintf("%d CPUs in the affinity mask", runtime.NumCPU())
-	own, err := readProcCgroup("/proc/self/cgroup")
+	own, err := readProcCgroup(procfs.Default.SelfPath("cgroup"))
 	if err != nil {
 		return n, why
 	}

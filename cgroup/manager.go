@@ -2,7 +2,9 @@
 // the host once (cgroup v1, hybrid or unified), creates or adopts a parent
 // cgroup <base>/<root> with optional limits and N bucket cgroups
 // <base>/<root>/repos/<i> with their own limits, places processes into
-// buckets, and reads memory, CPU, OOM and PSI statistics.
+// buckets, and reads memory, CPU, OOM and PSI statistics. Probe tells
+// `sluice check` whether the host's cgroups would let it do so. The agent's
+// own cgroups come from /proc/self/cgroup through internal/procfs.
 //
 // # Where the hierarchy lives
 //
@@ -88,6 +90,8 @@ import (
 	"github.com/containerd/cgroups/v3"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/sluicehq/sluice/internal/procfs"
 )
 
 // Mode is the cgroup layout sluice runs on.
@@ -179,7 +183,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.Root = defaultRoot
 	}
 	if c.ProcSelfCgroup == "" {
-		c.ProcSelfCgroup = "/proc/self/cgroup"
+		c.ProcSelfCgroup = procfs.Default.SelfPath("cgroup")
 	}
 	if path.IsAbs(c.Root) || path.Clean(c.Root) != c.Root || c.Root == "." || strings.HasPrefix(c.Root, "..") {
 		return c, fmt.Errorf("cgroup root %q: must be a clean relative path without ..", c.Root)
@@ -319,13 +323,14 @@ func detectMode(mountpoint string) Mode {
 	return ModeUnavailable
 }
 
-// readProcCgroup reads and parses a /proc/PID/cgroup file.
+// readProcCgroup reads and parses a /proc/PID/cgroup file (see
+// procfs.ParseCgroup: controller → path, "" for cgroup2).
 func readProcCgroup(name string) (map[string]string, error) {
 	b, err := os.ReadFile(name)
 	if err != nil {
 		return nil, fmt.Errorf("read own cgroup: %w", err)
 	}
-	m, err := ParseProcCgroup(bytes.NewReader(b))
+	m, err := procfs.ParseCgroup(bytes.NewReader(b))
 	if err != nil {
 		return nil, fmt.Errorf("parse %s: %w", name, err)
 	}

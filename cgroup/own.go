@@ -4,6 +4,8 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+
+	"github.com/sluicehq/sluice/internal/procfs"
 )
 
 // OwnCgroup is the memory cgroup the agent itself runs in, watched for
@@ -39,7 +41,7 @@ func FindOwnCgroup(mountpoint, procSelfCgroup string) (*OwnCgroup, error) {
 		mountpoint = defaultMountpoint
 	}
 	if procSelfCgroup == "" {
-		procSelfCgroup = "/proc/self/cgroup"
+		procSelfCgroup = procfs.Default.SelfPath("cgroup")
 	}
 	own, err := readProcCgroup(procSelfCgroup)
 	if err != nil {

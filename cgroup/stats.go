@@ -141,36 +141,6 @@ func ParsePSI(r io.Reader) (PSI, error) {
 	return p, nil
 }
 
-// ParseProcCgroup parses /proc/PID/cgroup ("id:controllers:path" per line)
-// into controller → path. Co-mounted controllers ("cpu,cpuacct") each get an
-// entry, named hierarchies keep their "name=" prefix, and the unified "0::"
-// line has the key "".
-func ParseProcCgroup(r io.Reader) (map[string]string, error) {
-	m := make(map[string]string)
-	s := bufio.NewScanner(r)
-	for s.Scan() {
-		line := s.Text()
-		if line == "" {
-			continue
-		}
-		parts := strings.SplitN(line, ":", 3)
-		if len(parts) != 3 {
-			return nil, fmt.Errorf("malformed cgroup line %q", line)
-		}
-		if parts[1] == "" {
-			m[""] = parts[2]
-			continue
-		}
-		for _, c := range strings.Split(parts[1], ",") {
-			m[c] = parts[2]
-		}
-	}
-	if err := s.Err(); err != nil {
-		return nil, err
-	}
-	return m, nil
-}
-
 // readFlatKeyed reads a flat-keyed file; a missing file yields (nil, nil).
 func readFlatKeyed(name string) (map[string]uint64, error) {
 	b, err := os.ReadFile(name)

@@ -139,33 +139,6 @@ func TestParsePSI(t *testing.T) {
 	}
 }
 
-func TestParseProcCgroup(t *testing.T) {
-	m, err := ParseProcCgroup(openFixture(t, "proc_self_cgroup_hybrid"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.HasPrefix(m["memory"], "/process_api/") {
-		t.Errorf("memory = %q, want /process_api/…", m["memory"])
-	}
-	for _, k := range []string{"cpu", "cpuacct", "pids", "name=systemd", ""} {
-		if _, ok := m[k]; !ok {
-			t.Errorf("key %q missing: %v", k, m)
-		}
-	}
-	m, err = ParseProcCgroup(openFixture(t, "proc_self_cgroup_unified"))
-	if err != nil || len(m) != 1 || m[""] != "/system.slice/sluiced.service" {
-		t.Errorf("unified: %v, %v", m, err)
-	}
-	// Co-mounted controllers and paths containing ':'.
-	m, err = ParseProcCgroup(strings.NewReader("4:cpu,cpuacct:/a:b\n"))
-	if err != nil || m["cpu"] != "/a:b" || m["cpuacct"] != "/a:b" {
-		t.Errorf("co-mounted: %v, %v", m, err)
-	}
-	if _, err := ParseProcCgroup(strings.NewReader("garbage\n")); err == nil {
-		t.Error("malformed line: no error")
-	}
-}
-
 func TestReadV1StatsFixtureLimit(t *testing.T) {
 	// readUintFile normalises v2 "max" and v1's huge "unlimited" is caught by
 	// readV1Stats; check both on files.

@@ -5,7 +5,6 @@ package main
 // or SKIP and, when it is not OK, the fix.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -24,6 +23,8 @@ import (
 
 	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/shimproto"
+	"github.com/sluicehq/sluice/cgroup"
+	"github.com/sluicehq/sluice/internal/procfs"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -91,11 +92,10 @@ type checkEnv struct {
 	socket     string // --socket; "" resolves from the config
 	path       string // --path: a PATH to check the shim on; "" = none
 	server     serverFlags
-	procRoot   string // /proc
-	shim       string // the shim binary the PATH and hook must reach
-	cgroupRoot string // mountpoint of the cgroup file systems
-	procSelf   string // /proc/self
-	btf        string // /sys/kernel/btf/vmlinux
+	proc       procfs.FS // the Git server's processes, and this one's (self)
+	shim       string    // the shim binary the PATH and hook must reach
+	cgroupRoot string    // mountpoint of the cgroup file systems
+	btf        string    // /sys/kernel/btf/vmlinux
 	getenv     func(string) string
 	// status asks the agent at socket for its status; nil error means it
 	// answered.
@@ -112,8 +112,7 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	fset := flag.NewFlagSet("check", flag.ContinueOnError)
 	env := checkEnv{
 		cgroupRoot: "/sys/fs/cgroup",
-		procSelf:   "/proc/self",
-		procRoot:   "/proc",
+		proc:       procfs.Default,
 		btf:        "/sys/kernel/btf/vmlinux",
 		getenv:     os.Getenv,
 		status:     agentStatus,
@@ -310,9 +309,8 @@ func groupName(gid uint32) string {
 	return id
 }
 
-// checkCgroups reads the own cgroup, finds the hierarchy and its
-// controllers, and creates and removes a throwaway cgroup below the own
-// one to prove it is writable.
+// checkCgroups asks cgroup.Probe about the own cgroup, the hierarchy and
+// its controllers, and whether a cgroup can be created below the own one.
 func checkCgroups(env checkEnv, cfg *policy.Config) checkResult {
 	r := checkResult{name: "cgroups"}
 	if !cfg.Cgroups.Enabled {
@@ -327,86 +325,29 @@ func checkCgroups(env checkEnv, cfg *policy.Config) checkResult {
 	if cfg.Cgroups.Mountpoint != "" {
 		root = cfg.Cgroups.Mountpoint
 	}
-	own, err := readOwnCgroups(filepath.Join(env.procSelf, "cgroup"))
-	if err != nil {
-		r.status, r.detail, r.fix = bad, err.Error(), "mount /proc"
-		return r
-	}
-	var writable, missing []string
-	var dir string
-	if _, err := os.Stat(filepath.Join(root, "cgroup.controllers")); err == nil {
-		// Pure cgroup v2.
-		data, _ := os.ReadFile(filepath.Join(root, "cgroup.controllers"))
-		have := strings.Fields(string(data))
-		for _, c := range []string{"cpu", "memory", "pids"} {
-			if !contains(have, c) {
-				missing = append(missing, c)
-			}
-		}
-		dir = filepath.Join(root, own[""])
-		writable = []string{"cgroup2 " + dir}
-	} else {
-		for _, c := range []string{"memory", "cpu", "cpuacct", "pids"} {
-			if _, err := os.Stat(filepath.Join(root, c)); err != nil {
-				missing = append(missing, c)
-			}
-		}
-		dir = filepath.Join(root, "memory", own["memory"])
-		writable = []string{"v1 memory " + dir}
-	}
-	if _, err := os.Stat(dir); err != nil {
-		r.status, r.detail = bad, "no cgroup file system at "+root+": "+err.Error()
+	p, err := cgroup.Probe(root, env.proc.SelfPath("cgroup"))
+	var pe *cgroup.ProbeError
+	switch {
+	case errors.As(err, &pe) && pe.Step == cgroup.ProbeReadOwn:
+		r.status, r.detail, r.fix = bad, pe.Err.Error(), "mount /proc"
+	case errors.As(err, &pe) && pe.Step == cgroup.ProbeMount:
+		r.status, r.detail = bad, "no cgroup file system at "+root+": "+pe.Err.Error()
 		r.fix = "mount cgroups at " + root + " or set [cgroups] mountpoint; or set [cgroups] enabled = false"
-		return r
-	}
-	probe := filepath.Join(dir, fmt.Sprintf("sluice-check-%d-%d", os.Getpid(), time.Now().UnixNano()))
-	if err := os.Mkdir(probe, 0o755); err != nil {
-		r.status, r.detail = bad, fmt.Sprintf("cannot create a cgroup in %s: %v", dir, err)
+	case errors.As(err, &pe) && pe.Step == cgroup.ProbeCreate:
+		r.status, r.detail = bad, fmt.Sprintf("cannot create a cgroup in %s: %v", pe.Path, pe.Err)
 		r.fix = "run sluiced as root; under systemd keep Delegate=yes in sluiced.service"
-		return r
-	}
-	if err := os.Remove(probe); err != nil {
-		r.status, r.detail = bad, fmt.Sprintf("created %s but cannot remove it: %v", probe, err)
-		r.fix = "rmdir " + probe
-		return r
-	}
-	if len(missing) > 0 {
-		r.status, r.detail = bad, fmt.Sprintf("%s is writable but controllers are missing: %s", writable[0], strings.Join(missing, ", "))
+	case errors.As(err, &pe) && pe.Step == cgroup.ProbeRemove:
+		r.status, r.detail = bad, fmt.Sprintf("created %s but cannot remove it: %v", pe.Path, pe.Err)
+		r.fix = "rmdir " + pe.Path
+	case err != nil:
+		r.status, r.detail = bad, err.Error()
+	case len(p.Missing) > 0:
+		r.status, r.detail = bad, fmt.Sprintf("%s is writable but controllers are missing: %s", p.Writable(), strings.Join(p.Missing, ", "))
 		r.fix = "enable the controllers (kernel config, cgroup_enable= boot options) or accept that those limits do not apply"
-		return r
+	default:
+		r.status, r.detail = checkOK, p.Writable()+" is writable; controllers present"
 	}
-	r.status, r.detail = checkOK, writable[0]+" is writable; controllers present"
 	return r
-}
-
-// readOwnCgroups parses /proc/self/cgroup into controller → path; the
-// cgroup2 entry is under "".
-func readOwnCgroups(path string) (map[string]string, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	own := map[string]string{}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		parts := strings.SplitN(sc.Text(), ":", 3)
-		if len(parts) != 3 {
-			continue
-		}
-		for _, c := range strings.Split(parts[1], ",") {
-			own[c] = parts[2]
-		}
-	}
-	return own, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // capBPF is CAP_BPF's bit in /proc/PID/status CapEff.
@@ -423,7 +364,7 @@ func checkBPF(env checkEnv, cfg *policy.Config) checkResult {
 		r.fix = "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (Debian's is)"
 		return r
 	}
-	capEff, err := readCapEff(filepath.Join(env.procSelf, "status"))
+	capEff, err := readCapEff(env.proc)
 	if err != nil {
 		r.status, r.detail, r.fix = checkWarn, err.Error(), "mount /proc"
 		return r
@@ -437,17 +378,16 @@ func checkBPF(env checkEnv, cfg *policy.Config) checkResult {
 	return r
 }
 
-func readCapEff(path string) (uint64, error) {
-	data, err := os.ReadFile(path)
+// readCapEff returns this process's effective capabilities.
+func readCapEff(proc procfs.FS) (uint64, error) {
+	st, err := proc.SelfStatus()
 	if err != nil {
 		return 0, err
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
-			return strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-		}
+	if !st.Has("CapEff") {
+		return 0, fmt.Errorf("%s has no CapEff line", proc.SelfPath("status"))
 	}
-	return 0, fmt.Errorf("%s has no CapEff line", path)
+	return st.CapEff, nil
 }
 
 // serverCommands are the names a Git server runs that must reach the shim.

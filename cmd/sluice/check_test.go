@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sluicehq/sluice/internal/procfs"
 )
 
 // fakeCheckEnv is a machine with a shim dir on PATH, a system gitconfig
@@ -47,10 +49,17 @@ func fakeCheckEnv(t *testing.T) (checkEnv, map[string]string) {
 	t.Cleanup(func() { ln.Close() })
 	os.Chmod(sock, 0o660)
 	vars := map[string]string{"GIT_CONFIG_SYSTEM": gitconfig}
+	// A proc without processes (no Git server to discover) whose self is
+	// this test's.
+	proc := filepath.Join(dir, "proc")
+	os.Mkdir(proc, 0o755)
+	if err := os.Symlink("/proc/self", filepath.Join(proc, "self")); err != nil {
+		t.Fatal(err)
+	}
 	return checkEnv{
 		configPath: cfg, configSet: true, socket: sock,
 		path: bin + ":" + filepath.Dir(git), shim: shim,
-		cgroupRoot: filepath.Join(dir, "nocgroup"), procSelf: "/proc/self", btf: filepath.Join(dir, "nobtf"),
+		cgroupRoot: filepath.Join(dir, "nocgroup"), proc: procfs.FS{Root: proc}, btf: filepath.Join(dir, "nobtf"),
 		getenv: func(k string) string { return vars[k] },
 		status: func(string) (string, error) { return "sluiced test answers", nil },
 	}, vars
@@ -170,17 +179,17 @@ func TestCheckCgroupsOnThisHost(t *testing.T) {
 	}
 }
 
-func TestReadCapEffAndCgroups(t *testing.T) {
+func TestReadCapEff(t *testing.T) {
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "status"), []byte("Name:\tx\nCapEff:\t000001ffffffffff\n"), 0o644)
-	c, err := readCapEff(filepath.Join(dir, "status"))
+	os.MkdirAll(filepath.Join(dir, "self"), 0o755)
+	os.WriteFile(filepath.Join(dir, "self", "status"), []byte("Name:\tx\nCapEff:\t000001ffffffffff\n"), 0o644)
+	c, err := readCapEff(procfs.FS{Root: dir})
 	if err != nil || c&(1<<capBPF) == 0 {
 		t.Fatalf("CapEff %x, %v", c, err)
 	}
-	os.WriteFile(filepath.Join(dir, "cgroup"), []byte("12:cpu,cpuacct:/a\n5:memory:/process_api/x\n0::/u\n"), 0o644)
-	own, err := readOwnCgroups(filepath.Join(dir, "cgroup"))
-	if err != nil || own["memory"] != "/process_api/x" || own["cpuacct"] != "/a" || own[""] != "/u" {
-		t.Fatalf("%v %v", own, err)
+	os.WriteFile(filepath.Join(dir, "self", "status"), []byte("Name:\tx\n"), 0o644)
+	if _, err := readCapEff(procfs.FS{Root: dir}); err == nil || !strings.Contains(err.Error(), "has no CapEff line") {
+		t.Fatalf("no CapEff line: %v", err)
 	}
 	if ma, mi, ok := gitVersion("git version 2.39.5"); !ok || ma != 2 || mi != 39 {
 		t.Fatalf("gitVersion: %d %d %v", ma, mi, ok)

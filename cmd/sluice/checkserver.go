@@ -34,7 +34,6 @@ package main
 // with the groups in /proc/PID/status, so it catches exactly that.
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -51,6 +50,7 @@ import (
 
 	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/shimproto"
+	"github.com/sluicehq/sluice/internal/procfs"
 )
 
 // Kinds of Git server, by how server-side git gets its environment and
@@ -107,7 +107,7 @@ func (f envFlag) Set(v string) error {
 }
 
 // findServers resolves the flags to the servers to check. With no flag it
-// looks for Git server processes under procRoot. The check result says
+// looks for Git server processes in env.proc. The check result says
 // what was found, or why nothing could be checked.
 func findServers(env checkEnv, f serverFlags) ([]*gitServer, checkResult) {
 	r := checkResult{name: "server"}
@@ -120,14 +120,14 @@ func findServers(env checkEnv, f serverFlags) ([]*gitServer, checkResult) {
 			r.fix = "start the unit, or pass the server's --pid"
 			return nil, r
 		}
-		s, err := procServer(env.procRoot, pid, f.user)
+		s, err := procServer(env.proc, pid, f.user)
 		if err != nil {
 			r.status, r.detail, r.fix = checkFail, err.Error(), "pass the server's --pid"
 			return nil, r
 		}
 		servers = s
 	case f.pid > 0:
-		s, err := procServer(env.procRoot, f.pid, f.user)
+		s, err := procServer(env.proc, f.pid, f.user)
 		if err != nil {
 			r.status, r.detail, r.fix = checkFail, err.Error(), "pass the pid of a running Git server (sshd, git daemon, fcgiwrap, gitea)"
 			return nil, r
@@ -141,7 +141,7 @@ func findServers(env checkEnv, f serverFlags) ([]*gitServer, checkResult) {
 		}
 		servers = []*gitServer{s}
 	default:
-		servers = discoverServers(env.procRoot)
+		servers = discoverServers(env.proc)
 		if len(servers) == 0 {
 			r.status = checkWarn
 			r.detail = "no Git server process found (sshd with a git-shell user, git daemon, fcgiwrap, gitea): the server's wiring was not checked"
@@ -182,62 +182,6 @@ func unitMainPID(unit string) (int, error) {
 	return pid, nil
 }
 
-// procStatus is what check reads from /proc/PID/status.
-type procStatus struct {
-	uid, gid uint32
-	groups   []uint32
-}
-
-func readProcStatus(path string) (procStatus, error) {
-	var st procStatus
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return st, err
-	}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		f := strings.Fields(v)
-		switch k {
-		case "Uid":
-			if len(f) > 1 { // real, effective, saved, fs: git runs as the effective uid
-				n, _ := strconv.ParseUint(f[1], 10, 32)
-				st.uid = uint32(n)
-			}
-		case "Gid":
-			if len(f) > 1 {
-				n, _ := strconv.ParseUint(f[1], 10, 32)
-				st.gid = uint32(n)
-			}
-		case "Groups":
-			for _, g := range f {
-				if n, err := strconv.ParseUint(g, 10, 32); err == nil {
-					st.groups = append(st.groups, uint32(n))
-				}
-			}
-		}
-	}
-	return st, nil
-}
-
-// readEnviron parses /proc/PID/environ.
-func readEnviron(path string) (map[string]string, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	env := map[string]string{}
-	for _, kv := range bytes.Split(data, []byte{0}) {
-		if k, v, ok := strings.Cut(string(kv), "="); ok && k != "" {
-			env[k] = v
-		}
-	}
-	return env, nil
-}
-
 // kindOf classifies a process by its executable and command line.
 func kindOf(exe string, cmdline []string) string {
 	base := filepath.Base(exe)
@@ -257,15 +201,12 @@ func kindOf(exe string, cmdline []string) string {
 // procServer describes the server process pid. An sshd yields one server
 // per user its sessions run git as: user if given, else every user whose
 // login shell is git-shell.
-func procServer(procRoot string, pid int, userName string) ([]*gitServer, error) {
-	dir := filepath.Join(procRoot, strconv.Itoa(pid))
-	exe, err := os.Readlink(filepath.Join(dir, "exe"))
+func procServer(proc procfs.FS, pid int, userName string) ([]*gitServer, error) {
+	exe, err := proc.Exe(pid)
 	if err != nil {
 		return nil, fmt.Errorf("pid %d: %v (is it running? check needs root to read another user's process)", pid, err)
 	}
-	exe = strings.TrimSuffix(exe, " (deleted)")
-	raw, _ := os.ReadFile(filepath.Join(dir, "cmdline"))
-	cmdline := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
+	cmdline, _ := proc.Cmdline(pid, 0)
 	kind := kindOf(exe, cmdline)
 	if kind == kindSSHD {
 		users := []string{userName}
@@ -285,18 +226,19 @@ func procServer(procRoot string, pid int, userName string) ([]*gitServer, error)
 		}
 		return out, nil
 	}
-	st, err := readProcStatus(filepath.Join(dir, "status"))
+	st, err := proc.Status(pid)
 	if err != nil {
 		return nil, fmt.Errorf("pid %d: %v", pid, err)
 	}
-	env, err := readEnviron(filepath.Join(dir, "environ"))
+	env, err := proc.Environ(pid)
 	if err != nil {
 		return nil, fmt.Errorf("pid %d: environment: %v", pid, err)
 	}
+	uid := st.UID[1] // real, effective, saved, fs: git runs as the effective uid
 	s := &gitServer{
-		desc: fmt.Sprintf("%s (pid %d, %s) as %s", kind, pid, exe, userLabel(st.uid)),
-		kind: kind, pid: pid, user: userLabel(st.uid),
-		uid: st.uid, gid: st.gid, groups: st.groups,
+		desc: fmt.Sprintf("%s (pid %d, %s) as %s", kind, pid, exe, userLabel(uid)),
+		kind: kind, pid: pid, user: userLabel(uid),
+		uid: uid, gid: st.GID[1], groups: st.Groups,
 		env: env, envFrom: fmt.Sprintf("/proc/%d/environ", pid),
 	}
 	if kind == kindHTTP {
@@ -407,30 +349,27 @@ func gitShellUsers(passwd string) []string {
 // and gitea/forgejo, and each sshd listening process (its sessions of every
 // git-shell user). Only the topmost process of each kind is taken (a
 // daemon's forked children share its environment).
-func discoverServers(procRoot string) []*gitServer {
-	entries, _ := os.ReadDir(procRoot)
+func discoverServers(proc procfs.FS) []*gitServer {
+	pids, _ := proc.PIDs()
 	type found struct {
 		pid, ppid int
 		kind      string
 	}
 	var procs []found
 	kinds := map[int]string{}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
+	for _, pid := range pids {
+		exe, err := proc.Exe(pid)
 		if err != nil {
 			continue
 		}
-		exe, err := os.Readlink(filepath.Join(procRoot, e.Name(), "exe"))
-		if err != nil {
-			continue
-		}
-		raw, _ := os.ReadFile(filepath.Join(procRoot, e.Name(), "cmdline"))
-		kind := kindOf(strings.TrimSuffix(exe, " (deleted)"), strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00"))
+		cmdline, _ := proc.Cmdline(pid, 0)
+		kind := kindOf(exe, cmdline)
 		if kind == kindOther {
 			continue
 		}
 		kinds[pid] = kind
-		procs = append(procs, found{pid: pid, ppid: parentPID(filepath.Join(procRoot, e.Name(), "stat")), kind: kind})
+		ppid, _ := proc.PPID(pid) // 0 when unreadable
+		procs = append(procs, found{pid: pid, ppid: ppid, kind: kind})
 	}
 	var out []*gitServer
 	for _, p := range procs {
@@ -440,31 +379,13 @@ func discoverServers(procRoot string) []*gitServer {
 		if p.kind == kindSSHD && len(gitShellUsers("/etc/passwd")) == 0 {
 			continue // an sshd with no git-shell user is not a Git server we can tell
 		}
-		s, err := procServer(procRoot, p.pid, "")
+		s, err := procServer(proc, p.pid, "")
 		if err != nil {
 			continue
 		}
 		out = append(out, s...)
 	}
 	return out
-}
-
-// parentPID reads the ppid from /proc/PID/stat; 0 when unreadable.
-func parentPID(path string) int {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return 0
-	}
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(data[i+1:]))
-	if len(f) < 2 {
-		return 0
-	}
-	n, _ := strconv.Atoi(f[1])
-	return n
 }
 
 // runsViaExecPath reports whether the server runs `git upload-pack` through

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/sluicehq/sluice/internal/procfs"
 )
 
 func TestKindOf(t *testing.T) {
@@ -28,26 +30,29 @@ func TestKindOf(t *testing.T) {
 	}
 }
 
-func TestReadProcFiles(t *testing.T) {
+func TestGitShellUsers(t *testing.T) {
 	dir := t.TempDir()
-	status := "Name:\tgit-daemon\nUid:\t0\t998\t998\t998\nGid:\t0\t997\t997\t997\nGroups:\t4 24 997 \n"
-	os.WriteFile(filepath.Join(dir, "status"), []byte(status), 0o644)
-	st, err := readProcStatus(filepath.Join(dir, "status"))
-	if err != nil || st.uid != 998 || st.gid != 997 || !slices.Equal(st.groups, []uint32{4, 24, 997}) {
-		t.Errorf("readProcStatus = %+v, %v; want effective uid 998, gid 997, groups 4 24 997", st, err)
-	}
-	os.WriteFile(filepath.Join(dir, "environ"), []byte("PATH=/usr/lib/sluice/bin:/usr/bin\x00GIT_EXEC_PATH=/usr/lib/sluice/git-core\x00EMPTY=\x00=bogus\x00"), 0o644)
-	env, err := readEnviron(filepath.Join(dir, "environ"))
-	if err != nil || env["PATH"] != "/usr/lib/sluice/bin:/usr/bin" || env["GIT_EXEC_PATH"] != "/usr/lib/sluice/git-core" || len(env) != 3 {
-		t.Errorf("readEnviron = %v, %v", env, err)
-	}
 	os.WriteFile(filepath.Join(dir, "passwd"), []byte("root:x:0:0:root:/root:/bin/bash\ngit:x:999:999::/srv/git:/usr/bin/git-shell\nbad line\nmirror:x:1001:1001::/srv:/usr/lib/git-core/git-shell\n"), 0o644)
 	if got := gitShellUsers(filepath.Join(dir, "passwd")); !slices.Equal(got, []string{"git", "mirror"}) {
 		t.Errorf("gitShellUsers = %q", got)
 	}
-	os.WriteFile(filepath.Join(dir, "stat"), []byte("123 (git daemon) S 77 123 123 0 -1"), 0o644)
-	if got := parentPID(filepath.Join(dir, "stat")); got != 77 {
-		t.Errorf("parentPID = %d, want 77 (a comm with a space)", got)
+}
+
+// TestProcServer describes the git daemon of the procfs fixture tree: its
+// effective uid and gid, its groups and its environment.
+func TestProcServer(t *testing.T) {
+	proc := procfs.FS{Root: filepath.Join("..", "..", "internal", "procfs", "testdata", "proc")}
+	got, err := procServer(proc, 4242, "")
+	if err != nil || len(got) != 1 {
+		t.Fatalf("procServer = %v, %v", got, err)
+	}
+	s := got[0]
+	if s.kind != kindDaemon || s.uid != 998 || s.gid != 997 || !slices.Equal(s.groups, []uint32{4, 24, 997}) ||
+		s.env["GIT_EXEC_PATH"] != "/usr/lib/sluice/git-core" || s.envFrom != "/proc/4242/environ" {
+		t.Errorf("procServer(4242) = %+v", s)
+	}
+	if _, err := procServer(proc, 4300, ""); err == nil {
+		t.Error("a process without an exe link: no error")
 	}
 }
 
