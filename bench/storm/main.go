@@ -134,7 +134,7 @@ func run() error {
 	flag.StringVar(&o.serverCPUs, "server-cpus", "1", "cpuset of the server cgroup (empty: no pinning, server and clients share the CPUs)")
 	flag.StringVar(&o.clientCPUs, "client-cpus", "0", "cpuset of the harness and its clients")
 	flag.BoolVar(&o.shares, "shares", true, "put the server and the clients each in a cpu cgroup with the largest cpu.shares (262144), so other work on a shared machine takes less of their CPUs")
-	flag.BoolVar(&o.smoke, "smoke", false, "CI: tiny repositories, 6 clients from 6 addresses, 4 s windows, ci-burst@git + mixed@http + fleet@ssh; fails on broken wiring")
+	flag.BoolVar(&o.smoke, "smoke", false, "CI: tiny repositories, 6 clients from 6 addresses, 4 s windows, ci-burst@git + mixed@http + fleet@ssh, modes defaults and best-static (and pack-cache on ci-burst, to check the cache's wiring); fails on broken wiring")
 	flag.StringVar(&o.rereport, "rereport", "", "write the markdown and plots again from a storm.json (into -out, default its directory); runs nothing")
 	flag.IntVar(&o.repo.Files, "files", 12000, "files in the big repository")
 	flag.IntVar(&o.repo.Bytes, "file-bytes", 4096, "bytes per file")
@@ -144,6 +144,7 @@ func run() error {
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	extraModes := map[string][]string{} // by scenario, after -modes
 	if o.rereport != "" {
 		return rereport(o.rereport, o.out)
 	}
@@ -155,6 +156,9 @@ func run() error {
 		}
 		if !set["modes"] {
 			o.modes = "defaults,best-static"
+			// The pack cache's wiring, where it has work: identical
+			// clones (one run more, a few seconds).
+			extraModes["ci-burst"] = []string{"pack-cache"}
 		}
 		if !set["sweep"] {
 			o.sweep = "2"
@@ -195,7 +199,11 @@ func run() error {
 		grid = append(grid, g)
 	}
 	modeNames := strings.Split(o.modes, ",")
-	for _, n := range modeNames {
+	all := slices.Clone(modeNames)
+	for _, ms := range extraModes {
+		all = append(all, ms...)
+	}
+	for _, n := range all {
 		if _, err := resolveMode(n, o.bin, o.policyDir, 1); err != nil {
 			return err
 		}
@@ -233,7 +241,7 @@ func run() error {
 		}
 		pr.Best = best
 		for rep := 0; rep < o.repeat; rep++ {
-			order := slices.Clone(modeNames)
+			order := append(slices.Clone(modeNames), extraModes[p.Scenario]...)
 			if rep%2 == 1 {
 				slices.Reverse(order)
 			}
@@ -747,8 +755,9 @@ func (h *harness) runMode(ctx context.Context, p pair, m mode, rep int) (*runRes
 	}
 	r.ServerSluiceLines = countLines(serverLog, "sluice:")
 	r.summarize(sc)
-	h.logf("run %d: %s: goodput %.1f/min (%d ok), %d failed, %d pushes failed, %d OOM kills, peak %.0f MiB, probe p99 %.0f ms, Jain %.2f, load %.1f",
-		h.seq, label, r.S.Goodput, r.S.GoodOps, r.S.Failed, r.S.PushFailed, r.OOMKills, float64(r.PeakMem)/(1<<20), r.S.ProbeStorm.P99, r.S.Jain, r.Load[1])
+	h.logf("run %d: %s: goodput %.1f/min (%d ok), %d failed, %d pushes failed, %d OOM kills, peak %.0f MiB, probe p99 %.0f ms, Jain %.2f, load %.1f, CPU busy clients %s %% / server %s %%",
+		h.seq, label, r.S.Goodput, r.S.GoodOps, r.S.Failed, r.S.PushFailed, r.OOMKills, float64(r.PeakMem)/(1<<20), r.S.ProbeStorm.P99, r.S.Jain, r.Load[1],
+		num(r.clientBusy(), "%.0f"), num(r.serverBusy(), "%.0f"))
 	return r, nil
 }
 

@@ -34,6 +34,9 @@ const (
 	modeDefaults   = "defaults"    // `sluice validate --print-defaults`, untouched
 	modeBestStatic = "best-static" // the sweep's winner, run again
 	sweepPrefix    = "static-g"    // static-g4: the sweep policy with limit 4
+	// modePackCache is not built in (policies/pack-cache.toml); the
+	// report compares it with defaults.
+	modePackCache = "pack-cache"
 )
 
 // sweepPolicy is the sweep's static policy: one host-wide limit on

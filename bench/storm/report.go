@@ -213,9 +213,11 @@ func (r *runResult) clientBusy() float64 { return busyPct(r.ClientCPU, r.ClientC
 func (r *runResult) serverBusy() float64 { return busyPct(r.ServerCPU, r.ServerCPUs, r.Wall) }
 
 // cmdCPU is the CPU seconds of the agent's finished commands of a
-// subcommand over the window; NaN without sluice.
+// subcommand over the window; NaN without sluice, and where no command of
+// it was admitted (a policy no rule of which matches it: the sweep's
+// leaves upload-pack alone).
 func (r *runResult) cmdCPU(subcmd string) float64 {
-	if r.Counters == nil {
+	if r.Counters == nil || (r.Counters.CPU[subcmd] == 0 && r.Counters.Finished[subcmd] == 0) {
 		return math.NaN()
 	}
 	return r.Counters.CPU[subcmd]
@@ -314,6 +316,15 @@ func (p *pairResult) idleProbe() stats {
 		}
 	}
 	return summarize(v)
+}
+
+func modeNamed(aggs []*modeAgg, name string) *modeAgg {
+	for _, a := range aggs {
+		if a.Name == name {
+			return a
+		}
+	}
+	return nil
 }
 
 func (p *pairResult) mode(name string) *modeAgg {
@@ -668,6 +679,23 @@ func cpuMarkdown(b *strings.Builder, aggs []*modeAgg) {
 		if client.N > 0 && client.Max >= 90 {
 			bound = append(bound, fmt.Sprintf("`%s` (%.0f %%)", a.Name, client.Max))
 		}
+	}
+	if c, d := modeNamed(aggs, modePackCache), modeNamed(aggs, modeDefaults); c != nil && d != nil {
+		// Issue 18's question, same run: what the cache saved next to
+		// the same policy without it.
+		perOpOf := func(a *modeAgg, subcmd string) float64 {
+			return spreadOfRuns(a.Runs, func(r *runResult) float64 { return perOp(r.cmdCPU(subcmd), r.packOps()) }).Mean
+		}
+		serverOf := func(a *modeAgg) float64 {
+			return spreadOfRuns(a.Runs, func(r *runResult) float64 {
+				if r.ServerCPUs == 0 {
+					return math.NaN()
+				}
+				return perOp(r.ServerCPU, r.packOps())
+			}).Mean
+		}
+		p("\n**pack-cache ÷ defaults** (the same policy without the cache, same run): pack-objects CPU s per op %s, server CPU s per op %s, goodput %s.\n",
+			ratio(perOpOf(c, "pack-objects"), perOpOf(d, "pack-objects")), ratio(serverOf(c), serverOf(d)), ratio(c.Goodput.Mean, d.Goodput.Mean))
 	}
 	if len(bound) > 0 {
 		p("\n**Client-bound**: the clients' CPU was ≥ 90 %% busy in %s: their clones per minute measure what the clients' CPU can index, not what the server can serve.\n", strings.Join(bound, ", "))

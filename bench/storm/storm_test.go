@@ -373,7 +373,10 @@ func TestReportRoundTrip(t *testing.T) {
 	cache.ClientCPU, cache.ClientCPUs, cache.ServerCPU, cache.ServerCPUs, cache.Wall = 38, 1, 4, 1, 40
 	cache.Counters = &agentCounters{CPU: map[string]float64{"pack-objects": 2, "upload-pack": 3},
 		PackCache: &packCacheCounters{Hits: 2, Joins: 1, Misses: 1, Fills: 1, Bypasses: map[string]float64{"cold": 0}, ServedBytes: 3 << 20, WrittenBytes: 1 << 20}}
-	pr.Runs = []*runResult{none, mk("defaults", 0, nil), mk("best-static", 2, []op{okOp, okOp}), cache}
+	def := mk("defaults", 0, []op{okOp})
+	def.ServerCPU, def.ServerCPUs, def.Wall = 8, 1, 40
+	def.Counters = &agentCounters{CPU: map[string]float64{"pack-objects": 8}}
+	pr.Runs = []*runResult{none, def, mk("best-static", 2, []op{okOp, okOp}), cache}
 	r := &report{Opts: optsRecord{Clients: 2, Addresses: 2, Mem: 1 << 30, Repeat: 1}, CPUs: 2, Pairs: []*pairResult{pr},
 		Repos: map[string]int64{"big": 1 << 20}, RepoParams: map[string]repoParams{"big": {Files: 1}}}
 	dir, dir2 := t.TempDir(), t.TempDir()
@@ -395,6 +398,7 @@ func TestReportRoundTrip(t *testing.T) {
 		"| pack-cache | 4 | 95 | 10 | 1.00 | 2.0 (0.50) | 3.0 (0.75) | 0.75 | 2 / 1 / 1 / 1 | 0 | 3 / 1 |",
 		"| none | 0 | — | — | — | — | — | — | — | — | — |",
 		"**Client-bound**", "`pack-cache` (95 %)",
+		"pack-objects CPU s per op ×0.06, server CPU s per op ×0.12, goodput ×4.00",
 	} {
 		if !strings.Contains(string(a), row) {
 			t.Errorf("CPU and pack cache table lacks %q:\n%s", row, a)
@@ -528,7 +532,11 @@ func TestCPUShares(t *testing.T) {
 	if r.packOps() != 3 || perOp(r.cmdCPU("pack-objects"), r.packOps()) != 2 || !math.IsNaN(perOp(1, 0)) {
 		t.Errorf("per op: %d ops, %v", r.packOps(), perOp(r.cmdCPU("pack-objects"), r.packOps()))
 	}
-	if !math.IsNaN((&runResult{}).cmdCPU("pack-objects")) {
-		t.Error("a run without sluice has command CPU")
+	if !math.IsNaN((&runResult{}).cmdCPU("pack-objects")) || !math.IsNaN(r.cmdCPU("upload-pack")) {
+		t.Error("a run without sluice, or a subcommand no rule admitted, has command CPU")
+	}
+	r.Counters.Finished = map[string]float64{"upload-pack": 2}
+	if r.cmdCPU("upload-pack") != 0 {
+		t.Error("admitted upload-packs that used no CPU have none")
 	}
 }
