@@ -26,15 +26,19 @@
 //   - Modes (modes.go): none, defaults (the shipped default policy,
 //     untouched), best-static (the sweep's winner, run again), the sweep's
 //     static-gN, and any policy file (policies/NAME.toml: tuned, adaptive,
-//     old-defaults, and whatever comes next, e.g. host-budget). sluiced runs
-//     as shipped: eBPF tracer on (exec-in-place).
+//     old-defaults, pack-cache = the defaults plus the pack-objects cache in
+//     a fresh directory per run, and whatever comes next, e.g.
+//     host-budget). sluiced runs as shipped: eBPF tracer on (exec-in-place).
 //   - The sweep: per scenario, static policies with one host-wide
 //     pack-objects limit (key "global") over -sweep; the winner is the
 //     highest goodput with 0 OOM kills and 0 failed pushes.
 //   - The report (report.go): per mode goodput, failures by cause, pushes
 //     failed, OOM kills, peak memory, probe percentiles against idle,
 //     fairness across addresses, agent CPU/RSS, ratios against none and
-//     best-static; -repeat R runs the modes in ABBA order and calls
+//     best-static; CPU (counters.go): the clients' and the server's CPU
+//     busy over the window (cpuacct), the CPU of pack-objects and
+//     upload-pack per completed clone or fetch and the pack cache's
+//     counters (the agent's /metrics); -repeat R runs the modes in ABBA order and calls
 //     differences inside the spread ties. Percentiles are nearest-rank
 //     (stats.go). Raw JSON of every run is kept.
 //
@@ -114,7 +118,7 @@ func run() error {
 	flag.StringVar(&o.policyDir, "policy-dir", "bench/storm/policies", "where mode NAME finds NAME.toml")
 	flag.StringVar(&o.scenarios, "scenario", "ci-burst@git,fleet@ssh", "scenarios to run, each NAME or NAME@TRANSPORT (ci-burst, fleet, shallow, poll, push, mixed); NAME alone runs over every -transport")
 	flag.StringVar(&o.transport, "transport", "git", "transports for scenarios named without @: git (git daemon), ssh (sshd + git-shell), http (nginx + fcgiwrap + git-http-backend), comma-separated")
-	flag.StringVar(&o.modes, "modes", "none,defaults,tuned,adaptive,best-static", "modes compared per scenario, in order: none, defaults, best-static, static-gN, or a policy file NAME (policy-dir/NAME.toml) or NAME=FILE")
+	flag.StringVar(&o.modes, "modes", "none,defaults,tuned,adaptive,best-static", "modes compared per scenario, in order: none, defaults, best-static, static-gN, or a policy file NAME (policy-dir/NAME.toml, e.g. tuned, adaptive, old-defaults, pack-cache = the shipped defaults plus the pack-objects cache) or NAME=FILE; a policy with a [pack_cache] table gets a fresh cache dir per run")
 	flag.StringVar(&o.sweep, "sweep", "1,2,4,8,16", "host-wide pack-objects limits of the sweep, run first per scenario (empty: no sweep)")
 	flag.IntVar(&o.bestStatic, "best-static", 0, "use this limit as best-static instead of the sweep's winner")
 	flag.IntVar(&o.repeat, "repeat", 1, "run the modes R times in ABBA order (forward, reverse, forward, …) and report the spread")
@@ -130,7 +134,7 @@ func run() error {
 	flag.StringVar(&o.serverCPUs, "server-cpus", "1", "cpuset of the server cgroup (empty: no pinning, server and clients share the CPUs)")
 	flag.StringVar(&o.clientCPUs, "client-cpus", "0", "cpuset of the harness and its clients")
 	flag.BoolVar(&o.shares, "shares", true, "put the server and the clients each in a cpu cgroup with the largest cpu.shares (262144), so other work on a shared machine takes less of their CPUs")
-	flag.BoolVar(&o.smoke, "smoke", false, "CI: tiny repositories, 6 clients from 6 addresses, 4 s windows, ci-burst@git + mixed@http + fleet@ssh; fails on broken wiring")
+	flag.BoolVar(&o.smoke, "smoke", false, "CI: tiny repositories, 6 clients from 6 addresses, 4 s windows, ci-burst@git + mixed@http + fleet@ssh, modes defaults and best-static (and pack-cache on ci-burst, to check the cache's wiring); fails on broken wiring")
 	flag.StringVar(&o.rereport, "rereport", "", "write the markdown and plots again from a storm.json (into -out, default its directory); runs nothing")
 	flag.IntVar(&o.repo.Files, "files", 12000, "files in the big repository")
 	flag.IntVar(&o.repo.Bytes, "file-bytes", 4096, "bytes per file")
@@ -140,6 +144,7 @@ func run() error {
 	flag.Parse()
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	extraModes := map[string][]string{} // by scenario, after -modes
 	if o.rereport != "" {
 		return rereport(o.rereport, o.out)
 	}
@@ -151,6 +156,9 @@ func run() error {
 		}
 		if !set["modes"] {
 			o.modes = "defaults,best-static"
+			// The pack cache's wiring, where it has work: identical
+			// clones (one run more, a few seconds).
+			extraModes["ci-burst"] = []string{"pack-cache"}
 		}
 		if !set["sweep"] {
 			o.sweep = "2"
@@ -191,7 +199,11 @@ func run() error {
 		grid = append(grid, g)
 	}
 	modeNames := strings.Split(o.modes, ",")
-	for _, n := range modeNames {
+	all := slices.Clone(modeNames)
+	for _, ms := range extraModes {
+		all = append(all, ms...)
+	}
+	for _, n := range all {
 		if _, err := resolveMode(n, o.bin, o.policyDir, 1); err != nil {
 			return err
 		}
@@ -229,7 +241,7 @@ func run() error {
 		}
 		pr.Best = best
 		for rep := 0; rep < o.repeat; rep++ {
-			order := slices.Clone(modeNames)
+			order := append(slices.Clone(modeNames), extraModes[p.Scenario]...)
 			if rep%2 == 1 {
 				slices.Reverse(order)
 			}
@@ -284,26 +296,29 @@ func pickBest(runs []*runResult) (int, string) {
 
 // harness is what every run shares.
 type harness struct {
-	o             options
-	out           string
-	tmp, work     string
-	rs            *repoSet
-	cg            *serverCgroup
-	serverPins    []*pin
-	clientPins    []*pin
-	probePin      *pin
-	cgName        string
-	baseEnv       []string
-	clientEnv     []string
-	pathDir       string
-	execDir       string
-	gitconfig     string
-	plainConfig   string
-	keys          *sshKeys
-	proxy         string
-	seq           int
-	logf          func(string, ...any)
-	transportsSet map[string]bool
+	o          options
+	out        string
+	tmp, work  string
+	rs         *repoSet
+	cg         *serverCgroup
+	serverPins []*pin
+	clientPins []*pin
+	probePin   *pin
+	// clientAcct and serverAcct count each side's CPU (cpuacct; nil when
+	// the hierarchy is missing).
+	clientAcct, serverAcct *cpuAcct
+	cgName                 string
+	baseEnv                []string
+	clientEnv              []string
+	pathDir                string
+	execDir                string
+	gitconfig              string
+	plainConfig            string
+	keys                   *sshKeys
+	proxy                  string
+	seq                    int
+	logf                   func(string, ...any)
+	transportsSet          map[string]bool
 }
 
 func newHarness(ctx context.Context, o options, pairs []pair) (h *harness, err error) {
@@ -370,6 +385,24 @@ func newHarness(ctx context.Context, o options, pairs []pair) (h *harness, err e
 		}
 		h.serverPins = append(h.serverPins, sp)
 	}
+	// CPU accounting of each side (cpuacct counts, limits nothing): the
+	// clients' CPU busy says whether the clients, which share
+	// -client-cpus, bound a run's clones per minute.
+	serverN, clientN := numCPU(), numCPU()
+	if o.serverCPUs != "" {
+		serverN = cpusetCount(o.serverCPUs)
+		if o.clientCPUs != "" {
+			clientN = cpusetCount(o.clientCPUs)
+		}
+	}
+	if dir, p, err := acctFor(h.serverPins, "/sys/fs/cgroup", h.cgName+"-server"); err != nil {
+		h.logf("no CPU accounting of the server: %v", err)
+	} else {
+		if p != nil {
+			h.serverPins = append(h.serverPins, p)
+		}
+		h.serverAcct = &cpuAcct{dir: dir, cpus: serverN}
+	}
 	for _, p := range h.serverPins {
 		h.cg.extra = append(h.cg.extra, p.dir)
 	}
@@ -391,6 +424,14 @@ func newHarness(ctx context.Context, o options, pairs []pair) (h *harness, err e
 		if h.probePin, err = newPin("/sys/fs/cgroup", "cpu", h.cgName+"-probe", [][2]string{{"cpu.shares", maxShares}}); err != nil {
 			return h, err
 		}
+	}
+	if dir, p, err := acctFor(h.clientPins, "/sys/fs/cgroup", h.cgName+"-clients"); err != nil {
+		h.logf("no CPU accounting of the clients: %v", err)
+	} else {
+		if p != nil {
+			h.clientPins = append(h.clientPins, p)
+		}
+		h.clientAcct = &cpuAcct{dir: dir, cpus: clientN}
 	}
 	// The harness itself (and so every client it starts) moves to the
 	// clients' cgroups; servers move to theirs at start (inCgroup).
@@ -561,7 +602,9 @@ func (h *harness) runMode(ctx context.Context, p pair, m mode, rep int) (*runRes
 			if err := removeAgentHierarchy("/sys/fs/cgroup", h.cg, root); err != nil {
 				h.logf("cleanup: %v", err)
 			}
+			os.RemoveAll(filepath.Join(dir, "pack-cache"))
 		}()
+		r.PackCache = ag.packCache
 	}
 	socket := ""
 	if ag != nil {
@@ -645,9 +688,15 @@ func (h *harness) runMode(ctx context.Context, p pair, m mode, rep int) (*runRes
 	oom0 := h.cg.oomKills()
 	h.cg.resetPeak()
 	var cpu0 time.Duration
+	var ctr0 agentCounters
+	var ctr0Err error
+	mc := &http.Client{Timeout: 2 * time.Second}
 	if ag != nil {
 		cpu0 = procCPU(ag.pid)
+		ctr0, ctr0Err = readAgentCounters(mc, ag.metrics)
 	}
+	clientCPU0, clientOK := h.clientAcct.usage()
+	serverCPU0, serverOK := h.serverAcct.usage()
 	r.Load[0] = loadAvg1()
 	t0 := time.Now()
 	sctx, scancel := context.WithCancel(ctx)
@@ -658,6 +707,22 @@ func (h *harness) runMode(ctx context.Context, p pair, m mode, rep int) (*runRes
 		t0: t0, stopAt: t0.Add(o.duration), hardStop: t0.Add(o.duration + o.drain), seed: 1}
 	r.Ops = storm(ctx, spec, ep, h.rs, work, h.clientEnv)
 	r.Wall = time.Since(t0).Seconds()
+	if c1, ok := h.clientAcct.usage(); ok && clientOK {
+		r.ClientCPU, r.ClientCPUs = (c1 - clientCPU0).Seconds(), h.clientAcct.cpus
+	}
+	if s1, ok := h.serverAcct.usage(); ok && serverOK {
+		r.ServerCPU, r.ServerCPUs = (s1 - serverCPU0).Seconds(), h.serverAcct.cpus
+	}
+	if ag != nil {
+		// The end of the window, before the agent is stopped: commands
+		// still running are not counted (the CPU column says so).
+		if ctr1, err := readAgentCounters(mc, ag.metrics); err != nil || ctr0Err != nil {
+			h.logf("run %d: agent counters: %v", h.seq, errors.Join(ctr0Err, err))
+		} else {
+			d := ctr1.since(ctr0)
+			r.Counters = &d
+		}
+	}
 	r.Load[1] = loadAvg1()
 	scancel()
 	r.Samples, r.ProbeStormOps = <-samples, <-probes
@@ -668,8 +733,7 @@ func (h *harness) runMode(ctx context.Context, p pair, m mode, rep int) (*runRes
 	r.OOMKills = h.cg.oomKills() - oom0
 	if ag != nil {
 		r.AgentCPU = (procCPU(ag.pid) - cpu0).Seconds()
-		c := &http.Client{Timeout: 2 * time.Second}
-		r.AgentRejected = counter(c, ag.metrics, "sluice_commands_total", `outcome="rejected"`)
+		r.AgentRejected = counter(mc, ag.metrics, "sluice_commands_total", `outcome="rejected"`)
 		r.Backoffs = countLines(ag.logPath, "adaptive limit backed off")
 		for _, s := range r.Samples {
 			r.AgentRSS = max(r.AgentRSS, s.AgentRSS)
@@ -691,8 +755,9 @@ func (h *harness) runMode(ctx context.Context, p pair, m mode, rep int) (*runRes
 	}
 	r.ServerSluiceLines = countLines(serverLog, "sluice:")
 	r.summarize(sc)
-	h.logf("run %d: %s: goodput %.1f/min (%d ok), %d failed, %d pushes failed, %d OOM kills, peak %.0f MiB, probe p99 %.0f ms, Jain %.2f, load %.1f",
-		h.seq, label, r.S.Goodput, r.S.GoodOps, r.S.Failed, r.S.PushFailed, r.OOMKills, float64(r.PeakMem)/(1<<20), r.S.ProbeStorm.P99, r.S.Jain, r.Load[1])
+	h.logf("run %d: %s: goodput %.1f/min (%d ok), %d failed, %d pushes failed, %d OOM kills, peak %.0f MiB, probe p99 %.0f ms, Jain %.2f, load %.1f, CPU busy clients %s %% / server %s %%",
+		h.seq, label, r.S.Goodput, r.S.GoodOps, r.S.Failed, r.S.PushFailed, r.OOMKills, float64(r.PeakMem)/(1<<20), r.S.ProbeStorm.P99, r.S.Jain, r.Load[1],
+		num(r.clientBusy(), "%.0f"), num(r.serverBusy(), "%.0f"))
 	return r, nil
 }
 

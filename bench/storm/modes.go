@@ -26,12 +26,17 @@ type mode struct {
 // Built-in mode names. Every other name is a policy file:
 // <policy-dir>/<name>.toml, or name=path/to/file.toml. So a new mode (e.g.
 // issue 17's host-budget) slots in by dropping policies/host-budget.toml
-// next to tuned.toml and naming it in -modes.
+// next to tuned.toml and naming it in -modes; pack-cache
+// (policies/pack-cache.toml: the shipped defaults plus the pack cache,
+// issue 18) is one.
 const (
 	modeNone       = "none"        // no sluice
 	modeDefaults   = "defaults"    // `sluice validate --print-defaults`, untouched
 	modeBestStatic = "best-static" // the sweep's winner, run again
 	sweepPrefix    = "static-g"    // static-g4: the sweep policy with limit 4
+	// modePackCache is not built in (policies/pack-cache.toml); the
+	// report compares it with defaults.
+	modePackCache = "pack-cache"
 )
 
 // sweepPolicy is the sweep's static policy: one host-wide limit on
@@ -94,24 +99,47 @@ func resolveMode(name, bin, policyDir string, best int) (mode, error) {
 }
 
 // agentConfig completes a policy with the harness's operational keys:
-// [agent] socket and metrics_addr, [git] bin, and [cgroups] hierarchy_root
-// (unique per run: other sluiced instances on the machine use "sluice").
-// Keys already present are replaced in place, so the shipped default
-// policy keeps every other line as shipped.
-func agentConfig(policy, socket, metricsAddr, hierarchyRoot string) (string, error) {
+// [agent] socket and metrics_addr, [git] bin, [cgroups] hierarchy_root
+// (unique per run: other sluiced instances on the machine use "sluice"),
+// and, when the policy has a [pack_cache] table, its dir (packCacheDir: a
+// fresh directory per run, so no run shares a cache with another or with
+// a sluiced outside the harness). Keys already present are replaced in
+// place, so the shipped default policy keeps every other line as shipped.
+func agentConfig(policy, socket, metricsAddr, hierarchyRoot, packCacheDir string) (string, error) {
 	s := policy
 	var err error
-	for _, kv := range [][3]string{
+	keys := [][3]string{
 		{"agent", "socket", strconv.Quote(socket)},
 		{"agent", "metrics_addr", strconv.Quote(metricsAddr)},
 		{"git", "bin", strconv.Quote(realGit)},
 		{"cgroups", "hierarchy_root", strconv.Quote(hierarchyRoot)},
-	} {
+	}
+	if packCacheDir != "" && hasTable(policy, "pack_cache") {
+		keys = append(keys, [3]string{"pack_cache", "dir", strconv.Quote(packCacheDir)})
+	}
+	for _, kv := range keys {
 		if s, err = setKey(s, kv[0], kv[1], kv[2]); err != nil {
 			return "", err
 		}
 	}
 	return s, nil
+}
+
+// isHeader says whether a TOML line is the header of [table] (a trailing
+// comment allowed).
+func isHeader(line, table string) bool {
+	l, _, _ := strings.Cut(line, "#")
+	return strings.TrimSpace(l) == "["+table+"]"
+}
+
+// hasTable says whether a TOML text has a [table] header.
+func hasTable(text, table string) bool {
+	for _, l := range strings.Split(text, "\n") {
+		if isHeader(l, table) {
+			return true
+		}
+	}
+	return false
 }
 
 // setKey sets key = value in [table] of a TOML text: the key's line is
@@ -122,7 +150,7 @@ func setKey(text, table, key, value string) (string, error) {
 	header := "[" + table + "]"
 	start := -1
 	for i, l := range lines {
-		if strings.TrimSpace(l) == header {
+		if isHeader(l, table) {
 			if start >= 0 {
 				return "", fmt.Errorf("policy has [%s] twice", table)
 			}

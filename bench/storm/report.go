@@ -70,6 +70,18 @@ type runResult struct {
 	AgentLog          string `json:",omitempty"` // where the whole log was kept (not committed)
 	ServerSluiceLines int    // `sluice:` lines in the server's log (git daemon, sshd, fcgiwrap)
 
+	// ClientCPU and ServerCPU are the CPU seconds each side used over the
+	// storm (cpuacct.usage of its cgroup, from the start of the storm to
+	// the end of the last operation: Wall); ClientCPUs and ServerCPUs the
+	// CPUs it may use (0: not measured).
+	ClientCPU, ServerCPU   float64
+	ClientCPUs, ServerCPUs int
+	// Counters is the agent's /metrics at the end of the window minus at
+	// its start (nil without sluice).
+	Counters *agentCounters `json:",omitempty"`
+	// PackCache: the policy enables [pack_cache].
+	PackCache bool `json:",omitempty"`
+
 	S summary
 
 	Ops           []op
@@ -175,6 +187,62 @@ func (r *runResult) summarize(sc scenario) {
 	r.S = s
 }
 
+// packOps counts the completed operations that ran a pack-objects on the
+// server: clones, shallow clones and fetches (ls-remote and pushes run
+// none; the probe is not in Ops).
+func (r *runResult) packOps() int {
+	n := 0
+	for _, o := range r.Ops {
+		if o.Outcome == ok && (o.Kind == kClone || o.Kind == kShallow || o.Kind == kFetch) {
+			n++
+		}
+	}
+	return n
+}
+
+// busyPct is a side's CPU use over the storm in percent of what its CPUs
+// could give; NaN when not measured.
+func busyPct(cpuSeconds float64, cpus int, wall float64) float64 {
+	if cpus <= 0 || wall <= 0 {
+		return math.NaN()
+	}
+	return cpuSeconds / (wall * float64(cpus)) * 100
+}
+
+func (r *runResult) clientBusy() float64 { return busyPct(r.ClientCPU, r.ClientCPUs, r.Wall) }
+func (r *runResult) serverBusy() float64 { return busyPct(r.ServerCPU, r.ServerCPUs, r.Wall) }
+
+// cmdCPU is the CPU seconds of the agent's finished commands of a
+// subcommand over the window; NaN without sluice, and where no command of
+// it was admitted (a policy no rule of which matches it: the sweep's
+// leaves upload-pack alone).
+func (r *runResult) cmdCPU(subcmd string) float64 {
+	if r.Counters == nil || (r.Counters.CPU[subcmd] == 0 && r.Counters.Finished[subcmd] == 0) {
+		return math.NaN()
+	}
+	return r.Counters.CPU[subcmd]
+}
+
+// perOp divides by a count of operations; NaN for none.
+func perOp(v float64, n int) float64 {
+	if n <= 0 {
+		return math.NaN()
+	}
+	return v / float64(n)
+}
+
+// spreadOfRuns is the spread of a per-run value, runs where it is
+// undefined left out.
+func spreadOfRuns(runs []*runResult, f func(*runResult) float64) spread {
+	var v []float64
+	for _, r := range runs {
+		if x := f(r); !math.IsNaN(x) && !math.IsInf(x, 0) {
+			v = append(v, x)
+		}
+	}
+	return spreadOf(v)
+}
+
 // pairResult is one scenario over one transport: its sweep and its modes.
 type pairResult struct {
 	Scenario, Transport string
@@ -248,6 +316,15 @@ func (p *pairResult) idleProbe() stats {
 		}
 	}
 	return summarize(v)
+}
+
+func modeNamed(aggs []*modeAgg, name string) *modeAgg {
+	for _, a := range aggs {
+		if a.Name == name {
+			return a
+		}
+	}
+	return nil
 }
 
 func (p *pairResult) mode(name string) *modeAgg {
@@ -344,8 +421,15 @@ func (r *report) markdown(pngs []string) string {
 	p("- **Clients**: %v clients from %v distinct loopback addresses (127.0.0.2 …; pushers have addresses of their own, the probe 127.0.0.1). git:// binds through `GIT_PROXY_COMMAND` = `socat -t 300 STDIO,shut-close TCP:$1:$2,bind=ADDR` (shut-close: so a client whose server hangs up sees EOF at once instead of after socat's 300 s); ssh through `ssh -o BindAddress=ADDR`; HTTP through a per-address TCP forwarder in the harness (listens on 127.0.0.1, dials nginx from ADDR). The agent's log says which addresses it saw (column *addrs seen*).\n", o.Clients, o.Addresses)
 	p("- **Window**: %v per run after a %v idle probe phase; no operation starts after the window and operations still running at its end (+ drain %v) are cut off and counted as *unfinished*, neither ok nor failed. Per-operation timeout %v. At most %v operations per client.\n", o.Duration, o.Idle, o.Drain, o.OpTimeout, o.MaxOps)
 	p("- **Goodput** = completed clones and fetches (of every sort the scenario runs; for poll, ls-remotes) per minute of window. **Fairness** = Jain's index of completed operations across the client addresses, and the worst address's completed operations over the mean (1 = its fair share, 0 = starved). **Percentiles** are nearest-rank (value at rank ⌈p·n⌉). **Peak** = the server cgroup's `memory.max_usage_in_bytes` over the storm (page cache of the repositories included: ~%.0f MiB is cache of the served repositories). **Probe**: `git ls-remote` of a tiny repository once per second from 127.0.0.1, idle then during the storm.\n", float64(r.repoBytes())/(1<<20))
+	p("- **CPU**: *client CPU busy* = the clients' cpuacct cgroup (every client's git with its index-pack, socat, ssh, the HTTP forwarders, the harness itself and the probe's git) over the storm, in %% of ")
+	if o.ServerCPUs != "" && o.ClientCPUs != "" {
+		p("the %d CPU(s) %s all clients share", cpusetCount(o.ClientCPUs), o.ClientCPUs)
+	} else {
+		p("every CPU (shared with the server)")
+	}
+	p(". **Near 100 %% the clients, not the server, bound clones per minute**: every received pack is indexed (index-pack) on the clients' CPU, so no server-side change (a limit, the pack cache) can raise goodput past it. *Server CPU busy* is the same for the server cgroup (server, every git it runs, sluiced and the shims). *pack-objects / upload-pack CPU* = the agent's `sluice_command_cpu_seconds_total` (user + system) of that subcommand at the end of the window minus at its start: finished commands only (one still running when the window closed is not in it), and a command's CPU includes its reaped children's, so upload-pack's includes its pack-objects hook (pack-objects, or the shim streaming a cache hit). *Per op* = per completed clone, shallow clone or fetch. *Hit ratio* = (hits + joins) / (hits + joins + misses) of `sluice_pack_cache_*`.\n")
 	p("- **Failures by cause** (client side): `sluice rejection` = the client saw sluice's message; `hung up` = the server went away (OOM kills, and sluice's upload-pack rejections over git:// and HTTP, which reach the client only as a hang-up); `timeout`; `other`. The agent's own count of rejections (limit: reason) and of commands ended by a signal are listed per mode; OOM kills are the cgroups' own count.\n")
-	p("- **Modes**: `none` (no sluice), `defaults` (the shipped default policy, untouched: `sluice validate --print-defaults`), `tuned` (the first storm's hand-tuned static), `adaptive` (its adaptive twin), `best-static` (the sweep's winner, run again), `static-gN` (sweep: pack-objects `key = \"global\"`, `max_per_key = N`, queue 1000 / 5 m, nothing else). sluiced runs with the eBPF tracer on (exec-in-place) unless a policy says otherwise; the harness only sets socket, metrics address, `[git] bin` and a unique `[cgroups] hierarchy_root`.\n")
+	p("- **Modes**: `none` (no sluice), `defaults` (the shipped default policy, untouched: `sluice validate --print-defaults`), `tuned` (the first storm's hand-tuned static), `adaptive` (its adaptive twin), `best-static` (the sweep's winner, run again), `static-gN` (sweep: pack-objects `key = \"global\"`, `max_per_key = N`, queue 1000 / 5 m, nothing else), `pack-cache` (the shipped defaults untouched plus `[pack_cache] enabled = true`: identical fetches share one pack-objects; max_age, max_bytes, min_occurrences as shipped; an empty cache at the start of every run). sluiced runs with the eBPF tracer on (exec-in-place) unless a policy says otherwise; the harness only sets socket, metrics address, `[git] bin`, a unique `[cgroups] hierarchy_root` and, where the policy has a `[pack_cache]` table, its `dir` (a fresh directory per run).\n")
 	p("- **Repositories**: ")
 	for _, n := range slices.Sorted(mapKeys(r.Repos)) {
 		rp := r.RepoParams[n]
@@ -407,10 +491,10 @@ func (r *report) pairMarkdown(b *strings.Builder, pr *pairResult) {
 	p := func(f string, a ...any) { fmt.Fprintf(b, f, a...) }
 	p("\n## %s over %s\n\n%s; %d pushers.\n", pr.Scenario, transportName(pr.Transport), pr.Doc, pr.Pushers)
 	if len(pr.Sweep) > 0 {
-		p("\n**Sweep** (host-wide pack-objects limit):\n\n| limit | goodput /min | pack MiB /min | ok | failed | unfinished | pushes failed | OOM kills | peak MiB | probe p99 ms | Jain |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+		p("\n**Sweep** (host-wide pack-objects limit):\n\n| limit | goodput /min | pack MiB /min | ok | failed | unfinished | pushes failed | OOM kills | peak MiB | probe p99 ms | Jain | client / server CPU busy %% |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, s := range pr.Sweep {
-			p("| %d | %.1f | %.0f | %d | %d | %d | %d | %d | %.0f | %.0f | %s |\n", s.Limit, s.S.Goodput, s.S.MiBPerMin, s.S.GoodOps, s.S.Failed, s.S.Outcomes.CutOff, s.S.PushFailed, s.OOMKills,
-				float64(s.PeakMem)/(1<<20), s.S.ProbeStorm.P99, num(float64(s.S.Jain), "%.2f"))
+			p("| %d | %.1f | %.0f | %d | %d | %d | %d | %d | %.0f | %.0f | %s | %s / %s |\n", s.Limit, s.S.Goodput, s.S.MiBPerMin, s.S.GoodOps, s.S.Failed, s.S.Outcomes.CutOff, s.S.PushFailed, s.OOMKills,
+				float64(s.PeakMem)/(1<<20), s.S.ProbeStorm.P99, num(float64(s.S.Jain), "%.2f"), num(s.clientBusy(), "%.0f"), num(s.serverBusy(), "%.0f"))
 		}
 	}
 	if pr.Best > 0 {
@@ -473,6 +557,7 @@ func (r *report) pairMarkdown(b *strings.Builder, pr *pairResult) {
 			r0.S.ProbeStorm.P50, r0.S.ProbeStorm.P95, r0.S.ProbeStorm.P99, ratio(r0.S.ProbeStorm.P99, idleP99),
 			jainCol, num(float64(r0.S.WorstShare), "%.2f"), seenCol, agent, lmax)
 	}
+	cpuMarkdown(b, aggs)
 	p("\nFailures by cause, agent rejections and signals (first run of each mode):\n\n")
 	for _, a := range aggs {
 		r0 := a.Runs[0]
@@ -534,6 +619,86 @@ func (r *report) pairMarkdown(b *strings.Builder, pr *pairResult) {
 	}
 	if d := pr.mode(modeDefaults); d != nil {
 		p("\n**Do the shipped defaults protect this host from %s over %s?** %s\n", pr.Scenario, transportName(pr.Transport), verdict(d, best, none, idle))
+	}
+}
+
+// cpuMarkdown is the pair's CPU and pack cache table: where the CPU went
+// and what the cache saved, per mode (values over repeats as mean
+// [min–max]; the cache's counters of the first run).
+func cpuMarkdown(b *strings.Builder, aggs []*modeAgg) {
+	p := func(f string, a ...any) { fmt.Fprintf(b, f, a...) }
+	p("\nCPU and pack cache (CPU seconds over the window; per op = per completed clone, shallow clone or fetch; see **CPU** above):\n\n")
+	p("| mode | clones + fetches ok | client CPU busy %% | server CPU busy %% | server CPU s / op | pack-objects CPU s (/ op) | upload-pack CPU s (/ op) | pack cache hit ratio | hits / joins / misses / fills (first run) | bypasses | cache served / written MiB |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	var bound []string
+	for _, a := range aggs {
+		r0 := a.Runs[0]
+		ops := spreadOfRuns(a.Runs, func(r *runResult) float64 { return float64(r.packOps()) })
+		client := spreadOfRuns(a.Runs, (*runResult).clientBusy)
+		server := spreadOfRuns(a.Runs, (*runResult).serverBusy)
+		serverOp := spreadOfRuns(a.Runs, func(r *runResult) float64 {
+			if r.ServerCPUs == 0 {
+				return math.NaN()
+			}
+			return perOp(r.ServerCPU, r.packOps())
+		})
+		cmd := func(subcmd string) string {
+			tot := spreadOfRuns(a.Runs, func(r *runResult) float64 { return r.cmdCPU(subcmd) })
+			if tot.N == 0 {
+				return "—"
+			}
+			per := spreadOfRuns(a.Runs, func(r *runResult) float64 { return perOp(r.cmdCPU(subcmd), r.packOps()) })
+			return fmt.Sprintf("%s (%s)", tot.show("%.1f"), per.show("%.2f"))
+		}
+		hit := spreadOfRuns(a.Runs, func(r *runResult) float64 {
+			if r.Counters == nil {
+				return math.NaN()
+			}
+			return r.Counters.PackCache.hitRatio()
+		})
+		counts, byp, mib := "—", "—", "—"
+		if r0.Counters != nil && r0.Counters.PackCache != nil {
+			pc := r0.Counters.PackCache
+			counts = fmt.Sprintf("%.0f / %.0f / %.0f / %.0f", pc.Hits, pc.Joins, pc.Misses, pc.Fills)
+			var parts []string
+			for _, k := range slices.Sorted(mapKeys(pc.Bypasses)) {
+				if pc.Bypasses[k] > 0 {
+					parts = append(parts, fmt.Sprintf("%.0f %s", pc.Bypasses[k], k))
+				}
+			}
+			byp = "0"
+			if len(parts) > 0 {
+				byp = strings.Join(parts, ", ")
+			}
+			if pc.FillFailures > 0 {
+				byp += fmt.Sprintf("; %.0f fills failed", pc.FillFailures)
+			}
+			mib = fmt.Sprintf("%.0f / %.0f", pc.ServedBytes/(1<<20), pc.WrittenBytes/(1<<20))
+		}
+		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", a.Name, ops.show("%.0f"), client.show("%.0f"), server.show("%.0f"), serverOp.show("%.2f"),
+			cmd("pack-objects"), cmd("upload-pack"), hit.show("%.2f"), counts, byp, mib)
+		if client.N > 0 && client.Max >= 90 {
+			bound = append(bound, fmt.Sprintf("`%s` (%.0f %%)", a.Name, client.Max))
+		}
+	}
+	if c, d := modeNamed(aggs, modePackCache), modeNamed(aggs, modeDefaults); c != nil && d != nil {
+		// Issue 18's question, same run: what the cache saved next to
+		// the same policy without it.
+		perOpOf := func(a *modeAgg, subcmd string) float64 {
+			return spreadOfRuns(a.Runs, func(r *runResult) float64 { return perOp(r.cmdCPU(subcmd), r.packOps()) }).Mean
+		}
+		serverOf := func(a *modeAgg) float64 {
+			return spreadOfRuns(a.Runs, func(r *runResult) float64 {
+				if r.ServerCPUs == 0 {
+					return math.NaN()
+				}
+				return perOp(r.ServerCPU, r.packOps())
+			}).Mean
+		}
+		p("\n**pack-cache ÷ defaults** (the same policy without the cache, same run): pack-objects CPU s per op %s, server CPU s per op %s, goodput %s.\n",
+			ratio(perOpOf(c, "pack-objects"), perOpOf(d, "pack-objects")), ratio(serverOf(c), serverOf(d)), ratio(c.Goodput.Mean, d.Goodput.Mean))
+	}
+	if len(bound) > 0 {
+		p("\n**Client-bound**: the clients' CPU was ≥ 90 %% busy in %s: their clones per minute measure what the clients' CPU can index, not what the server can serve.\n", strings.Join(bound, ", "))
 	}
 }
 
@@ -632,6 +797,17 @@ func (r *report) smokeCheck() error {
 			}
 			if run.Policy == "" {
 				continue
+			}
+			if run.Counters == nil {
+				errs = append(errs, fmt.Errorf("%s: the agent's counters (/metrics) were not read", label))
+			} else if run.PackCache {
+				pc := run.Counters.PackCache
+				switch {
+				case pc == nil:
+					errs = append(errs, fmt.Errorf("%s: the policy enables the pack cache but the agent exports no sluice_pack_cache_* series (see its log: did the cache start?)", label))
+				case run.packOps() > 0 && pc.Hits+pc.Joins+pc.Misses == 0:
+					errs = append(errs, fmt.Errorf("%s: %d clones and fetches completed but no pack-objects request reached the pack cache: the shim's cache wiring is broken", label, run.packOps()))
+				}
 			}
 			if err := identityCheck(run); err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", label, err))

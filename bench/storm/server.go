@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/agent/shimproto"
+	"github.com/sluicehq/sluice/policy"
 )
 
 // freePort returns a loopback TCP port that was free a moment ago.
@@ -85,6 +86,9 @@ type agent struct {
 	socket  string
 	metrics string // http://127.0.0.1:N/metrics
 	logPath string
+	// packCache: the policy enables [pack_cache] (its dir is
+	// <run dir>/pack-cache).
+	packCache bool
 }
 
 func startAgent(bin, dir string, m mode, cg *serverCgroup, hierarchyRoot string, env []string) (*agent, error) {
@@ -93,7 +97,7 @@ func startAgent(bin, dir string, m mode, cg *serverCgroup, hierarchyRoot string,
 		return nil, err
 	}
 	socket := filepath.Join(dir, "run", "sluice.sock")
-	cfg, err := agentConfig(m.Policy, socket, fmt.Sprintf("127.0.0.1:%d", port), hierarchyRoot)
+	cfg, err := agentConfig(m.Policy, socket, fmt.Sprintf("127.0.0.1:%d", port), hierarchyRoot, filepath.Join(dir, "pack-cache"))
 	if err != nil {
 		return nil, fmt.Errorf("mode %s: %w", m.Name, err)
 	}
@@ -101,13 +105,17 @@ func startAgent(bin, dir string, m mode, cg *serverCgroup, hierarchyRoot string,
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
+	packCache := false
+	if c, err := policy.Parse(path, []byte(cfg)); err == nil {
+		packCache = c.PackCache.Enabled
+	}
 	sluiced, err := filepath.Abs(filepath.Join(bin, "sluiced"))
 	if err != nil {
 		return nil, err
 	}
 	cmd := inCgroup(cg, sluiced, "-config", path, "-log-level", "info")
 	cmd.Env = env
-	a := &agent{socket: socket, metrics: fmt.Sprintf("http://127.0.0.1:%d/metrics", port), logPath: filepath.Join(dir, "sluiced.log")}
+	a := &agent{socket: socket, metrics: fmt.Sprintf("http://127.0.0.1:%d/metrics", port), logPath: filepath.Join(dir, "sluiced.log"), packCache: packCache}
 	if a.proc, err = startProc(cmd, a.logPath); err != nil {
 		return nil, err
 	}

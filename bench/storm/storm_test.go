@@ -260,7 +260,7 @@ func TestModesResolveAndCompose(t *testing.T) {
 	}
 	// The shipped defaults keep every line but the operational ones.
 	def := string(policy.DefaultTOML())
-	cfg, err := agentConfig(def, "/run/x.sock", "127.0.0.1:1234", "storm-root")
+	cfg, err := agentConfig(def, "/run/x.sock", "127.0.0.1:1234", "storm-root", "/tmp/storm/pack-cache")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,8 +269,12 @@ func TestModesResolveAndCompose(t *testing.T) {
 		t.Fatalf("composed defaults do not parse: %v\n%s", err, cfg)
 	}
 	d := policy.Default()
-	if c.Agent.Socket != "/run/x.sock" || c.Agent.MetricsAddr != "127.0.0.1:1234" || c.Cgroups.HierarchyRoot != "storm-root" || c.Git.Bin != realGit {
-		t.Errorf("operational keys not set: %+v %+v %+v", c.Agent, c.Cgroups, c.Git)
+	if c.Agent.Socket != "/run/x.sock" || c.Agent.MetricsAddr != "127.0.0.1:1234" || c.Cgroups.HierarchyRoot != "storm-root" || c.Git.Bin != realGit ||
+		c.PackCache.Dir != "/tmp/storm/pack-cache" {
+		t.Errorf("operational keys not set: %+v %+v %+v %+v", c.Agent, c.Cgroups, c.Git, c.PackCache)
+	}
+	if c.PackCache.Enabled != d.PackCache.Enabled {
+		t.Error("composing the defaults changed [pack_cache] enabled")
 	}
 	if len(c.Limits) != len(d.Limits) || c.Limits[1].MaxPerKey != d.Limits[1].MaxPerKey || !reflect.DeepEqual(c.EBPF, d.EBPF) || c.Cgroups.Enabled != d.Cgroups.Enabled {
 		t.Error("composing the defaults changed their policy")
@@ -281,15 +285,19 @@ func TestModesResolveAndCompose(t *testing.T) {
 	// A policy file without those tables gets them appended.
 	for _, name := range []string{"tuned", "adaptive", "old-defaults"} {
 		m, _ := resolveMode(name, "bin", "policies", 0)
-		cfg, err := agentConfig(m.Policy, "/run/x.sock", "127.0.0.1:1", "r")
+		cfg, err := agentConfig(m.Policy, "/run/x.sock", "127.0.0.1:1", "r", "/tmp/storm/pack-cache")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := policy.Parse(name, []byte(cfg)); err != nil {
+		c, err := policy.Parse(name, []byte(cfg))
+		if err != nil {
 			t.Errorf("%s composed: %v", name, err)
+		} else if c.PackCache.Dir != policy.DefaultPackCacheDir || strings.Contains(cfg, "pack_cache") {
+			// No [pack_cache] table: nothing to set (the cache is off).
+			t.Errorf("%s: [pack_cache] added to a policy without one: dir %q", name, c.PackCache.Dir)
 		}
 	}
-	cfg, _ = agentConfig(sweepPolicy(4), "/s", "127.0.0.1:1", "r")
+	cfg, _ = agentConfig(sweepPolicy(4), "/s", "127.0.0.1:1", "r", "")
 	if c, err := policy.Parse("sweep", []byte(cfg)); err != nil || len(c.Limits) != 1 || c.Limits[0].Key != "global" || c.Limits[0].MaxPerKey != 4 {
 		t.Errorf("sweep policy: %+v, %v", c, err)
 	}
@@ -361,7 +369,14 @@ func TestReportRoundTrip(t *testing.T) {
 	pr := &pairResult{Scenario: "ci-burst", Transport: "git", Sweep: []*runResult{mk("static-g2", 2, []op{okOp})}, Best: 2}
 	none := mk("none", 0, nil)
 	none.Policy, none.Agent = "", nil
-	pr.Runs = []*runResult{none, mk("defaults", 0, nil), mk("best-static", 2, []op{okOp, okOp})}
+	cache := mk("pack-cache", 0, []op{okOp, okOp, okOp, okOp})
+	cache.ClientCPU, cache.ClientCPUs, cache.ServerCPU, cache.ServerCPUs, cache.Wall = 38, 1, 4, 1, 40
+	cache.Counters = &agentCounters{CPU: map[string]float64{"pack-objects": 2, "upload-pack": 3},
+		PackCache: &packCacheCounters{Hits: 2, Joins: 1, Misses: 1, Fills: 1, Bypasses: map[string]float64{"cold": 0}, ServedBytes: 3 << 20, WrittenBytes: 1 << 20}}
+	def := mk("defaults", 0, []op{okOp})
+	def.ServerCPU, def.ServerCPUs, def.Wall = 8, 1, 40
+	def.Counters = &agentCounters{CPU: map[string]float64{"pack-objects": 8}}
+	pr.Runs = []*runResult{none, def, mk("best-static", 2, []op{okOp, okOp}), cache}
 	r := &report{Opts: optsRecord{Clients: 2, Addresses: 2, Mem: 1 << 30, Repeat: 1}, CPUs: 2, Pairs: []*pairResult{pr},
 		Repos: map[string]int64{"big": 1 << 20}, RepoParams: map[string]repoParams{"big": {Files: 1}}}
 	dir, dir2 := t.TempDir(), t.TempDir()
@@ -379,9 +394,149 @@ func TestReportRoundTrip(t *testing.T) {
 	if !strings.Contains(string(a), "**No**") || !strings.Contains(string(a), "best-static = 2") {
 		t.Errorf("report lacks the verdict or the sweep's winner:\n%s", a)
 	}
+	for _, row := range []string{
+		"| pack-cache | 4 | 95 | 10 | 1.00 | 2.0 (0.50) | 3.0 (0.75) | 0.75 | 2 / 1 / 1 / 1 | 0 | 3 / 1 |",
+		"| none | 0 | — | — | — | — | — | — | — | — | — |",
+		"**Client-bound**", "`pack-cache` (95 %)",
+		"pack-objects CPU s per op ×0.06, server CPU s per op ×0.12, goodput ×4.00",
+	} {
+		if !strings.Contains(string(a), row) {
+			t.Errorf("CPU and pack cache table lacks %q:\n%s", row, a)
+		}
+	}
 	for _, png := range []string{"sweep-ci-burst-git.png", "run-ci-burst-git-defaults.png"} {
 		if _, err := os.Stat(filepath.Join(dir2, png)); err != nil {
 			t.Errorf("plot %s: %v", png, err)
 		}
+	}
+}
+
+// pack-cache is the shipped defaults (rules, budget, everything) plus the
+// cache, in the directory the harness gives it.
+func TestPackCacheModeIsDefaultsPlusCache(t *testing.T) {
+	m, err := resolveMode("pack-cache", "bin", "policies", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := agentConfig(m.Policy, "/run/x.sock", "127.0.0.1:1", "r", "/tmp/storm/run-01/pack-cache")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := policy.Parse("pack-cache", []byte(cfg))
+	if err != nil {
+		t.Fatalf("composed pack-cache does not parse: %v\n%s", err, cfg)
+	}
+	d := policy.Default()
+	if !c.PackCache.Enabled || c.PackCache.Dir != "/tmp/storm/run-01/pack-cache" {
+		t.Errorf("pack cache: %+v", c.PackCache)
+	}
+	if c.PackCache.MaxAge != d.PackCache.MaxAge || c.PackCache.MaxBytes != d.PackCache.MaxBytes || c.PackCache.MinOccurrences != d.PackCache.MinOccurrences {
+		t.Errorf("pack cache bounds differ from the shipped ones: %+v vs %+v", c.PackCache, d.PackCache)
+	}
+	if !c.DefaultLimits || !reflect.DeepEqual(c.Limits, d.Limits) || !reflect.DeepEqual(c.Budget, d.Budget) {
+		t.Errorf("pack-cache does not keep the default rules and budget: %+v / %+v", c.Limits, c.Budget)
+	}
+	if !hasTable("[pack_cache] # x\nenabled = true\n", "pack_cache") || hasTable("[pack_cache.x]\n", "pack_cache") {
+		t.Error("hasTable")
+	}
+}
+
+// metricsFixture is what sluiced's /metrics says, abridged: two runs of
+// pack-objects and upload-pack, a receive-pack, and the pack cache.
+const metricsFixture = `# HELP sluice_command_cpu_seconds_total CPU time used by finished git commands, by mode (user, system).
+# TYPE sluice_command_cpu_seconds_total counter
+sluice_command_cpu_seconds_total{cmd="git",mode="system",subcmd="pack-objects"} 1.5
+sluice_command_cpu_seconds_total{cmd="git",mode="user",subcmd="pack-objects"} 10
+sluice_command_cpu_seconds_total{cmd="git-upload-pack",mode="system",subcmd="upload-pack"} 0.5
+sluice_command_cpu_seconds_total{cmd="git-upload-pack",mode="user",subcmd="upload-pack"} 12
+sluice_command_cpu_seconds_total{cmd="git",mode="user",subcmd="receive-pack"} 0.25
+sluice_commands_total{cmd="git",outcome="ok",subcmd="pack-objects"} 3
+sluice_commands_total{cmd="git",outcome="signaled",subcmd="pack-objects"} 1
+sluice_commands_total{cmd="git",outcome="rejected",subcmd="pack-objects"} 7
+sluice_command_real_seconds_total{cmd="git",subcmd="pack-objects"} 99
+# HELP sluice_pack_cache_hits_total x
+# TYPE sluice_pack_cache_hits_total counter
+sluice_pack_cache_hits_total 30
+sluice_pack_cache_joins_total 14
+sluice_pack_cache_misses_total 4
+sluice_pack_cache_fills_total 3
+sluice_pack_cache_fill_failures_total 1
+sluice_pack_cache_served_bytes_total 4.831838208e+09
+sluice_pack_cache_written_bytes_total 3.3554432e+08
+sluice_pack_cache_evictions_total{reason="age"} 0
+sluice_pack_cache_bypasses_total{reason="cold"} 0
+sluice_pack_cache_bypasses_total{reason="disk"} 1
+sluice_pack_cache_bypasses_total{reason="too_large"} 0
+sluice_pack_cache_entries 2
+`
+
+func TestAgentCountersParseAndSubtract(t *testing.T) {
+	end, err := parseAgentCounters(strings.NewReader(metricsFixture))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if end.CPU["pack-objects"] != 11.5 || end.CPU["upload-pack"] != 12.5 || end.CPU["receive-pack"] != 0.25 {
+		t.Errorf("CPU by subcmd (user + system, every cmd): %v", end.CPU)
+	}
+	if end.Finished["pack-objects"] != 4 {
+		t.Errorf("finished pack-objects (rejections left out): %v", end.Finished)
+	}
+	pc := end.PackCache
+	if pc == nil || pc.Hits != 30 || pc.Joins != 14 || pc.Misses != 4 || pc.Fills != 3 || pc.FillFailures != 1 ||
+		pc.ServedBytes != 4.5*(1<<30) || pc.WrittenBytes != 320<<20 || pc.Bypasses["disk"] != 1 || pc.bypasses() != 1 {
+		t.Fatalf("pack cache counters: %+v", pc)
+	}
+	if got := pc.hitRatio(); math.Abs(got-44.0/48) > 1e-12 {
+		t.Errorf("hit ratio = %v, want (30+14)/(30+14+4)", got)
+	}
+	start, _ := parseAgentCounters(strings.NewReader(`sluice_command_cpu_seconds_total{cmd="git",mode="user",subcmd="upload-pack"} 0.5
+sluice_pack_cache_hits_total 10
+sluice_pack_cache_misses_total 2
+`))
+	d := end.since(start)
+	if d.CPU["upload-pack"] != 12 || d.CPU["pack-objects"] != 11.5 {
+		t.Errorf("CPU since the start: %v", d.CPU)
+	}
+	if d.PackCache.Hits != 20 || d.PackCache.Misses != 2 || d.PackCache.Joins != 14 || math.Abs(d.PackCache.hitRatio()-34.0/36) > 1e-12 {
+		t.Errorf("pack cache since the start: %+v", d.PackCache)
+	}
+	// Without the cache the series are absent: no counters, ratio undefined.
+	off, _ := parseAgentCounters(strings.NewReader(`sluice_command_cpu_seconds_total{cmd="git",mode="user",subcmd="pack-objects"} 2` + "\n"))
+	if off.PackCache != nil || off.since(start).PackCache != nil || !math.IsNaN(off.PackCache.hitRatio()) {
+		t.Errorf("no cache: %+v", off.PackCache)
+	}
+	if !math.IsNaN((&packCacheCounters{}).hitRatio()) {
+		t.Error("a cache nothing reached has a hit ratio")
+	}
+	if r := (&packCacheCounters{Misses: 5}).hitRatio(); r != 0 {
+		t.Errorf("all misses: %v", r)
+	}
+}
+
+func TestCPUShares(t *testing.T) {
+	for list, want := range map[string]int{"0": 1, "1": 1, "0-3": 4, "0,2-3": 3, "": 0, "x": 0, "3-1": 0} {
+		if got := cpusetCount(list); got != want {
+			t.Errorf("cpusetCount(%q) = %d, want %d", list, got, want)
+		}
+	}
+	r := &runResult{Wall: 40, ClientCPU: 38, ClientCPUs: 1, ServerCPU: 20, ServerCPUs: 2}
+	if r.clientBusy() != 95 || r.serverBusy() != 25 {
+		t.Errorf("busy: client %v, server %v", r.clientBusy(), r.serverBusy())
+	}
+	if !math.IsNaN((&runResult{Wall: 40, ClientCPU: 1}).clientBusy()) {
+		t.Error("an unmeasured side has a busy share")
+	}
+	r.Ops = []op{{Kind: kClone, Outcome: ok}, {Kind: kFetch, Outcome: ok}, {Kind: kShallow, Outcome: ok}, {Kind: kClone, Outcome: cutOff},
+		{Kind: kLsRemote, Outcome: ok}, {Kind: kPush, Outcome: ok}}
+	r.Counters = &agentCounters{CPU: map[string]float64{"pack-objects": 6}}
+	if r.packOps() != 3 || perOp(r.cmdCPU("pack-objects"), r.packOps()) != 2 || !math.IsNaN(perOp(1, 0)) {
+		t.Errorf("per op: %d ops, %v", r.packOps(), perOp(r.cmdCPU("pack-objects"), r.packOps()))
+	}
+	if !math.IsNaN((&runResult{}).cmdCPU("pack-objects")) || !math.IsNaN(r.cmdCPU("upload-pack")) {
+		t.Error("a run without sluice, or a subcommand no rule admitted, has command CPU")
+	}
+	r.Counters.Finished = map[string]float64{"upload-pack": 2}
+	if r.cmdCPU("upload-pack") != 0 {
+		t.Error("admitted upload-packs that used no CPU have none")
 	}
 }
