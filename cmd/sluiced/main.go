@@ -1,6 +1,11 @@
 // Command sluiced is the sluice agent: it admits git processes started
 // through the shim, enforces the policy's keyed concurrency limits and
 // exports metrics. See DESIGN.md and the README for how to run it.
+//
+// It holds flags, config loading, the logger, signals, systemd notify and
+// the wiring of the parts; what they do is in the packages it wires
+// (agent.Start and agent.Run for the lifecycle, cgroup.Setup, ebpf.Setup,
+// packcache.Open, exporter).
 package main
 
 import (
