@@ -207,6 +207,7 @@ func (a *Agent) Status() *admitpb.StatusResponse {
 		resp.Leases = append(resp.Leases, info)
 	}
 	resp.Budgets = a.budgetStatus(pol)
+	a.describeParts(resp)
 	if a.describe != nil {
 		a.describe(resp)
 	}

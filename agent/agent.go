@@ -12,6 +12,7 @@ import (
 	"github.com/sluicehq/sluice/agent/adaptive"
 	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/limiter"
+	"github.com/sluicehq/sluice/cgroup"
 	"github.com/sluicehq/sluice/internal/procfs"
 	"github.com/sluicehq/sluice/policy"
 )
@@ -51,6 +52,14 @@ type Options struct {
 	// PackCache serves pack cache connections (agent/packcache); nil: no
 	// pack cache, shims that ask run pack-objects uncached.
 	PackCache PackCache
+	// Cgroups is sluice's hierarchy (cgroup.Setup): the Placer when
+	// Placer is nil, reported by Status, reconfigured by a reload, removed
+	// by Run when empty. Nil: no sluice cgroups.
+	Cgroups cgroup.Manager
+	// CgroupState is Status's cgroup state without Cgroups ("disabled",
+	// "unavailable: …"); TracerState is its eBPF state ("running",
+	// "disabled", "unavailable: …"). "" reports nothing.
+	CgroupState, TracerState string
 }
 
 // Placer puts an admitted process into its repository's cgroup bucket
@@ -82,6 +91,14 @@ type Agent struct {
 	stateProblem string
 	calib        *adaptive.Controller
 	packCache    PackCache
+	// cgroups, cgroupState and tracerState are Options'.
+	cgroups                  cgroup.Manager
+	cgroupState, tracerState string
+	// shimConf is shim.conf beside the socket, set by Start ("" until
+	// then: nothing writes it); madeRunDir says Start created the
+	// socket's directory.
+	shimConf   string
+	madeRunDir bool
 
 	describe   func(*admitpb.StatusResponse)
 	socket     string // set by Serve
@@ -136,27 +153,33 @@ func New(opts Options) *Agent {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &Agent{
-		log:        log.Named("agent"),
-		obs:        obs,
-		version:    opts.Version,
-		placer:     opts.Placer,
-		tracer:     opts.Tracer,
-		stateDir:   opts.StateDir,
-		stateFD:    -1,
-		packCache:  opts.PackCache,
-		execLeases: make(map[int]*execLease),
-		lateExits:  make(map[int]*lateExit),
-		servers:    newServerTable(procfs.Default),
-		configPath: opts.ConfigPath,
-		describe:   opts.Describe,
-		onReload:   opts.OnReload,
-		started:    time.Now(),
-		leases:     NewLeaseTable(),
-		stopping:   ctx,
-		stop:       cancel,
-		policy:     opts.Policy,
-		limiters:   make(map[string]*limiter.Limiter),
-		group:      limiter.NewGroup(),
+		log:         log.Named("agent"),
+		obs:         obs,
+		version:     opts.Version,
+		placer:      opts.Placer,
+		tracer:      opts.Tracer,
+		stateDir:    opts.StateDir,
+		stateFD:     -1,
+		packCache:   opts.PackCache,
+		cgroups:     opts.Cgroups,
+		cgroupState: opts.CgroupState,
+		tracerState: opts.TracerState,
+		execLeases:  make(map[int]*execLease),
+		lateExits:   make(map[int]*lateExit),
+		servers:     newServerTable(procfs.Default),
+		configPath:  opts.ConfigPath,
+		describe:    opts.Describe,
+		onReload:    opts.OnReload,
+		started:     time.Now(),
+		leases:      NewLeaseTable(),
+		stopping:    ctx,
+		stop:        cancel,
+		policy:      opts.Policy,
+		limiters:    make(map[string]*limiter.Limiter),
+		group:       limiter.NewGroup(),
+	}
+	if a.placer == nil && opts.Cgroups != nil {
+		a.placer = opts.Cgroups
 	}
 	fdBudget() // read the open-file limit now, before anything can change it
 	a.budget = newHostBudget(opts.Policy, a.group, a.log.Named("budget"))

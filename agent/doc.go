@@ -4,6 +4,15 @@
 // agent/limiter for slots (the keyed semaphores and queues of each rule)
 // and lets agent/adaptive move the limits of adaptive rules.
 //
+// # Lifecycle
+//
+// sluiced builds its parts (cgroup.Setup, ebpf.Setup, packcache.Open, the
+// exporter), hands them to New, and calls Start (socket, shim.conf,
+// restart recovery) and Run (serving, the tracer's events, the adaptive
+// controller, reload on SIGHUP, the stop and its cleanup); run.go. What
+// the agent does with those parts — shim.conf from the policy, the
+// [cgroups] section on reload, their state in Status — is in parts.go.
+//
 // # One socket, two protocols
 //
 // The shim runs once per git process and must start in about a

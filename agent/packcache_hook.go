@@ -2,6 +2,8 @@ package agent
 
 import (
 	"net"
+
+	"github.com/sluicehq/sluice/agent/admitpb"
 )
 
 // PackCache serves pack cache connections (shimproto.PackCacheMagic; the cache
@@ -11,6 +13,8 @@ type PackCache interface {
 	// ServeConn serves c, whose first byte was read; uid and gid are the
 	// peer's SO_PEERCRED. It closes c.
 	ServeConn(c *net.UnixConn, uid, gid uint32)
+	// Status is the cache's part of `sluice status`.
+	Status() *admitpb.PackCacheStatus
 }
 
 // packCacheFirst is the first byte of a pack cache connection.

@@ -112,6 +112,7 @@ func (a *Agent) Reload() *admitpb.ReloadResponse {
 	changes = append(changes, budgetChanges(&old.Budget, &cfg.Budget)...)
 	a.budget.configure(cfg)
 
+	changes = append(changes, a.reloadParts(cfg)...)
 	if a.onReload != nil {
 		for _, note := range a.onReload(cfg) {
 			changes = append(changes, note)

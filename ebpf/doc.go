@@ -7,5 +7,7 @@
 // The C source is bpf/tracer.bpf.c; the bpf2go output is committed (see
 // gen.go). Everything here needs Linux with BTF, tp_btf tracepoints and
 // CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN); Open reports anything missing as
-// an error wrapping ErrUnavailable.
+// an error wrapping ErrUnavailable. Probe is what `sluice check` asks (BTF
+// and CAP_BPF, without loading anything); Setup is how sluiced starts the
+// tracer from the policy, or says in one log line why it runs without.
 package ebpf

@@ -59,7 +59,7 @@ func Open(opts Options) (*Tracer, error) {
 		maxTracked = DefaultMaxTracked
 	}
 
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+	if _, err := os.Stat(KernelBTF); err != nil {
 		return nil, fmt.Errorf("%w: no kernel BTF (/sys/kernel/btf/vmlinux: %v); needs a kernel built with CONFIG_DEBUG_INFO_BTF=y", ErrUnavailable, err)
 	}
 	if _, err := btf.LoadKernelSpec(); err != nil {

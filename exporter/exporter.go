@@ -6,7 +6,9 @@
 // (safe for concurrent use); the limiter's current state (in progress,
 // queued, current limit) is read from a LimitSource at scrape time, so the
 // exporter never keeps a copy that could drift. The list of collectors is
-// explicit in New; nothing registers itself in init.
+// explicit in New; nothing registers itself in init. The cgroup tree, the
+// eBPF tracer and the pack cache are read through FromCgroups, FromTracer
+// and FromPackCache (sources.go).
 //
 // Metric names and labels are part of sluice's contract (see DESIGN.md). No
 // metric is labelled by repository, remote IP or user.

@@ -98,6 +98,24 @@ func Listen(addr string) (net.Listener, error) {
 	return nil, &listenError{addr: addr, hint: hint, err: err}
 }
 
+// Open is Listen for sluiced: it opens addr ([agent] metrics_addr), logs
+// where the metrics listen ("metrics listening", on log as given) and warns
+// when that is beyond loopback (ExposureWarning). Serve it with Serve.
+func (e *Exporter) Open(addr string, log *zap.Logger) (net.Listener, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	ln, err := Listen(addr)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("metrics listening", zap.String("addr", ln.Addr().String()), zap.Bool("pprof", e.pprof))
+	if w := ExposureWarning(addr, ln.Addr(), e.pprof); w != "" {
+		log.Warn(w, zap.String("key", "[agent] metrics_addr"), zap.String("value", addr))
+	}
+	return ln, nil
+}
+
 // ExposureWarning returns a warning for a metrics listener reachable from
 // other hosts (addr is the listener's address, after Listen), or "" when it
 // listens on loopback only. metricsAddr is the configured value, named in the

@@ -33,6 +33,15 @@ func FindRealGit(getenv Env, configured string) (string, error) {
 	return findRealGit(getenv, configured, "/proc/self/exe")
 }
 
+// FindRealGitFor is FindRealGit for a program other than the shim (`sluice
+// check`, `sluice demo`): the same order and rules, but "the shim" is every
+// file with the (device, inode) of shim instead of /proc/self/exe, so the
+// answer is the git that shim would run. A shim that does not exist skips
+// nothing.
+func FindRealGitFor(getenv Env, configured, shim string) (string, error) {
+	return findRealGit(getenv, configured, shim)
+}
+
 func findRealGit(getenv Env, configured, selfExe string) (string, error) {
 	if v := getenv(ExecGuardEnv); v != "" && v == execGuardValue() {
 		return "", errors.New("sluice: git exec'd the shim in place (another copy of sluice-shim is on PATH or configured as git?); set " + RealGitEnv + " to the real git")

@@ -100,3 +100,31 @@ func TestExecGuard(t *testing.T) {
 		t.Errorf("foreign guard value tripped: %v", err)
 	}
 }
+
+// TestFindRealGitFor skips the named shim, not the running program, with
+// the same rules as FindRealGit: `sluice check` and `sluice demo` find the
+// git the shim would run.
+func TestFindRealGitFor(t *testing.T) {
+	root := t.TempDir()
+	shim := filepath.Join(root, "lib", "sluice-shim")
+	writeExe(t, shim)
+	shimDir := filepath.Join(root, "shimbin")
+	os.MkdirAll(shimDir, 0o755)
+	if err := os.Symlink(shim, filepath.Join(shimDir, "git")); err != nil {
+		t.Fatal(err)
+	}
+	real := filepath.Join(root, "real", "git")
+	writeExe(t, real)
+	env := map[string]string{"PATH": "relative:" + shimDir + ":" + filepath.Dir(real)}
+	if got, err := FindRealGitFor(envOf(env), "", shim); err != nil || got != real {
+		t.Fatalf("FindRealGitFor = %q, %v; want %q", got, err, real)
+	}
+	if _, err := FindRealGitFor(envOf(env), filepath.Join(shimDir, "git"), shim); err == nil || !strings.Contains(err.Error(), "is the sluice shim itself") {
+		t.Errorf("git_bin = shim: err = %v", err)
+	}
+	// A shim that is not installed skips nothing.
+	env["PATH"] = shimDir
+	if got, err := FindRealGitFor(envOf(env), "", filepath.Join(root, "missing")); err != nil || got != filepath.Join(shimDir, "git") {
+		t.Errorf("without a shim: %q, %v", got, err)
+	}
+}

@@ -25,6 +25,8 @@ import (
 	"github.com/sluicehq/sluice/agent/shimproto"
 	"github.com/sluicehq/sluice/cgroup"
 	"github.com/sluicehq/sluice/internal/procfs"
+	"github.com/sluicehq/sluice/ebpf"
+	"github.com/sluicehq/sluice/gitwrap"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -113,7 +115,7 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	env := checkEnv{
 		cgroupRoot: "/sys/fs/cgroup",
 		proc:       procfs.Default,
-		btf:        "/sys/kernel/btf/vmlinux",
+		btf:        ebpf.KernelBTF,
 		getenv:     os.Getenv,
 		status:     agentStatus,
 		servers:    agentServers,
@@ -350,31 +352,30 @@ func checkCgroups(env checkEnv, cfg *policy.Config) checkResult {
 	return r
 }
 
-// capBPF is CAP_BPF's bit in /proc/PID/status CapEff.
-const capBPF = 39
-
+// checkBPF asks ebpf.Probe whether the tracer can load: kernel BTF, and
+// CAP_BPF in this process's effective set.
 func checkBPF(env checkEnv, cfg *policy.Config) checkResult {
 	r := checkResult{name: "bpf"}
 	if !cfg.EBPF.Enabled {
 		r.status, r.detail = checkSkip, "[ebpf] enabled = false"
 		return r
 	}
-	if _, err := os.Stat(env.btf); err != nil {
-		r.status, r.detail = checkWarn, fmt.Sprintf("no kernel BTF (%v): the eBPF tracer cannot load", err)
+	err := ebpf.Probe(ebpf.ProbeOptions{BTF: env.btf, CapEff: func() (uint64, error) {
+		return readCapEff(env.proc)
+	}})
+	var pe *ebpf.ProbeError
+	switch {
+	case err == nil:
+		r.status, r.detail = checkOK, env.btf+" present; CAP_BPF effective"
+	case errors.As(err, &pe) && pe.Step == ebpf.ProbeBTF:
+		r.status, r.detail = checkWarn, fmt.Sprintf("no kernel BTF (%v): the eBPF tracer cannot load", pe.Err)
 		r.fix = "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (Debian's is)"
-		return r
-	}
-	capEff, err := readCapEff(env.proc)
-	if err != nil {
-		r.status, r.detail, r.fix = checkWarn, err.Error(), "mount /proc"
-		return r
-	}
-	if capEff&(1<<capBPF) == 0 {
+	case errors.As(err, &pe) && pe.Step == ebpf.ProbeCaps:
+		r.status, r.detail, r.fix = checkWarn, pe.Err.Error(), "mount /proc"
+	default: // ebpf.ProbeCapBPF
 		r.status, r.detail = checkWarn, "this process lacks CAP_BPF: sluiced running like this cannot load the tracer"
 		r.fix = "run sluiced (and this check) as root; keep CAP_BPF and CAP_PERFMON in the unit's CapabilityBoundingSet"
-		return r
 	}
-	r.status, r.detail = checkOK, env.btf+" present; CAP_BPF effective"
 	return r
 }
 
@@ -440,30 +441,31 @@ func checkShimOnPath(env checkEnv) checkResult {
 	return r
 }
 
-// checkRealGit finds the real git the shim runs: SLUICE_REAL_GIT, [git]
-// bin, else the first git on the server's PATH that is not the shim.
+// checkRealGit finds the real git the shim runs, as the shim does
+// (gitwrap.FindRealGitFor with --shim as the shim): SLUICE_REAL_GIT, [git]
+// bin, else the first git in an absolute entry of the server's PATH (--path,
+// else $PATH) that is not the shim, else /usr/bin/git.
 func checkRealGit(env checkEnv, cfg *policy.Config) (string, checkResult) {
 	r := checkResult{name: "git"}
-	realGit := env.getenv("SLUICE_REAL_GIT")
-	if realGit == "" {
-		realGit = cfg.Git.Bin
-	}
 	search := env.path
 	if search == "" {
 		search = env.getenv("PATH")
 	}
-	if realGit == "" {
-		for _, dir := range filepath.SplitList(search) {
-			p := lookPath(dir, "git")
-			if p != "" && !sameFile(p, env.shim) {
-				realGit = p
-				break
-			}
+	getenv := func(k string) string {
+		if k == "PATH" {
+			return search
 		}
+		return env.getenv(k)
 	}
-	if realGit == "" {
+	realGit, err := gitwrap.FindRealGitFor(getenv, cfg.Git.Bin, env.shim)
+	if err != nil && env.getenv(gitwrap.RealGitEnv) == "" && cfg.Git.Bin == "" {
 		r.status, r.detail = checkFail, "no real git on "+search
 		r.fix = "install git (apt-get install git) or set [git] bin"
+		return "", r
+	}
+	if err != nil {
+		r.status, r.detail = checkFail, strings.TrimPrefix(err.Error(), "sluice: ")
+		r.fix = "point [git] bin (or $" + gitwrap.RealGitEnv + ") at the real git"
 		return "", r
 	}
 	out, err := exec.Command(realGit, "--version").Output()

@@ -26,6 +26,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/sluicehq/sluice/gitwrap"
 )
 
 const demoUsage = `usage: sluice demo [--clients N] [--duration D]
@@ -673,27 +675,15 @@ func binariesErr(dir string) error {
 	return fmt.Errorf("cannot find %s %s or on PATH; run 'make build' and use bin/sluice, or install sluice", strings.Join(missing, " and "), where)
 }
 
-// findRealGit finds git on PATH, skipping the shim (a server's PATH may
-// have a git link to it).
+// findRealGit finds the git the shim would run (gitwrap.FindRealGitFor):
+// $SLUICE_REAL_GIT, else git on PATH skipping the shim (a server's PATH
+// may have a git link to it), else /usr/bin/git.
 func findRealGit(shim string) (string, error) {
-	shimInfo, _ := os.Stat(shim)
-	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
-		if dir == "" {
-			dir = "."
-		}
-		p := filepath.Join(dir, "git")
-		st, err := os.Stat(p)
-		if err != nil || !st.Mode().IsRegular() || st.Mode()&0o111 == 0 {
-			continue
-		}
-		if shimInfo != nil && os.SameFile(st, shimInfo) {
-			continue
-		}
-		if abs, err := filepath.Abs(p); err == nil {
-			return abs, nil
-		}
+	git, err := gitwrap.FindRealGitFor(os.Getenv, "", shim)
+	if err != nil && os.Getenv(gitwrap.RealGitEnv) == "" {
+		return "", errors.New("git is not installed (or only the shim is on PATH): install git, e.g. apt-get install git")
 	}
-	return "", errors.New("git is not installed (or only the shim is on PATH): install git, e.g. apt-get install git")
+	return git, err
 }
 
 // mirrorExecPath makes dir an exec path for git: links to everything in

@@ -127,9 +127,12 @@ func TestFindBinaries(t *testing.T) {
 	if got, err := findRealGit(shim); err != nil || got != realGit {
 		t.Errorf("findRealGit = %q, %v; want %q", got, err, realGit)
 	}
+	// With only the shim on PATH the shim falls back to /usr/bin/git, and
+	// so does the demo; SLUICE_REAL_GIT naming the shim is refused.
 	t.Setenv("PATH", shimBin)
-	if _, err := findRealGit(shim); err == nil || !strings.Contains(err.Error(), "git is not installed") {
-		t.Errorf("findRealGit with only the shim = %v", err)
+	t.Setenv("SLUICE_REAL_GIT", filepath.Join(shimBin, "git"))
+	if _, err := findRealGit(shim); err == nil || !strings.Contains(err.Error(), "is the sluice shim itself") {
+		t.Errorf("findRealGit with SLUICE_REAL_GIT at the shim = %v", err)
 	}
 }
 

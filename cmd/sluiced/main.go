@@ -1,6 +1,11 @@
 // Command sluiced is the sluice agent: it admits git processes started
 // through the shim, enforces the policy's keyed concurrency limits and
 // exports metrics. See DESIGN.md and the README for how to run it.
+//
+// It holds flags, config loading, the logger, signals, systemd notify and
+// the wiring of the parts; what they do is in the packages it wires
+// (agent.Start and agent.Run for the lifecycle, cgroup.Setup, ebpf.Setup,
+// packcache.Open, exporter).
 package main
 
 import (
@@ -15,15 +20,15 @@ import (
 	"path/filepath"
 	"runtime"
 	"syscall"
-	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/sluicehq/sluice/agent"
-	"github.com/sluicehq/sluice/agent/adaptive"
-	"github.com/sluicehq/sluice/agent/admitpb"
+	"github.com/sluicehq/sluice/agent/packcache"
 	"github.com/sluicehq/sluice/agent/shimproto"
+	"github.com/sluicehq/sluice/cgroup"
+	"github.com/sluicehq/sluice/ebpf"
 	"github.com/sluicehq/sluice/exporter"
 	"github.com/sluicehq/sluice/policy"
 )
@@ -107,6 +112,10 @@ func loadConfig(path string, explicit bool) (*policy.Config, string, error) {
 	return cfg, "", nil
 }
 
+// serve wires the agent's parts together from cfg and runs them until a
+// signal or a failure: cgroups, the eBPF tracer and the pack cache (each
+// says in one log line whether it runs), the exporter, the admission
+// socket and the metrics listener.
 func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer cancel()
@@ -114,7 +123,8 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	cg, cgState, err := setupCgroups(cfg, log)
+	cg, cgState, err := cgroup.Setup(cgroup.SetupOptions{Enabled: cfg.Cgroups.Enabled, Required: cfg.Cgroups.Required,
+		Config: agent.CgroupConfig(&cfg.Cgroups)}, log)
 	if err != nil {
 		return err
 	}
@@ -133,174 +143,49 @@ func serve(cfg *policy.Config, configFile string, log *zap.Logger) error {
 		},
 		Pprof: cfg.Agent.Pprof,
 	}
-	var cgStats cgroupStats
 	if cg != nil {
-		cgStats = cgroupStats{m: cg, failures: func() uint64 { return a.PlacementFailures() }}
-		expOpts.Cgroups = cgStats
+		expOpts.Cgroups = exporter.FromCgroups(cg, func() uint64 { return a.PlacementFailures() })
 	}
 	exp := exporter.New(expOpts)
 	exp.SetLimits(cfg.RuleNames())
 	socketPath := shimproto.SocketPath(cfg.Agent.Socket)
-	shimConf := shimproto.ShimConfigPath(socketPath)
 	opts := agent.Options{
 		Policy: cfg, Log: log, Observer: exp, Version: version, ConfigPath: configFile,
 		StateDir: filepath.Join(filepath.Dir(socketPath), "leases"),
-		OnReload: func(c *policy.Config) []string {
-			exp.SetLimits(c.RuleNames())
-			var notes []string
-			if err := shimproto.WriteShimConfig(shimConf, shimConfig(c)); err != nil {
-				notes = append(notes, "shim.conf not rewritten: "+err.Error())
-			}
-			if cg != nil {
-				notes = append(notes, updateCgroups(cg, &c.Cgroups)...)
-			}
-			return notes
-		},
+		OnReload: func(c *policy.Config) []string { exp.SetLimits(c.RuleNames()); return nil },
+		Cgroups:  cg, CgroupState: cgState,
 	}
-	tracer, tracerState := openTracer(cfg, log)
+	tracer, tracerState := ebpf.Setup(ebpf.SetupOptions{Enabled: cfg.EBPF.Enabled, GitBin: cfg.Git.Bin}, log)
+	opts.TracerState = tracerState
 	if tracer != nil {
 		defer tracer.Close()
 		opts.Tracer = tracer
-		exp.RegisterTracer(tracerStats(tracer))
+		exp.RegisterTracer(exporter.FromTracer(tracer))
 	}
-	opts.Describe = func(resp *admitpb.StatusResponse) {
-		if cg != nil {
-			resp.Cgroups = cgStats.status()
-		} else {
-			resp.Cgroups = &admitpb.CgroupStatus{State: cgState}
+	if p := cfg.PackCache; p.Enabled {
+		pc := packcache.Open(packcache.Config{Dir: p.Dir, MaxAge: p.MaxAge.Duration, MaxBytes: p.MaxBytes, MinOccurrences: p.MinOccurrences}, log)
+		if pc != nil {
+			defer pc.Close()
+			opts.PackCache = pc
+			exp.RegisterPackCache(exporter.FromPackCache(pc))
 		}
-		resp.EbpfState = tracerState
-	}
-	if cg != nil {
-		opts.Placer = cg
-	}
-	if pc := openPackCache(cfg, log, exp); pc != nil { // [pack_cache] (packcache.go)
-		defer pc.Close()
-		opts.PackCache = pc
-		opts.Describe = withPackCache(opts.Describe, pc, cfg.PackCache)
 	}
 	a = agent.New(opts)
 
-	// A runtime directory this agent creates (run by hand, not by the unit's
-	// RuntimeDirectory=) is removed again on a clean stop, unless fail_mode
-	// is "closed".
-	_, statErr := os.Lstat(filepath.Dir(socketPath))
-	madeRunDir := errors.Is(statErr, fs.ErrNotExist)
-	sock, err := agent.Listen(agent.SocketOptions{Path: socketPath, Group: cfg.Agent.SocketGroup})
+	sock, err := a.Start(socketPath, log)
 	if err != nil {
 		return err
 	}
-	if err := shimproto.WriteShimConfig(shimConf, shimConfig(cfg)); err != nil {
-		// A full or read-only filesystem must not stop admission: every
-		// shim would then apply its fail mode. Shims keep the shim.conf
-		// they find (or their defaults) until a reload rewrites it.
-		log.Error("shim settings not written; shims use the previous file or their defaults until a reload (SIGHUP) rewrites it",
-			zap.String("file", shimConf), zap.Error(err))
-	}
-	// Listen refused to start beside a live agent, so the commands recorded
-	// in the state directory are nobody's now: take them over before the
-	// first admission, so limits count them from the start.
-	// An unsafe or unusable state directory stops the agent (agent/safedir.go).
-	if adopted, stale, err := a.Recover(); err != nil {
-		sock.Close()
-		return err
-	} else if adopted+stale > 0 {
-		log.Info("restart recovery", zap.Int("adopted", adopted), zap.Int("stale_records_removed", stale))
-	}
-
-	errc := make(chan error, 2)
+	run := agent.RunOptions{Log: log, Reload: hup, Notify: sdNotify, Tracer: tracer, OnWatcherError: exp.WatcherError}
 	if cfg.Agent.MetricsAddr != "off" {
-		ln, err := exporter.Listen(cfg.Agent.MetricsAddr)
+		ln, err := exp.Open(cfg.Agent.MetricsAddr, log)
 		if err != nil {
 			sock.Close()
 			return err
 		}
-		go func() { errc <- exp.Serve(ctx, ln, log.Named("exporter")) }()
-		log.Info("metrics listening", zap.String("addr", ln.Addr().String()), zap.Bool("pprof", cfg.Agent.Pprof))
-		if w := exporter.ExposureWarning(cfg.Agent.MetricsAddr, ln.Addr(), cfg.Agent.Pprof); w != "" {
-			log.Warn(w, zap.String("key", "[agent] metrics_addr"), zap.String("value", cfg.Agent.MetricsAddr))
-		}
+		run.Metrics = func(ctx context.Context) error { return exp.Serve(ctx, ln, log.Named("exporter")) }
 	}
-	go func() { errc <- a.Serve(ctx, sock) }()
-	if tracer != nil {
-		go func() {
-			if err := tracer.Run(ctx, tracerEvents{a}); err != nil {
-				log.Error("eBPF tracer stopped; exec-mode leases are now released by their pidfds only", zap.Error(err))
-			}
-		}()
-	}
-	sensor := adaptive.NewSensor(adaptive.SensorOptions{Policy: a.Policy, Tree: cg, OnWatcherError: exp.WatcherError, Log: log.Named("adaptive")})
-	defer sensor.Close()
-	go a.RunAdaptive(ctx, sensor)
-	log.Info("sluiced ready",
-		zap.String("version", version),
-		zap.String("socket", socketPath),
-		zap.String("config", cfg.Source),
-		zap.String("fail_mode", cfg.Agent.FailMode),
-		zap.Int("rules", len(cfg.Limits)))
-	agent.ClearStopping(socketPath)
-	if err := sdNotify("READY=1\nSTATUS=admitting"); err != nil {
-		log.Warn("systemd notify", zap.Error(err))
-	}
-
-	pending := 1
-	if cfg.Agent.MetricsAddr != "off" {
-		pending = 2
-	}
-	var firstErr error
-	for pending > 0 {
-		select {
-		case <-hup:
-			_ = sdNotify("RELOADING=1")
-			a.Reload() // logs what it applied or why it refused
-			_ = sdNotify("READY=1")
-		case err := <-errc:
-			pending--
-			if err != nil && firstErr == nil {
-				firstErr = err
-			}
-			cancel() // one part stopping stops the other
-		case <-ctx.Done():
-			_ = sdNotify("STOPPING=1")
-			shutdown := time.AfterFunc(10*time.Second, func() {
-				log.Error("shutdown took longer than 10s; exiting")
-				os.Exit(1)
-			})
-			defer shutdown.Stop()
-			ctx = context.Background() // wait for the parts without re-entering this case
-		}
-	}
-	// With fail_mode "closed" shim.conf stays, so that shims keep failing
-	// closed while no agent runs (as under the unit, which preserves it).
-	if madeRunDir && a.Policy().Agent.FailMode != policy.FailClosed {
-		if err := agent.RemoveRuntimeDir(filepath.Dir(socketPath)); err != nil {
-			log.Info("runtime directory kept", zap.Error(err))
-		}
-	}
-	if cg != nil {
-		// Empty unless commands still run (they outlive the agent and a
-		// restart adopts them): then the tree stays for the next agent.
-		if err := cg.Destroy(); err != nil {
-			log.Info("cgroup tree kept", zap.String("cgroup", cg.ParentPath()), zap.Error(err))
-		}
-	}
-	log.Info("sluiced stopped")
-	return firstErr
-}
-
-// shimConfig is what the shim needs to know without parsing the policy.
-func shimConfig(cfg *policy.Config) shimproto.ShimConfig {
-	return shimproto.ShimConfig{
-		FailClosed: cfg.Agent.FailMode == "closed",
-		GitBin:     cfg.Git.Bin,
-		Match:      cfg.MatchedSubcommands(),
-		// The longest a shim may legitimately wait, plus slack for the
-		// agent to answer.
-		AdmitTimeout:       cfg.MaxQueueWait() + 2*time.Second,
-		QueueFeedbackAfter: cfg.Agent.QueueFeedbackAfter.Duration,
-		RestartGrace:       cfg.Agent.RestartGrace.Duration,
-		PackCache:          packCacheOn(cfg),
-	}
+	return a.Run(ctx, sock, run)
 }
 
 // limitSource feeds the exporter's limit gauges from the agent at scrape time.
