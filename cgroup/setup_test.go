@@ -2,6 +2,8 @@ package cgroup
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -24,7 +26,11 @@ func TestSetupDisabled(t *testing.T) {
 // TestSetupUnavailable: a mountpoint without a cgroup file system is a
 // warning naming the fix, or the error when [cgroups] required is set.
 func TestSetupUnavailable(t *testing.T) {
-	cfg := Config{Mountpoint: t.TempDir(), ProcSelfCgroup: "testdata/proc_self_cgroup_unified", Buckets: 4}
+	self := filepath.Join(t.TempDir(), "cgroup")
+	if err := os.WriteFile(self, []byte("0::/\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Mountpoint: t.TempDir(), ProcSelfCgroup: self, Buckets: 4}
 	core, logs := observer.New(zapcore.InfoLevel)
 	m, state, err := Setup(SetupOptions{Enabled: true, Config: cfg}, zap.New(core))
 	if m != nil || err != nil || !strings.HasPrefix(state, "unavailable: cgroup: cgroup filesystem at ") {

@@ -24,9 +24,9 @@ import (
 	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/shimproto"
 	"github.com/sluicehq/sluice/cgroup"
-	"github.com/sluicehq/sluice/internal/procfs"
 	"github.com/sluicehq/sluice/ebpf"
 	"github.com/sluicehq/sluice/gitwrap"
+	"github.com/sluicehq/sluice/internal/procfs"
 	"github.com/sluicehq/sluice/policy"
 )
 
