@@ -71,7 +71,7 @@ max_queue_wait = "10s"
 		t.Errorf("upload-pack real seconds = %v, want > 0", real)
 	}
 	// The finished-command log line carries the correlation id.
-	logs := a.logs.String()
+	logs := a.Logs()
 	if !strings.Contains(logs, `"correlation_id":"clone-test-1"`) || !strings.Contains(logs, `"msg":"command finished"`) {
 		t.Errorf("no finished-command log line with the correlation id:\n%s", logs)
 	}

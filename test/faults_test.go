@@ -160,20 +160,20 @@ func testFault(t *testing.T, fault, mode string) {
 		return m[`sluice_concurrency_limiting_queued{limit="upload-pack"}`] == 1 && m[`sluice_concurrency_limiting_queued{limit="receive-pack"}`] == 1
 	})
 
-	pid := a.cmd.Process.Pid
+	pid := a.Pid()
 	switch fault {
 	case "sigterm":
 		syscall.Kill(pid, syscall.SIGTERM)
-		<-a.done
+		<-a.Done()
 	case "sigkill":
 		syscall.Kill(pid, syscall.SIGKILL)
-		<-a.done
+		<-a.Done()
 	case "sigstop":
 		syscall.Kill(pid, syscall.SIGSTOP)
 		defer syscall.Kill(pid, syscall.SIGCONT)
 	case "hung-listener":
 		syscall.Kill(pid, syscall.SIGKILL)
-		<-a.done
+		<-a.Done()
 		os.Remove(a.socket)
 		ln, err := net.Listen("unix", a.socket)
 		if err != nil {

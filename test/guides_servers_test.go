@@ -78,17 +78,17 @@ func checkGuideClone(t *testing.T, a *agentProc, user string) {
 	t.Helper()
 	waitFor(t, 10*time.Second, "upload-pack and pack-objects finished", func() bool {
 		seen := map[any]bool{}
-		for _, l := range agentLogLines(a, "command finished") {
+		for _, l := range a.LogLines("command finished") {
 			seen[l["subcmd"]] = true
 		}
 		return seen["upload-pack"] && seen["pack-objects"]
 	})
-	for _, l := range agentLogLines(a, "command finished") {
+	for _, l := range a.LogLines("command finished") {
 		if l["remote_ip"] != "127.0.0.1" || l["outcome"] != "ok" || (user != "" && l["user"] != user) {
 			t.Errorf("admitted as %v", l)
 		}
 	}
-	if lines := agentLogLines(a, "git ran without admission: it bypassed the sluice shim"); len(lines) > 0 {
+	if lines := a.LogLines("git ran without admission: it bypassed the sluice shim"); len(lines) > 0 {
 		t.Errorf("git ran around the shim: %v", lines)
 	}
 }

@@ -230,7 +230,7 @@ http {
 	users := map[string]int{}
 	waitFor(t, 10*time.Second, "alice's upload-pack and receive-pack in the agent's log", func() bool {
 		users = map[string]int{}
-		for _, l := range strings.Split(a.logs.String(), "\n") {
+		for _, l := range strings.Split(a.Logs(), "\n") {
 			if strings.Contains(l, `"msg":"command finished"`) {
 				for _, u := range []string{"alice", "mallory"} {
 					if strings.Contains(l, `"user":"`+u+`"`) {
@@ -241,7 +241,7 @@ http {
 		}
 		return users["alice"] >= 2
 	})
-	if strings.Contains(a.logs.String(), "mallory") || strings.Contains(readFile(a.shimLog), "mallory") {
-		t.Errorf("the forged user reached the agent or the shim:\n%s", a.logs.String())
+	if strings.Contains(a.Logs(), "mallory") || strings.Contains(readFile(a.shimLog), "mallory") {
+		t.Errorf("the forged user reached the agent or the shim:\n%s", a.Logs())
 	}
 }

@@ -37,11 +37,11 @@ max_queue_wait = "30s"
 			case <-time.After(10 * time.Second):
 				t.Fatalf("holder not admitted: %s", holder.stderr.String())
 			}
-			if err := a.cmd.Process.Signal(how.sig); err != nil {
+			if err := a.Signal(how.sig); err != nil {
 				t.Fatal(err)
 			}
 			select {
-			case <-a.done:
+			case <-a.Done():
 			case <-time.After(15 * time.Second):
 				t.Fatalf("sluiced did not exit on %s", how.name)
 			}
@@ -54,8 +54,8 @@ max_queue_wait = "30s"
 			if got := a.metric(`sluice_concurrency_limiting_in_progress{limit="upload-pack"}`); got != 1 {
 				t.Fatalf("in progress right after the restart = %v, want 1 (the running command)", got)
 			}
-			if !strings.Contains(a.logs.String(), `"adopted":1`) {
-				t.Errorf("no restart-recovery log line with adopted=1:\n%s", a.logs.String())
+			if !strings.Contains(a.Logs(), `"adopted":1`) {
+				t.Errorf("no restart-recovery log line with adopted=1:\n%s", a.Logs())
 			}
 			// A second client queues behind the adopted command.
 			second := holdUploadPack(t, a, repo)

@@ -55,26 +55,22 @@ kill_grace = "1s"
 				t.Fatalf("not admitted: %s", p.stderr.String())
 			}
 			admitted := time.Now()
-			a.cmd.Process.Signal(syscall.SIGTERM)
+			a.Signal(syscall.SIGTERM)
 			select {
-			case <-a.done:
+			case <-a.Done():
 			case <-time.After(15 * time.Second):
 				t.Fatal("sluiced did not stop")
 			}
 			a.start(tc.limits, "closed")
-			if !strings.Contains(a.logs.String(), `"adopted":1`) {
-				t.Fatalf("the new agent did not adopt the command:\n%s", a.logs.String())
+			if !strings.Contains(a.Logs(), `"adopted":1`) {
+				t.Fatalf("the new agent did not adopt the command:\n%s", a.Logs())
 			}
 			p.wait(t, 60*time.Second)
 			stopped := time.Since(admitted)
 			if !strings.Contains(p.stderr.String(), tc.line) {
 				t.Errorf("stderr %q lacks %q", p.stderr.String(), tc.line)
 			}
-			var lines []map[string]any
-			waitFor(t, 10*time.Second, "the timeout logged", func() bool {
-				lines = agentLogLines(a, "timeout: command stopped")
-				return len(lines) > 0
-			})
+			lines := a.waitLogLines(t, "timeout: command stopped", 1)
 			if len(lines) != 1 || lines[0]["kind"] != tc.kind || lines[0]["correlation_id"] != "deadline-"+tc.name {
 				t.Errorf("the new agent's timeout log lines: %v", lines)
 			}

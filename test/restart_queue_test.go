@@ -83,9 +83,9 @@ max_queue_wait = "120s"
 		return a.metric(`sluice_concurrency_limiting_queued{limit="upload-pack"}`) >= 10
 	})
 	t0 := time.Now()
-	a.cmd.Process.Signal(syscall.SIGTERM)
+	a.Signal(syscall.SIGTERM)
 	select {
-	case <-a.done:
+	case <-a.Done():
 	case <-time.After(15 * time.Second):
 		t.Fatal("sluiced did not stop")
 	}

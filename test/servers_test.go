@@ -229,7 +229,7 @@ func (s *serverSetup) exercise(t *testing.T, url string, env []string) {
 // agentLines returns sluiced's JSON log lines with msg == msg.
 func (s *serverSetup) agentLines(msg string) []map[string]any {
 	var out []map[string]any
-	for _, l := range strings.Split(s.a.logs.String(), "\n") {
+	for _, l := range strings.Split(s.a.Logs(), "\n") {
 		var m map[string]any
 		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == msg {
 			out = append(out, m)
@@ -253,7 +253,7 @@ func (s *serverSetup) checkRemoteIP(t *testing.T) {
 		}
 	}
 	if n == 0 {
-		t.Errorf("no pack-objects went through sluice (uploadpack.packObjectsHook not honoured?); agent log:\n%s", s.a.logs.String())
+		t.Errorf("no pack-objects went through sluice (uploadpack.packObjectsHook not honoured?); agent log:\n%s", s.a.Logs())
 	}
 	up := 0
 	for _, m := range s.agentLines("command finished") {
@@ -438,7 +438,7 @@ func (s *serverSetup) prometheus(t *testing.T) {
 		t.Skip("prometheus is not installed (apt-get install prometheus)")
 	}
 	dir := t.TempDir()
-	target := strings.TrimPrefix(s.a.metrics, "http://")
+	target := strings.TrimPrefix(s.a.Metrics, "http://")
 	conf := fmt.Sprintf("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - %s\nscrape_configs:\n  - job_name: sluice\n    static_configs:\n      - targets: [%q]\n",
 		"/usr/share/sluice/prometheus-rules.yml", target)
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(conf), 0o644); err != nil {

@@ -71,7 +71,7 @@ max_queue_wait = "60s"
 		for i := range vs {
 			v := vs[(i+r)%len(vs)]
 			dst := filepath.Join(v.s.client, fmt.Sprintf("clone-%d", r))
-			cpu0 := procCPU(t, v.s.a.cmd.Process.Pid)
+			cpu0 := procCPU(t, v.s.a.Pid())
 			start := time.Now()
 			if out, err := gitTry(v.s.client, v.s.clientEnv(), "clone", "-q", "--bare",
 				fmt.Sprintf("git://127.0.0.1:%d/project.git", v.s.port), dst); err != nil {
@@ -83,12 +83,12 @@ max_queue_wait = "60s"
 			waitFor(t, 10*time.Second, "upload-pack finished", func() bool {
 				return v.s.a.metric(`sluice_concurrency_limiting_in_progress{limit="upload-pack"}`) == 0
 			})
-			v.cpu = append(v.cpu, procCPU(t, v.s.a.cmd.Process.Pid)-cpu0)
+			v.cpu = append(v.cpu, procCPU(t, v.s.a.Pid())-cpu0)
 			os.RemoveAll(dst)
 		}
 	}
 	for _, v := range vs {
-		if n := len(agentLogLines(v.s.a, "timeout: command stopped")); n != 0 {
+		if n := len(v.s.a.LogLines("timeout: command stopped")); n != 0 {
 			t.Errorf("%s: %d clones stopped by a timeout", v.name, n)
 		}
 	}
