@@ -449,7 +449,9 @@ func startStateAgent(t *testing.T, dir string, tr ProcessTracer, obs Observer) (
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, sock) }()
+	served := make(chan struct{})
+	go func() { done <- a.Serve(ctx, sock); close(served) }()
+	t.Cleanup(func() { cancel(); <-served; closeStateDir(a) })
 	return a, sock.Path, cancel, done
 }
 

@@ -88,7 +88,6 @@ type Agent struct {
 	done     chan struct{} // closed when sluiced has exited
 	readDone chan struct{} // closed when its output reached EOF
 	waitErr  error
-	stopped  bool // Stop sent the signal
 }
 
 // ConfigPath is where Start writes the config.
@@ -282,7 +281,6 @@ func (a *Agent) StopWith(sig syscall.Signal) error {
 	if a.cmd == nil || a.cmd.Process == nil || a.Exited() {
 		return nil
 	}
-	a.stopped = true
 	a.signal(sig)
 	grace := a.StopTimeout
 	if grace == 0 {
