@@ -90,7 +90,7 @@ func TestGitea(t *testing.T) {
 
 	t.Run("commands through sluice", func(t *testing.T) {
 		count := map[string]int{}
-		for _, m := range s.agentLines("command finished") {
+		for _, m := range s.a.LogLines("command finished") {
 			sub, _ := m["subcmd"].(string)
 			count[sub]++
 			if m["repo"] != repo {
@@ -117,7 +117,7 @@ func TestGitea(t *testing.T) {
 		}
 		// Over SSH Gitea's serv names the user for fetches too.
 		users := map[any]int{}
-		for _, m := range s.agentLines("command finished") {
+		for _, m := range s.a.LogLines("command finished") {
 			if m["subcmd"] == "upload-pack" {
 				users[m["user"]]++
 			}
@@ -129,7 +129,7 @@ func TestGitea(t *testing.T) {
 
 	t.Run("client address", func(t *testing.T) {
 		ips := map[any]int{}
-		for _, m := range s.agentLines("command finished") {
+		for _, m := range s.a.LogLines("command finished") {
 			if m["subcmd"] == "pack-objects" || m["subcmd"] == "upload-pack" {
 				ips[m["remote_ip"]]++
 			}
@@ -245,7 +245,7 @@ func TestGiteaClientAddress(t *testing.T) {
 		t.Fatalf("clone %s: %v\n%s", g.sshURL("project"), err, out)
 	}
 	seen := map[string]int{}
-	for _, m := range s.agentLines("command finished") {
+	for _, m := range s.a.LogLines("command finished") {
 		seen[fmt.Sprintf("%v from %v", m["subcmd"], m["remote_ip"])]++
 	}
 	for _, want := range []string{"upload-pack from 127.0.0.7", "pack-objects from 127.0.0.7", "upload-pack from 127.0.0.8", "pack-objects from 127.0.0.8"} {
@@ -285,7 +285,7 @@ func TestGiteaServingOnly(t *testing.T) {
 		exerciseGitea(t, g, src, g.sshURL("project"), g.sshURL("project"), "ssh")
 	})
 	count := map[string]int{}
-	for _, m := range s.agentLines("command finished") {
+	for _, m := range s.a.LogLines("command finished") {
 		sub, _ := m["subcmd"].(string)
 		count[sub]++
 		if (sub == "upload-pack" || sub == "receive-pack") && m["user"] != g.admin {
