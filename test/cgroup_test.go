@@ -16,14 +16,7 @@ import (
 // cgroupRule is a policy with upload-pack admitted per repository and
 // cgroups on, under a hierarchy root unique to the test.
 func cgroupPolicy(root string, bucketLimits string) string {
-	return fmt.Sprintf(`
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 4
-max_queue_size = 4
-max_queue_wait = "10s"
+	return fmt.Sprintf(limitRule("upload-pack", "repo", 4, 4, "10s")+`
 
 [[limit]]
 name = "pack-objects"

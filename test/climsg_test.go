@@ -26,17 +26,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/gitserver"
 )
 
 // climsgLimits: one slot per subcommand for the whole server, no queue.
-const climsgLimits = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "global"
-max_per_key = 1
-max_queue_size = 0
-max_queue_wait = "7s"
+var climsgLimits = limitRule("upload-pack", "global", 1, 0, "7s") + `
 
 [[limit]]
 name = "receive-pack"
@@ -410,41 +405,8 @@ func (s *serverSetup) startHTTP(t *testing.T, nginx, fcgiwrap, backend string) (
 	waitFor(t, 10*time.Second, "fcgiwrap's socket", func() bool { _, err := os.Stat(fsock); return err == nil })
 
 	port := freePort(t)
-	var params strings.Builder
-	for _, kv := range append(s.serverEnv(), "GIT_PROJECT_ROOT="+s.repos, "GIT_HTTP_EXPORT_ALL=1") {
-		k, v, _ := strings.Cut(kv, "=")
-		fmt.Fprintf(&params, "            fastcgi_param %s %q;\n", k, v)
-	}
-	conf := fmt.Sprintf(`user root;
-daemon off;
-master_process off;
-worker_processes 1;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log;
-events { worker_connections 64; }
-http {
-    access_log %[1]s/access.log;
-    client_body_temp_path %[1]s/tmp/body;
-    fastcgi_temp_path %[1]s/tmp/fastcgi;
-    proxy_temp_path %[1]s/tmp/proxy;
-    uwsgi_temp_path %[1]s/tmp/uwsgi;
-    scgi_temp_path %[1]s/tmp/scgi;
-    server {
-        listen 127.0.0.1:%[2]d;
-        location / {
-            client_max_body_size 0;
-            fastcgi_request_buffering off;
-            fastcgi_buffering off;
-            include /etc/nginx/fastcgi_params;
-            fastcgi_param SCRIPT_FILENAME %[3]s;
-            fastcgi_param PATH_INFO $uri;
-            fastcgi_param GIT_PROTOCOL $http_git_protocol;
-            fastcgi_param REMOTE_USER $remote_user;
-%[4]s            fastcgi_pass unix:%[5]s;
-        }
-    }
-}
-`, dir, port, backend, params.String(), fsock)
+	conf := gitserver.Nginx{Dir: dir, Port: port, AccessLog: true}.Conf(
+		gitserver.GitLocation(backend, fsock, append(s.serverEnv(), "GIT_PROJECT_ROOT="+s.repos, "GIT_HTTP_EXPORT_ALL=1")))
 	os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644)
 	startGroup(t, []string{"PATH=/usr/sbin:/usr/bin:/bin"}, filepath.Join(dir, "nginx.out"), nginx, "-e", filepath.Join(dir, "error.log"), "-p", dir, "-c", filepath.Join(dir, "nginx.conf"))
 	waitListening(t, port, "nginx")

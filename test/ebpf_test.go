@@ -12,14 +12,7 @@ import (
 	"time"
 )
 
-const execLimits = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 5
-max_queue_wait = "30s"
+var execLimits = limitRule("upload-pack", "repo", 1, 5, "30s") + `
 
 [[limit]]
 name = "pack-objects"

@@ -15,14 +15,7 @@ import (
 
 // faultRules limit clones and pushes to one at a time per repository, so
 // a second one queues.
-const faultRules = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 5
-max_queue_wait = "3s"
+var faultRules = limitRule("upload-pack", "repo", 1, 5, "3s") + `
 
 [[limit]]
 name = "receive-pack"

@@ -29,14 +29,7 @@ import (
 // git's exit from the kernel a moment after the client has its answer, and
 // a clone runs upload-pack two or three times in a row); pack-objects keyed
 // by client address.
-const giteaLimits = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 1
-max_queue_wait = "2s"
+var giteaLimits = limitRule("upload-pack", "repo", 1, 1, "2s") + `
 
 [[limit]]
 name = "pack-objects"

@@ -117,6 +117,14 @@ func newAgentDir(t *testing.T) *agentProc {
 	return a
 }
 
+// limitRule is one [[limit]] table for the subcommand name (its name and
+// its match), keyed by key, with perKey slots and a queue of queue
+// waiting at most wait.
+func limitRule(name, key string, perKey, queue int, wait string) string {
+	return fmt.Sprintf("\n[[limit]]\nname = %q\nmatch = [%q]\nkey = %q\nmax_per_key = %d\nmax_queue_size = %d\nmax_queue_wait = %q\n",
+		name, name, key, perKey, queue, wait)
+}
+
 // startAgent starts sluiced with the given [[limit]] rules (TOML) and
 // agent settings, and waits until it is ready.
 func startAgent(t *testing.T, limits string, failMode string) *agentProc {

@@ -23,14 +23,7 @@ import (
 
 // packCacheLimits lets 50 clones of one repository in at once; pack-objects
 // misses queue 4 at a time.
-const packCacheLimits = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 64
-max_queue_size = 100
-max_queue_wait = "60s"
+var packCacheLimits = limitRule("upload-pack", "repo", 64, 100, "60s") + `
 
 [[limit]]
 name = "pack-objects"

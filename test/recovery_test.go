@@ -20,15 +20,7 @@ func TestRestartKeepsCountingRunningCommands(t *testing.T) {
 		sig  syscall.Signal
 	}{{"SIGKILL", syscall.SIGKILL}, {"SIGTERM", syscall.SIGTERM}} {
 		t.Run(how.name, func(t *testing.T) {
-			limits := `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 5
-max_queue_wait = "30s"
-`
+			limits := limitRule("upload-pack", "repo", 1, 5, "30s")
 			a := startAgent(t, limits, "closed")
 			repo := makeRepo(t, a.dir, "r", 3)
 			holder := holdUploadPack(t, a, repo)

@@ -17,27 +17,13 @@ func TestRestartKeepsDeadlines(t *testing.T) {
 	for _, tc := range []struct {
 		name, limits, kind, line string
 	}{
-		{"negotiation", `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 5
-max_queue_wait = "30s"
+		{"negotiation", limitRule("upload-pack", "repo", 1, 5, "30s") + `
 
 [timeouts]
 upload_pack_negotiation = "4s"
 kill_grace = "1s"
 `, "upload_pack_negotiation", "sluice: upload-pack exceeded upload_pack_negotiation = 4s"},
-		{"max_runtime", `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 5
-max_queue_wait = "30s"
+		{"max_runtime", limitRule("upload-pack", "repo", 1, 5, "30s") + `
 max_runtime = "6s"
 
 [timeouts]

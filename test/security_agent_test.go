@@ -297,14 +297,7 @@ func TestAgentIgnoresPlantedLeaseRecords(t *testing.T) {
 	}
 }
 
-const timeoutRule = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 5
-max_queue_size = 5
-max_queue_wait = "10s"
+var timeoutRule = limitRule("upload-pack", "repo", 5, 5, "10s") + `
 max_runtime = "%s"
 
 [timeouts]

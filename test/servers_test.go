@@ -32,14 +32,7 @@ import (
 
 // serverLimits: a per-repository limit of 1 without a queue for
 // upload-pack; pack-objects keyed by client address.
-const serverLimits = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 0
-max_queue_wait = "10s"
+var serverLimits = limitRule("upload-pack", "repo", 1, 0, "10s") + `
 
 [[limit]]
 name = "pack-objects"

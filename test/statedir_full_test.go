@@ -47,15 +47,7 @@ func fillUp(t *testing.T, path string) {
 	t.Fatal("the tmpfs never filled up")
 }
 
-const stateLimits = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 2
-max_queue_size = 5
-max_queue_wait = "30s"
-`
+var stateLimits = limitRule("upload-pack", "repo", 2, 5, "30s")
 
 // TestStateDirFullAtStart: the socket directory (and so leases/) is a
 // tmpfs that is already full when sluiced starts. Before, sluiced refused

@@ -33,27 +33,12 @@ func TestNegotiationWatchOverhead(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("SLUICE_BENCH_REPO_MB")); err == nil && v > 0 {
 		repoMB = v
 	}
-	const limits = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 5
-max_queue_size = 5
-max_queue_wait = "60s"
+	limits := limitRule("upload-pack", "repo", 5, 5, "60s") + `
 %s
 [timeouts]
 upload_pack_negotiation = %q
 `
-	const packRule = `
-[[limit]]
-name = "pack-objects"
-match = ["pack-objects"]
-key = "remote_ip"
-max_per_key = 5
-max_queue_size = 5
-max_queue_wait = "60s"
-`
+	packRule := limitRule("pack-objects", "remote_ip", 5, 5, "60s")
 	type variant struct {
 		name     string
 		baseline string // the variant this one is compared with

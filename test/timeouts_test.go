@@ -193,14 +193,7 @@ func (s *daemonSetup) stallingClient(t *testing.T, v2 bool, limit time.Duration)
 // correlation id, and the "sluice: …" line (in git daemon's log: git://
 // carries no stderr) show it.
 func TestNegotiationTimeoutCutsOffStalledClient(t *testing.T) {
-	s := startDaemonSetup(t, `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 5
-max_queue_size = 5
-max_queue_wait = "10s"
+	s := startDaemonSetup(t, limitRule("upload-pack", "repo", 5, 5, "10s")+`
 
 [timeouts]
 upload_pack_negotiation = "1s"
@@ -308,28 +301,13 @@ func throttleProxy(t *testing.T, target string, rate int) string {
 // admission (hook mode) or by the process scan (no pack-objects rule).
 func TestSlowCloneNotCutOff(t *testing.T) {
 	const negotiation = 500 * time.Millisecond
-	limits := `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 5
-max_queue_size = 5
-max_queue_wait = "10s"
+	limits := limitRule("upload-pack", "repo", 5, 5, "10s") + `
 %s
 [timeouts]
 upload_pack_negotiation = "500ms"
 kill_grace = "1s"
 `
-	packRule := `
-[[limit]]
-name = "pack-objects"
-match = ["pack-objects"]
-key = "remote_ip"
-max_per_key = 5
-max_queue_size = 5
-max_queue_wait = "10s"
-`
+	packRule := limitRule("pack-objects", "remote_ip", 5, 5, "10s")
 	for _, mode := range []struct {
 		name string
 		hook bool
@@ -394,14 +372,7 @@ func (s *daemonSetup) clientEnv(extra ...string) []string {
 // request (negotiation timeout disabled with "0s") is stopped at its
 // rule's max_runtime and told so on stderr; the metric and log show it.
 func TestMaxRuntimeStopsRunawayCommand(t *testing.T) {
-	a := startAgent(t, `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 2
-max_queue_size = 0
-max_queue_wait = "1s"
+	a := startAgent(t, limitRule("upload-pack", "repo", 2, 0, "1s")+`
 max_runtime = "1s"
 
 [timeouts]
@@ -434,14 +405,7 @@ kill_grace = "5s"
 // TestMaxRuntimeKillsTreeAfterGrace: a command that ignores SIGTERM is
 // killed after kill_grace together with its descendants.
 func TestMaxRuntimeKillsTreeAfterGrace(t *testing.T) {
-	a := startAgent(t, `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 2
-max_queue_size = 0
-max_queue_wait = "1s"
+	a := startAgent(t, limitRule("upload-pack", "repo", 2, 0, "1s")+`
 max_runtime = "1s"
 
 [timeouts]
@@ -471,15 +435,7 @@ kill_grace = "500ms"
 // waits for a slot (hook mode) shows "remote: sluice: waiting for a slot…"
 // and completes; one that waits briefly shows nothing.
 func TestQueuedCloneShowsWaiting(t *testing.T) {
-	s := startDaemonSetup(t, `
-[[limit]]
-name = "pack-objects"
-match = ["pack-objects"]
-key = "remote_ip"
-max_per_key = 1
-max_queue_size = 5
-max_queue_wait = "60s"
-`, `queue_feedback_after = "3s"`, true, 64<<10)
+	s := startDaemonSetup(t, limitRule("pack-objects", "remote_ip", 1, 5, "60s"), `queue_feedback_after = "3s"`, true, 64<<10)
 	hold := func() *proc {
 		t.Helper()
 		// Hold the only slot of 127.0.0.1 with a pack-objects that waits
@@ -562,14 +518,7 @@ max_queue_wait = "60s"
 // no arguments is cut off at upload_archive_negotiation; a real `git
 // archive --remote` whose writer starts in time completes.
 func TestUploadArchiveNegotiation(t *testing.T) {
-	s := startDaemonSetup(t, `
-[[limit]]
-name = "upload-archive"
-match = ["upload-archive"]
-key = "repo"
-max_per_key = 5
-max_queue_size = 5
-max_queue_wait = "10s"
+	s := startDaemonSetup(t, limitRule("upload-archive", "repo", 5, 5, "10s")+`
 
 [timeouts]
 upload_archive_negotiation = "1s"
