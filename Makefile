@@ -30,6 +30,28 @@ lint: ## go vet, gofmt, and generated code up to date
 	  $(MAKE) -s generate-proto && git diff --exit-code -- agent/admitpb || \
 	  { echo "generated protobuf code is stale: run make generate and commit"; exit 1; }; \
 	else echo "lint: protoc not installed, generated code not checked (apt-get install protobuf-compiler)"; fi
+	@$(MAKE) -s lint-ebpf
+
+# The committed eBPF objects were built by Debian 12's clang 14.0.6 with
+# libbpf-dev 1.1.2, which rebuilds them byte for byte. Another clang emits
+# other bytes for the same source: then only the generated Go files are
+# compared, and the objects are put back as they were.
+EBPF_CLANG := 14.0.6
+BPF_HELPERS_H ?= /usr/include/bpf/bpf_helpers.h
+.PHONY: lint-ebpf
+lint-ebpf: ## regenerate the eBPF objects (go generate ./ebpf/...) and fail on a diff; says so and checks nothing without clang and libbpf-dev
+	@if ! command -v clang >/dev/null || [ ! -e $(BPF_HELPERS_H) ]; then \
+	  echo "lint: clang or libbpf-dev not installed, eBPF objects not checked (apt-get install clang libbpf-dev)"; exit 0; fi; \
+	if clang --version | head -1 | grep -q "version $(EBPF_CLANG)"; then \
+	  $(GO) generate ./ebpf/... && git diff --exit-code -- ebpf/ || \
+	  { echo "generated eBPF code is stale: run make generate and commit"; exit 1; }; \
+	else \
+	  keep=$$(mktemp -d) && cp ebpf/*_bpfel.o $$keep/ && \
+	  $(GO) generate ./ebpf/...; rc=$$?; cp $$keep/*_bpfel.o ebpf/; rm -rf $$keep; \
+	  [ $$rc -eq 0 ] && git diff --exit-code -- 'ebpf/*_bpfel.go' || \
+	  { echo "generated eBPF Go code is stale: run make generate and commit"; exit 1; }; \
+	  echo "lint: $$(clang --version | head -1) is not clang $(EBPF_CLANG): eBPF Go files checked, objects not compared"; \
+	fi
 
 check: lint race ## quick gate before committing
 

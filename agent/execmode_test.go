@@ -259,12 +259,10 @@ func TestExecModeHoldsLeaseUntilExitEvent(t *testing.T) {
 	p.end(t)
 }
 
-// TestExecModeWithoutExitEventReleasesOnPidfd: a process whose exit event
-// never comes frees its slot by its pidfd and, after the late-event
-// window, counts as "unknown" with no CPU: never "signaled".
-func TestExecModeWithoutExitEventReleasesOnPidfd(t *testing.T) {
-	defer func(w time.Duration) { lateExitWindow = w }(lateExitWindow)
-	lateExitWindow = 300 * time.Millisecond
+// execPeerRunning starts an agent with a fake tracer and an exec-mode
+// upload-pack peer, and returns once the agent counts it running.
+func execPeerRunning(t *testing.T) (*Agent, *fakeTracer, *recordingObserver, *execPeer) {
+	t.Helper()
 	tr := &fakeTracer{tracked: map[int]bool{}, prev: map[int]int{}}
 	obs := &recordingObserver{}
 	a, sock := startExecAgent(t, tr, obs)
@@ -273,6 +271,16 @@ func TestExecModeWithoutExitEventReleasesOnPidfd(t *testing.T) {
 		t.Fatalf("peer told %q, want exec", p.mode)
 	}
 	waitUntil(t, "running", func() bool { return inFlight(a, "upload-pack") == 1 })
+	return a, tr, obs, p
+}
+
+// TestExecModeWithoutExitEventReleasesOnPidfd: a process whose exit event
+// never comes frees its slot by its pidfd and, after the late-event
+// window, counts as "unknown" with no CPU: never "signaled".
+func TestExecModeWithoutExitEventReleasesOnPidfd(t *testing.T) {
+	defer func(w time.Duration) { lateExitWindow = w }(lateExitWindow)
+	lateExitWindow = 300 * time.Millisecond
+	a, tr, obs, p := execPeerRunning(t)
 	pid := p.pid()
 	p.end(t) // exits; the tracer (fake) says nothing
 	waitUntil(t, "lease released by the pidfd", func() bool { return inFlight(a, "upload-pack") == 0 })
@@ -300,14 +308,7 @@ func TestExecModeWithoutExitEventReleasesOnPidfd(t *testing.T) {
 // the pid (it exited after the pidfd said the first one was gone) is not
 // taken for it.
 func TestExecModeLateExitEvent(t *testing.T) {
-	tr := &fakeTracer{tracked: map[int]bool{}, prev: map[int]int{}}
-	obs := &recordingObserver{}
-	a, sock := startExecAgent(t, tr, obs)
-	p := startExecPeer(t, sock, "upload-pack", true)
-	if p.mode != "exec" {
-		t.Fatalf("peer told %q, want exec", p.mode)
-	}
-	waitUntil(t, "running", func() bool { return inFlight(a, "upload-pack") == 1 })
+	a, _, obs, p := execPeerRunning(t)
 	pid := p.pid()
 	exited := time.Now()
 	p.end(t)
@@ -449,7 +450,9 @@ func startStateAgent(t *testing.T, dir string, tr ProcessTracer, obs Observer) (
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, sock) }()
+	served := make(chan struct{})
+	go func() { done <- a.Serve(ctx, sock); close(served) }()
+	t.Cleanup(func() { cancel(); <-served; closeStateDir(a) })
 	return a, sock.Path, cancel, done
 }
 

@@ -167,8 +167,17 @@ func stateAgent(t *testing.T, dir string, tr ProcessTracer) (*Agent, *observer.O
 	}
 	core, logs := observer.New(zap.InfoLevel)
 	a := New(Options{Policy: cfg, Log: zap.New(core), Tracer: tr, StateDir: dir})
-	t.Cleanup(func() { a.stop() })
+	t.Cleanup(func() { a.stop(); closeStateDir(a) })
 	return a, logs
+}
+
+// closeStateDir closes the state directory Recover holds open: sluiced
+// keeps it for its lifetime, a test's agent ends with the test.
+func closeStateDir(a *Agent) {
+	if a.stateFD >= 0 {
+		unix.Close(a.stateFD)
+		a.stateFD = -1
+	}
 }
 
 // TestRecoverAdoptsOnlyOwnRecords plants lease records the agent could not

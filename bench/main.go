@@ -26,7 +26,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/shirou/gopsutil/v3/cpu"
@@ -36,6 +35,7 @@ import (
 
 	"github.com/sluicehq/sluice/agent/admitpb"
 	"github.com/sluicehq/sluice/agent/shimproto"
+	"github.com/sluicehq/sluice/internal/agenttest"
 	istats "github.com/sluicehq/sluice/internal/stats"
 )
 
@@ -235,8 +235,9 @@ func cmdEnv(env []string, name string, args ...string) *exec.Cmd {
 	return c
 }
 
+// agentProc is a sluiced the bench started.
 type agentProc struct {
-	cmd    *exec.Cmd
+	*agenttest.Agent
 	pid    int
 	socket string
 }
@@ -267,35 +268,26 @@ max_per_key = 10000
 max_queue_size = 100
 max_queue_wait = "10s"
 `, socket, ebpf, realGit)
-	path := filepath.Join(dir, name, "sluice.toml")
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		return nil, err
-	}
-	cmd := cmdEnv(env, filepath.Join(o.bin, "sluiced"), "-config", path, "-log-level", "error")
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	a := &agentProc{cmd: cmd, pid: cmd.Process.Pid, socket: socket}
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		if c, err := shimproto.Dial(socket, 100*time.Millisecond); err == nil {
-			c.Close()
-			return a, nil
-		}
-		if time.Now().After(deadline) {
-			a.stop()
-			return nil, errors.New("sluiced did not start listening within 20s")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return startBenchAgent(o, filepath.Join(dir, name), socket, cfg, env, []string{"-log-level", "error"}, os.Stderr, nil)
 }
 
+// startBenchAgent starts sluiced with config cfg in dir and returns once
+// its socket answers (the bench runs it at -log-level error, whose output
+// goes to tee; the ready line is not printed then).
+func startBenchAgent(o options, dir, socket, cfg string, env, args []string, tee io.Writer, onLine func([]byte)) (*agentProc, error) {
+	a := &agenttest.Agent{Bin: filepath.Join(o.bin, "sluiced"), Dir: dir, Socket: socket, Env: env, Args: args,
+		Tee: tee, OnLine: onLine, Ready: agenttest.ReadySocket}
+	if err := a.Start(cfg); err != nil {
+		return nil, err
+	}
+	return &agentProc{Agent: a, pid: a.Pid(), socket: socket}, nil
+}
+
+// stop stops sluiced and says so when it did not exit cleanly.
 func (a *agentProc) stop() {
-	a.cmd.Process.Signal(syscall.SIGTERM)
-	a.cmd.Wait()
+	if err := a.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+	}
 }
 
 // interleave runs direct and viaShim n times each, alternating which goes

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"os"
 	"os/exec"
@@ -13,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sluicehq/sluice/agent/shimproto"
 	"github.com/sluicehq/sluice/cgroup"
 )
 
@@ -123,50 +120,26 @@ func removeBenchHierarchy(root string) {
 // channel receiving the time of its first "adaptive limit backed off" or
 // "host budget lowered" log line.
 func startReactionAgent(o options, rdir, cfg string, env []string) (*agentProc, <-chan time.Time, error) {
-	socket := filepath.Join(rdir, "run", "sluice.sock")
-	path := filepath.Join(rdir, "sluice.toml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		return nil, nil, err
-	}
-	cmd := cmdEnv(env, filepath.Join(o.bin, "sluiced"), "-config", path)
-	logs, err := cmd.StderrPipe()
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, nil, err
-	}
-	a := &agentProc{cmd: cmd, pid: cmd.Process.Pid, socket: socket}
 	backoff := make(chan time.Time, 1)
-	go func() {
-		sc := bufio.NewScanner(logs)
-		for sc.Scan() {
-			var l map[string]any
-			// The host budget is stepped on the same sample as the
-			// adaptive rules, just before them: its "host budget lowered"
-			// line is the first reaction, and is measured when present.
-			if json.Unmarshal(sc.Bytes(), &l) == nil && (l["msg"] == "adaptive limit backed off" || l["msg"] == "host budget lowered") {
-				if ts, err := time.Parse("2006-01-02T15:04:05.000Z0700", fmt.Sprint(l["time"])); err == nil {
-					select {
-					case backoff <- ts:
-					default:
-					}
+	onLine := func(line []byte) {
+		var l map[string]any
+		// The host budget is stepped on the same sample as the adaptive
+		// rules, just before them: its "host budget lowered" line is the
+		// first reaction, and is measured when present.
+		if json.Unmarshal(line, &l) == nil && (l["msg"] == "adaptive limit backed off" || l["msg"] == "host budget lowered") {
+			if ts, err := time.Parse("2006-01-02T15:04:05.000Z0700", fmt.Sprint(l["time"])); err == nil {
+				select {
+				case backoff <- ts:
+				default:
 				}
 			}
 		}
-		io.Copy(io.Discard, logs)
-	}()
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		if c, err := shimproto.Dial(socket, 100*time.Millisecond); err == nil {
-			c.Close()
-			return a, backoff, nil
-		}
-		if time.Now().After(deadline) {
-			a.stop()
-			return nil, nil, errors.New("sluiced did not start listening within 20s")
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
+	a, err := startBenchAgent(o, rdir, filepath.Join(rdir, "run", "sluice.sock"), cfg, env, nil, nil, onLine)
+	if err != nil {
+		return nil, nil, err
+	}
+	return a, backoff, nil
 }
 
 // oomReactionRun measures, once, how long the adaptive limiter takes to

@@ -23,8 +23,7 @@ type limitMetrics struct {
 	backoff   *prometheus.CounterVec   // watcher
 	watchErr  *prometheus.CounterVec   // watcher
 
-	mu       sync.Mutex // guards the fields below
-	declared map[string]bool
+	declared declaredLimits
 }
 
 func newLimitMetrics() *limitMetrics {
@@ -50,7 +49,6 @@ func newLimitMetrics() *limitMetrics {
 			Name:      "watcher_errors_total",
 			Help:      "Samples a pressure watcher could not read (a missing signal counts once).",
 		}, []string{"watcher"}),
-		declared: map[string]bool{},
 	}
 }
 
@@ -59,23 +57,43 @@ func (m *limitMetrics) collectors() []prometheus.Collector {
 }
 
 func (m *limitMetrics) setLimits(names []string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for old := range m.declared {
-		if !slices.Contains(names, old) {
-			m.acquiring.DeletePartialMatch(prometheus.Labels{"limit": old})
-			m.dropped.DeletePartialMatch(prometheus.Labels{"limit": old})
-			delete(m.declared, old)
-		}
-	}
-	for _, name := range names {
-		if m.declared[name] {
-			continue
-		}
-		m.declared[name] = true
+	m.declared.set(names, func(name string) {
 		m.acquiring.WithLabelValues(name)
 		for _, reason := range dropReasons {
 			m.dropped.WithLabelValues(name, reason)
+		}
+	}, m.acquiring, m.dropped)
+}
+
+// declaredLimits are the limits whose zero series a metric declared.
+type declaredLimits struct {
+	mu    sync.Mutex // guards names
+	names map[string]bool
+}
+
+// set declares the limits of names not declared yet (declare makes their
+// zero series) and deletes the series of the limits no longer in names
+// from vecs.
+func (d *declaredLimits) set(names []string, declare func(limit string), vecs ...interface {
+	DeletePartialMatch(prometheus.Labels) int
+}) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.names == nil {
+		d.names = map[string]bool{}
+	}
+	for old := range d.names {
+		if !slices.Contains(names, old) {
+			for _, v := range vecs {
+				v.DeletePartialMatch(prometheus.Labels{"limit": old})
+			}
+			delete(d.names, old)
+		}
+	}
+	for _, name := range names {
+		if !d.names[name] {
+			d.names[name] = true
+			declare(name)
 		}
 	}
 }

@@ -1,9 +1,6 @@
 package exporter
 
 import (
-	"slices"
-	"sync"
-
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -21,8 +18,7 @@ var timeoutKinds = [...]string{KindUploadPackNegotiation, KindUploadArchiveNegot
 type timeoutMetrics struct {
 	total *prometheus.CounterVec // limit, kind
 
-	mu       sync.Mutex // guards the field below
-	declared map[string]bool
+	declared declaredLimits
 }
 
 func newTimeoutMetrics() *timeoutMetrics {
@@ -32,7 +28,6 @@ func newTimeoutMetrics() *timeoutMetrics {
 			Name:      "timeouts_total",
 			Help:      "Commands stopped by a timeout, by kind (upload_pack_negotiation, upload_archive_negotiation, max_runtime).",
 		}, []string{"limit", "kind"}),
-		declared: map[string]bool{},
 	}
 }
 
@@ -42,23 +37,11 @@ func (m *timeoutMetrics) collectors() []prometheus.Collector {
 
 // setLimits keeps a zero series per limit and kind, as limitMetrics does.
 func (m *timeoutMetrics) setLimits(names []string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for old := range m.declared {
-		if !slices.Contains(names, old) {
-			m.total.DeletePartialMatch(prometheus.Labels{"limit": old})
-			delete(m.declared, old)
-		}
-	}
-	for _, name := range names {
-		if m.declared[name] {
-			continue
-		}
-		m.declared[name] = true
+	m.declared.set(names, func(name string) {
 		for _, k := range timeoutKinds {
 			m.total.WithLabelValues(name, k)
 		}
-	}
+	}, m.total)
 }
 
 // Timeout records a command of limit stopped by a timeout of the given

@@ -25,8 +25,8 @@ func TestAdaptiveOOMEventBackoff(t *testing.T) {
 	pol = strings.Replace(pol, `watchers = ["memory", "oom", "cpu_throttle"]`, `watchers = ["oom"]`, 1)
 	pol = strings.Replace(pol, "count = 4\n", "count = 4\nmemory_bytes = 67108864\n", 1)
 	a := startAgent(t, pol, "open")
-	if !strings.Contains(a.logs.String(), "kernel memory notifications registered") {
-		t.Fatalf("no registration line in the log:\n%s", a.logs.String())
+	if !strings.Contains(a.Logs(), "kernel memory notifications registered") {
+		t.Fatalf("no registration line in the log:\n%s", a.Logs())
 	}
 	repo := makeRepo(t, a.dir, "r", 2)
 	hogGit := fakeGit(t, a.dir, "head -c 268435456 /dev/zero | tail -n 1 > /dev/null")
@@ -39,7 +39,7 @@ func TestAdaptiveOOMEventBackoff(t *testing.T) {
 	// the calibrator. Which reason it logs depends on which the sample saw
 	// first: the OOM notification itself, or (woken by a pressure-level
 	// notification of the same episode) the kill counter already moved.
-	_, reasons := backoffs(t, a.logs.String())
+	_, reasons := backoffs(t, a.Logs())
 	if len(reasons) != 1 || !strings.HasPrefix(reasons[0], "oom: ") {
 		t.Fatalf("backoff reasons %q, want one OOM backoff woken by a kernel notification", reasons)
 	}
@@ -91,9 +91,9 @@ func TestAdaptiveWatchesOwnCgroup(t *testing.T) {
 	a.wrap = enter
 	pol := strings.Replace(adaptivePolicy("unused", ""), "enabled = true\nrequired = true", "enabled = false", 1)
 	a.start(pol, "open")
-	if !strings.Contains(a.logs.String(), "watching the agent's own memory cgroup") ||
-		!strings.Contains(a.logs.String(), `"memory_limit_bytes":268435456`) {
-		t.Fatalf("the log does not say the agent's own 256 MiB cgroup is watched:\n%s", a.logs.String())
+	if !strings.Contains(a.Logs(), "watching the agent's own memory cgroup") ||
+		!strings.Contains(a.Logs(), `"memory_limit_bytes":268435456`) {
+		t.Fatalf("the log does not say the agent's own 256 MiB cgroup is watched:\n%s", a.Logs())
 	}
 	repo := makeRepo(t, a.dir, "r", 2)
 	mark := filepath.Join(a.dir, "hog-ready")
@@ -105,7 +105,7 @@ func TestAdaptiveWatchesOwnCgroup(t *testing.T) {
 		return a.metric(`sluice_concurrency_limiting_current_limit{limit="upload-pack"}`) == 4
 	})
 	hog.wait(t, 60*time.Second)
-	_, reasons := backoffs(t, a.logs.String())
+	_, reasons := backoffs(t, a.Logs())
 	if len(reasons) == 0 || !strings.Contains(reasons[0], "of limit 256 MiB") {
 		t.Fatalf("backoff reasons %q, want the memory watcher against the 256 MiB limit", reasons)
 	}

@@ -90,7 +90,7 @@ func TestAdaptiveMemoryBackoffAndRecovery(t *testing.T) {
 		t.Fatalf("hog mark %q: %v", b, err)
 	}
 	ready := time.Unix(sec, nsec)
-	times, reasons := backoffs(t, a.logs.String())
+	times, reasons := backoffs(t, a.Logs())
 	if len(times) == 0 || !strings.Contains(reasons[0], "memory: working set") {
 		t.Fatalf("no memory backoff in the log: %v", reasons)
 	}
@@ -138,7 +138,7 @@ func TestAdaptiveCPUThrottleBackoff(t *testing.T) {
 	if got := a.metric(`sluice_concurrency_limiting_current_limit{limit="upload-pack"}`); got >= 8 {
 		t.Errorf("limit %v after throttling, want below 8", got)
 	}
-	_, reasons := backoffs(t, a.logs.String())
+	_, reasons := backoffs(t, a.Logs())
 	if len(reasons) == 0 || !strings.Contains(reasons[0], "cpu_throttle: throttled in") {
 		t.Errorf("backoff log reasons %v", reasons)
 	}

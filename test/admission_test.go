@@ -15,14 +15,7 @@ import (
 // git-upload-pack and as uploadpack.packObjectsHook, and checks the clone
 // is identical to one made without sluice.
 func TestCloneThroughShim(t *testing.T) {
-	a := startAgent(t, `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 4
-max_queue_size = 10
-max_queue_wait = "10s"
+	a := startAgent(t, limitRule("upload-pack", "repo", 4, 10, "10s")+`
 
 [[limit]]
 name = "pack-objects"
@@ -71,7 +64,7 @@ max_queue_wait = "10s"
 		t.Errorf("upload-pack real seconds = %v, want > 0", real)
 	}
 	// The finished-command log line carries the correlation id.
-	logs := a.logs.String()
+	logs := a.Logs()
 	if !strings.Contains(logs, `"correlation_id":"clone-test-1"`) || !strings.Contains(logs, `"msg":"command finished"`) {
 		t.Errorf("no finished-command log line with the correlation id:\n%s", logs)
 	}
@@ -85,15 +78,7 @@ func holdUploadPack(t *testing.T, a *agentProc, repo string, extraEnv ...string)
 }
 
 func TestKeyedLimitQueueAndRejections(t *testing.T) {
-	a := startAgent(t, `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 2
-max_queue_size = 5
-max_queue_wait = "1s"
-`, "open")
+	a := startAgent(t, limitRule("upload-pack", "repo", 2, 5, "1s"), "open")
 	repo := makeRepo(t, a.dir, "r", 3)
 	other := makeRepo(t, a.dir, "other", 2)
 
@@ -168,14 +153,7 @@ max_queue_wait = "1s"
 // testQueueOrder holds the only slot, queues three clients one after the
 // other, releases the slot and reports which client got it.
 func testQueueOrder(t *testing.T, order string) int {
-	a := startAgent(t, fmt.Sprintf(`
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 5
-max_queue_wait = "30s"
+	a := startAgent(t, fmt.Sprintf(limitRule("upload-pack", "repo", 1, 5, "30s")+`
 queue_order = %q
 `, order), "open")
 	repo := makeRepo(t, a.dir, "r", 2)
@@ -222,15 +200,7 @@ func TestQueueOrderLIFO(t *testing.T) {
 // TestPackObjectsKeyedByRemoteIP runs the shim in hook mode as git would,
 // with the client address in REMOTE_ADDR / SSH_CONNECTION.
 func TestPackObjectsKeyedByRemoteIP(t *testing.T) {
-	a := startAgent(t, `
-[[limit]]
-name = "pack-objects"
-match = ["pack-objects"]
-key = "remote_ip"
-max_per_key = 1
-max_queue_size = 0
-max_queue_wait = "1s"
-`, "open")
+	a := startAgent(t, limitRule("pack-objects", "remote_ip", 1, 0, "1s"), "open")
 	repo := makeRepo(t, a.dir, "r", 2)
 	hook := func(env ...string) *proc {
 		// pack-objects --revs reads revisions from stdin: it holds its
@@ -295,14 +265,7 @@ func alive(pid int) bool {
 // killed with SIGKILL frees its slot at once and takes its git with it
 // (Pdeathsig). Exec mode's equivalent is in TestExecModeNoResidentShim.
 func TestKilledShimReleasesLease(t *testing.T) {
-	a := startAgent(t, `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 5
-max_queue_wait = "30s"
+	a := startAgent(t, limitRule("upload-pack", "repo", 1, 5, "30s")+`
 
 [ebpf]
 enabled = false
@@ -337,15 +300,7 @@ enabled = false
 // reaches the cloning client as "remote: sluice: …" through upload-pack's
 // sideband.
 func TestHookRejectionReachesClient(t *testing.T) {
-	a := startAgent(t, `
-[[limit]]
-name = "pack-objects"
-match = ["pack-objects"]
-key = "remote_ip"
-max_per_key = 1
-max_queue_size = 0
-max_queue_wait = "1s"
-`, "open")
+	a := startAgent(t, limitRule("pack-objects", "remote_ip", 1, 0, "1s"), "open")
 	repo := makeRepo(t, a.dir, "r", 3)
 	// Hold the only slot of the "unknown" address (a file:// clone has none).
 	holder := startProc(t, repo, a.env("GIT_DIR=."), bins.shim, "git", "pack-objects", "--revs", "--stdout")

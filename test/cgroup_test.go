@@ -16,14 +16,7 @@ import (
 // cgroupRule is a policy with upload-pack admitted per repository and
 // cgroups on, under a hierarchy root unique to the test.
 func cgroupPolicy(root string, bucketLimits string) string {
-	return fmt.Sprintf(`
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 4
-max_queue_size = 4
-max_queue_wait = "10s"
+	return fmt.Sprintf(limitRule("upload-pack", "repo", 4, 4, "10s")+`
 
 [[limit]]
 name = "pack-objects"
@@ -264,11 +257,11 @@ func TestCgroupLimitsApplyOnReload(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(a.dir, "sluice.toml"), []byte(newCfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	a.cmd.Process.Signal(syscall.SIGHUP)
+	a.Signal(syscall.SIGHUP)
 	waitFor(t, 10*time.Second, "bucket memory limit updated by the reload", func() bool { return read() == "134217728" })
 	// The limit is applied before the reload's log line is written.
 	waitFor(t, 5*time.Second, "the reload log line", func() bool {
-		return strings.Contains(a.logs.String(), `"msg":"reloaded"`)
+		return strings.Contains(a.Logs(), `"msg":"reloaded"`)
 	})
 }
 
@@ -285,7 +278,7 @@ func TestCleanStopRemovesWhatItMade(t *testing.T) {
 	}
 	a.start(cgroupPolicy(root, ""), "open")
 	var parent string
-	for _, l := range agentLogLines(a, "cgroups ready") {
+	for _, l := range a.LogLines("cgroups ready") {
 		parent = strings.TrimSuffix(l["bucket0"].(string), "/repos/0")
 	}
 	mount := "/sys/fs/cgroup/memory"
@@ -294,7 +287,7 @@ func TestCleanStopRemovesWhatItMade(t *testing.T) {
 	}
 	tree := filepath.Join(mount, parent)
 	if parent == "" {
-		t.Fatalf("no cgroups ready line:\n%s", a.logs.String())
+		t.Fatalf("no cgroups ready line:\n%s", a.Logs())
 	}
 	if _, err := os.Stat(tree); err != nil {
 		t.Fatalf("cgroup tree %s: %v", tree, err)

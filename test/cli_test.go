@@ -59,15 +59,7 @@ type statusJSON struct {
 // queued, has a third rejected, and checks that `status --json` says what
 // /metrics says and `top --once` lists both commands by correlation id.
 func TestCLIStatusAndTopWithGitInFlight(t *testing.T) {
-	a := startAgent(t, `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 1
-max_queue_wait = "60s"
-`, "open")
+	a := startAgent(t, limitRule("upload-pack", "repo", 1, 1, "60s"), "open")
 	repo := makeRepo(t, a.dir, "cli", 3)
 
 	held := holdUploadPack(t, a, repo, "CORRELATION_ID=cli-held-1")
@@ -177,15 +169,7 @@ func TestCLIAdminRefusedForNonRoot(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run the CLI as another uid")
 	}
-	a := startAgent(t, `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 1
-max_queue_wait = "1s"
-`, "open")
+	a := startAgent(t, limitRule("upload-pack", "repo", 1, 1, "1s"), "open")
 	// The built binaries sit in a 0700 directory: copy the CLI where uid
 	// 65534 can run it, and open the way to the socket.
 	cli := filepath.Join(t.TempDir(), "sluice")

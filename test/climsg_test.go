@@ -26,17 +26,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/gitserver"
 )
 
 // climsgLimits: one slot per subcommand for the whole server, no queue.
-const climsgLimits = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "global"
-max_per_key = 1
-max_queue_size = 0
-max_queue_wait = "7s"
+var climsgLimits = limitRule("upload-pack", "global", 1, 0, "7s") + `
 
 [[limit]]
 name = "receive-pack"
@@ -104,7 +99,7 @@ func (s *serverSetup) checkRefusal(t *testing.T, what, out string, code int, lim
 	}
 	found := false
 	waitFor(t, 5*time.Second, "the agent's rejected line with correlation id "+m[1], func() bool {
-		for _, l := range s.agentLines("rejected") {
+		for _, l := range s.a.LogLines("rejected") {
 			if l["correlation_id"] == m[1] {
 				found = l["limit"] == limit
 				return true
@@ -123,7 +118,7 @@ func TestClientsHearRejections(t *testing.T) {
 	nginx, fcgiwrap, backend := needHTTP(t)
 	s := newServerSetupWith(t, climsgLimits)
 	gitURL, port, daemonLog := s.startGitDaemon(t, daemon)
-	sshURL, sshEnv := s.startSSHD(t, sshd)
+	_, sshURL, sshEnv := s.startSSHD(t, sshd)
 	httpURL, httpDir := s.startHTTP(t, nginx, fcgiwrap, backend)
 
 	// A work tree to push from, cloned straight from the repository.
@@ -321,58 +316,60 @@ func needSSHD(t *testing.T) string {
 	return sshd
 }
 
-// startSSHD starts sshd for the git user (git-shell) and returns the
-// ssh:// URL of project.git and the client's environment (GIT_SSH_COMMAND
-// set).
-func (s *serverSetup) startSSHD(t *testing.T, sshd string) (url string, env []string) {
+// startSSHD starts sshd for the git user (git-shell), the socket and
+// repositories shared with it, and returns it with the ssh:// URL of
+// project.git and the client's environment (GIT_SSH_COMMAND set).
+func (s *serverSetup) startSSHD(t *testing.T, sshd string) (srv *sshServer, url string, env []string) {
 	t.Helper()
 	u := gitUser(t)
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
 	s.shareWith(t, uid, gid)
+	srv = startSSHD(t, sshd, filepath.Join(s.a.dir, "sshd"), "AcceptEnv GIT_PROTOCOL\nSetEnv "+strings.Join(s.serverEnv(), " ")+"\n")
+	return srv, fmt.Sprintf("ssh://git@127.0.0.1:%d%s", srv.port, s.upstream), s.clientEnv("GIT_SSH_COMMAND=" + srv.sshCmd)
+}
+
+// sshServer is an sshd started by startSSHD.
+type sshServer struct {
+	dir    string // keys, sshd_config, sshd.pid, sshd.log
+	port   int
+	conf   string // sshd_config as written
+	sshCmd string // GIT_SSH_COMMAND for a client of the git user
+}
+
+// startSSHD writes host and client keys and an sshd_config in dir — the
+// tests' settings for the git user on a free loopback port, then extra —
+// starts sshd and waits until it listens; its log is shown if the test
+// fails.
+func startSSHD(t *testing.T, sshd, dir, extra string) *sshServer {
+	t.Helper()
 	if _, err := os.Stat("/run/sshd"); err != nil {
 		if err := os.Mkdir("/run/sshd", 0o755); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { os.Remove("/run/sshd") })
 	}
-	dir := filepath.Join(s.a.dir, "sshd")
 	os.Mkdir(dir, 0o755)
 	pkgRun(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, "host_key"))
 	pkgRun(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, "client_key"))
 	pub, _ := os.ReadFile(filepath.Join(dir, "client_key.pub"))
 	os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o644)
-	port := freePort(t)
-	senv := s.serverEnv()
-	conf := fmt.Sprintf(`Port %d
-ListenAddress 127.0.0.1
-HostKey %s/host_key
-PidFile %s/sshd.pid
-AuthorizedKeysFile %s/authorized_keys
-UsePAM no
-StrictModes no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-AllowUsers git
-AcceptEnv GIT_PROTOCOL
-SetEnv %s
-`, port, dir, dir, dir, strings.Join(senv, " "))
-	os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(conf), 0o644)
+	srv := &sshServer{dir: dir, port: freePort(t)}
+	srv.conf = fmt.Sprintf("Port %d\nListenAddress 127.0.0.1\nHostKey %s/host_key\nPidFile %s/sshd.pid\nAuthorizedKeysFile %s/authorized_keys\n"+
+		"UsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nAllowUsers git\n",
+		srv.port, dir, dir, dir) + extra
+	os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(srv.conf), 0o644)
 	logf := filepath.Join(dir, "sshd.log")
 	startGroup(t, os.Environ(), filepath.Join(dir, "sshd.out"), sshd, "-D", "-f", filepath.Join(dir, "sshd_config"), "-E", logf)
-	waitListening(t, port, "sshd")
-
-	sshCmd := fmt.Sprintf("ssh -F /dev/null -i %s/client_key -o IdentitiesOnly=yes -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o LogLevel=ERROR -o BatchMode=yes", dir)
-	env = s.clientEnv("GIT_SSH_COMMAND=" + sshCmd)
-	url = fmt.Sprintf("ssh://git@127.0.0.1:%d%s", port, s.upstream)
+	waitListening(t, srv.port, "sshd")
+	srv.sshCmd = fmt.Sprintf("ssh -F /dev/null -i %s/client_key -o IdentitiesOnly=yes -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o LogLevel=ERROR -o BatchMode=yes", dir)
 	t.Cleanup(func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(logf)
 			t.Logf("sshd log:\n%s", b)
 		}
 	})
-	return url, env
+	return srv
 }
 
 // needHTTP returns the paths of nginx, fcgiwrap and git-http-backend or
@@ -408,41 +405,8 @@ func (s *serverSetup) startHTTP(t *testing.T, nginx, fcgiwrap, backend string) (
 	waitFor(t, 10*time.Second, "fcgiwrap's socket", func() bool { _, err := os.Stat(fsock); return err == nil })
 
 	port := freePort(t)
-	var params strings.Builder
-	for _, kv := range append(s.serverEnv(), "GIT_PROJECT_ROOT="+s.repos, "GIT_HTTP_EXPORT_ALL=1") {
-		k, v, _ := strings.Cut(kv, "=")
-		fmt.Fprintf(&params, "            fastcgi_param %s %q;\n", k, v)
-	}
-	conf := fmt.Sprintf(`user root;
-daemon off;
-master_process off;
-worker_processes 1;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log;
-events { worker_connections 64; }
-http {
-    access_log %[1]s/access.log;
-    client_body_temp_path %[1]s/tmp/body;
-    fastcgi_temp_path %[1]s/tmp/fastcgi;
-    proxy_temp_path %[1]s/tmp/proxy;
-    uwsgi_temp_path %[1]s/tmp/uwsgi;
-    scgi_temp_path %[1]s/tmp/scgi;
-    server {
-        listen 127.0.0.1:%[2]d;
-        location / {
-            client_max_body_size 0;
-            fastcgi_request_buffering off;
-            fastcgi_buffering off;
-            include /etc/nginx/fastcgi_params;
-            fastcgi_param SCRIPT_FILENAME %[3]s;
-            fastcgi_param PATH_INFO $uri;
-            fastcgi_param GIT_PROTOCOL $http_git_protocol;
-            fastcgi_param REMOTE_USER $remote_user;
-%[4]s            fastcgi_pass unix:%[5]s;
-        }
-    }
-}
-`, dir, port, backend, params.String(), fsock)
+	conf := gitserver.Nginx{Dir: dir, Port: port, AccessLog: true}.Conf(
+		gitserver.GitLocation(backend, fsock, append(s.serverEnv(), "GIT_PROJECT_ROOT="+s.repos, "GIT_HTTP_EXPORT_ALL=1")))
 	os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644)
 	startGroup(t, []string{"PATH=/usr/sbin:/usr/bin:/bin"}, filepath.Join(dir, "nginx.out"), nginx, "-e", filepath.Join(dir, "error.log"), "-p", dir, "-c", filepath.Join(dir, "nginx.conf"))
 	waitListening(t, port, "nginx")

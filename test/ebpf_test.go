@@ -1,8 +1,6 @@
 package test
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,14 +12,7 @@ import (
 	"time"
 )
 
-const execLimits = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 5
-max_queue_wait = "30s"
+var execLimits = limitRule("upload-pack", "repo", 1, 5, "30s") + `
 
 [[limit]]
 name = "pack-objects"
@@ -36,12 +27,12 @@ max_queue_wait = "30s"
 // could not load its eBPF tracer.
 // tracerRunning reports whether the agent runs its eBPF tracer.
 func (a *agentProc) tracerRunning() bool {
-	return strings.Contains(a.logs.String(), "eBPF tracer running")
+	return strings.Contains(a.Logs(), "eBPF tracer running")
 }
 
 func (a *agentProc) requireTracer(t *testing.T) {
 	t.Helper()
-	logs := a.logs.String()
+	logs := a.Logs()
 	if strings.Contains(logs, "eBPF tracer running") {
 		return
 	}
@@ -51,20 +42,6 @@ func (a *agentProc) requireTracer(t *testing.T) {
 		}
 	}
 	t.Fatalf("the agent said nothing about its eBPF tracer:\n%s", logs)
-}
-
-// logLines returns the agent's JSON log lines whose msg is msg.
-func (a *agentProc) logLines(msg string) []map[string]any {
-	var out []map[string]any
-	sc := bufio.NewScanner(strings.NewReader(a.logs.String()))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var m map[string]any
-		if json.Unmarshal(sc.Bytes(), &m) == nil && m["msg"] == msg {
-			out = append(out, m)
-		}
-	}
-	return out
 }
 
 // exeOf returns what /proc/PID/exe points to.
@@ -156,7 +133,7 @@ func TestExecModeCPUMatchesWait4(t *testing.T) {
 	waitCPU := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	var line map[string]any
 	waitFor(t, 5*time.Second, "the finished log line", func() bool {
-		for _, l := range a.logLines("command finished") {
+		for _, l := range a.LogLines("command finished") {
 			if l["correlation_id"] == "cpu-check-1" {
 				line = l
 				return true
@@ -222,7 +199,7 @@ func TestUnwrappedExecIsCounted(t *testing.T) {
 		storm = append(storm, c.Process.Pid)
 	}
 	waitFor(t, 5*time.Second, "the unwrapped pack-objects logged", func() bool {
-		for _, l := range a.logLines("git ran without admission: it bypassed the sluice shim") {
+		for _, l := range a.LogLines("git ran without admission: it bypassed the sluice shim") {
 			if int(l["pid"].(float64)) == direct.Process.Pid {
 				return l["subcmd"] == "pack-objects" && l["cwd"] == repo
 			}
@@ -236,7 +213,7 @@ func TestUnwrappedExecIsCounted(t *testing.T) {
 	for _, p := range storm {
 		bad[p] = true
 	}
-	for _, l := range a.logLines("git ran without admission: it bypassed the sluice shim") {
+	for _, l := range a.LogLines("git ran without admission: it bypassed the sluice shim") {
 		if bad[int(l["pid"].(float64))] {
 			t.Fatalf("counted as unwrapped: %v", l)
 		}
@@ -249,7 +226,7 @@ func TestUnwrappedExecIsCounted(t *testing.T) {
 	if b, err := clone.CombinedOutput(); err != nil {
 		t.Fatalf("clone through the shim: %v\n%s", err, b)
 	}
-	for _, l := range a.logLines("git ran without admission: it bypassed the sluice shim") {
+	for _, l := range a.LogLines("git ran without admission: it bypassed the sluice shim") {
 		if l["cwd"] == repo && l["subcmd"] == "upload-pack" {
 			t.Fatalf("the shimmed upload-pack was counted as unwrapped: %v (before: %v)", l, before)
 		}
@@ -279,8 +256,8 @@ func TestTracerFallback(t *testing.T) {
 			a := newAgentDir(t)
 			a.wrap = c.wrap
 			a.start(execLimits+c.extra, "open")
-			if !strings.Contains(a.logs.String(), c.want) {
-				t.Fatalf("no log line %q:\n%s", c.want, a.logs.String())
+			if !strings.Contains(a.Logs(), c.want) {
+				t.Fatalf("no log line %q:\n%s", c.want, a.Logs())
 			}
 			repo := makeRepo(t, a.dir, "r", 2)
 			holder := holdUploadPack(t, a, repo)
@@ -342,7 +319,7 @@ func TestUnwrappedScopeServers(t *testing.T) {
 	git(t, a.dir, baseEnv(a.dir), "clone", "-q", fmt.Sprintf("git://127.0.0.1:%d/r.git", port), filepath.Join(a.dir, "clone"))
 	var line map[string]any
 	waitFor(t, 5*time.Second, "the daemon's unwrapped upload-pack logged", func() bool {
-		for _, l := range a.logLines("git ran without admission: it bypassed the sluice shim") {
+		for _, l := range a.LogLines("git ran without admission: it bypassed the sluice shim") {
 			if l["server"] == "git-daemon" && int(l["server_pid"].(float64)) == d.Process.Pid {
 				line = l
 				return true
@@ -353,7 +330,7 @@ func TestUnwrappedScopeServers(t *testing.T) {
 	if line["count_since_last_line"] != 1.0 || !strings.Contains(line["fix"].(string), "sluice check --pid "+strconv.Itoa(d.Process.Pid)) {
 		t.Errorf("log line %v: want count 1 and the check command for the daemon", line)
 	}
-	for _, l := range a.logLines("git ran without admission: it bypassed the sluice shim") {
+	for _, l := range a.LogLines("git ran without admission: it bypassed the sluice shim") {
 		if int(l["pid"].(float64)) == direct.Process.Pid {
 			t.Errorf("the test's own git-pack-objects was reported: %v", l)
 		}

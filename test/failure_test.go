@@ -11,15 +11,7 @@ import (
 	"time"
 )
 
-const uploadPackRule = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 2
-max_queue_size = 5
-max_queue_wait = "5s"
-`
+var uploadPackRule = limitRule("upload-pack", "repo", 2, 5, "5s")
 
 // cloneVia clones repo with the shim as git-upload-pack and returns git's
 // exit code and stderr.

@@ -15,14 +15,7 @@ import (
 
 // faultRules limit clones and pushes to one at a time per repository, so
 // a second one queues.
-const faultRules = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 5
-max_queue_wait = "3s"
+var faultRules = limitRule("upload-pack", "repo", 1, 5, "3s") + `
 
 [[limit]]
 name = "receive-pack"
@@ -160,20 +153,20 @@ func testFault(t *testing.T, fault, mode string) {
 		return m[`sluice_concurrency_limiting_queued{limit="upload-pack"}`] == 1 && m[`sluice_concurrency_limiting_queued{limit="receive-pack"}`] == 1
 	})
 
-	pid := a.cmd.Process.Pid
+	pid := a.Pid()
 	switch fault {
 	case "sigterm":
 		syscall.Kill(pid, syscall.SIGTERM)
-		<-a.done
+		<-a.Done()
 	case "sigkill":
 		syscall.Kill(pid, syscall.SIGKILL)
-		<-a.done
+		<-a.Done()
 	case "sigstop":
 		syscall.Kill(pid, syscall.SIGSTOP)
 		defer syscall.Kill(pid, syscall.SIGCONT)
 	case "hung-listener":
 		syscall.Kill(pid, syscall.SIGKILL)
-		<-a.done
+		<-a.Done()
 		os.Remove(a.socket)
 		ln, err := net.Listen("unix", a.socket)
 		if err != nil {

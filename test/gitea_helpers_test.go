@@ -288,7 +288,7 @@ func newGitea(t *testing.T, u *user.User, gitWiring string, opts giteaOpts) *git
 		"--token-name", "test", "--scopes", "all", "--raw"))
 
 	logf := filepath.Join(g.dir, "log", "stdout.log")
-	g.cmd = startGroupAs(t, g.env, logf, uint32(uid), uint32(gid), g.bin, "--config", g.conf, "--work-path", g.dir, "web")
+	g.cmd = startGroupAs(t, g.env, logf, &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, g.bin, "--config", g.conf, "--work-path", g.dir, "web")
 	if opts.cgroup != "" {
 		// Before Gitea has run any git: its children inherit the cgroup.
 		if err := os.WriteFile(filepath.Join(opts.cgroup, "cgroup.procs"), []byte(strconv.Itoa(g.cmd.Process.Pid)), 0o644); err != nil {
@@ -430,41 +430,6 @@ func traversable(t *testing.T, dir string) {
 			}
 		}
 	}
-}
-
-// startGroupAs is startGroup running argv as uid:gid.
-func startGroupAs(t *testing.T, env []string, logf string, uid, gid uint32, argv ...string) *exec.Cmd {
-	t.Helper()
-	f, err := os.Create(logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = env
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: &syscall.Credential{Uid: uid, Gid: gid}}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		t.Fatalf("start %s: %v", argv[0], err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); f.Close(); close(done) }()
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-		// git and ssh children of the built-in server.
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		if t.Failed() {
-			b, _ := os.ReadFile(logf)
-			t.Logf("%s output:\n%s", filepath.Base(argv[0]), tail(string(b), 4000))
-		}
-	})
-	return cmd
 }
 
 func tail(s string, n int) string {

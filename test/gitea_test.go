@@ -29,14 +29,7 @@ import (
 // git's exit from the kernel a moment after the client has its answer, and
 // a clone runs upload-pack two or three times in a row); pack-objects keyed
 // by client address.
-const giteaLimits = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 1
-max_queue_wait = "2s"
+var giteaLimits = limitRule("upload-pack", "repo", 1, 1, "2s") + `
 
 [[limit]]
 name = "pack-objects"
@@ -90,7 +83,7 @@ func TestGitea(t *testing.T) {
 
 	t.Run("commands through sluice", func(t *testing.T) {
 		count := map[string]int{}
-		for _, m := range s.agentLines("command finished") {
+		for _, m := range s.a.LogLines("command finished") {
 			sub, _ := m["subcmd"].(string)
 			count[sub]++
 			if m["repo"] != repo {
@@ -117,7 +110,7 @@ func TestGitea(t *testing.T) {
 		}
 		// Over SSH Gitea's serv names the user for fetches too.
 		users := map[any]int{}
-		for _, m := range s.agentLines("command finished") {
+		for _, m := range s.a.LogLines("command finished") {
 			if m["subcmd"] == "upload-pack" {
 				users[m["user"]]++
 			}
@@ -129,7 +122,7 @@ func TestGitea(t *testing.T) {
 
 	t.Run("client address", func(t *testing.T) {
 		ips := map[any]int{}
-		for _, m := range s.agentLines("command finished") {
+		for _, m := range s.a.LogLines("command finished") {
 			if m["subcmd"] == "pack-objects" || m["subcmd"] == "upload-pack" {
 				ips[m["remote_ip"]]++
 			}
@@ -245,7 +238,7 @@ func TestGiteaClientAddress(t *testing.T) {
 		t.Fatalf("clone %s: %v\n%s", g.sshURL("project"), err, out)
 	}
 	seen := map[string]int{}
-	for _, m := range s.agentLines("command finished") {
+	for _, m := range s.a.LogLines("command finished") {
 		seen[fmt.Sprintf("%v from %v", m["subcmd"], m["remote_ip"])]++
 	}
 	for _, want := range []string{"upload-pack from 127.0.0.7", "pack-objects from 127.0.0.7", "upload-pack from 127.0.0.8", "pack-objects from 127.0.0.8"} {
@@ -285,7 +278,7 @@ func TestGiteaServingOnly(t *testing.T) {
 		exerciseGitea(t, g, src, g.sshURL("project"), g.sshURL("project"), "ssh")
 	})
 	count := map[string]int{}
-	for _, m := range s.agentLines("command finished") {
+	for _, m := range s.a.LogLines("command finished") {
 		sub, _ := m["subcmd"].(string)
 		count[sub]++
 		if (sub == "upload-pack" || sub == "receive-pack") && m["user"] != g.admin {

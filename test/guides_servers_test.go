@@ -78,17 +78,17 @@ func checkGuideClone(t *testing.T, a *agentProc, user string) {
 	t.Helper()
 	waitFor(t, 10*time.Second, "upload-pack and pack-objects finished", func() bool {
 		seen := map[any]bool{}
-		for _, l := range agentLogLines(a, "command finished") {
+		for _, l := range a.LogLines("command finished") {
 			seen[l["subcmd"]] = true
 		}
 		return seen["upload-pack"] && seen["pack-objects"]
 	})
-	for _, l := range agentLogLines(a, "command finished") {
+	for _, l := range a.LogLines("command finished") {
 		if l["remote_ip"] != "127.0.0.1" || l["outcome"] != "ok" || (user != "" && l["user"] != user) {
 			t.Errorf("admitted as %v", l)
 		}
 	}
-	if lines := agentLogLines(a, "git ran without admission: it bypassed the sluice shim"); len(lines) > 0 {
+	if lines := a.LogLines("git ran without admission: it bypassed the sluice shim"); len(lines) > 0 {
 		t.Errorf("git ran around the shim: %v", lines)
 	}
 }
@@ -162,27 +162,11 @@ func TestGuideSSHDVerbatim(t *testing.T) {
 		}
 		return err
 	})
-	if _, err := os.Stat("/run/sshd"); err != nil {
-		os.Mkdir("/run/sshd", 0o755)
-		t.Cleanup(func() { os.Remove("/run/sshd") })
-	}
-	dir := filepath.Join(a.dir, "sshd")
-	os.Mkdir(dir, 0o755)
-	pkgRun(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, "host_key"))
-	pkgRun(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, "client_key"))
-	pub, _ := os.ReadFile(filepath.Join(dir, "client_key.pub"))
-	os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o644)
-	port := freePort(t)
 	// The test's own settings first (a Match block must come last), then
 	// the guide's block as written.
-	conf := fmt.Sprintf("Port %d\nListenAddress 127.0.0.1\nHostKey %s/host_key\nPidFile %s/sshd.pid\nAuthorizedKeysFile %s/authorized_keys\n"+
-		"UsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nAllowUsers git\n",
-		port, dir, dir, dir) + guideBlock(t, "<!-- guide:sshd")
-	os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(conf), 0o644)
-	startGroup(t, os.Environ(), filepath.Join(dir, "sshd.out"), sshd, "-D", "-f", filepath.Join(dir, "sshd_config"), "-E", filepath.Join(dir, "sshd.log"))
-	waitListening(t, port, "sshd")
-	sshCmd := fmt.Sprintf("ssh -F /dev/null -i %s/client_key -o IdentitiesOnly=yes -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o LogLevel=ERROR -o BatchMode=yes", dir)
-	env := append(baseEnv(a.dir), "GIT_SSH_COMMAND="+sshCmd)
+	srv := startSSHD(t, sshd, filepath.Join(a.dir, "sshd"), guideBlock(t, "<!-- guide:sshd"))
+	dir, port := srv.dir, srv.port
+	env := append(baseEnv(a.dir), "GIT_SSH_COMMAND="+srv.sshCmd)
 	git(t, a.dir, env, "clone", "-q", fmt.Sprintf("ssh://git@127.0.0.1:%d%s", port, bare), filepath.Join(a.dir, "clone"))
 	checkGuideClone(t, a, "git")
 	pid, _ := os.ReadFile(filepath.Join(dir, "sshd.pid"))

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/gitserver"
 )
 
 // guideBlock returns the fenced block of packaging/README.md that follows
@@ -69,14 +71,7 @@ func substitute(t *testing.T, s string, pairs ...string) string {
 	return s
 }
 
-const guideLimits = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "user"
-max_per_key = 4
-max_queue_size = 10
-max_queue_wait = "10s"
+var guideLimits = limitRule("upload-pack", "user", 4, 10, "10s") + `
 
 [[limit]]
 name = "receive-pack"
@@ -93,20 +88,7 @@ max_queue_wait = "10s"
 // agent never sees that user; alice with her password clones and pushes,
 // admitted as alice.
 func TestGuideNginxForgedUser(t *testing.T) {
-	nginx, err := exec.LookPath("nginx")
-	if err != nil {
-		if _, err = os.Stat("/usr/sbin/nginx"); err != nil {
-			t.Skip("nginx is not installed (apt-get install nginx)")
-		}
-		nginx = "/usr/sbin/nginx"
-	}
-	fcgiwrap := "/usr/sbin/fcgiwrap"
-	if _, err := os.Stat(fcgiwrap); err != nil {
-		t.Skip("fcgiwrap is not installed (apt-get install fcgiwrap)")
-	}
-	if _, err := os.Stat("/usr/lib/git-core/git-http-backend"); err != nil {
-		t.Skip("git-http-backend is not installed (apt-get install git)")
-	}
+	nginx, fcgiwrap, _ := needHTTP(t)
 	if _, err := os.Stat("/etc/nginx/fastcgi_params"); err != nil {
 		t.Skip("/etc/nginx/fastcgi_params is missing (the guide includes it; apt-get install nginx)")
 	}
@@ -152,26 +134,7 @@ func TestGuideNginxForgedUser(t *testing.T) {
 		}
 	}
 	port := freePort(t)
-	conf := fmt.Sprintf(`user root;
-daemon off;
-master_process off;
-worker_processes 1;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log;
-events { worker_connections 64; }
-http {
-    access_log off;
-    client_body_temp_path %[1]s/tmp/body;
-    fastcgi_temp_path %[1]s/tmp/fastcgi;
-    proxy_temp_path %[1]s/tmp/proxy;
-    uwsgi_temp_path %[1]s/tmp/uwsgi;
-    scgi_temp_path %[1]s/tmp/scgi;
-    server {
-        listen 127.0.0.1:%[2]d;
-%[3]s
-    }
-}
-`, dir, port, location)
+	conf := gitserver.Nginx{Dir: dir, Port: port}.Conf(location)
 	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +193,7 @@ http {
 	users := map[string]int{}
 	waitFor(t, 10*time.Second, "alice's upload-pack and receive-pack in the agent's log", func() bool {
 		users = map[string]int{}
-		for _, l := range strings.Split(a.logs.String(), "\n") {
+		for _, l := range strings.Split(a.Logs(), "\n") {
 			if strings.Contains(l, `"msg":"command finished"`) {
 				for _, u := range []string{"alice", "mallory"} {
 					if strings.Contains(l, `"user":"`+u+`"`) {
@@ -241,7 +204,7 @@ http {
 		}
 		return users["alice"] >= 2
 	})
-	if strings.Contains(a.logs.String(), "mallory") || strings.Contains(readFile(a.shimLog), "mallory") {
-		t.Errorf("the forged user reached the agent or the shim:\n%s", a.logs.String())
+	if strings.Contains(a.Logs(), "mallory") || strings.Contains(readFile(a.shimLog), "mallory") {
+		t.Errorf("the forged user reached the agent or the shim:\n%s", a.Logs())
 	}
 }

@@ -4,21 +4,18 @@
 package test
 
 import (
-	"bufio"
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/agenttest"
 )
 
 // bins are the binaries under test, built by TestMain.
@@ -83,18 +80,15 @@ func baseEnv(home string) []string {
 	}
 }
 
-// agentProc is a running sluiced.
+// agentProc is a running sluiced (agenttest.Agent) with the shim wiring
+// the tests use.
 type agentProc struct {
-	t       *testing.T
-	dir     string // temp dir holding config, socket, logs, shim links
-	socket  string
-	metrics string // http://127.0.0.1:PORT
-	shimBin string // dir with git, git-upload-pack, … links to the shim
-	shimLog string
-	cmd     *exec.Cmd
-	logs    *lockedBuffer
-	done    chan struct{} // closed when sluiced has exited
-	waitErr error
+	*agenttest.Agent // nil until start
+	t                *testing.T
+	dir              string // temp dir holding config, socket, logs, shim links
+	socket           string
+	shimBin          string // dir with git, git-upload-pack, … links to the shim
+	shimLog          string
 	// wrap runs sluiced under another program (e.g. setpriv), nil for none.
 	wrap []string
 
@@ -102,22 +96,8 @@ type agentProc struct {
 	agentExtra string
 }
 
-type lockedBuffer struct {
-	mu  sync.Mutex // guards buf
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// lockedBuffer collects a process's output while the test reads it.
+type lockedBuffer = agenttest.LockedBuffer
 
 // newAgentDir prepares a directory with shim links and returns an
 // agentProc that is not started yet.
@@ -135,6 +115,14 @@ func newAgentDir(t *testing.T) *agentProc {
 		}
 	}
 	return a
+}
+
+// limitRule is one [[limit]] table for the subcommand name (its name and
+// its match), keyed by key, with perKey slots and a queue of queue
+// waiting at most wait.
+func limitRule(name, key string, perKey, queue int, wait string) string {
+	return fmt.Sprintf("\n[[limit]]\nname = %q\nmatch = [%q]\nkey = %q\nmax_per_key = %d\nmax_queue_size = %d\nmax_queue_wait = %q\n",
+		name, name, key, perKey, queue, wait)
 }
 
 // startAgent starts sluiced with the given [[limit]] rules (TOML) and
@@ -160,76 +148,32 @@ bin = %q
 	if !strings.Contains(limits, "[cgroups]") {
 		cfg += "\n[cgroups]\nenabled = false\n"
 	}
-	cfgPath := filepath.Join(a.dir, "sluice.toml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+	ag := &agenttest.Agent{Bin: bins.sluiced, Dir: a.dir, Socket: a.socket, Wrap: a.wrap, Env: baseEnv(a.dir)}
+	a.Agent = ag
+	if err := ag.Start(cfg); err != nil {
 		t.Fatal(err)
 	}
-	a.logs = &lockedBuffer{}
-	pr, pw := io.Pipe()
-	argv := append(append([]string{}, a.wrap...), bins.sluiced, "-config", cfgPath)
-	a.cmd = exec.Command(argv[0], argv[1:]...)
-	a.cmd.Env = baseEnv(a.dir)
-	a.cmd.Stdout = a.logs
-	a.cmd.Stderr = io.MultiWriter(a.logs, pw)
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(pr)
-		metrics := ""
-		for sc.Scan() {
-			var line map[string]any
-			if json.Unmarshal(sc.Bytes(), &line) != nil {
-				continue
-			}
-			switch line["msg"] {
-			case "metrics listening":
-				metrics, _ = line["addr"].(string)
-			case "sluiced ready":
-				ready <- metrics
-			}
-		}
-		io.Copy(io.Discard, pr)
-	}()
-	if err := a.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	a.done = make(chan struct{})
-	go func() { a.waitErr = a.cmd.Wait(); pw.Close(); close(a.done) }()
 	t.Cleanup(func() {
-		a.stop()
+		if err := ag.Stop(); err != nil {
+			t.Error(err)
+		}
 		if t.Failed() {
-			t.Logf("sluiced log:\n%s", a.logs.String())
+			t.Logf("sluiced log:\n%s", ag.Logs())
 			if b, err := os.ReadFile(a.shimLog); err == nil {
 				t.Logf("shim log:\n%s", b)
 			}
 		}
 	})
-	select {
-	case m := <-ready:
-		a.metrics = "http://" + m
-	case <-a.done:
-		t.Fatalf("sluiced exited before it was ready: %v\n%s", a.waitErr, a.logs.String())
-	case <-time.After(20 * time.Second):
-		t.Fatalf("sluiced not ready after 20s:\n%s", a.logs.String())
-	}
 }
 
-// stop sends SIGTERM and waits for sluiced to exit.
+// stop sends SIGTERM and waits for sluiced to exit, failing the test when
+// it did not exit cleanly.
 func (a *agentProc) stop() {
-	if a.cmd == nil || a.cmd.Process == nil {
+	if a.Agent == nil {
 		return
 	}
-	select {
-	case <-a.done:
-		return
-	default:
-	}
-	a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.done:
-	case <-time.After(15 * time.Second):
-		a.cmd.Process.Kill()
-		<-a.done
-		a.t.Errorf("sluiced did not stop within 15s of SIGTERM")
+	if err := a.Stop(); err != nil {
+		a.t.Error(err)
 	}
 }
 
@@ -244,31 +188,27 @@ func (a *agentProc) env(extra ...string) []string {
 // as in the exposition format (`name{label="v",…}`).
 func (a *agentProc) scrape() map[string]float64 {
 	a.t.Helper()
-	resp, err := http.Get(a.metrics + "/metrics")
+	m, err := a.Scrape()
 	if err != nil {
 		a.t.Fatalf("scrape: %v", err)
 	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		out[line[:i]] = v
-	}
-	return out
+	return m
 }
 
 // metric returns one series' value (0 when absent).
 func (a *agentProc) metric(series string) float64 {
 	return a.scrape()[series]
+}
+
+// waitLogLines waits until the agent has logged at least n lines with msg
+// msg and returns them: a log line can trail the counter it reports.
+func (a *agentProc) waitLogLines(t *testing.T, msg string, n int) []map[string]any {
+	t.Helper()
+	lines, err := a.WaitLogLines(msg, n, 10*time.Second)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, a.Logs())
+	}
+	return lines
 }
 
 // waitFor polls cond until it holds or timeout passes.

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestRepoKeySpellings runs the real shim as git-upload-pack with one
@@ -55,10 +54,7 @@ max_queue_wait = "10s"
 			t.Fatalf("%q: %v\n%s", argv, err, out)
 		}
 	}
-	waitFor(t, 10*time.Second, "every spelling finished", func() bool {
-		return len(agentLogLines(a, "command finished")) >= len(spellings)
-	})
-	for _, l := range agentLogLines(a, "command finished") {
+	for _, l := range a.waitLogLines(t, "command finished", len(spellings)) {
 		if id, _ := l["correlation_id"].(string); strings.HasPrefix(id, "spelling-") && l["repo"] != real {
 			n, _ := strconv.Atoi(strings.TrimPrefix(id, "spelling-"))
 			t.Errorf("%q: admitted under repo key %v, want %s", spellings[n], l["repo"], real)
@@ -91,11 +87,8 @@ max_queue_wait = "10s"
 		}
 		git(t, s.client, append(baseEnv(s.client), "GIT_PROXY_COMMAND="+proxy), "ls-remote", url)
 	}
-	waitFor(t, 10*time.Second, "two upload-packs finished", func() bool {
-		return len(agentLogLines(s.a, "command finished")) >= 2
-	})
 	seen := map[any]bool{}
-	for _, l := range agentLogLines(s.a, "command finished") {
+	for _, l := range s.a.waitLogLines(t, "command finished", 2) {
 		seen[l["remote_ip"]] = true
 	}
 	if !seen["127.0.0.2"] || !seen["127.0.0.3"] || seen["198.51.100.77"] {

@@ -23,14 +23,7 @@ import (
 
 // packCacheLimits lets 50 clones of one repository in at once; pack-objects
 // misses queue 4 at a time.
-const packCacheLimits = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 64
-max_queue_size = 100
-max_queue_wait = "60s"
+var packCacheLimits = limitRule("upload-pack", "repo", 64, 100, "60s") + `
 
 [[limit]]
 name = "pack-objects"
@@ -168,7 +161,7 @@ func (s *serverSetup) packCacheScenarios(t *testing.T, url string, env []string,
 	t.Logf("pack cache after the scenarios: hits %v joins %v misses %v fills %v served %v B written %v B",
 		m["sluice_pack_cache_hits_total"], m["sluice_pack_cache_joins_total"], m["sluice_pack_cache_misses_total"],
 		m["sluice_pack_cache_fills_total"], m["sluice_pack_cache_served_bytes_total"], m["sluice_pack_cache_written_bytes_total"])
-	if len(s.agentLines("pack cache: filled")) == 0 {
+	if len(s.a.LogLines("pack cache: filled")) == 0 {
 		t.Error("no \"pack cache: filled\" log line")
 	}
 }
@@ -349,7 +342,7 @@ func TestPackCacheGitDaemon(t *testing.T) {
 		if v := s.a.metric(`sluice_pack_cache_bypasses_total{reason="disk"}`); v < 1 {
 			t.Errorf("bypasses{reason=disk} = %v, want >= 1", v)
 		}
-		if len(s.agentLines("pack cache: bypassing (fetches run uncached)")) == 0 {
+		if len(s.a.LogLines("pack cache: bypassing (fetches run uncached)")) == 0 {
 			t.Error("no warning logged for the full disk")
 		}
 		// The small repository still fits: cached as usual.

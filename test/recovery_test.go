@@ -20,15 +20,7 @@ func TestRestartKeepsCountingRunningCommands(t *testing.T) {
 		sig  syscall.Signal
 	}{{"SIGKILL", syscall.SIGKILL}, {"SIGTERM", syscall.SIGTERM}} {
 		t.Run(how.name, func(t *testing.T) {
-			limits := `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 5
-max_queue_wait = "30s"
-`
+			limits := limitRule("upload-pack", "repo", 1, 5, "30s")
 			a := startAgent(t, limits, "closed")
 			repo := makeRepo(t, a.dir, "r", 3)
 			holder := holdUploadPack(t, a, repo)
@@ -37,11 +29,11 @@ max_queue_wait = "30s"
 			case <-time.After(10 * time.Second):
 				t.Fatalf("holder not admitted: %s", holder.stderr.String())
 			}
-			if err := a.cmd.Process.Signal(how.sig); err != nil {
+			if err := a.Signal(how.sig); err != nil {
 				t.Fatal(err)
 			}
 			select {
-			case <-a.done:
+			case <-a.Done():
 			case <-time.After(15 * time.Second):
 				t.Fatalf("sluiced did not exit on %s", how.name)
 			}
@@ -54,8 +46,8 @@ max_queue_wait = "30s"
 			if got := a.metric(`sluice_concurrency_limiting_in_progress{limit="upload-pack"}`); got != 1 {
 				t.Fatalf("in progress right after the restart = %v, want 1 (the running command)", got)
 			}
-			if !strings.Contains(a.logs.String(), `"adopted":1`) {
-				t.Errorf("no restart-recovery log line with adopted=1:\n%s", a.logs.String())
+			if !strings.Contains(a.Logs(), `"adopted":1`) {
+				t.Errorf("no restart-recovery log line with adopted=1:\n%s", a.Logs())
 			}
 			// A second client queues behind the adopted command.
 			second := holdUploadPack(t, a, repo)

@@ -17,27 +17,13 @@ func TestRestartKeepsDeadlines(t *testing.T) {
 	for _, tc := range []struct {
 		name, limits, kind, line string
 	}{
-		{"negotiation", `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 5
-max_queue_wait = "30s"
+		{"negotiation", limitRule("upload-pack", "repo", 1, 5, "30s") + `
 
 [timeouts]
 upload_pack_negotiation = "4s"
 kill_grace = "1s"
 `, "upload_pack_negotiation", "sluice: upload-pack exceeded upload_pack_negotiation = 4s"},
-		{"max_runtime", `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 5
-max_queue_wait = "30s"
+		{"max_runtime", limitRule("upload-pack", "repo", 1, 5, "30s") + `
 max_runtime = "6s"
 
 [timeouts]
@@ -55,26 +41,22 @@ kill_grace = "1s"
 				t.Fatalf("not admitted: %s", p.stderr.String())
 			}
 			admitted := time.Now()
-			a.cmd.Process.Signal(syscall.SIGTERM)
+			a.Signal(syscall.SIGTERM)
 			select {
-			case <-a.done:
+			case <-a.Done():
 			case <-time.After(15 * time.Second):
 				t.Fatal("sluiced did not stop")
 			}
 			a.start(tc.limits, "closed")
-			if !strings.Contains(a.logs.String(), `"adopted":1`) {
-				t.Fatalf("the new agent did not adopt the command:\n%s", a.logs.String())
+			if !strings.Contains(a.Logs(), `"adopted":1`) {
+				t.Fatalf("the new agent did not adopt the command:\n%s", a.Logs())
 			}
 			p.wait(t, 60*time.Second)
 			stopped := time.Since(admitted)
 			if !strings.Contains(p.stderr.String(), tc.line) {
 				t.Errorf("stderr %q lacks %q", p.stderr.String(), tc.line)
 			}
-			var lines []map[string]any
-			waitFor(t, 10*time.Second, "the timeout logged", func() bool {
-				lines = agentLogLines(a, "timeout: command stopped")
-				return len(lines) > 0
-			})
+			lines := a.waitLogLines(t, "timeout: command stopped", 1)
 			if len(lines) != 1 || lines[0]["kind"] != tc.kind || lines[0]["correlation_id"] != "deadline-"+tc.name {
 				t.Errorf("the new agent's timeout log lines: %v", lines)
 			}

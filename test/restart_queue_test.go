@@ -45,15 +45,7 @@ func readInt(path string) int {
 // all 20 complete with exit 0. fail_mode is "open": before, every waiter
 // ran at once without a lease.
 func TestRestartKeepsQueue(t *testing.T) {
-	limits := `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "global"
-max_per_key = 1
-max_queue_size = 50
-max_queue_wait = "120s"
-`
+	limits := limitRule("upload-pack", "global", 1, 50, "120s")
 	a := newAgentDir(t)
 	a.agentExtra = os.Getenv("SLUICE_TEST_AGENT_EXTRA") // e.g. restart_grace = "0s", to see the test fail
 	a.start(limits, "open")
@@ -83,9 +75,9 @@ max_queue_wait = "120s"
 		return a.metric(`sluice_concurrency_limiting_queued{limit="upload-pack"}`) >= 10
 	})
 	t0 := time.Now()
-	a.cmd.Process.Signal(syscall.SIGTERM)
+	a.Signal(syscall.SIGTERM)
 	select {
-	case <-a.done:
+	case <-a.Done():
 	case <-time.After(15 * time.Second):
 		t.Fatal("sluiced did not stop")
 	}

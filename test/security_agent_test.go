@@ -272,9 +272,9 @@ func TestAgentIgnoresPlantedLeaseRecords(t *testing.T) {
 
 	a.start(uploadPackRule, "open")
 	waitFor(t, 10*time.Second, "the planted records are refused", func() bool {
-		return strings.Count(a.logs.String(), "lease state not adopted") >= 2
+		return strings.Count(a.Logs(), "lease state not adopted") >= 2
 	})
-	logs := a.logs.String()
+	logs := a.Logs()
 	if strings.Contains(logs, "adopted a command still running") {
 		t.Fatalf("a planted record was adopted:\n%s", logs)
 	}
@@ -297,14 +297,7 @@ func TestAgentIgnoresPlantedLeaseRecords(t *testing.T) {
 	}
 }
 
-const timeoutRule = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 5
-max_queue_size = 5
-max_queue_wait = "10s"
+var timeoutRule = limitRule("upload-pack", "repo", 5, 5, "10s") + `
 max_runtime = "%s"
 
 [timeouts]
@@ -360,16 +353,16 @@ func TestTimeoutNeverWritesReadOnlyStderr(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		cmd.Process.Kill()
 		<-done
-		t.Fatalf("the stalled command was not stopped:\n%s", a.logs.String())
+		t.Fatalf("the stalled command was not stopped:\n%s", a.Logs())
 	}
 	if b, _ := os.ReadFile(shadow); string(b) != orig {
 		t.Fatalf("the agent wrote to a file the caller could only read: %q", b)
 	}
 	waitFor(t, 5*time.Second, "the timeout log line", func() bool {
-		return strings.Contains(a.logs.String(), "timeout: command stopped")
+		return strings.Contains(a.Logs(), "timeout: command stopped")
 	})
-	if !strings.Contains(a.logs.String(), "not open for writing") {
-		t.Errorf("the log does not say why stderr was not written:\n%s", a.logs.String())
+	if !strings.Contains(a.Logs(), "not open for writing") {
+		t.Errorf("the log does not say why stderr was not written:\n%s", a.Logs())
 	}
 }
 
@@ -388,7 +381,7 @@ func TestCallerTextEscaped(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(20 * time.Second):
-		t.Fatalf("max_runtime did not stop the client:\n%s", a.logs.String())
+		t.Fatalf("max_runtime did not stop the client:\n%s", a.Logs())
 	}
 	line := stderr.String()
 	if !strings.Contains(line, "sluice: upload-pack exceeded max_runtime = 1s") || !strings.Contains(line, "(correlation id "+want+")\n") {
@@ -398,10 +391,10 @@ func TestCallerTextEscaped(t *testing.T) {
 		t.Errorf("stderr %q carries control characters", line)
 	}
 	waitFor(t, 5*time.Second, "the timeout log line", func() bool {
-		return strings.Contains(a.logs.String(), "timeout: command stopped")
+		return strings.Contains(a.Logs(), "timeout: command stopped")
 	})
 	n := 0
-	for _, l := range strings.Split(a.logs.String(), "\n") {
+	for _, l := range strings.Split(a.Logs(), "\n") {
 		var m map[string]any
 		if json.Unmarshal([]byte(l), &m) != nil {
 			continue
@@ -417,7 +410,7 @@ func TestCallerTextEscaped(t *testing.T) {
 		}
 	}
 	if n == 0 {
-		t.Errorf("no log line carries the correlation id:\n%s", a.logs.String())
+		t.Errorf("no log line carries the correlation id:\n%s", a.Logs())
 	}
 }
 
@@ -443,6 +436,6 @@ func TestSupervisedLeaseEndsWithPeer(t *testing.T) {
 	}
 	// The log reaches the test through a pipe and can trail the metric.
 	waitFor(t, 10*time.Second, "a log line saying why the lease was released", func() bool {
-		return strings.Contains(a.logs.String(), "the process holding the lease exited")
+		return strings.Contains(a.Logs(), "the process holding the lease exited")
 	})
 }

@@ -23,14 +23,14 @@ import (
 // nothing, and answers 404 on /debug/pprof/; with pprof = true it serves it.
 func TestMetricsDefaults(t *testing.T) {
 	a := startAgent(t, uploadPackRule, "open")
-	if !strings.HasPrefix(a.metrics, "http://127.0.0.1:") {
-		t.Fatalf("metrics listener %s, want loopback", a.metrics)
+	if !strings.HasPrefix(a.Metrics, "http://127.0.0.1:") {
+		t.Fatalf("metrics listener %s, want loopback", a.Metrics)
 	}
-	if strings.Contains(a.logs.String(), "beyond loopback") {
-		t.Errorf("loopback listener warned:\n%s", a.logs.String())
+	if strings.Contains(a.Logs(), "beyond loopback") {
+		t.Errorf("loopback listener warned:\n%s", a.Logs())
 	}
 	pprofCode := func(a *agentProc) int {
-		resp, err := http.Get(a.metrics + "/debug/pprof/goroutine?debug=1")
+		resp, err := http.Get(a.Metrics + "/debug/pprof/goroutine?debug=1")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -127,7 +127,7 @@ func TestMaxConnectionsShim(t *testing.T) {
 // clients are gone, instead of stopping.
 func TestAgentSurvivesFDExhaustion(t *testing.T) {
 	a := startAgent(t, uploadPackRule, "open")
-	pid := a.cmd.Process.Pid
+	pid := a.Pid()
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	if err != nil {
 		t.Skipf("cannot read sluiced's fds: %v", err)
@@ -145,14 +145,14 @@ func TestAgentSurvivesFDExhaustion(t *testing.T) {
 		conns = append(conns, c)
 	}
 	waitFor(t, 10*time.Second, "accept to fail with EMFILE", func() bool {
-		return strings.Contains(a.logs.String(), "accept failed; retrying") && strings.Contains(a.logs.String(), "too many open files")
+		return strings.Contains(a.Logs(), "accept failed; retrying") && strings.Contains(a.Logs(), "too many open files")
 	})
 	for _, c := range conns {
 		c.Close()
 	}
 	select {
-	case <-a.done:
-		t.Fatalf("sluiced exited when it ran out of file descriptors: %v\n%s", a.waitErr, a.logs.String())
+	case <-a.Done():
+		t.Fatalf("sluiced exited when it ran out of file descriptors: %v\n%s", a.ExitErr(), a.Logs())
 	default:
 	}
 	repo := makeRepo(t, a.dir, "r", 2)
@@ -186,6 +186,6 @@ func TestOddEnvironmentNeverRejects(t *testing.T) {
 		t.Fatalf("clone with an odd environment: %v\n%s", err, out)
 	}
 	if v := a.metric(`sluice_commands_total{cmd="git",outcome="ok",subcmd="upload-pack"}`); v != 1 {
-		t.Fatalf("the clone was not admitted under its rule (ok count %v)\n%s", v, a.logs.String())
+		t.Fatalf("the clone was not admitted under its rule (ok count %v)\n%s", v, a.Logs())
 	}
 }

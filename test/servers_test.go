@@ -32,14 +32,7 @@ import (
 
 // serverLimits: a per-repository limit of 1 without a queue for
 // upload-pack; pack-objects keyed by client address.
-const serverLimits = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 1
-max_queue_size = 0
-max_queue_wait = "10s"
+var serverLimits = limitRule("upload-pack", "repo", 1, 0, "10s") + `
 
 [[limit]]
 name = "pack-objects"
@@ -226,24 +219,12 @@ func (s *serverSetup) exercise(t *testing.T, url string, env []string) {
 	}
 }
 
-// agentLines returns sluiced's JSON log lines with msg == msg.
-func (s *serverSetup) agentLines(msg string) []map[string]any {
-	var out []map[string]any
-	for _, l := range strings.Split(s.a.logs.String(), "\n") {
-		var m map[string]any
-		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == msg {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
 // checkRemoteIP asserts pack-objects ran through the shim and its rule saw
 // the client's loopback address.
 func (s *serverSetup) checkRemoteIP(t *testing.T) {
 	t.Helper()
 	n := 0
-	for _, m := range s.agentLines("command finished") {
+	for _, m := range s.a.LogLines("command finished") {
 		if m["subcmd"] != "pack-objects" {
 			continue
 		}
@@ -253,10 +234,10 @@ func (s *serverSetup) checkRemoteIP(t *testing.T) {
 		}
 	}
 	if n == 0 {
-		t.Errorf("no pack-objects went through sluice (uploadpack.packObjectsHook not honoured?); agent log:\n%s", s.a.logs.String())
+		t.Errorf("no pack-objects went through sluice (uploadpack.packObjectsHook not honoured?); agent log:\n%s", s.a.Logs())
 	}
 	up := 0
-	for _, m := range s.agentLines("command finished") {
+	for _, m := range s.a.LogLines("command finished") {
 		if m["subcmd"] == "upload-pack" {
 			up++
 		}
@@ -303,6 +284,12 @@ func freePort(t *testing.T) int {
 // at the end of the test.
 func startGroup(t *testing.T, env []string, logf string, argv ...string) *exec.Cmd {
 	t.Helper()
+	return startGroupAs(t, env, logf, nil, argv...)
+}
+
+// startGroupAs is startGroup running argv with cred (nil: as the test).
+func startGroupAs(t *testing.T, env []string, logf string, cred *syscall.Credential, argv ...string) *exec.Cmd {
+	t.Helper()
 	f, err := os.Create(logf)
 	if err != nil {
 		t.Fatal(err)
@@ -310,7 +297,7 @@ func startGroup(t *testing.T, env []string, logf string, argv ...string) *exec.C
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: cred}
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		t.Fatalf("start %s: %v", argv[0], err)
@@ -321,15 +308,16 @@ func startGroup(t *testing.T, env []string, logf string, argv ...string) *exec.C
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 		select {
 		case <-done:
-		case <-time.After(10 * time.Second):
+		case <-time.After(15 * time.Second):
 			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			<-done
 		}
-		// Workers that left the group's leader behind (fcgiwrap -c).
+		// Workers that left the group's leader behind (fcgiwrap -c; git
+		// and ssh children of Gitea's built-in server).
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		if t.Failed() {
 			b, _ := os.ReadFile(logf)
-			t.Logf("%s log:\n%s", filepath.Base(argv[0]), b)
+			t.Logf("%s output:\n%s", filepath.Base(argv[0]), tail(string(b), 4000))
 		}
 	})
 	return cmd
@@ -438,7 +426,7 @@ func (s *serverSetup) prometheus(t *testing.T) {
 		t.Skip("prometheus is not installed (apt-get install prometheus)")
 	}
 	dir := t.TempDir()
-	target := strings.TrimPrefix(s.a.metrics, "http://")
+	target := strings.TrimPrefix(s.a.Metrics, "http://")
 	conf := fmt.Sprintf("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - %s\nscrape_configs:\n  - job_name: sluice\n    static_configs:\n      - targets: [%q]\n",
 		"/usr/share/sluice/prometheus-rules.yml", target)
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(conf), 0o644); err != nil {
@@ -567,68 +555,16 @@ func (s *serverSetup) shareWith(t *testing.T, uid, gid int) {
 }
 
 func TestServerSSH(t *testing.T) {
-	sshd := "/usr/sbin/sshd"
-	if _, err := os.Stat(sshd); err != nil {
-		t.Skip("sshd is not installed (apt-get install openssh-server)")
-	}
-	if _, err := exec.LookPath("ssh-keygen"); err != nil {
-		t.Skip("ssh-keygen is not installed (apt-get install openssh-client)")
-	}
-	if _, err := os.Stat("/usr/bin/git-shell"); err != nil {
-		t.Skip("git-shell is not installed")
-	}
+	sshd := needSSHD(t)
 	s := newServerSetup(t)
-	u := gitUser(t)
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	s.shareWith(t, uid, gid)
-	if _, err := os.Stat("/run/sshd"); err != nil {
-		if err := os.Mkdir("/run/sshd", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.Remove("/run/sshd") })
-	}
-	dir := filepath.Join(s.a.dir, "sshd")
-	os.Mkdir(dir, 0o755)
-	pkgRun(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, "host_key"))
-	pkgRun(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, "client_key"))
-	pub, _ := os.ReadFile(filepath.Join(dir, "client_key.pub"))
-	os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o644)
-	port := freePort(t)
-	senv := s.serverEnv()
-	conf := fmt.Sprintf(`Port %d
-ListenAddress 127.0.0.1
-HostKey %s/host_key
-PidFile %s/sshd.pid
-AuthorizedKeysFile %s/authorized_keys
-UsePAM no
-StrictModes no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-AllowUsers git
-AcceptEnv GIT_PROTOCOL
-SetEnv %s
-`, port, dir, dir, dir, strings.Join(senv, " "))
-	os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(conf), 0o644)
-	logf := filepath.Join(dir, "sshd.log")
-	startGroup(t, os.Environ(), filepath.Join(dir, "sshd.out"), sshd, "-D", "-f", filepath.Join(dir, "sshd_config"), "-E", logf)
-	waitListening(t, port, "sshd")
-
-	sshCmd := fmt.Sprintf("ssh -F /dev/null -i %s/client_key -o IdentitiesOnly=yes -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no -o LogLevel=ERROR -o BatchMode=yes", dir)
-	env := s.clientEnv("GIT_SSH_COMMAND=" + sshCmd)
-	url := fmt.Sprintf("ssh://git@127.0.0.1:%d%s", port, s.upstream)
-	defer func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(logf)
-			t.Logf("sshd log:\n%s", b)
-		}
-	}()
+	srv, url, env := s.startSSHD(t, sshd)
+	dir, port, sshCmd, conf, senv := srv.dir, srv.port, srv.sshCmd, srv.conf, s.serverEnv()
+	gid, _ := strconv.Atoi(gitUser(t).Gid)
 	s.exercise(t, url, env)
 	s.checkRemoteIP(t)
 	// Pack cache (packcache_test.go): restarts the agent, then restores it.
 	t.Run("pack cache", func(t *testing.T) { s.packCacheScenarios(t, url, env, "") })
-	for _, m := range s.agentLines("command finished") {
+	for _, m := range s.a.LogLines("command finished") {
 		if m["subcmd"] == "upload-pack" && m["user"] != "git" {
 			t.Errorf("upload-pack over ssh with user %v, want git", m["user"])
 		}
@@ -697,74 +633,10 @@ SetEnv %s
 }
 
 func TestServerHTTP(t *testing.T) {
-	nginx, err := exec.LookPath("nginx")
-	if err != nil {
-		if _, err = os.Stat("/usr/sbin/nginx"); err != nil {
-			t.Skip("nginx is not installed (apt-get install nginx)")
-		}
-		nginx = "/usr/sbin/nginx"
-	}
-	fcgiwrap := "/usr/sbin/fcgiwrap"
-	if _, err := os.Stat(fcgiwrap); err != nil {
-		t.Skip("fcgiwrap is not installed (apt-get install fcgiwrap)")
-	}
-	backend := "/usr/lib/git-core/git-http-backend"
-	if _, err := os.Stat(backend); err != nil {
-		t.Skip("git-http-backend is not installed (apt-get install git)")
-	}
+	nginx, fcgiwrap, backend := needHTTP(t)
 	s := newServerSetup(t)
-	dir := filepath.Join(s.a.dir, "http")
-	os.MkdirAll(filepath.Join(dir, "tmp"), 0o755)
-	fsock := filepath.Join(dir, "fcgiwrap.sock")
-	startGroup(t, []string{"PATH=/usr/bin:/bin"}, filepath.Join(dir, "fcgiwrap.log"), fcgiwrap, "-c", "2", "-s", "unix:"+fsock)
-	waitFor(t, 10*time.Second, "fcgiwrap's socket", func() bool { _, err := os.Stat(fsock); return err == nil })
-
-	port := freePort(t)
-	var params strings.Builder
-	for _, kv := range append(s.serverEnv(), "GIT_PROJECT_ROOT="+s.repos, "GIT_HTTP_EXPORT_ALL=1") {
-		k, v, _ := strings.Cut(kv, "=")
-		fmt.Fprintf(&params, "            fastcgi_param %s %q;\n", k, v)
-	}
-	conf := fmt.Sprintf(`user root;
-daemon off;
-master_process off;
-worker_processes 1;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log;
-events { worker_connections 64; }
-http {
-    access_log off;
-    client_body_temp_path %[1]s/tmp/body;
-    fastcgi_temp_path %[1]s/tmp/fastcgi;
-    proxy_temp_path %[1]s/tmp/proxy;
-    uwsgi_temp_path %[1]s/tmp/uwsgi;
-    scgi_temp_path %[1]s/tmp/scgi;
-    server {
-        listen 127.0.0.1:%[2]d;
-        location / {
-            client_max_body_size 0;
-            fastcgi_request_buffering off;
-            fastcgi_buffering off;
-            include /etc/nginx/fastcgi_params;
-            fastcgi_param SCRIPT_FILENAME %[3]s;
-            fastcgi_param PATH_INFO $uri;
-            fastcgi_param GIT_PROTOCOL $http_git_protocol;
-            fastcgi_param REMOTE_USER $remote_user;
-%[4]s            fastcgi_pass unix:%[5]s;
-        }
-    }
-}
-`, dir, port, backend, params.String(), fsock)
-	os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644)
-	startGroup(t, []string{"PATH=/usr/sbin:/usr/bin:/bin"}, filepath.Join(dir, "nginx.out"), nginx, "-e", filepath.Join(dir, "error.log"), "-p", dir, "-c", filepath.Join(dir, "nginx.conf"))
-	waitListening(t, port, "nginx")
-	defer func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-			t.Logf("nginx error log:\n%s", b)
-		}
-	}()
-	url := fmt.Sprintf("http://127.0.0.1:%d/project.git", port)
+	url, dir := s.startHTTP(t, nginx, fcgiwrap, backend)
+	port := strings.TrimSuffix(strings.TrimPrefix(url, "http://127.0.0.1:"), "/project.git")
 	s.exercise(t, url, s.clientEnv())
 	s.checkRemoteIP(t)
 	// Pack cache in supervising mode (packcache_test.go): restarts the
@@ -774,7 +646,7 @@ http {
 	// Hold the slot: a POST to git-upload-pack whose body never comes. nginx
 	// streams it (fastcgi_request_buffering off), so upload-pack starts and
 	// waits for the request.
-	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	conn, err := net.Dial("tcp", "127.0.0.1:"+port)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,15 +47,7 @@ func fillUp(t *testing.T, path string) {
 	t.Fatal("the tmpfs never filled up")
 }
 
-const stateLimits = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 2
-max_queue_size = 5
-max_queue_wait = "30s"
-`
+var stateLimits = limitRule("upload-pack", "repo", 2, 5, "30s")
 
 // TestStateDirFullAtStart: the socket directory (and so leases/) is a
 // tmpfs that is already full when sluiced starts. Before, sluiced refused
@@ -84,7 +76,7 @@ func TestStateDirFullAtStart(t *testing.T) {
 	}
 	// The log reaches the test through a pipe and can trail the metric.
 	waitFor(t, 10*time.Second, "an error log line about the state directory", func() bool {
-		return strings.Contains(a.logs.String(), "cannot save the lease state") || strings.Contains(a.logs.String(), "admitting without persistence")
+		return strings.Contains(a.Logs(), "cannot save the lease state") || strings.Contains(a.Logs(), "admitting without persistence")
 	})
 	code, out, errs := runCLI(t, baseEnv(a.dir), "status", "--socket", a.socket)
 	if code != 0 || !strings.Contains(out, "restart state") || !strings.Contains(out, "state files not written") {
@@ -139,14 +131,14 @@ func TestStateDirFilledWhileRunning(t *testing.T) {
 
 	// Restart with space again, a zero-byte and a torn record planted.
 	os.Remove(filepath.Join(run, "filler"))
-	a.cmd.Process.Signal(syscall.SIGTERM)
-	<-a.done
+	a.Signal(syscall.SIGTERM)
+	<-a.Done()
 	os.WriteFile(filepath.Join(leases, "00000000000000e0"), nil, 0o600)
 	os.WriteFile(filepath.Join(leases, "00000000000000e1"), []byte(`{"pid":1,"start":`), 0o600)
 	os.WriteFile(filepath.Join(leases, "00000000000000e2.tmp"), []byte(`{"pid":1`), 0o600)
 	a.start(stateLimits, "closed")
-	if !strings.Contains(a.logs.String(), `"adopted":1,"stale_records_removed":2`) {
-		t.Errorf("want 1 adopted and 2 stale removed:\n%s", a.logs.String())
+	if !strings.Contains(a.Logs(), `"adopted":1,"stale_records_removed":2`) {
+		t.Errorf("want 1 adopted and 2 stale removed:\n%s", a.Logs())
 	}
 	ents, _ = os.ReadDir(leases)
 	if len(ents) != 1 {

@@ -33,27 +33,12 @@ func TestNegotiationWatchOverhead(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("SLUICE_BENCH_REPO_MB")); err == nil && v > 0 {
 		repoMB = v
 	}
-	const limits = `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 5
-max_queue_size = 5
-max_queue_wait = "60s"
+	limits := limitRule("upload-pack", "repo", 5, 5, "60s") + `
 %s
 [timeouts]
 upload_pack_negotiation = %q
 `
-	const packRule = `
-[[limit]]
-name = "pack-objects"
-match = ["pack-objects"]
-key = "remote_ip"
-max_per_key = 5
-max_queue_size = 5
-max_queue_wait = "60s"
-`
+	packRule := limitRule("pack-objects", "remote_ip", 5, 5, "60s")
 	type variant struct {
 		name     string
 		baseline string // the variant this one is compared with
@@ -71,7 +56,7 @@ max_queue_wait = "60s"
 		for i := range vs {
 			v := vs[(i+r)%len(vs)]
 			dst := filepath.Join(v.s.client, fmt.Sprintf("clone-%d", r))
-			cpu0 := procCPU(t, v.s.a.cmd.Process.Pid)
+			cpu0 := procCPU(t, v.s.a.Pid())
 			start := time.Now()
 			if out, err := gitTry(v.s.client, v.s.clientEnv(), "clone", "-q", "--bare",
 				fmt.Sprintf("git://127.0.0.1:%d/project.git", v.s.port), dst); err != nil {
@@ -83,12 +68,12 @@ max_queue_wait = "60s"
 			waitFor(t, 10*time.Second, "upload-pack finished", func() bool {
 				return v.s.a.metric(`sluice_concurrency_limiting_in_progress{limit="upload-pack"}`) == 0
 			})
-			v.cpu = append(v.cpu, procCPU(t, v.s.a.cmd.Process.Pid)-cpu0)
+			v.cpu = append(v.cpu, procCPU(t, v.s.a.Pid())-cpu0)
 			os.RemoveAll(dst)
 		}
 	}
 	for _, v := range vs {
-		if n := len(agentLogLines(v.s.a, "timeout: command stopped")); n != 0 {
+		if n := len(v.s.a.LogLines("timeout: command stopped")); n != 0 {
 			t.Errorf("%s: %d clones stopped by a timeout", v.name, n)
 		}
 	}

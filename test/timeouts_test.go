@@ -8,7 +8,6 @@ package test
 import (
 	"bufio"
 	"crypto/rand"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -116,18 +115,6 @@ func makeRandomRepo(t *testing.T, scratch, repos string, n int) string {
 	return bare
 }
 
-// agentLogLines returns sluiced's JSON log lines with msg == msg.
-func agentLogLines(a *agentProc, msg string) []map[string]any {
-	var out []map[string]any
-	for _, l := range strings.Split(a.logs.String(), "\n") {
-		var m map[string]any
-		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == msg {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
 // pkt writes one pkt-line.
 func pkt(w io.Writer, s string) {
 	fmt.Fprintf(w, "%04x%s", len(s)+4, s)
@@ -206,14 +193,7 @@ func (s *daemonSetup) stallingClient(t *testing.T, v2 bool, limit time.Duration)
 // correlation id, and the "sluice: …" line (in git daemon's log: git://
 // carries no stderr) show it.
 func TestNegotiationTimeoutCutsOffStalledClient(t *testing.T) {
-	s := startDaemonSetup(t, `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 5
-max_queue_size = 5
-max_queue_wait = "10s"
+	s := startDaemonSetup(t, limitRule("upload-pack", "repo", 5, 5, "10s")+`
 
 [timeouts]
 upload_pack_negotiation = "1s"
@@ -225,8 +205,7 @@ kill_grace = "2s"
 		t.Run(name, func(t *testing.T) {
 			s.stallingClient(t, v2, 30*time.Second)
 			waitFor(t, 10*time.Second, "the timeout counted", func() bool { return s.a.metric(series) == float64(i+1) })
-			waitFor(t, 10*time.Second, "the log line", func() bool { return len(agentLogLines(s.a, "timeout: command stopped")) == i+1 })
-			m := agentLogLines(s.a, "timeout: command stopped")[i]
+			m := s.a.waitLogLines(t, "timeout: command stopped", i+1)[i]
 			if m["kind"] != "upload_pack_negotiation" || m["correlation_id"] == "" || m["correlation_id"] == nil || m["subcmd"] != "upload-pack" {
 				t.Errorf("log line %v", m)
 			}
@@ -322,28 +301,13 @@ func throttleProxy(t *testing.T, target string, rate int) string {
 // admission (hook mode) or by the process scan (no pack-objects rule).
 func TestSlowCloneNotCutOff(t *testing.T) {
 	const negotiation = 500 * time.Millisecond
-	limits := `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 5
-max_queue_size = 5
-max_queue_wait = "10s"
+	limits := limitRule("upload-pack", "repo", 5, 5, "10s") + `
 %s
 [timeouts]
 upload_pack_negotiation = "500ms"
 kill_grace = "1s"
 `
-	packRule := `
-[[limit]]
-name = "pack-objects"
-match = ["pack-objects"]
-key = "remote_ip"
-max_per_key = 5
-max_queue_size = 5
-max_queue_wait = "10s"
-`
+	packRule := limitRule("pack-objects", "remote_ip", 5, 5, "10s")
 	for _, mode := range []struct {
 		name string
 		hook bool
@@ -368,7 +332,7 @@ max_queue_wait = "10s"
 				var real time.Duration
 				waitFor(t, 10*time.Second, "upload-pack finished", func() bool {
 					n := 0
-					for _, m := range agentLogLines(s.a, "command finished") {
+					for _, m := range s.a.LogLines("command finished") {
 						if m["subcmd"] == "upload-pack" {
 							if n == i {
 								if r, ok := m["real"].(float64); ok {
@@ -387,11 +351,13 @@ max_queue_wait = "10s"
 				}
 				t.Logf("protocol v%s: upload-pack ran %v with upload_pack_negotiation = %v", proto, real, negotiation)
 			}
-			if n := len(agentLogLines(s.a, "timeout: command stopped")); n != 0 {
+			if n := len(s.a.LogLines("timeout: command stopped")); n != 0 {
 				t.Errorf("%d commands stopped by a timeout", n)
 			}
-			if mode.hook && len(agentLogLines(s.a, "command finished")) < 4 {
-				t.Errorf("pack-objects did not go through sluice in hook mode")
+			if mode.hook {
+				if _, err := s.a.WaitLogLines("command finished", 4, 10*time.Second); err != nil {
+					t.Errorf("pack-objects did not go through sluice in hook mode: %v", err)
+				}
 			}
 		})
 	}
@@ -406,14 +372,7 @@ func (s *daemonSetup) clientEnv(extra ...string) []string {
 // request (negotiation timeout disabled with "0s") is stopped at its
 // rule's max_runtime and told so on stderr; the metric and log show it.
 func TestMaxRuntimeStopsRunawayCommand(t *testing.T) {
-	a := startAgent(t, `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 2
-max_queue_size = 0
-max_queue_wait = "1s"
+	a := startAgent(t, limitRule("upload-pack", "repo", 2, 0, "1s")+`
 max_runtime = "1s"
 
 [timeouts]
@@ -434,8 +393,7 @@ kill_grace = "5s"
 	})
 	// The metric can be counted before the agent's log line is copied
 	// into the test's buffer.
-	waitFor(t, 10*time.Second, "the log line", func() bool { return len(agentLogLines(a, "timeout: command stopped")) >= 1 })
-	lines := agentLogLines(a, "timeout: command stopped")
+	lines := a.waitLogLines(t, "timeout: command stopped", 1)
 	if len(lines) != 1 || lines[0]["correlation_id"] != "runaway-1" || lines[0]["kind"] != "max_runtime" {
 		t.Errorf("log lines %v", lines)
 	}
@@ -447,14 +405,7 @@ kill_grace = "5s"
 // TestMaxRuntimeKillsTreeAfterGrace: a command that ignores SIGTERM is
 // killed after kill_grace together with its descendants.
 func TestMaxRuntimeKillsTreeAfterGrace(t *testing.T) {
-	a := startAgent(t, `
-[[limit]]
-name = "upload-pack"
-match = ["upload-pack"]
-key = "repo"
-max_per_key = 2
-max_queue_size = 0
-max_queue_wait = "1s"
+	a := startAgent(t, limitRule("upload-pack", "repo", 2, 0, "1s")+`
 max_runtime = "1s"
 
 [timeouts]
@@ -476,7 +427,7 @@ kill_grace = "500ms"
 	child, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	waitFor(t, 10*time.Second, "the grandchild killed", func() bool { return !alive(child) })
 	waitFor(t, 10*time.Second, "the SIGKILL logged", func() bool {
-		return len(agentLogLines(a, "timeout: command still running after kill_grace; sent SIGKILL to it and its descendants")) == 1
+		return len(a.LogLines("timeout: command still running after kill_grace; sent SIGKILL to it and its descendants")) == 1
 	})
 }
 
@@ -484,15 +435,7 @@ kill_grace = "500ms"
 // waits for a slot (hook mode) shows "remote: sluice: waiting for a slot…"
 // and completes; one that waits briefly shows nothing.
 func TestQueuedCloneShowsWaiting(t *testing.T) {
-	s := startDaemonSetup(t, `
-[[limit]]
-name = "pack-objects"
-match = ["pack-objects"]
-key = "remote_ip"
-max_per_key = 1
-max_queue_size = 5
-max_queue_wait = "60s"
-`, `queue_feedback_after = "3s"`, true, 64<<10)
+	s := startDaemonSetup(t, limitRule("pack-objects", "remote_ip", 1, 5, "60s"), `queue_feedback_after = "3s"`, true, 64<<10)
 	hold := func() *proc {
 		t.Helper()
 		// Hold the only slot of 127.0.0.1 with a pack-objects that waits
@@ -575,14 +518,7 @@ max_queue_wait = "60s"
 // no arguments is cut off at upload_archive_negotiation; a real `git
 // archive --remote` whose writer starts in time completes.
 func TestUploadArchiveNegotiation(t *testing.T) {
-	s := startDaemonSetup(t, `
-[[limit]]
-name = "upload-archive"
-match = ["upload-archive"]
-key = "repo"
-max_per_key = 5
-max_queue_size = 5
-max_queue_wait = "10s"
+	s := startDaemonSetup(t, limitRule("upload-archive", "repo", 5, 5, "10s")+`
 
 [timeouts]
 upload_archive_negotiation = "1s"
@@ -613,8 +549,7 @@ kill_grace = "2s"
 	waitFor(t, 10*time.Second, "the timeout counted", func() bool {
 		return s.a.metric(`sluice_timeouts_total{kind="upload_archive_negotiation",limit="upload-archive"}`) == 1
 	})
-	waitFor(t, 10*time.Second, "the log line", func() bool { return len(agentLogLines(s.a, "timeout: command stopped")) >= 1 })
-	if n := len(agentLogLines(s.a, "timeout: command stopped")); n != 1 {
+	if n := len(s.a.waitLogLines(t, "timeout: command stopped", 1)); n != 1 {
 		t.Errorf("%d timeout log lines, want 1 (the real archive must not time out)", n)
 	}
 }

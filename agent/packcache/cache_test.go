@@ -450,10 +450,14 @@ func TestAttackerLookup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer conn.Close()
 	l := shimproto.PackLookup{ObjDir: []byte(os.Getenv("PACKCACHE_OBJ")), Args: [][]byte{[]byte("pack-objects"), []byte("--stdout"), []byte("--progress")}}
 	ans, fd, err := conn.PackCacheLookup(&l, []byte("want secret\n"), time.Second)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if fd >= 0 {
+		defer syscall.Close(fd)
 	}
 	if fd >= 0 && ans.Kind != shimproto.PackWrite {
 		buf := make([]byte, 200)

@@ -242,24 +242,7 @@ func ReadFile(path string, max int) ([]byte, error) {
 		return nil, err
 	}
 	defer syscall.Close(fd)
-	buf := make([]byte, 0, 1024)
-	for len(buf) < max {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := syscall.Read(fd, buf[len(buf):cap(buf)])
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if n == 0 {
-			return buf, nil
-		}
-		buf = buf[:len(buf)+n]
-	}
-	return nil, errTooLarge
+	return readFD(fd, max)
 }
 
 // parseShimConfig applies the lines of data to c.

@@ -12,15 +12,11 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,6 +26,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/agenttest"
 )
 
 var (
@@ -119,85 +117,36 @@ type stormResult struct {
 }
 
 type agent struct {
-	cmd     *exec.Cmd
-	socket  string
-	metrics string
-	log     *bytes.Buffer
+	*agenttest.Agent
+	socket string
 }
 
 func (e *env) startAgent(cache bool, name string) (*agent, error) {
 	dir := filepath.Join(e.tmp, name)
-	os.MkdirAll(dir, 0o755)
-	a := &agent{socket: filepath.Join(dir, "run", "sluice.sock"), log: &bytes.Buffer{}}
+	a := &agent{socket: filepath.Join(dir, "run", "sluice.sock")}
 	cfg := fmt.Sprintf("[agent]\nsocket = %q\nmetrics_addr = \"127.0.0.1:0\"\n[git]\nbin = %q\n[cgroups]\nenabled = false\n"+
 		"[pack_cache]\nenabled = %v\ndir = %q\nmin_occurrences = %d\n", a.socket, e.git, cache, filepath.Join(dir, "cache"), *minOcc)
-	cfgPath := filepath.Join(dir, "sluice.toml")
-	os.WriteFile(cfgPath, []byte(cfg), 0o644)
-	a.cmd = exec.Command(e.sluiced, "-config", cfgPath)
-	pr, pw := io.Pipe()
-	a.cmd.Stdout = io.Discard
-	a.cmd.Stderr = pw
-	if err := a.cmd.Start(); err != nil {
+	a.Agent = &agenttest.Agent{Bin: e.sluiced, Dir: dir, Socket: a.socket}
+	if err := a.Start(cfg); err != nil {
 		return nil, err
-	}
-	ready := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(pr)
-		m := ""
-		for sc.Scan() {
-			var l map[string]any
-			if json.Unmarshal(sc.Bytes(), &l) != nil {
-				continue
-			}
-			switch l["msg"] {
-			case "metrics listening":
-				m, _ = l["addr"].(string)
-			case "sluiced ready":
-				ready <- m
-			}
-		}
-	}()
-	select {
-	case m := <-ready:
-		a.metrics = "http://" + m + "/metrics"
-	case <-time.After(20 * time.Second):
-		a.stop()
-		return nil, fmt.Errorf("sluiced not ready")
 	}
 	return a, nil
 }
 
+// stop stops sluiced and says so when it did not exit cleanly.
 func (a *agent) stop() {
-	a.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { a.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		a.cmd.Process.Kill()
-		<-done
+	if err := a.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "packcache:", err)
 	}
 }
 
+// scrape returns the agent's metrics (none when the scrape fails).
 func (a *agent) scrape() map[string]float64 {
-	out := map[string]float64{}
-	resp, err := http.Get(a.metrics)
+	m, err := a.Scrape()
 	if err != nil {
-		return out
+		return map[string]float64{}
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		l := sc.Text()
-		if l == "" || l[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(l, ' ')
-		if v, err := strconv.ParseFloat(l[i+1:], 64); err == nil {
-			out[l[:i]] = v
-		}
-	}
-	return out
+	return m
 }
 
 func packObjectsCPU(m map[string]float64) float64 {

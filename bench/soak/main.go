@@ -48,6 +48,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/agent/shimproto"
+	"github.com/sluicehq/sluice/internal/agenttest"
 	"github.com/sluicehq/sluice/internal/stats"
 )
 
@@ -140,7 +141,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	defer func() { ag.stop() }() // the restart mode replaces ag
+	defer func() { // the restart mode replaces ag
+		if err := ag.stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "soak:", err)
+		}
+	}()
 	var res any
 	switch {
 	case o.restartEvery > 0:
@@ -170,11 +175,10 @@ func run() error {
 
 // agentProc is the sluiced under test.
 type agentProc struct {
-	cmd     *exec.Cmd
+	*agenttest.Agent
 	socket  string
 	metrics string // http://host:port
 	cli     string
-	done    chan struct{}
 }
 
 const policy = `
@@ -203,106 +207,26 @@ enabled = false
 `
 
 func startAgent(o options, dir string) (*agentProc, error) {
-	a := &agentProc{socket: filepath.Join(dir, "run", "sluice.sock"), cli: filepath.Join(o.bin, "sluice"), done: make(chan struct{})}
-	agentCfg := fmt.Sprintf("[agent]\nsocket = %q\nmetrics_addr = \"127.0.0.1:0\"\npprof = true\nfail_mode = \"open\"\n", a.socket) // pprof: the leak check reads heap and goroutine profiles
+	socket := filepath.Join(dir, "run", "sluice.sock")
+	agentCfg := fmt.Sprintf("[agent]\nsocket = %q\nmetrics_addr = \"127.0.0.1:0\"\npprof = true\nfail_mode = \"open\"\n", socket) // pprof: the leak check reads heap and goroutine profiles
 	if o.maxConns > 0 {
 		agentCfg += fmt.Sprintf("max_connections = %d\n", o.maxConns)
 	}
-	cfg := filepath.Join(dir, "sluice.toml")
-	if err := os.WriteFile(cfg, []byte(agentCfg+activePolicy), 0o644); err != nil {
-		return nil, err
-	}
-	logf, err := os.Create(filepath.Join(dir, "sluiced.log"))
-	if err != nil {
-		return nil, err
-	}
-	a.cmd = exec.Command(filepath.Join(o.bin, "sluiced"), "-config", cfg, "-log-level", "error")
-	a.cmd.Stdout, a.cmd.Stderr = logf, logf
-	if err := a.cmd.Start(); err != nil {
-		return nil, err
-	}
-	go func() { a.cmd.Wait(); logf.Close(); close(a.done) }()
 	// At -log-level error (every admission logged would slow the agent
 	// down) the ready lines are not printed: wait for the socket, then find
 	// the metrics port from the process's listening socket.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if c, err := net.Dial("unix", a.socket); err == nil {
-			c.Close()
-			break
-		}
-		select {
-		case <-a.done:
-			b, _ := os.ReadFile(filepath.Join(dir, "sluiced.log"))
-			return nil, fmt.Errorf("sluiced exited: %s", b)
-		default:
-		}
-		if time.Now().After(deadline) {
-			a.stop()
-			return nil, errors.New("sluiced not ready after 20s")
-		}
-		time.Sleep(20 * time.Millisecond)
+	ag := &agenttest.Agent{Bin: filepath.Join(o.bin, "sluiced"), Dir: dir, Socket: socket, Args: []string{"-log-level", "error"},
+		LogFile: filepath.Join(dir, "sluiced.log"), Ready: agenttest.ReadySocket, FindMetrics: true}
+	if err := ag.Start(agentCfg + activePolicy); err != nil {
+		return nil, err
 	}
-	// The socket appears before the metrics listener: wait for both.
-	var addr string
-	for {
-		addr, err = listeningTCP(a.cmd.Process.Pid)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			a.stop()
-			return nil, err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	a.metrics = "http://" + addr
-	return a, nil
+	return &agentProc{Agent: ag, socket: socket, metrics: ag.Metrics, cli: filepath.Join(o.bin, "sluice")}, nil
 }
 
-// listeningTCP finds the 127.0.0.1 port pid listens on (its metrics
-// listener), from /proc/net/tcp and the process's socket inodes.
-func listeningTCP(pid int) (string, error) {
-	inodes := map[string]bool{}
-	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	for _, e := range ents {
-		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name()))
-		if err == nil && strings.HasPrefix(l, "socket:[") {
-			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
-		}
-	}
-	b, err := os.ReadFile("/proc/net/tcp")
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(string(b), "\n")[1:] {
-		f := strings.Fields(line)
-		if len(f) < 10 || f[3] != "0A" || !inodes[f[9]] { // 0A: LISTEN
-			continue
-		}
-		_, port, _ := strings.Cut(f[1], ":")
-		p, err := strconv.ParseUint(port, 16, 16)
-		if err != nil {
-			continue
-		}
-		return fmt.Sprintf("127.0.0.1:%d", p), nil
-	}
-	return "", errors.New("sluiced has no TCP listener: is metrics_addr off?")
-}
-
-func (a *agentProc) stop() {
-	select {
-	case <-a.done:
-		return
-	default:
-	}
-	a.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-a.done:
-	case <-time.After(15 * time.Second):
-		a.cmd.Process.Kill()
-		<-a.done
-	}
+// stop stops sluiced (SIGTERM) and returns an error when it did not exit
+// cleanly.
+func (a *agentProc) stop() error {
+	return a.Stop()
 }
 
 // usage is the agent's resource use at one instant.
@@ -338,7 +262,7 @@ func (a *agentProc) usageGC() (usage, error) {
 
 func (a *agentProc) usage() (usage, error) {
 	var u usage
-	pid := a.cmd.Process.Pid
+	pid := a.Pid()
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	if err != nil {
 		return u, err
@@ -384,25 +308,7 @@ func (a *agentProc) scrape() (map[string]float64, error) {
 
 // scrapeAll returns every series → value.
 func (a *agentProc) scrapeAll() (map[string]float64, error) {
-	resp, err := http.Get(a.metrics + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		l := sc.Text()
-		if l == "" || l[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(l, ' ')
-		if v, err := strconv.ParseFloat(l[i+1:], 64); err == nil {
-			out[l[:i]] = v
-		}
-	}
-	return out, sc.Err()
+	return a.Scrape()
 }
 
 // sumPrefix adds the series whose name starts with prefix.
@@ -703,7 +609,7 @@ loop:
 		select {
 		case <-end:
 			break loop
-		case <-a.done:
+		case <-a.Done():
 			break loop
 		case <-tick.C:
 			if u, err := a.usage(); err == nil {
@@ -737,7 +643,7 @@ loop:
 	}
 	res.LatencyP50Milli, res.LatencyP95Milli, res.LatencyP99Milli, res.LatencyMeanMs = percentiles(all)
 	select {
-	case <-a.done:
+	case <-a.Done():
 		res.AgentRestarted = true
 		return res, errors.New("sluiced exited during the soak")
 	default:

@@ -110,7 +110,9 @@ flock 9; n=$(cat "$S/cur"); echo $((n-1)) > "$S/cur"; echo x >> "$S/done"; flock
 	for time.Now().Add(o.restartEvery).Before(end) {
 		time.Sleep(o.restartEvery)
 		t0 := time.Now()
-		(*ag).stop()
+		if err = (*ag).stop(); err != nil {
+			break
+		}
 		var next *agentProc
 		if next, err = startAgent(o, dir); err != nil {
 			break

@@ -6,9 +6,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/gitserver"
 )
 
 const (
@@ -69,43 +70,8 @@ func startHTTP(base, dir string, cg *serverCgroup, env []string, workers int) (*
 		h.stop()
 		return nil, err
 	}
-	var params strings.Builder
-	for _, kv := range append(append([]string{}, env...), "GIT_PROJECT_ROOT="+base, "GIT_HTTP_EXPORT_ALL=1") {
-		k, v, _ := strings.Cut(kv, "=")
-		fmt.Fprintf(&params, "            fastcgi_param %s %q;\n", k, v)
-	}
-	conf := fmt.Sprintf(`user root;
-daemon off;
-master_process off;
-worker_processes 1;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path %[1]s/tmp/body;
-    fastcgi_temp_path %[1]s/tmp/fastcgi;
-    proxy_temp_path %[1]s/tmp/proxy;
-    uwsgi_temp_path %[1]s/tmp/uwsgi;
-    scgi_temp_path %[1]s/tmp/scgi;
-    server {
-        listen 127.0.0.1:%[2]d;
-        location / {
-            client_max_body_size 0;
-            fastcgi_request_buffering off;
-            fastcgi_buffering off;
-            fastcgi_read_timeout 600s;
-            fastcgi_send_timeout 600s;
-            include /etc/nginx/fastcgi_params;
-            fastcgi_param SCRIPT_FILENAME %[3]s;
-            fastcgi_param PATH_INFO $uri;
-            fastcgi_param GIT_PROTOCOL $http_git_protocol;
-            fastcgi_param REMOTE_USER $remote_user;
-%[4]s            fastcgi_pass unix:%[5]s;
-        }
-    }
-}
-`, dir, h.port, httpBackend, params.String(), fsock)
+	conf := gitserver.Nginx{Dir: dir, Port: h.port, WorkerConnections: 4096}.Conf(
+		gitserver.GitLocation(httpBackend, fsock, append(append([]string{}, env...), "GIT_PROJECT_ROOT="+base, "GIT_HTTP_EXPORT_ALL=1")))
 	cfg := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 		h.stop()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sluicehq/sluice/agent/shimproto"
+	"github.com/sluicehq/sluice/internal/agenttest"
 	"github.com/sluicehq/sluice/policy"
 )
 
@@ -31,16 +30,21 @@ func freePort() (int, error) {
 // inCgroup returns a command that moves itself into the cgroup (v1 memory)
 // and only then execs argv, so nothing it does is charged elsewhere.
 func inCgroup(cg *serverCgroup, argv ...string) *exec.Cmd {
+	argv = append(cgroupWrap(cg), argv...)
+	return exec.Command(argv[0], argv[1:]...)
+}
+
+// cgroupWrap is the argv prefix of inCgroup: nil without a cgroup.
+func cgroupWrap(cg *serverCgroup) []string {
 	if cg == nil {
-		return exec.Command(argv[0], argv[1:]...)
+		return nil
 	}
 	script := `echo $$ > "$0/cgroup.procs"`
 	for i := range cg.extra {
 		script += fmt.Sprintf(` && echo $$ > "$%d/cgroup.procs"`, i+1)
 	}
 	script += fmt.Sprintf(` && shift %d && exec "$@"`, len(cg.extra))
-	args := append(append([]string{"-c", script, cg.dir}, cg.extra...), argv...)
-	return exec.Command("/bin/sh", args...)
+	return append([]string{"/bin/sh", "-c", script, cg.dir}, cg.extra...)
 }
 
 // proc is a started server process in its own process group.
@@ -81,7 +85,7 @@ func (p *proc) stop(sig syscall.Signal, grace time.Duration) {
 
 // agent is a running sluiced.
 type agent struct {
-	*proc
+	*agenttest.Agent
 	pid     int
 	socket  string
 	metrics string // http://127.0.0.1:N/metrics
@@ -101,43 +105,31 @@ func startAgent(bin, dir string, m mode, cg *serverCgroup, hierarchyRoot string,
 	if err != nil {
 		return nil, fmt.Errorf("mode %s: %w", m.Name, err)
 	}
-	path := filepath.Join(dir, "sluice.toml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		return nil, err
-	}
 	packCache := false
-	if c, err := policy.Parse(path, []byte(cfg)); err == nil {
+	if c, err := policy.Parse(filepath.Join(dir, "sluice.toml"), []byte(cfg)); err == nil {
 		packCache = c.PackCache.Enabled
 	}
 	sluiced, err := filepath.Abs(filepath.Join(bin, "sluiced"))
 	if err != nil {
 		return nil, err
 	}
-	cmd := inCgroup(cg, sluiced, "-config", path, "-log-level", "info")
-	cmd.Env = env
 	a := &agent{socket: socket, metrics: fmt.Sprintf("http://127.0.0.1:%d/metrics", port), logPath: filepath.Join(dir, "sluiced.log"), packCache: packCache}
-	if a.proc, err = startProc(cmd, a.logPath); err != nil {
+	a.Agent = &agenttest.Agent{Bin: sluiced, Dir: dir, Socket: socket, Args: []string{"-log-level", "info"}, Wrap: cgroupWrap(cg), Env: env,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}, LogFile: a.logPath,
+		Ready: agenttest.ReadySocket, MetricsURL: a.metrics}
+	if err := a.Start(cfg); err != nil {
 		return nil, err
 	}
-	a.pid = cmd.Process.Pid // the wrapper execs sluiced: same pid
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		if c, err := shimproto.Dial(socket, 100*time.Millisecond); err == nil {
-			c.Close()
-			if r, err := http.Get(a.metrics); err == nil {
-				r.Body.Close()
-				return a, nil
-			}
-		}
-		select {
-		case <-a.done:
-			return nil, fmt.Errorf("sluiced exited at start-up: %s", tail(a.logPath, 2000))
-		default:
-		}
-		if time.Now().After(deadline) {
-			a.stop(syscall.SIGKILL, time.Second)
-			return nil, fmt.Errorf("sluiced did not come up within 20s: %s", tail(a.logPath, 2000))
-		}
-		time.Sleep(20 * time.Millisecond)
+	a.pid = a.Pid() // the wrapper execs sluiced: same pid
+	return a, nil
+}
+
+// stop sends sig to sluiced's process group, then SIGKILL after grace,
+// and says so when sluiced did not exit cleanly.
+func (a *agent) stop(sig syscall.Signal, grace time.Duration) {
+	a.StopTimeout = grace
+	if err := a.StopWith(sig); err != nil {
+		fmt.Fprintln(os.Stderr, "storm:", err)
 	}
 }
 

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/gitwrap"
+	"github.com/sluicehq/sluice/internal/agenttest"
 )
 
 const demoUsage = `usage: sluice demo [--clients N] [--duration D]
@@ -123,9 +124,9 @@ type demo struct {
 	socket        string
 	metricsAddr   string
 	port          int
-	procs         []*exec.Cmd     // started daemons, stopped by cleanup
-	waits         []chan struct{} // closed when procs[i] has exited
-	plainPort     int             // git daemon without sluice
+	procs         []*exec.Cmd       // started daemons, stopped by cleanup
+	waits         []<-chan struct{} // closed when procs[i] has exited
+	plainPort     int               // git daemon without sluice
 
 	seenMu sync.Mutex      // guards seen
 	seen   map[string]bool // rejection lines printed in full
@@ -412,7 +413,6 @@ func (d *demo) gitEnv() []string {
 // it is ready.
 func (d *demo) startSluiced(ctx context.Context) error {
 	d.socket = filepath.Join(d.dir, "run", "sluice.sock")
-	policyPath := filepath.Join(d.dir, "sluice.toml")
 	policy := fmt.Sprintf(`# sluice demo policy
 [agent]
 socket = %q
@@ -432,71 +432,30 @@ max_per_key = %d
 max_queue_size = %d
 max_queue_wait = %q
 `, d.socket, d.realGit, demoMaxPerKey, demoQueueSize, demoQueueWait.String())
-	if err := os.WriteFile(policyPath, []byte(policy), 0o644); err != nil {
+	logFile := filepath.Join(d.dir, "sluiced.log")
+	a := &agenttest.Agent{Bin: d.sluiced, Dir: d.dir, Socket: d.socket, Env: append(d.gitEnv(), "SLUICE_SOCKET="+d.socket),
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true}, LogFile: logFile, ReadyTimeout: demoStartupWait}
+	err := a.Start(policy)
+	if a.Cmd() != nil && a.Cmd().Process != nil {
+		// cleanup stops it with the daemons.
+		d.procs = append(d.procs, a.Cmd())
+		d.waits = append(d.waits, a.Done())
+	}
+	switch {
+	case err != nil && a.Done() == nil:
 		return err
-	}
-	logFile, err := os.Create(filepath.Join(d.dir, "sluiced.log"))
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command(d.sluiced, "-config", policyPath)
-	cmd.Env = append(d.gitEnv(), "SLUICE_SOCKET="+d.socket)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	pr, pw := io.Pipe()
-	cmd.Stdout = logFile
-	cmd.Stderr = io.MultiWriter(logFile, pw)
-	ready := make(chan string, 1)
-	go func() {
-		metrics := ""
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case strings.Contains(line, `"msg":"metrics listening"`):
-				metrics = jsonField(line, "addr")
-			case strings.Contains(line, `"msg":"sluiced ready"`):
-				select {
-				case ready <- metrics:
-				default:
-				}
-			}
-		}
-		io.Copy(io.Discard, pr)
-	}()
-	// The log file stays open while sluiced runs: a failed write would
-	// stop the copy of its stderr, and sluiced would die of SIGPIPE.
-	exited, err := d.startProc(cmd, pw)
-	if err != nil {
-		logFile.Close()
-		return fmt.Errorf("start %s: %w", d.sluiced, err)
-	}
-	go func() { <-exited; logFile.Close() }()
-	select {
-	case d.metricsAddr = <-ready:
-	case <-exited:
-		b, _ := os.ReadFile(logFile.Name())
+	case err != nil && a.Exited():
+		b, _ := os.ReadFile(logFile)
 		return fmt.Errorf("sluiced exited at start:\n%s", b)
-	case <-time.After(demoStartupWait):
-		return fmt.Errorf("sluiced not ready after %v; its log is %s", demoStartupWait, logFile.Name())
-	case <-ctx.Done():
-		return ctx.Err()
+	case err != nil:
+		return fmt.Errorf("sluiced not ready after %v; its log is %s", demoStartupWait, logFile)
 	}
-	if d.metricsAddr == "" {
+	if a.Metrics == "" {
 		return errors.New("sluiced did not say where its metrics listen")
 	}
+	d.metricsAddr = strings.TrimPrefix(a.Metrics, "http://")
 	d.out.printf("sluiced ready: socket %s, metrics http://%s\n", d.socket, d.metricsAddr)
 	return nil
-}
-
-// jsonField extracts a string field from a JSON log line without a full
-// decode (sluiced's lines are flat objects).
-func jsonField(line, key string) string {
-	_, rest, ok := strings.Cut(line, `"`+key+`":"`)
-	if !ok {
-		return ""
-	}
-	v, _, _ := strings.Cut(rest, `"`)
-	return v
 }
 
 // startGitDaemon starts git daemon on a free loopback port — withSluice:

@@ -72,16 +72,6 @@ sluice_requests_dropped_total{limit="upload-pack",reason="max_size"} 30
 	}
 }
 
-func TestJSONField(t *testing.T) {
-	line := `{"level":"info","msg":"metrics listening","addr":"127.0.0.1:4242"}`
-	if got := jsonField(line, "addr"); got != "127.0.0.1:4242" {
-		t.Errorf("addr = %q", got)
-	}
-	if got := jsonField(line, "nope"); got != "" {
-		t.Errorf("nope = %q", got)
-	}
-}
-
 func TestFindBinaries(t *testing.T) {
 	dir := t.TempDir()
 	exe := func(name string) string {

@@ -36,15 +36,8 @@ var errInvalidJSON = errors.New("status: produced invalid JSON (a bug: please re
 
 func writeMessage(b *bytes.Buffer, m protoreflect.Message, indent string) {
 	fields := m.Descriptor().Fields()
-	if fields.Len() == 0 {
-		b.WriteString("{}")
-		return
-	}
-	in := indent + "  "
-	b.WriteString("{\n")
-	for i := 0; i < fields.Len(); i++ {
+	writeBlock(b, fields.Len(), "{}", indent, func(i int, in string) {
 		fd := fields.Get(i)
-		b.WriteString(in)
 		writeString(b, string(fd.Name()))
 		b.WriteString(": ")
 		switch {
@@ -57,37 +50,16 @@ func writeMessage(b *bytes.Buffer, m protoreflect.Message, indent string) {
 		default:
 			writeValue(b, fd, m.Get(fd), in)
 		}
-		if i < fields.Len()-1 {
-			b.WriteByte(',')
-		}
-		b.WriteByte('\n')
-	}
-	b.WriteString(indent + "}")
+	})
 }
 
 func writeList(b *bytes.Buffer, fd protoreflect.FieldDescriptor, l protoreflect.List, indent string) {
-	if l.Len() == 0 {
-		b.WriteString("[]")
-		return
-	}
-	in := indent + "  "
-	b.WriteString("[\n")
-	for i := 0; i < l.Len(); i++ {
-		b.WriteString(in)
+	writeBlock(b, l.Len(), "[]", indent, func(i int, in string) {
 		writeValue(b, fd, l.Get(i), in)
-		if i < l.Len()-1 {
-			b.WriteByte(',')
-		}
-		b.WriteByte('\n')
-	}
-	b.WriteString(indent + "]")
+	})
 }
 
 func writeMap(b *bytes.Buffer, fd protoreflect.FieldDescriptor, m protoreflect.Map, indent string) {
-	if m.Len() == 0 {
-		b.WriteString("{}")
-		return
-	}
 	// Sorted keys keep the output byte-stable.
 	keys := make([]string, 0, m.Len())
 	vals := map[string]protoreflect.Value{}
@@ -98,19 +70,32 @@ func writeMap(b *bytes.Buffer, fd protoreflect.FieldDescriptor, m protoreflect.M
 		return true
 	})
 	slices.Sort(keys)
-	in := indent + "  "
-	b.WriteString("{\n")
-	for i, k := range keys {
-		b.WriteString(in)
-		writeString(b, k)
+	writeBlock(b, len(keys), "{}", indent, func(i int, in string) {
+		writeString(b, keys[i])
 		b.WriteString(": ")
-		writeValue(b, fd.MapValue(), vals[k], in)
-		if i < len(keys)-1 {
+		writeValue(b, fd.MapValue(), vals[keys[i]], in)
+	})
+}
+
+// writeBlock writes n items, one a line at indent plus two spaces and
+// separated by commas, between the two brackets; no items as "{}" or "[]"
+// on one line.
+func writeBlock(b *bytes.Buffer, n int, brackets, indent string, item func(i int, in string)) {
+	if n == 0 {
+		b.WriteString(brackets)
+		return
+	}
+	in := indent + "  "
+	b.WriteString(brackets[:1] + "\n")
+	for i := 0; i < n; i++ {
+		b.WriteString(in)
+		item(i, in)
+		if i < n-1 {
 			b.WriteByte(',')
 		}
 		b.WriteByte('\n')
 	}
-	b.WriteString(indent + "}")
+	b.WriteString(indent + brackets[1:])
 }
 
 func writeValue(b *bytes.Buffer, fd protoreflect.FieldDescriptor, v protoreflect.Value, indent string) {
