@@ -74,15 +74,17 @@ func (nopObserver) Timeout(string, string)         {}
 
 const msgUnavailable = "sluice: the admission service is shutting down; try again later"
 
-// admission is a granted lease, held until finish.
-type admission struct {
-	lease   *Lease
-	release func() // nil when no rule matched
-	waited  time.Duration
-	bucket  int    // cgroup bucket index; -1 without placement
-	watch   *watch // timeouts armed while it runs; nil when none
+// grant is what admission hands an admitted Lease — its rule and budget
+// slots (release), cgroup bucket, exec-mode hold and deadlines — released
+// together at finish.
+type grant struct {
+	lease     *Lease
+	release   func() // nil when no rule matched
+	waited    time.Duration
+	bucket    int        // cgroup bucket index; -1 without placement
+	deadlines *deadlines // timeouts armed while it runs; nil when none
 	// exec is set when the process runs in exec mode (execmode.go).
-	exec *execLease
+	exec *execHold
 	// admitted is when the lease started running; admittedBoot the same
 	// on CLOCK_BOOTTIME (ns), for the state file.
 	admitted     time.Time
@@ -99,7 +101,7 @@ var errUnavailable = errors.New("agent shutting down")
 // to the caller, always from this goroutine. It returns the admission, or
 // nil when the request was rejected or the caller went away (a reply has
 // then been sent where one could be).
-func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequest, send func(*admitpb.ServerMsg) error) *admission {
+func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequest, send func(*admitpb.ServerMsg) error) *grant {
 	a.admitting.Add(1)
 	defer a.admitting.Add(-1)
 	if a.stopping.Err() != nil {
@@ -136,7 +138,7 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 	// Everything the caller wrote that a log line or a message may show is
 	// cleaned here, once (sanitize.go); the key below uses the raw request.
 	cleanLease(l)
-	adm := &admission{lease: l, bucket: -1}
+	adm := &grant{lease: l, bucket: -1}
 	if a.placer != nil {
 		adm.bucket = a.placer.Bucket(req.Repo)
 		l.Bucket = a.placer.BucketPath(adm.bucket)
@@ -189,7 +191,7 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 	// Armed before the caller hears Admitted, so a pack-objects the
 	// command starts can never arrive before its negotiation is watched;
 	// and before the state file is written, which records the deadlines.
-	adm.watch = a.timeouts.arm(l, rule, a.Policy())
+	adm.deadlines = a.timeouts.arm(l, rule, a.Policy())
 	a.saveLease(adm, peer)
 	if err := send(&admitpb.ServerMsg{Msg: &admitpb.ServerMsg_Admitted{Admitted: &admitpb.Admitted{
 		LeaseId: l.ID, Limit: l.Limit, QueuedUsec: adm.waited.Microseconds(), Exec: adm.exec != nil,
@@ -208,7 +210,7 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 // reuse, a stranger in its place). A placement failure is logged and
 // counted but does not refuse the command: protection degrades, the Git
 // service does not. It returns false when the caller is gone.
-func (a *Agent) place(adm *admission, peer PeerCred) bool {
+func (a *Agent) place(adm *grant, peer PeerCred) bool {
 	l := adm.lease
 	if !peer.alive() {
 		return false
@@ -268,7 +270,7 @@ func (a *Agent) reject(l *Lease, rule *policy.Limit, lim *limiter.Limiter, err e
 
 // finish releases adm's slot and records how its command ended; fin is nil
 // when the caller went away without reporting (killed shim).
-func (a *Agent) finish(adm *admission, fin *admitpb.Finished) {
+func (a *Agent) finish(adm *grant, fin *admitpb.Finished) {
 	a.release(adm)
 	if adm.exec != nil {
 		a.untrack(adm)
@@ -277,8 +279,8 @@ func (a *Agent) finish(adm *admission, fin *admitpb.Finished) {
 }
 
 // release ends adm's lease: timers, slot, exec lease, state file, table.
-func (a *Agent) release(adm *admission) {
-	adm.watch.disarm()
+func (a *Agent) release(adm *grant) {
+	adm.deadlines.disarm()
 	if adm.release != nil {
 		adm.release()
 	}
@@ -291,7 +293,7 @@ func (a *Agent) release(adm *admission) {
 
 // record counts and logs how adm's command ended; late is true when the
 // report came after the slot was released (execmode.go).
-func (a *Agent) record(adm *admission, fin *admitpb.Finished, late bool) {
+func (a *Agent) record(adm *grant, fin *admitpb.Finished, late bool) {
 	l := adm.lease
 	fields := append(a.leaseFields(l), zap.Duration("queue_wait", adm.waited))
 	if fin == nil {

@@ -125,8 +125,8 @@ type Agent struct {
 
 	servers    *serverTable
 	execMu     sync.Mutex
-	execLeases map[int]*execLease // by pid; guarded by execMu
-	lateExits  map[int]*lateExit  // released leases awaiting their exit event, by pid; guarded by execMu
+	execLeases map[int]*execHold // by pid; guarded by execMu
+	lateExits  map[int]*lateExit // released leases awaiting their exit event, by pid; guarded by execMu
 
 	// group links the rules' limiters and the budget's classes, so a
 	// request takes its rule slot and budget slot together (budget.go).
@@ -164,7 +164,7 @@ func New(opts Options) *Agent {
 		cgroups:     opts.Cgroups,
 		cgroupState: opts.CgroupState,
 		tracerState: opts.TracerState,
-		execLeases:  make(map[int]*execLease),
+		execLeases:  make(map[int]*execHold),
 		lateExits:   make(map[int]*lateExit),
 		servers:     newServerTable(procfs.Default),
 		configPath:  opts.ConfigPath,

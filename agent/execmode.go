@@ -83,14 +83,14 @@ const lateExitSlack = 100 * time.Millisecond
 
 // lateExit is a released exec-mode lease awaiting its exit event.
 type lateExit struct {
-	adm    *admission
+	adm    *grant
 	goneAt time.Time // when the pidfd said the process was gone
 	start  uint64    // the process's start time (clock ticks), 0: unknown
 	timer  *time.Timer
 }
 
-// execLease is the agent's hold on a process admitted in exec mode.
-type execLease struct {
+// execHold is the agent's hold on a process admitted in exec mode.
+type execHold struct {
 	pid  int
 	exit chan ProcessExit // buffered: the tracer never blocks
 	// pidfd is a duplicate of the peer's pidfd, owned by the lease; nil
@@ -98,7 +98,7 @@ type execLease struct {
 	pidfd *os.File
 	// parent is the exec lease this one descends from (a pack-objects
 	// hook under an admitted upload-pack), nil when none.
-	parent *execLease
+	parent *execHold
 
 	// start is the process's start time in clock ticks (0: unknown).
 	start uint64
@@ -111,7 +111,7 @@ type execLease struct {
 // startExec puts adm's process under the tracer and registers it, so the
 // shim can be told to exec in place. It returns false (supervising mode)
 // when the tracer cannot follow it.
-func (a *Agent) startExec(adm *admission, peer PeerCred) bool {
+func (a *Agent) startExec(adm *grant, peer PeerCred) bool {
 	pid := int(peer.PID)
 	var pidfd *os.File
 	if peer.pidfd >= 0 {
@@ -132,7 +132,7 @@ func (a *Agent) startExec(adm *admission, peer PeerCred) bool {
 		a.log.Warn("exec mode: cannot trace the process; it runs supervised", append(a.leaseFields(adm.lease), zap.Error(err))...)
 		return false
 	}
-	el := &execLease{pid: pid, exit: make(chan ProcessExit, 1), pidfd: pidfd}
+	el := &execHold{pid: pid, exit: make(chan ProcessExit, 1), pidfd: pidfd}
 	el.start, _ = procfs.Default.StartTime(pid)
 	a.execMu.Lock()
 	if prev != 0 {
@@ -179,7 +179,7 @@ func (le *lateExit) owns(e ProcessExit) bool {
 }
 
 // exitFinished turns an exit event into the lease's Finished report.
-func (a *Agent) exitFinished(adm *admission, e *ProcessExit) *admitpb.Finished {
+func (a *Agent) exitFinished(adm *grant, e *ProcessExit) *admitpb.Finished {
 	el := adm.exec
 	user, sys := e.User, e.System
 	a.execMu.Lock()
@@ -203,7 +203,7 @@ func (a *Agent) exitFinished(adm *admission, e *ProcessExit) *admitpb.Finished {
 
 // releaseLate releases adm's slot now and leaves its outcome to a late
 // exit event (see "Late exit events").
-func (a *Agent) releaseLate(adm *admission, goneAt time.Time) {
+func (a *Agent) releaseLate(adm *grant, goneAt time.Time) {
 	a.release(adm)
 	window := lateExitWindow
 	le := &lateExit{adm: adm, goneAt: goneAt, start: adm.exec.start}
@@ -242,7 +242,7 @@ func (a *Agent) reconcileExit(le *lateExit, e *ProcessExit) {
 }
 
 // recordUnknown counts a command whose exit was never reported.
-func (a *Agent) recordUnknown(adm *admission, window time.Duration) {
+func (a *Agent) recordUnknown(adm *grant, window time.Duration) {
 	l := adm.lease
 	a.obs.CommandFinished(cmdLabel, subcmdLabel(l), OutcomeUnknown, 0, 0, time.Since(l.Arrived)-adm.waited, 0)
 	a.log.Warn("exec mode: the tracer never reported the exit; outcome unknown, CPU not recorded",
@@ -250,7 +250,7 @@ func (a *Agent) recordUnknown(adm *admission, window time.Duration) {
 }
 
 // untrack stops the tracer following adm's process.
-func (a *Agent) untrack(adm *admission) {
+func (a *Agent) untrack(adm *grant) {
 	if a.tracer != nil {
 		a.tracer.Untrack(adm.exec.pid)
 	}
@@ -261,7 +261,7 @@ func (a *Agent) untrack(adm *admission) {
 // event; goneAt is then when the pidfd said so). ok is false when the
 // agent is shutting down first: the process keeps running and the lease
 // is left for the next agent to adopt.
-func (a *Agent) holdExec(adm *admission) (fin *admitpb.Finished, goneAt time.Time, ok bool) {
+func (a *Agent) holdExec(adm *grant) (fin *admitpb.Finished, goneAt time.Time, ok bool) {
 	el := adm.exec
 	gone := make(chan struct{})
 	if el.pidfd != nil {
@@ -290,7 +290,7 @@ func (a *Agent) holdExec(adm *admission) (fin *admitpb.Finished, goneAt time.Tim
 }
 
 // runExec holds an exec-mode lease to its end (see holdExec).
-func (a *Agent) runExec(adm *admission) {
+func (a *Agent) runExec(adm *grant) {
 	fin, goneAt, ok := a.holdExec(adm)
 	switch {
 	case !ok:
@@ -304,13 +304,13 @@ func (a *Agent) runExec(adm *admission) {
 
 // abandon lets go of a running lease without recording an outcome, when
 // the agent stops while the command still runs.
-func (a *Agent) abandon(adm *admission) {
+func (a *Agent) abandon(adm *grant) {
 	// A waiter the released slot admits is turned away by admit: the
 	// agent is stopping.
 	if adm.release != nil {
 		adm.release()
 	}
-	adm.watch.disarm() // this agent no longer enforces its timeouts
+	adm.deadlines.disarm() // this agent no longer enforces its timeouts
 	if adm.exec != nil {
 		a.endExec(adm)
 		a.untrack(adm)
@@ -321,7 +321,7 @@ func (a *Agent) abandon(adm *admission) {
 
 // endExec forgets adm's exec lease (the tracer keeps following its pid
 // until untrack: a late exit event may still come): called by release.
-func (a *Agent) endExec(adm *admission) {
+func (a *Agent) endExec(adm *grant) {
 	el := adm.exec
 	a.execMu.Lock()
 	if a.execLeases[el.pid] == el {
@@ -358,7 +358,7 @@ func waitReadable(f *os.File) {
 // taken when it arrives within exitEventGrace of the exit. Without a
 // pidfd (kernel without SO_PEERPIDFD and pidfd_open failing at accept)
 // only the connection counts.
-func (a *Agent) holdSupervised(adm *admission, next <-chan *admitpb.Finished) *admitpb.Finished {
+func (a *Agent) holdSupervised(adm *grant, next <-chan *admitpb.Finished) *admitpb.Finished {
 	var f *os.File
 	if p := adm.lease.Peer.pidfd; p >= 0 {
 		if fd, err := unix.FcntlInt(uintptr(p), unix.F_DUPFD_CLOEXEC, 0); err == nil {

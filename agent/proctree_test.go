@@ -105,7 +105,7 @@ func TestProcTreeOnRealProcesses(t *testing.T) {
 func TestKillTreeKillsDescendants(t *testing.T) {
 	// sh ignores SIGTERM and waits for its child; SIGKILL must reach both.
 	sh, child := startTree(t, `trap '' TERM; bash -c 'exec -a git-pack-objects sleep 60' & wait`)
-	w := &watch{pid: sh.Process.Pid, pidfd: openPidfd(t, sh.Process.Pid)}
+	w := &deadlines{pid: sh.Process.Pid, pidfd: openPidfd(t, sh.Process.Pid)}
 	defer unix.Close(w.pidfd)
 	if err := w.signal(unix.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -157,7 +157,7 @@ func TestTellStderr(t *testing.T) {
 			}
 			w.Close()
 			defer func() { cmd.Process.Kill(); cmd.Wait() }()
-			wt := &watch{pid: cmd.Process.Pid, pidfd: openPidfd(t, cmd.Process.Pid)}
+			wt := &deadlines{pid: cmd.Process.Pid, pidfd: openPidfd(t, cmd.Process.Pid)}
 			defer unix.Close(wt.pidfd)
 			if err := tellStderr(wt, "sluice: hello\n"); err != nil {
 				t.Skipf("pidfd_getfd refused (%v): needs CAP_SYS_PTRACE over the process", err)

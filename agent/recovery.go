@@ -80,7 +80,7 @@ func bootNow() int64 {
 }
 
 // deadlinesOf records what w was armed with (nil w: nothing bounded).
-func deadlinesOf(w *watch) *recordDeadlines {
+func deadlinesOf(w *deadlines) *recordDeadlines {
 	d := &recordDeadlines{}
 	if w != nil {
 		d.NegotiationMS = w.neg.limit.Milliseconds() // fixed at arming
@@ -95,7 +95,7 @@ const maxLeaseRecord = 16 << 10
 
 // saveLease writes adm's state file. A failure is logged and counted, and
 // the command runs anyway: only a restart would forget it.
-func (a *Agent) saveLease(adm *admission, peer PeerCred) {
+func (a *Agent) saveLease(adm *grant, peer PeerCred) {
 	if a.stateDir == "" {
 		return
 	}
@@ -106,7 +106,7 @@ func (a *Agent) saveLease(adm *admission, peer PeerCred) {
 			PID: int(peer.PID), Start: start, UID: peer.UID, Limit: l.Limit, Key: l.Key,
 			Command: l.Command, Subcommand: l.Subcommand, Repo: l.Repo, RemoteIP: l.RemoteIP, User: l.User,
 			CorrelationID: l.CorrelationID, Bucket: l.Bucket, Admitted: adm.admitted, Arrived: l.Arrived,
-			AdmittedBoot: adm.admittedBoot, Deadlines: deadlinesOf(adm.watch),
+			AdmittedBoot: adm.admittedBoot, Deadlines: deadlinesOf(adm.deadlines),
 		}
 		var b []byte
 		if b, err = json.Marshal(&rec); err == nil {
@@ -135,7 +135,7 @@ func (a *Agent) saveLease(adm *admission, peer PeerCred) {
 }
 
 // dropLease removes adm's state file.
-func (a *Agent) dropLease(adm *admission) {
+func (a *Agent) dropLease(adm *grant) {
 	if !adm.saved {
 		return
 	}
@@ -287,8 +287,8 @@ func (a *Agent) adopt(id string) string {
 		Peer: PeerCred{PID: int32(rec.PID), UID: rec.UID, pidfd: -1}, Bucket: rec.Bucket, Arrived: rec.Arrived,
 	}
 	a.leases.adopt(l, rec.Admitted)
-	el := &execLease{pid: rec.PID, exit: make(chan ProcessExit, 1), pidfd: os.NewFile(uintptr(pidfd), "pidfd")}
-	adm := &admission{lease: l, release: release, bucket: -1, exec: el, admitted: rec.Admitted, saved: true,
+	el := &execHold{pid: rec.PID, exit: make(chan ProcessExit, 1), pidfd: os.NewFile(uintptr(pidfd), "pidfd")}
+	adm := &grant{lease: l, release: release, bucket: -1, exec: el, admitted: rec.Admitted, saved: true,
 		waited: rec.Admitted.Sub(rec.Arrived)}
 	a.execMu.Lock()
 	a.execLeases[rec.PID] = el
@@ -299,7 +299,7 @@ func (a *Agent) adopt(id string) string {
 			a.log.Warn("adopted process not traced; its CPU will not be recorded", append(a.leaseFields(l), zap.Error(err))...)
 		}
 	}
-	adm.watch = a.rearm(l, &rec, pidfd)
+	adm.deadlines = a.rearm(l, &rec, pidfd)
 	a.log.Info("adopted a command still running from before the restart", a.leaseFields(l)...)
 	go a.runExec(adm)
 	return ""
@@ -314,7 +314,7 @@ func (a *Agent) adopt(id string) string {
 // under the old agent is not known to the new one: if its pack-objects is
 // still running (the transfer), the scan sees it and the timer is
 // cancelled; an upload-pack whose pack was already sent exits right after.
-func (a *Agent) rearm(l *Lease, rec *leaseRecord, pidfd int) *watch {
+func (a *Agent) rearm(l *Lease, rec *leaseRecord, pidfd int) *deadlines {
 	cfg := a.Policy()
 	neg := negotiationOf(rec.Subcommand, &cfg.Timeouts)
 	var run time.Duration

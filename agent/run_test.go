@@ -35,6 +35,9 @@ func newRunAgent(t *testing.T, toml string) (*Agent, string, string) {
 	}
 	a := New(Options{Policy: cfg, Log: zap.NewNop(), Version: "test", ConfigPath: file,
 		StateDir: filepath.Join(filepath.Dir(sock), "leases")})
+	// sluiced exits after Run; a test process lives on, so it closes
+	// the state directory Start's recovery keeps open.
+	t.Cleanup(func() { closeStateDir(a) })
 	return a, sock, file
 }
 

@@ -375,7 +375,7 @@ func TestTimeoutNeverSignalsReusedPid(t *testing.T) {
 			sfd, cfd := openPidfd(t, stranger.Process.Pid), openPidfd(t, child)
 			defer unix.Close(sfd)
 			defer unix.Close(cfd)
-			w := &watch{pid: stranger.Process.Pid, pidfd: pfd}
+			w := &deadlines{pid: stranger.Process.Pid, pidfd: pfd}
 			w.mu.Lock()
 			if err := termTree(w); err == nil {
 				t.Error("termTree reported success on a peer that is gone")
@@ -413,7 +413,7 @@ func TestTellStderrOnlyThroughWritableFD(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { cmd.Process.Kill(); cmd.Wait() }()
-		w := &watch{pid: cmd.Process.Pid, pidfd: openPidfd(t, cmd.Process.Pid)}
+		w := &deadlines{pid: cmd.Process.Pid, pidfd: openPidfd(t, cmd.Process.Pid)}
 		defer unix.Close(w.pidfd)
 		return tellStderr(w, msg)
 	}

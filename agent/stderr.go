@@ -48,7 +48,7 @@ const (
 var stuckWrites atomic.Int32
 
 // tellStderr writes msg to the peer's standard error (see above).
-func tellStderr(w *watch, msg string) error {
+func tellStderr(w *deadlines, msg string) error {
 	if w.pidfd < 0 {
 		return errNoPidfd
 	}

@@ -151,12 +151,12 @@ type procOps struct {
 	// snapshot reads the process tree.
 	snapshot func() (treeView, error)
 	// tell writes msg (one line) to the peer's stderr.
-	tell func(w *watch, msg string) error
+	tell func(w *deadlines, msg string) error
 	// term sends SIGTERM to the peer and its descendants.
-	term func(w *watch) error
+	term func(w *deadlines) error
 	// kill sends SIGKILL to the peer and its descendants, and to those
 	// term saw; it returns how many were still there.
-	kill func(w *watch) (int, error)
+	kill func(w *deadlines) (int, error)
 }
 
 // watcher holds the timers of every running lease.
@@ -165,14 +165,14 @@ type watcher struct {
 	obs Observer
 	ops procOps
 
-	mu       sync.Mutex     // guards the fields below
-	pending  map[int]*watch // leases whose negotiation is bounded and not over, by peer pid
-	scanning bool           // the scan loop runs
-	scanErr  bool           // a snapshot error was logged
+	mu       sync.Mutex         // guards the fields below
+	pending  map[int]*deadlines // leases whose negotiation is bounded and not over, by peer pid
+	scanning bool               // the scan loop runs
+	scanErr  bool               // a snapshot error was logged
 }
 
-// watch is the timers of one running lease.
-type watch struct {
+// deadlines is the timers (negotiation, max_runtime) of one running lease.
+type deadlines struct {
 	w     *watcher
 	lease *Lease
 	pid   int
@@ -194,7 +194,7 @@ type watch struct {
 }
 
 func newWatcher(log *zap.Logger, obs Observer, ops procOps) *watcher {
-	return &watcher{log: log, obs: obs, ops: ops, pending: map[int]*watch{}}
+	return &watcher{log: log, obs: obs, ops: ops, pending: map[int]*deadlines{}}
 }
 
 // realProcOps act on real processes through pidfds and /proc.
@@ -209,7 +209,7 @@ func realProcOps() procOps {
 
 // arm starts the timers of lease l, admitted under rule (nil: no rule)
 // with cfg in force. It returns nil when nothing is bounded.
-func (wr *watcher) arm(l *Lease, rule *policy.Limit, cfg *policy.Config) *watch {
+func (wr *watcher) arm(l *Lease, rule *policy.Limit, cfg *policy.Config) *deadlines {
 	var run time.Duration
 	if rule != nil {
 		run = rule.MaxRuntime.Duration
@@ -223,7 +223,7 @@ func (wr *watcher) arm(l *Lease, rule *policy.Limit, cfg *policy.Config) *watch 
 // with: recovery.go); a deadline already past fires at once. pidfd is the
 // watch's own pidfd of the peer (-1: none), closed with the watch; it is
 // closed here when nothing is bounded.
-func (wr *watcher) armAt(l *Lease, neg negotiation, run, grace time.Duration, since time.Time, pidfd int) *watch {
+func (wr *watcher) armAt(l *Lease, neg negotiation, run, grace time.Duration, since time.Time, pidfd int) *deadlines {
 	limit := l.Limit
 	if limit == "" {
 		limit = "none"
@@ -234,7 +234,7 @@ func (wr *watcher) armAt(l *Lease, neg negotiation, run, grace time.Duration, si
 		}
 		return nil
 	}
-	w := &watch{w: wr, lease: l, pid: int(l.Peer.PID), neg: neg, run: run,
+	w := &deadlines{w: wr, lease: l, pid: int(l.Peer.PID), neg: neg, run: run,
 		grace: grace, limit: limit, pidfd: pidfd, negOver: neg.limit <= 0}
 	if w.grace <= 0 {
 		w.grace = 5 * time.Second
@@ -267,7 +267,7 @@ func dupPidfd(p PeerCred) int {
 
 // addPending registers w for negotiation-end detection and starts the scan
 // loop if it is not running.
-func (wr *watcher) addPending(w *watch) {
+func (wr *watcher) addPending(w *deadlines) {
 	wr.mu.Lock()
 	defer wr.mu.Unlock()
 	wr.pending[w.pid] = w
@@ -277,7 +277,7 @@ func (wr *watcher) addPending(w *watch) {
 	}
 }
 
-func (wr *watcher) removePending(w *watch) {
+func (wr *watcher) removePending(w *deadlines) {
 	wr.mu.Lock()
 	defer wr.mu.Unlock()
 	if wr.pending[w.pid] == w {
@@ -303,7 +303,7 @@ func (wr *watcher) scanLoop() {
 			wr.mu.Unlock()
 			return
 		}
-		ws := make([]*watch, 0, len(wr.pending))
+		ws := make([]*deadlines, 0, len(wr.pending))
 		for _, w := range wr.pending {
 			ws = append(ws, w)
 		}
@@ -369,7 +369,7 @@ func (wr *watcher) noteRoot(root int, sub, how string) bool {
 }
 
 // endNegotiation cancels the negotiation timer for good.
-func (w *watch) endNegotiation(how string) {
+func (w *deadlines) endNegotiation(how string) {
 	w.mu.Lock()
 	if w.negOver || w.done {
 		w.mu.Unlock()
@@ -388,7 +388,7 @@ func (w *watch) endNegotiation(how string) {
 // negotiationExpired runs when the negotiation timer fires: one last look
 // at the process tree (the pack may have started since the last scan),
 // then the timeout acts.
-func (w *watch) negotiationExpired() {
+func (w *deadlines) negotiationExpired() {
 	if snap := w.w.snapshot(); snap != nil && snap.findGit(w.pid, w.neg.marker, w.neg.wrote) {
 		w.endNegotiation("process scan at expiry")
 		return
@@ -402,7 +402,7 @@ func (w *watch) negotiationExpired() {
 }
 
 // expire stops the lease's command because timeout kind (of value d) fired.
-func (w *watch) expire(kind string, d time.Duration) {
+func (w *deadlines) expire(kind string, d time.Duration) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.done || w.fired || (kind != KindMaxRuntime && w.negOver) {
@@ -441,7 +441,7 @@ func (w *watch) expire(kind string, d time.Duration) {
 // the peer: an upload-archive's writer blocked on the client's socket
 // would otherwise hold the connection). It runs even when the lease has
 // ended meanwhile; pidfds make sure only those processes are signalled.
-func (w *watch) killNow() {
+func (w *deadlines) killNow() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.killed {
@@ -459,7 +459,7 @@ func (w *watch) killNow() {
 
 // disarm stops the lease's timers; it ended. After a timeout acted, the
 // SIGKILL sweep still runs at the end of the grace period.
-func (w *watch) disarm() {
+func (w *deadlines) disarm() {
 	if w == nil {
 		return
 	}
@@ -478,7 +478,7 @@ func (w *watch) disarm() {
 }
 
 // closeFDsLocked closes the pidfds the watch holds.
-func (w *watch) closeFDsLocked() {
+func (w *deadlines) closeFDsLocked() {
 	if w.pidfd >= 0 {
 		unix.Close(w.pidfd)
 		w.pidfd = -1
@@ -528,7 +528,7 @@ func formatDuration(d time.Duration) string {
 var errNoPidfd = errors.New("no pidfd of the peer process: not signalled (the agent never signals by pid number)")
 
 // signal sends sig to the peer through its pidfd. Called with w.mu held.
-func (w *watch) signal(sig unix.Signal) error {
+func (w *deadlines) signal(sig unix.Signal) error {
 	if w.pidfd < 0 {
 		return errNoPidfd
 	}
@@ -589,7 +589,7 @@ func pidfdAlive(fd int) bool {
 // reparented and no longer found under it). Everything goes through
 // pidfds: when the peer is gone, nothing is pinned and nothing signalled by
 // number. Called with w.mu held.
-func termTree(w *watch) error {
+func termTree(w *deadlines) error {
 	if len(w.pinned) == 0 {
 		w.pinned = pinDescendants(w.pidfd, w.pid)
 	}
@@ -604,7 +604,7 @@ func termTree(w *watch) error {
 // by termTree, and returns how many were still there. Descendants are
 // pinned before the peer is killed (killing it reparents them). Called
 // with w.mu held.
-func killTree(w *watch) (int, error) {
+func killTree(w *deadlines) (int, error) {
 	fds := pinDescendants(w.pidfd, w.pid)
 	n := 0
 	var err error
@@ -626,7 +626,7 @@ func killTree(w *watch) (int, error) {
 
 // alive reports whether the peer still runs: only a pidfd can say so
 // about that very process. Called with w.mu held.
-func (w *watch) alive() bool {
+func (w *deadlines) alive() bool {
 	return w.pidfd >= 0 && pidfdAlive(w.pidfd)
 }
 

@@ -88,15 +88,15 @@ func testWatcher(t *testing.T) (*watcher, *fakeTree, *procRecorder, *timeoutObse
 	obs := &timeoutObserver{counts: map[string]int{}}
 	wr := newWatcher(zaptest.NewLogger(t), obs, procOps{
 		snapshot: func() (treeView, error) { return tree, nil },
-		tell: func(w *watch, msg string) error {
+		tell: func(w *deadlines, msg string) error {
 			rec.mu.Lock()
 			rec.told = append(rec.told, msg)
 			rec.mu.Unlock()
 			rec.add("tell")
 			return nil
 		},
-		term: func(w *watch) error { rec.add("term"); return nil },
-		kill: func(w *watch) (int, error) { rec.add("kill"); return 1, nil },
+		term: func(w *deadlines) error { rec.add("term"); return nil },
+		kill: func(w *deadlines) (int, error) { rec.add("kill"); return 1, nil },
 	})
 	return wr, tree, rec, obs
 }
@@ -252,7 +252,7 @@ func TestNothingArmed(t *testing.T) {
 			t.Errorf("%s: armed a watch, want none", tt.sub)
 		}
 	}
-	var w *watch
+	var w *deadlines
 	w.disarm() // a nil watch is a no-op
 }
 
@@ -281,7 +281,7 @@ func TestPackObjectsAdmissionEndsNegotiation(t *testing.T) {
 	}
 }
 
-func (w *watch) negOverNow() bool {
+func (w *deadlines) negOverNow() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.negOver
