@@ -106,7 +106,7 @@ type Agent struct {
 	onReload   func(*policy.Config) []string
 	reloadMu   sync.Mutex // serialises Reload
 	leases     *LeaseTable
-	timeouts   *watcher
+	timeouts   *timekeeper
 
 	// stopping is cancelled when shutdown begins: waiters are rejected
 	// as unavailable and new requests are refused.
@@ -185,7 +185,7 @@ func New(opts Options) *Agent {
 	a.budget = newHostBudget(opts.Policy, a.group, a.log.Named("budget"))
 	a.rulesOnly = limiter.NewBudget(limiter.BudgetConfig{Name: "rules", Limit: math.MaxInt32}, a.group)
 	a.calib = adaptive.NewController(adaptive.Options{Limits: adaptiveLimits{a}, Log: a.log, OnBackoff: obs.Backoff, Budget: budgetStepper{a}})
-	a.timeouts = newWatcher(a.log.Named("timeouts"), obs, realProcOps())
+	a.timeouts = newTimekeeper(a.log.Named("timeouts"), obs, realProcOps())
 	for i := range opts.Policy.Limits {
 		r := &opts.Policy.Limits[i]
 		a.limiters[r.Name] = limiter.New(limiterConfig(r), limiter.WithGroup(a.group))

@@ -146,7 +146,7 @@ type treeView interface {
 	findGit(root int, sub string, wrote bool) bool
 }
 
-// procOps are the watcher's effects on processes, replaced in tests.
+// procOps are the timekeeper's effects on processes, replaced in tests.
 type procOps struct {
 	// snapshot reads the process tree.
 	snapshot func() (treeView, error)
@@ -159,8 +159,8 @@ type procOps struct {
 	kill func(w *deadlines) (int, error)
 }
 
-// watcher holds the timers of every running lease.
-type watcher struct {
+// timekeeper holds the deadlines of every running lease.
+type timekeeper struct {
 	log *zap.Logger
 	obs Observer
 	ops procOps
@@ -173,7 +173,7 @@ type watcher struct {
 
 // deadlines is the timers (negotiation, max_runtime) of one running lease.
 type deadlines struct {
-	w     *watcher
+	w     *timekeeper
 	lease *Lease
 	pid   int
 	neg   negotiation
@@ -193,8 +193,8 @@ type deadlines struct {
 	done    bool // disarmed: the lease ended
 }
 
-func newWatcher(log *zap.Logger, obs Observer, ops procOps) *watcher {
-	return &watcher{log: log, obs: obs, ops: ops, pending: map[int]*deadlines{}}
+func newTimekeeper(log *zap.Logger, obs Observer, ops procOps) *timekeeper {
+	return &timekeeper{log: log, obs: obs, ops: ops, pending: map[int]*deadlines{}}
 }
 
 // realProcOps act on real processes through pidfds and /proc.
@@ -209,7 +209,7 @@ func realProcOps() procOps {
 
 // arm starts the timers of lease l, admitted under rule (nil: no rule)
 // with cfg in force. It returns nil when nothing is bounded.
-func (wr *watcher) arm(l *Lease, rule *policy.Limit, cfg *policy.Config) *deadlines {
+func (wr *timekeeper) arm(l *Lease, rule *policy.Limit, cfg *policy.Config) *deadlines {
 	var run time.Duration
 	if rule != nil {
 		run = rule.MaxRuntime.Duration
@@ -223,7 +223,7 @@ func (wr *watcher) arm(l *Lease, rule *policy.Limit, cfg *policy.Config) *deadli
 // with: recovery.go); a deadline already past fires at once. pidfd is the
 // watch's own pidfd of the peer (-1: none), closed with the watch; it is
 // closed here when nothing is bounded.
-func (wr *watcher) armAt(l *Lease, neg negotiation, run, grace time.Duration, since time.Time, pidfd int) *deadlines {
+func (wr *timekeeper) armAt(l *Lease, neg negotiation, run, grace time.Duration, since time.Time, pidfd int) *deadlines {
 	limit := l.Limit
 	if limit == "" {
 		limit = "none"
@@ -267,7 +267,7 @@ func dupPidfd(p PeerCred) int {
 
 // addPending registers w for negotiation-end detection and starts the scan
 // loop if it is not running.
-func (wr *watcher) addPending(w *deadlines) {
+func (wr *timekeeper) addPending(w *deadlines) {
 	wr.mu.Lock()
 	defer wr.mu.Unlock()
 	wr.pending[w.pid] = w
@@ -277,7 +277,7 @@ func (wr *watcher) addPending(w *deadlines) {
 	}
 }
 
-func (wr *watcher) removePending(w *deadlines) {
+func (wr *timekeeper) removePending(w *deadlines) {
 	wr.mu.Lock()
 	defer wr.mu.Unlock()
 	if wr.pending[w.pid] == w {
@@ -287,7 +287,7 @@ func (wr *watcher) removePending(w *deadlines) {
 
 // scanLoop looks for the end of every pending negotiation, one process
 // snapshot per round, until none is pending.
-func (wr *watcher) scanLoop() {
+func (wr *timekeeper) scanLoop() {
 	for {
 		wr.mu.Lock()
 		iv := maxScanInterval
@@ -321,7 +321,7 @@ func (wr *watcher) scanLoop() {
 }
 
 // snapshot takes a process snapshot, logging the first failure only.
-func (wr *watcher) snapshot() treeView {
+func (wr *timekeeper) snapshot() treeView {
 	s, err := wr.ops.snapshot()
 	if err != nil {
 		wr.mu.Lock()
@@ -340,7 +340,7 @@ func (wr *watcher) snapshot() treeView {
 // with the given pid: if it descends from the peer of a lease whose
 // negotiation it ends, that negotiation is over. how names the source for
 // the debug log.
-func (wr *watcher) noteStart(pid int, sub, how string) {
+func (wr *timekeeper) noteStart(pid int, sub, how string) {
 	if !endsNegotiation(sub) {
 		return
 	}
@@ -357,7 +357,7 @@ func (wr *watcher) noteStart(pid int, sub, how string) {
 
 // noteRoot ends the negotiation of the lease whose peer is root when sub
 // is its marker; it reports whether it did.
-func (wr *watcher) noteRoot(root int, sub, how string) bool {
+func (wr *timekeeper) noteRoot(root int, sub, how string) bool {
 	wr.mu.Lock()
 	w := wr.pending[root]
 	wr.mu.Unlock()
@@ -415,7 +415,7 @@ func (w *deadlines) expire(kind string, d time.Duration) {
 			t.Stop()
 		}
 	}
-	w.w.removePending(w) // lock order: watch.mu, then watcher.mu
+	w.w.removePending(w) // lock order: deadlines.mu, then timekeeper.mu
 	l := w.lease
 	w.w.obs.Timeout(w.limit, kind)
 	msg := timeoutMessage(l, kind, w.limit, d)

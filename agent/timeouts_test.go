@@ -82,11 +82,11 @@ func (o *timeoutObserver) get(k string) int {
 // fakePID is above the kernel's pid_max, so no real process is touched.
 const fakePID = 1 << 23
 
-func testWatcher(t *testing.T) (*watcher, *fakeTree, *procRecorder, *timeoutObserver) {
+func testWatcher(t *testing.T) (*timekeeper, *fakeTree, *procRecorder, *timeoutObserver) {
 	tree := &fakeTree{packs: map[int]string{}, wrote: map[int]bool{}}
 	rec := &procRecorder{}
 	obs := &timeoutObserver{counts: map[string]int{}}
-	wr := newWatcher(zaptest.NewLogger(t), obs, procOps{
+	wr := newTimekeeper(zaptest.NewLogger(t), obs, procOps{
 		snapshot: func() (treeView, error) { return tree, nil },
 		tell: func(w *deadlines, msg string) error {
 			rec.mu.Lock()
