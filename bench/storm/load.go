@@ -119,6 +119,9 @@ type loadSpec struct {
 	t0, stopAt time.Time
 	hardStop   time.Time // stopAt + drain
 	seed       uint64
+	// discard: clones, shallow clones and fetches over git:// use the
+	// discarding client (rawfetch.go) instead of git.
+	discard bool
 }
 
 const (
@@ -149,7 +152,13 @@ func storm(ctx context.Context, l loadSpec, ep endpoint, rs *repoSet, tmp string
 			defer wg.Done()
 			for n := 0; n < l.maxOps && time.Now().Before(l.stopAt) && ctx.Err() == nil; n++ {
 				kind, repo := l.sc.pick(rng)
-				o := clientOp(hard, l.t0, kind, repo, ep.url(repo, addr), rs, cenv, tmp, l.opTimeout)
+				u := ep.url(repo, addr)
+				var o op
+				if l.discard && strings.HasPrefix(u, "git://") && kind != kLsRemote {
+					o = rawClientOp(hard, l.t0, kind, repo, u, addr, rs, l.opTimeout)
+				} else {
+					o = clientOp(hard, l.t0, kind, repo, u, rs, cenv, tmp, l.opTimeout)
+				}
 				o.Client, o.Addr = i, addr
 				add(o)
 			}
@@ -198,6 +207,26 @@ func clientOp(hard context.Context, t0 time.Time, kind opKind, repo, url string,
 	o.Seconds, o.Stderr = d.Seconds(), msg
 	if o.Outcome == ok && kind != kLsRemote {
 		o.Bytes = packBytes(dir)
+	}
+	return o
+}
+
+// rawClientOp is clientOp for a discarding client (rawfetch.go): no
+// local repository; a fetch sends the old tip it would have as its have.
+func rawClientOp(hard context.Context, t0 time.Time, kind opKind, repo, url, addr string, rs *repoSet, timeout time.Duration) op {
+	o := op{Kind: kind, Repo: repo, Start: time.Since(t0)}
+	var haves []string
+	depth := 0
+	switch kind {
+	case kShallow:
+		depth = 1
+	case kFetch:
+		haves = []string{rs.oldTip[repo]}
+	}
+	d, oc, msg, n := rawOp(hard, timeout, url, addr, haves, depth)
+	o.Seconds, o.Outcome, o.Stderr = d.Seconds(), oc, msg
+	if oc == ok {
+		o.Bytes = n
 	}
 	return o
 }

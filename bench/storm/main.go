@@ -91,6 +91,7 @@ type options struct {
 	idle       time.Duration
 	drain      time.Duration
 	opTimeout  time.Duration
+	client     string
 	memLimit   int64
 	serverCPUs string
 	clientCPUs string
@@ -130,6 +131,7 @@ func run() error {
 	flag.DurationVar(&o.idle, "idle", 3*time.Second, "idle probe phase per run before the storm")
 	flag.DurationVar(&o.drain, "drain", 0, "how long operations running at the end of the window may finish (0: cut off at once, counted as unfinished)")
 	flag.DurationVar(&o.opTimeout, "op-timeout", 120*time.Second, "per-operation timeout (counted as a failure)")
+	flag.StringVar(&o.client, "client", "git", "clients of clones and fetches over git://: git (git clone/fetch, which index every pack on the clients' CPU) or discard (protocol v2 spoken by the harness, the pack counted and discarded: the server, not the clients' CPU, bounds goodput)")
 	flag.Int64Var(&o.memLimit, "mem", 1536<<20, "memory limit of the server cgroup (the small host), bytes")
 	flag.StringVar(&o.serverCPUs, "server-cpus", "1", "cpuset of the server cgroup (empty: no pinning, server and clients share the CPUs)")
 	flag.StringVar(&o.clientCPUs, "client-cpus", "0", "cpuset of the harness and its clients")
@@ -142,6 +144,9 @@ func run() error {
 	flag.IntVar(&o.repo.Commits, "commits", 1500, "commits after the first")
 	flag.IntVar(&o.repo.Changes, "changes", 20, "files changed per commit")
 	flag.Parse()
+	if o.client != "git" && o.client != "discard" {
+		return fmt.Errorf("-client %q: use git or discard", o.client)
+	}
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	extraModes := map[string][]string{} // by scenario, after -modes
@@ -526,6 +531,7 @@ type optsRecord struct {
 	Idle       string   `json:"idle"`
 	Drain      string   `json:"drain"`
 	OpTimeout  string   `json:"op_timeout"`
+	Client     string   `json:"client,omitempty"`
 	Mem        int64    `json:"mem"`
 	ServerCPUs string   `json:"server_cpus"`
 	ClientCPUs string   `json:"client_cpus"`
@@ -537,7 +543,7 @@ func (h *harness) optsRecord() optsRecord {
 	o := h.o
 	return optsRecord{Args: os.Args[1:], Scenario: o.scenarios, Transport: o.transport, Modes: o.modes, Sweep: o.sweep,
 		BestStatic: o.bestStatic, Repeat: o.repeat, Clients: o.clients, Addresses: o.addresses, Pushers: o.pushers, MaxOps: o.maxOps,
-		Duration: o.duration.String(), Idle: o.idle.String(), Drain: o.drain.String(), OpTimeout: o.opTimeout.String(),
+		Duration: o.duration.String(), Idle: o.idle.String(), Drain: o.drain.String(), OpTimeout: o.opTimeout.String(), Client: o.client,
 		Mem: o.memLimit, ServerCPUs: o.serverCPUs, ClientCPUs: o.clientCPUs, Shares: o.shares, Smoke: o.smoke}
 }
 
@@ -704,7 +710,7 @@ func (h *harness) runMode(ctx context.Context, p pair, m mode, rep int) (*runRes
 	go func() { samples <- sampler(sctx, h.cg, ag, t0) }()
 	go func() { probes <- probe(sctx, h.probeCgroups(), probeURL, probeEnv, t0) }()
 	spec := loadSpec{sc: sc, clients: o.clients, addrs: addrs, pushAddrs: pushAddrs, maxOps: o.maxOps, opTimeout: o.opTimeout,
-		t0: t0, stopAt: t0.Add(o.duration), hardStop: t0.Add(o.duration + o.drain), seed: 1}
+		t0: t0, stopAt: t0.Add(o.duration), hardStop: t0.Add(o.duration + o.drain), seed: 1, discard: o.client == "discard"}
 	r.Ops = storm(ctx, spec, ep, h.rs, work, h.clientEnv)
 	r.Wall = time.Since(t0).Seconds()
 	if c1, ok := h.clientAcct.usage(); ok && clientOK {
