@@ -51,8 +51,10 @@ type ProcessExit struct {
 	StartTicks uint64
 }
 
-// exitEventGrace is how long a supervised lease whose peer is gone (pidfd
-// readable) waits for the shim's report still in the socket.
+// exitEventGrace is how long a lease whose process is gone (pidfd readable)
+// waits for the tracer's exit event before its slot is released without
+// one (exec mode), or for the shim's report still in the socket
+// (supervising mode).
 const exitEventGrace = 250 * time.Millisecond
 
 // lateExitWindow is how long after that the outcome of such a lease still
@@ -64,9 +66,8 @@ var lateExitWindow = 30 * time.Second
 //
 // Under load the tracer's exit report can reach the agent well after the
 // process's pidfd said it was gone. The slot is not held hostage to it:
-// when the pidfd says the process is gone the lease is released at once
-// (the limit admits the next waiter, the state file is removed) but its
-// outcome is not recorded yet.
+// after exitEventGrace the lease is released (the limit admits the next
+// waiter, the state file is removed) but its outcome is not recorded yet.
 // The lease waits in lateExits, by pid, for lateExitWindow; an exit event
 // for that pid is its own when the exit it reports happened no later than
 // the moment the pidfd said the process was gone (plus clock slack), and,
@@ -202,34 +203,54 @@ func (a *Agent) exitFinished(adm *grant, e *ProcessExit) *admitpb.Finished {
 }
 
 // releaseLate releases adm's slot now and leaves its outcome to a late
-// exit event (see "Late exit events").
+// exit event (see "Late exit events"). The exec hold is replaced by the
+// late-exit entry in one step under execMu, so an event that arrives
+// meanwhile finds one or the other: one already handed to the hold is
+// taken from it here.
 func (a *Agent) releaseLate(adm *grant, goneAt time.Time) {
-	a.release(adm)
+	el := adm.exec
 	window := lateExitWindow
-	le := &lateExit{adm: adm, goneAt: goneAt, start: adm.exec.start}
+	le := &lateExit{adm: adm, goneAt: goneAt, start: el.start}
+	var e ProcessExit
+	got := false
 	a.execMu.Lock()
-	if old := a.lateExits[adm.exec.pid]; old != nil {
-		// The pid was reused and its next process is late too: the older
-		// one can no longer be told apart.
-		old.timer.Stop()
-		a.untrack(old.adm)
-		a.recordUnknown(old.adm, window)
+	if a.execLeases[el.pid] == el {
+		delete(a.execLeases, el.pid)
 	}
-	a.lateExits[adm.exec.pid] = le
-	le.timer = time.AfterFunc(window, func() {
-		a.execMu.Lock()
-		mine := a.lateExits[adm.exec.pid] == le
-		if mine {
-			delete(a.lateExits, adm.exec.pid)
+	select {
+	case e = <-el.exit:
+		got = true
+	default:
+	}
+	if !got {
+		if old := a.lateExits[el.pid]; old != nil {
+			// The pid was reused and its next process is late too: the
+			// older one can no longer be told apart.
+			old.timer.Stop()
+			a.untrack(old.adm)
+			a.recordUnknown(old.adm, window)
 		}
-		a.execMu.Unlock()
-		if mine {
-			a.untrack(adm)
-			a.recordUnknown(adm, window)
-		}
-	})
+		a.lateExits[el.pid] = le
+		le.timer = time.AfterFunc(window, func() {
+			a.execMu.Lock()
+			mine := a.lateExits[el.pid] == le
+			if mine {
+				delete(a.lateExits, el.pid)
+			}
+			a.execMu.Unlock()
+			if mine {
+				a.untrack(adm)
+				a.recordUnknown(adm, window)
+			}
+		})
+	}
 	a.execMu.Unlock()
-	a.log.Debug("exec mode: the process exited before the tracer reported it; slot released, its outcome waits for the report",
+	if got {
+		a.finish(adm, a.exitFinished(adm, &e))
+		return
+	}
+	a.release(adm)
+	a.log.Info("exec mode: the process exited before the tracer reported it; slot released, its outcome waits for the report",
 		append(a.leaseFields(adm.lease), zap.Duration("window", window))...)
 }
 
@@ -274,14 +295,11 @@ func (a *Agent) holdExec(adm *grant) (fin *admitpb.Finished, goneAt time.Time, o
 	select {
 	case e = <-el.exit:
 	case <-gone:
-		// The slot is freed the moment the process is gone: a client's
-		// next request (HTTP's POST after its info/refs) can reach the
-		// agent before the tracer's report does. The report still gives
-		// the outcome (releaseLate, reconcileExit).
+		goneAt := time.Now()
 		select {
 		case e = <-el.exit:
-		default:
-			return nil, time.Now(), true
+		case <-time.After(exitEventGrace):
+			return nil, goneAt, true
 		}
 	case <-a.stopping.Done():
 		return nil, time.Time{}, false
