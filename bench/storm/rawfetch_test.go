@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -52,10 +53,12 @@ func TestRawFetch(t *testing.T) {
 	d := exec.Command("git", "daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1", fmt.Sprintf("--port=%d", port),
 		"--base-path="+filepath.Join(dir, "srv"), filepath.Join(dir, "srv"))
 	d.Env = append(os.Environ(), "GIT_CONFIG_NOSYSTEM=1", "HOME="+dir)
+	// git runs git-daemon as its child: kill the whole process group.
+	d.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.Process.Kill(); d.Wait() })
+	t.Cleanup(func() { syscall.Kill(-d.Process.Pid, syscall.SIGKILL); d.Wait() })
 	url := fmt.Sprintf("git://127.0.0.1:%d/r.git", port)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
