@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"math"
@@ -68,25 +67,7 @@ func parseAgentCounters(r io.Reader) (agentCounters, error) {
 	c := agentCounters{CPU: map[string]float64{}, Finished: map[string]float64{}}
 	var pc packCacheCounters
 	seenPC := false
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		l := sc.Text()
-		if l == "" || l[0] == '#' {
-			continue
-		}
-		sp := strings.LastIndexByte(l, ' ')
-		if sp < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(l[sp+1:], 64)
-		if err != nil {
-			continue
-		}
-		name, labels := l[:sp], ""
-		if i := strings.IndexByte(name, '{'); i >= 0 {
-			name, labels = name[:i], name[i:]
-		}
+	err := eachSample(r, func(name, labels string, v float64) {
 		if strings.HasPrefix(name, "sluice_pack_cache_") {
 			seenPC = true
 		}
@@ -117,11 +98,11 @@ func parseAgentCounters(r io.Reader) (agentCounters, error) {
 			}
 			pc.Bypasses[labelValue(labels, "reason")] += v
 		}
-	}
+	})
 	if seenPC {
 		c.PackCache = &pc
 	}
-	return c, sc.Err()
+	return c, err
 }
 
 // readAgentCounters scrapes the agent's /metrics.

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -379,7 +380,20 @@ func scrape(c *http.Client, url string) (map[string]map[string]float64, error) {
 	}
 	defer r.Body.Close()
 	out := map[string]map[string]float64{}
-	sc := bufio.NewScanner(r.Body)
+	err = eachSample(r.Body, func(name, labels string, v float64) {
+		key := labelValue(labels, "limit")
+		if out[name] == nil {
+			out[name] = map[string]float64{}
+		}
+		out[name][key] += v
+	})
+	return out, err
+}
+
+// eachSample calls fn for every sample of a Prometheus text exposition:
+// the metric name, its labels ("{…}" or "") and its value.
+func eachSample(r io.Reader, fn func(name, labels string, v float64)) error {
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		l := sc.Text()
@@ -398,13 +412,9 @@ func scrape(c *http.Client, url string) (map[string]map[string]float64, error) {
 		if i := strings.IndexByte(name, '{'); i >= 0 {
 			name, labels = name[:i], name[i:]
 		}
-		key := labelValue(labels, "limit")
-		if out[name] == nil {
-			out[name] = map[string]float64{}
-		}
-		out[name][key] += v
+		fn(name, labels, v)
 	}
-	return out, sc.Err()
+	return sc.Err()
 }
 
 // counter sums a metric over the series whose labels contain every given
