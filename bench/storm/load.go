@@ -426,22 +426,17 @@ func counter(c *http.Client, url, name string, match ...string) float64 {
 	}
 	defer r.Body.Close()
 	var sum float64
-	sc := bufio.NewScanner(r.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		l := sc.Text()
-		if !strings.HasPrefix(l, name+"{") && !strings.HasPrefix(l, name+" ") {
-			continue
+	eachSample(r.Body, func(n, labels string, v float64) {
+		if n != name {
+			return
 		}
-		all := true
 		for _, m := range match {
-			all = all && strings.Contains(l, m)
+			if !strings.Contains(labels, m) {
+				return
+			}
 		}
-		if sp := strings.LastIndexByte(l, ' '); all && sp > 0 {
-			v, _ := strconv.ParseFloat(l[sp+1:], 64)
-			sum += v
-		}
-	}
+		sum += v
+	})
 	return sum
 }
 
