@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -12,13 +11,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/shirou/gopsutil/v3/process"
+
+	"github.com/sluicehq/sluice/internal/agenttest"
 )
 
 // outcome of one client operation, as the client saw it.
@@ -390,31 +390,19 @@ func scrape(c *http.Client, url string) (map[string]map[string]float64, error) {
 	return out, err
 }
 
-// eachSample calls fn for every sample of a Prometheus text exposition:
-// the metric name, its labels ("{…}" or "") and its value.
+// eachSample calls fn for every sample of a Prometheus text exposition
+// (agenttest.ParseMetrics): the metric name, its labels ("{…}" or "") and
+// its value.
 func eachSample(r io.Reader, fn func(name, labels string, v float64)) error {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		l := sc.Text()
-		if l == "" || l[0] == '#' {
-			continue
-		}
-		sp := strings.LastIndexByte(l, ' ')
-		if sp < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(l[sp+1:], 64)
-		if err != nil {
-			continue
-		}
-		name, labels := l[:sp], ""
-		if i := strings.IndexByte(name, '{'); i >= 0 {
-			name, labels = name[:i], name[i:]
+	m, err := agenttest.ParseMetrics(r)
+	for series, v := range m {
+		name, labels := series, ""
+		if i := strings.IndexByte(series, '{'); i >= 0 {
+			name, labels = series[:i], series[i:]
 		}
 		fn(name, labels, v)
 	}
-	return sc.Err()
+	return err
 }
 
 // counter sums a metric over the series whose labels contain every given
