@@ -186,6 +186,7 @@ func New(opts Options) *Agent {
 	a.rulesOnly = limiter.NewBudget(limiter.BudgetConfig{Name: "rules", Limit: math.MaxInt32}, a.group)
 	a.calib = adaptive.NewController(adaptive.Options{Limits: adaptiveLimits{a}, Log: a.log, OnBackoff: obs.Backoff, Budget: budgetStepper{a}})
 	a.timeouts = newTimekeeper(a.log.Named("timeouts"), obs, realProcOps())
+	a.timeouts.negotiated = a.markNegotiated
 	for i := range opts.Policy.Limits {
 		r := &opts.Policy.Limits[i]
 		a.limiters[r.Name] = limiter.New(limiterConfig(r), limiter.WithGroup(a.group))

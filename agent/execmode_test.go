@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -508,5 +509,78 @@ func writeRecord(t *testing.T, dir, id string, rec leaseRecord) {
 	}
 	if err := os.WriteFile(filepath.Join(dir, id), b, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRestartKeepsNegotiationEnd adopts a command whose negotiation
+// deadline passed while no agent ran: without the previous agent's
+// negotiation marker the new agent stops it at once; with the marker (the
+// negotiation had ended: the transfer was running) it leaves it alone,
+// and the marker goes with the lease.
+func TestRestartKeepsNegotiationEnd(t *testing.T) {
+	for _, marked := range []bool{false, true} {
+		t.Run(fmt.Sprintf("marked=%v", marked), func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.Chmod(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command("sleep", "60")
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan struct{})
+			go func() { cmd.Wait(); close(exited) }()
+			t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+			pid := cmd.Process.Pid
+			st, err := procfs.Default.StartTime(pid)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const id = "00000000000000c1"
+			writeRecord(t, dir, id, leaseRecord{PID: pid, Start: st, Limit: "upload-pack", Key: "global",
+				Command: "git-upload-pack", Subcommand: "upload-pack", Admitted: time.Now().Add(-10 * time.Second),
+				AdmittedBoot: bootNow() - int64(10*time.Second),
+				Deadlines:    &recordDeadlines{NegotiationMS: 500, KillGraceMS: 200}})
+			if marked {
+				if err := os.WriteFile(filepath.Join(dir, id+negotiatedSuffix), nil, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// A marker whose lease is gone is removed at start.
+			if err := os.WriteFile(filepath.Join(dir, "00000000000000c2"+negotiatedSuffix), nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			a, _, stop, done := startStateAgent(t, dir, &fakeTracer{tracked: map[int]bool{}, prev: map[int]int{}}, &recordingObserver{})
+			defer func() { stop(); <-done }()
+			if _, err := os.Stat(filepath.Join(dir, "00000000000000c2"+negotiatedSuffix)); !os.IsNotExist(err) {
+				t.Errorf("orphan negotiation marker not removed at start: %v", err)
+			}
+			if !marked {
+				select {
+				case <-exited:
+				case <-time.After(30 * time.Second):
+					t.Fatal("the adopted command outlived its negotiation deadline")
+				}
+				return
+			}
+			a.timeouts.mu.Lock()
+			pending := a.timeouts.pending[pid]
+			a.timeouts.mu.Unlock()
+			if pending != nil {
+				t.Fatal("a negotiation that had ended is bounded again after the restart")
+			}
+			select {
+			case <-exited:
+				t.Fatal("the adopted transfer was stopped by the negotiation timeout")
+			case <-time.After(time.Second): // 9.5 s past the deadline already
+			}
+			cmd.Process.Kill()
+			<-exited
+			waitUntil(t, "lease released", func() bool { return inFlight(a, "upload-pack") == 0 })
+			waitUntil(t, "state and marker removed", func() bool {
+				ents, _ := os.ReadDir(dir)
+				return len(ents) == 0
+			})
+		})
 	}
 }

@@ -60,7 +60,18 @@ type leaseRecord struct {
 	// written before they were recorded (the adopting agent then uses the
 	// values its own policy gives the lease's rule and subcommand).
 	Deadlines *recordDeadlines `json:"deadlines,omitempty"`
+
+	// negotiated: the lease's negotiation ended before the restart (its
+	// marker file, below, was there); not part of the record.
+	negotiated bool
 }
+
+// negotiatedSuffix names the marker file ID+negotiatedSuffix, created
+// (empty) when the negotiation of lease ID ends: the adopting agent then
+// leaves the transfer alone instead of bounding it by the negotiation
+// timeout again. A marker, not a rewrite of the record: one openat(2)
+// with O_EXCL, and the record itself is never replaced (writeAtomic).
+const negotiatedSuffix = ".negotiated"
 
 // recordDeadlines are a lease's timeouts (timeouts.go), in milliseconds;
 // 0 is "not bounded".
@@ -134,14 +145,35 @@ func (a *Agent) saveLease(adm *grant, peer PeerCred) {
 	adm.saved = true
 }
 
-// dropLease removes adm's state file.
+// dropLease removes adm's state file (and its negotiation marker).
 func (a *Agent) dropLease(adm *grant) {
+	if a.stateFD < 0 {
+		return
+	}
+	_ = unix.Unlinkat(a.stateFD, adm.lease.ID+negotiatedSuffix, 0)
 	if !adm.saved {
 		return
 	}
 	if err := unix.Unlinkat(a.stateFD, adm.lease.ID, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		a.log.Warn("cannot remove a lease state file", append(a.leaseFields(adm.lease), zap.Error(err))...)
 	}
+}
+
+// markNegotiated records that lease l's negotiation is over (the
+// timekeeper calls it once per lease). A failure only means that a
+// restart would bound the transfer by the negotiation timeout again
+// (rearm's process scan still sees a running pack-objects): logged at
+// debug level, not counted as a lost lease.
+func (a *Agent) markNegotiated(l *Lease) {
+	if a.stateFD < 0 || !isLeaseID(l.ID) {
+		return
+	}
+	fd, err := unix.Openat(a.stateFD, l.ID+negotiatedSuffix, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		a.log.Debug("cannot mark the negotiation over in the state directory", append(a.leaseFields(l), zap.Error(err))...)
+		return
+	}
+	unix.Close(fd)
 }
 
 // Recover adopts the running commands recorded in the state directory by
@@ -182,10 +214,16 @@ func (a *Agent) Recover() (adopted, stale int, err error) {
 		return 0, 0, nil
 	}
 	a.setStateProblem("")
+	live := map[string]bool{}
+	var markers []string
 	for _, name := range names {
 		if id, ok := strings.CutSuffix(name, tmpSuffix); ok && isLeaseID(id) {
 			// A write the previous agent did not finish: never adopted.
 			_ = unix.Unlinkat(fd, name, 0)
+			continue
+		}
+		if id, ok := strings.CutSuffix(name, negotiatedSuffix); ok && isLeaseID(id) {
+			markers = append(markers, id)
 			continue
 		}
 		if !isLeaseID(name) {
@@ -198,9 +236,23 @@ func (a *Agent) Recover() (adopted, stale int, err error) {
 			_ = unix.Unlinkat(fd, name, 0) // removes a symlink itself, never its target
 			continue
 		}
+		live[name] = true
 		adopted++
 	}
+	for _, id := range markers {
+		if !live[id] {
+			_ = unix.Unlinkat(fd, id+negotiatedSuffix, 0) // its lease is gone
+		}
+	}
 	return adopted, stale, nil
+}
+
+// negotiatedBefore reports whether the previous agent marked lease id's
+// negotiation over: a regular file, never followed through a symlink.
+func (a *Agent) negotiatedBefore(id string) bool {
+	var st unix.Stat_t
+	return unix.Fstatat(a.stateFD, id+negotiatedSuffix, &st, unix.AT_SYMLINK_NOFOLLOW) == nil &&
+		st.Mode&unix.S_IFMT == unix.S_IFREG
 }
 
 // noPersistence records that the state directory cannot be used.
@@ -256,6 +308,7 @@ func (a *Agent) adopt(id string) string {
 		return fmt.Sprintf("unreadable record: %v", err)
 	}
 	rec.sanitize()
+	rec.negotiated = a.negotiatedBefore(id)
 	// The same pid and start time name the same process; check again after
 	// the pidfd is open, so a pid reused in between is never adopted.
 	if st, err := procfs.Default.StartTime(rec.PID); err != nil || st != rec.Start {
@@ -311,9 +364,10 @@ func (a *Agent) adopt(id string) string {
 // neither resets a deadline nor lifts it. A deadline that passed while no
 // agent ran fires at once (a negotiation first gets its last look at the
 // process tree: a pack-objects running ends it). A negotiation that ended
-// under the old agent is not known to the new one: if its pack-objects is
-// still running (the transfer), the scan sees it and the timer is
-// cancelled; an upload-pack whose pack was already sent exits right after.
+// under the old agent left its marker (negotiatedSuffix): the transfer is
+// then bounded by max_runtime only, as it was before the restart — even
+// after its pack-objects has exited while upload-pack still sends the
+// pack's tail to a slow client.
 func (a *Agent) rearm(l *Lease, rec *leaseRecord, pidfd int) *deadlines {
 	cfg := a.Policy()
 	neg := negotiationOf(rec.Subcommand, &cfg.Timeouts)
@@ -328,6 +382,9 @@ func (a *Agent) rearm(l *Lease, rec *leaseRecord, pidfd int) *deadlines {
 		neg.limit = time.Duration(d.NegotiationMS) * time.Millisecond
 		run = time.Duration(d.MaxRuntimeMS) * time.Millisecond
 		grace = time.Duration(d.KillGraceMS) * time.Millisecond
+	}
+	if rec.negotiated {
+		neg = negotiation{} // the transfer is not bounded by it
 	}
 	since := rec.Admitted
 	if now := bootNow(); rec.AdmittedBoot > 0 && now >= rec.AdmittedBoot {

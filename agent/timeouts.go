@@ -164,6 +164,9 @@ type timekeeper struct {
 	log *zap.Logger
 	obs Observer
 	ops procOps
+	// negotiated, when set, is told that lease l's negotiation is over
+	// (recovery.go keeps that across a restart). Set before the first arm.
+	negotiated func(l *Lease)
 
 	mu       sync.Mutex         // guards the fields below
 	pending  map[int]*deadlines // leases whose negotiation is bounded and not over, by peer pid
@@ -381,6 +384,9 @@ func (w *deadlines) endNegotiation(how string) {
 	}
 	w.mu.Unlock()
 	w.w.removePending(w)
+	if w.w.negotiated != nil {
+		w.w.negotiated(w.lease)
+	}
 	w.w.log.Debug("negotiation over", zap.String("correlation_id", w.lease.CorrelationID),
 		zap.String("subcmd", w.lease.Subcommand), zap.String("seen_by", how))
 }

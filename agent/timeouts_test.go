@@ -261,7 +261,10 @@ func TestNothingArmed(t *testing.T) {
 // real processes: the peer is this test process, the pack-objects a child).
 func TestPackObjectsAdmissionEndsNegotiation(t *testing.T) {
 	wr, _, rec, _ := testWatcher(t)
-	w := wr.arm(testLease("upload-pack", os.Getpid()), nil, timeoutsConfig(time.Hour, time.Second))
+	var told []*Lease // what the state directory would be told (recovery.go)
+	wr.negotiated = func(l *Lease) { told = append(told, l) }
+	l := testLease("upload-pack", os.Getpid())
+	w := wr.arm(l, nil, timeoutsConfig(time.Hour, time.Second))
 	defer w.disarm()
 	child := exec.Command("sleep", "60")
 	if err := child.Start(); err != nil {
@@ -275,6 +278,9 @@ func TestPackObjectsAdmissionEndsNegotiation(t *testing.T) {
 	wr.noteStart(child.Process.Pid, "pack-objects", "admission")
 	if !w.negOverNow() {
 		t.Fatal("a descendant's pack-objects did not end the negotiation")
+	}
+	if len(told) != 1 || told[0] != l {
+		t.Errorf("negotiation end reported %d times, want once for the lease", len(told))
 	}
 	if got := rec.get(); len(got) != 0 {
 		t.Errorf("acted: %v", got)
