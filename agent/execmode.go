@@ -173,7 +173,9 @@ func (a *Agent) ProcessExited(e ProcessExit) {
 
 // owns reports whether exit event e can be the exit of le's process.
 func (le *lateExit) owns(e ProcessExit) bool {
-	if le.start != 0 && e.StartTicks != 0 && le.start != e.StartTicks {
+	// One tick of slack: the tracer converts the kernel's monotonic start
+	// time to boot-time ticks with the clocks' offset read at the event.
+	if le.start != 0 && e.StartTicks != 0 && (e.StartTicks+1 < le.start || e.StartTicks > le.start+1) {
 		return false
 	}
 	return e.End.IsZero() || !e.End.After(le.goneAt.Add(lateExitSlack))

@@ -311,6 +311,10 @@ func TestExecModeWithoutExitEventReleasesOnPidfd(t *testing.T) {
 func TestExecModeLateExitEvent(t *testing.T) {
 	a, _, obs, p := execPeerRunning(t)
 	pid := p.pid()
+	start, err := procfs.Default.StartTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
 	exited := time.Now()
 	p.end(t)
 	waitUntil(t, "slot released by the pidfd", func() bool { return inFlight(a, "upload-pack") == 0 })
@@ -322,8 +326,13 @@ func TestExecModeLateExitEvent(t *testing.T) {
 	if got := obs.snapshot(); len(got) != 0 {
 		t.Fatalf("a later process's exit was taken for the lease: %+v", got)
 	}
+	// A reused pid's exit in time, but its start time names another process.
+	a.ProcessExited(ProcessExit{PID: pid, User: 8 * time.Second, ExitCode: 1, End: exited, StartTicks: start + 50})
+	if got := obs.snapshot(); len(got) != 0 {
+		t.Fatalf("an exit with another start time was taken for the lease: %+v", got)
+	}
 	a.ProcessExited(ProcessExit{PID: pid, User: 700 * time.Millisecond, System: 50 * time.Millisecond,
-		MaxRSSKiB: 1024, ExitCode: 0, End: exited})
+		MaxRSSKiB: 1024, ExitCode: 0, End: exited, StartTicks: start})
 	got := obs.snapshot()
 	if len(got) != 1 || got[0] != (finishedCmd{"upload-pack", OutcomeOK, 700 * time.Millisecond, 50 * time.Millisecond, 1024 * 1024}) {
 		t.Fatalf("finished = %+v, want the late report's outcome and CPU", got)

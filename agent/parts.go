@@ -105,5 +105,5 @@ func (h tracerEvents) Exit(e ebpf.Exit) {
 		return // a descendant: its CPU is in its root's report once reaped
 	}
 	h.a.ProcessExited(ProcessExit{PID: e.PID, User: e.User, System: e.System, MaxRSSKiB: e.MaxRSSKiB,
-		ExitCode: e.ExitCode, Signal: e.Signal, End: e.End})
+		ExitCode: e.ExitCode, Signal: e.Signal, End: e.End, StartTicks: e.StartTicks})
 }

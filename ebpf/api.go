@@ -62,6 +62,10 @@ type Exit struct {
 	ExitCode     int       // exit status when it exited, -1 when killed by a signal
 	Signal       int       // terminating signal, 0 when it exited
 	Start, End   time.Time // process start (task start_time) and exit, wall clock
+	// StartTicks is the start time as /proc/PID/stat field 22 gives it
+	// (clock ticks since boot, suspend included), to tell this process
+	// from a later one with the same pid; 0 when unknown.
+	StartTicks uint64
 }
 
 // Stats are the tracer's counters.

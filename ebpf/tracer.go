@@ -287,16 +287,39 @@ func (t *Tracer) exit(e *tracerExitEvent) Exit {
 	})
 	code, sig := waitStatus(e.SigFlags, e.GroupExitCode, e.LeaderExitCode)
 	return Exit{
-		PID:       int(e.Pid),
-		Root:      int(e.Root),
-		User:      user,
-		System:    system,
-		MaxRSSKiB: maxRSSKiB(t.pageSize, e.Maxrss, e.Cmaxrss, e.HiwaterRss, e.Rss),
-		ExitCode:  code,
-		Signal:    sig,
-		Start:     monoToWall(e.StartTime),
-		End:       monoToWall(e.Ktime),
+		PID:        int(e.Pid),
+		Root:       int(e.Root),
+		User:       user,
+		System:     system,
+		MaxRSSKiB:  maxRSSKiB(t.pageSize, e.Maxrss, e.Cmaxrss, e.HiwaterRss, e.Rss),
+		ExitCode:   code,
+		Signal:     sig,
+		Start:      monoToWall(e.StartTime),
+		End:        monoToWall(e.Ktime),
+		StartTicks: monoToBootTicks(e.StartTime),
 	}
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's times (100 on every
+// Linux architecture: kernel ABI; procfs.ClockTicks says the same).
+const clockTicks = 100
+
+// monoToBootTicks converts a task's start_time (CLOCK_MONOTONIC ns) to
+// /proc/PID/stat's starttime: CLOCK_BOOTTIME in clock ticks, the kernel's
+// start_boottime. The two clocks differ by the time the machine was
+// suspended; the difference now is used, so after a suspend while the
+// process ran the result can be off (callers compare with a tick of
+// slack and treat a mismatch as "another process").
+func monoToBootTicks(ns uint64) uint64 {
+	var mono, boot unix.Timespec
+	if ns == 0 || unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono) != nil || unix.ClockGettime(unix.CLOCK_BOOTTIME, &boot) != nil {
+		return 0
+	}
+	off := boot.Nano() - mono.Nano()
+	if off < 0 {
+		off = 0
+	}
+	return (ns + uint64(off)) / (1e9 / clockTicks)
 }
 
 // int8Bytes views a C char array, which bpf2go types as int8, as bytes.

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluicehq/sluice/internal/procfs"
 )
 
 // helperEnv selects a helper mode when the test binary re-executes itself.
@@ -492,9 +494,19 @@ func TestExitStatus(t *testing.T) {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", killed.Process.Pid))
 		return strings.TrimSpace(string(b)) == "sleep"
 	})
+	start, err := procfs.Default.StartTime(killed.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
 	killed.Process.Signal(syscall.SIGKILL)
 	killed.Wait()
 	e := rec.waitExit(t, killed.Process.Pid)
+	// The start time names the process as /proc does (a tick of slack:
+	// monotonic to boot-time conversion), so the agent can tell it from a
+	// later process with the same pid.
+	if e.StartTicks == 0 || e.StartTicks+1 < start || e.StartTicks > start+1 {
+		t.Errorf("SIGKILL: StartTicks %d, /proc/PID/stat starttime %d", e.StartTicks, start)
+	}
 	if e.ExitCode != -1 || e.Signal != int(syscall.SIGKILL) {
 		t.Errorf("SIGKILL: Exit = %+v; want ExitCode -1, Signal 9", e)
 	}
