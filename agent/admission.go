@@ -146,6 +146,7 @@ func (a *Agent) admit(ctx context.Context, peer PeerCred, req *admitpb.AdmitRequ
 	if rule != nil {
 		l.Limit = rule.Name
 		l.Key = rule.KeyFor(policy.KeyInput{Repo: req.Repo, RemoteIP: req.RemoteIp, User: req.User})
+		l.queuedSince = a.requeuedSince(req.QueuedSinceUnixNano, rule, l.Arrived)
 	}
 	a.leases.Add(l)
 

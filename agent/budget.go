@@ -183,18 +183,19 @@ func (a *Agent) acquire(ctx context.Context, rule *policy.Limit, lim *limiter.Li
 	bc := a.budgetClassFor(pol, rule, l)
 	if bc == nil {
 		if len(claims) == 1 {
-			return lim.Acquire(ctx, l.Key, onQueued)
+			return lim.AcquireSince(ctx, l.Key, l.queuedSince, onQueued)
 		}
 		// Several rules, no budget: an unbounded budget takes them
 		// together (first come first served).
-		return a.rulesOnly.Acquire(ctx, limiter.Request{FairKey: "rules", Weight: 1, Claims: claims, LIFO: rule.Order() == policy.QueueLIFO}, onQueued)
+		return a.rulesOnly.Acquire(ctx, limiter.Request{FairKey: "rules", Weight: 1, Claims: claims, LIFO: rule.Order() == policy.QueueLIFO, Since: l.queuedSince}, onQueued)
 	}
 	return bc.b.Acquire(ctx, limiter.Request{
 		FairKey: pol.FairKeyFor(in),
 		Weight:  pol.WeightFor(in),
 		Claims:  claims,
 		// Within a key, the primary rule's queue order.
-		LIFO: rule.Order() == policy.QueueLIFO,
+		LIFO:  rule.Order() == policy.QueueLIFO,
+		Since: l.queuedSince,
 	}, onQueued)
 }
 

@@ -30,6 +30,9 @@ type Lease struct {
 	Peer          PeerCred
 	Bucket        string // cgroup bucket path; "" without placement
 	Arrived       time.Time
+	// queuedSince is when the request first queued under the previous
+	// agent (requeue.go); zero for a fresh request.
+	queuedSince time.Time
 
 	// Guarded by LeaseTable.mu.
 	State    string

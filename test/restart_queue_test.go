@@ -15,21 +15,24 @@ import (
 
 // countingGit is a fake git that counts how many copies of itself run at
 // once (under flock): cur, the high-water mark in max, one line per
-// completed run in done. Each run holds for hold.
-func countingGit(t *testing.T, dir string, hold string) (fake, state string) {
+// completed run in done (its CORRELATION_ID). Each run waits until the
+// file gate exists, then holds for hold.
+func countingGit(t *testing.T, dir string, hold string) (fake, state, gate string) {
 	t.Helper()
 	state = filepath.Join(dir, "count")
 	if err := os.MkdirAll(state, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	gate = filepath.Join(state, "gate")
 	fake = fakeGit(t, dir, fmt.Sprintf(`S=%s
 exec 9>>"$S/lock"
 flock 9; n=$(cat "$S/cur" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$S/cur"
 m=$(cat "$S/max" 2>/dev/null || echo 0); [ $n -gt $m ] && echo $n > "$S/max"; flock -u 9
+while [ ! -e "$S/gate" ]; do sleep 0.05; done
 sleep %s
-flock 9; n=$(cat "$S/cur"); echo $((n-1)) > "$S/cur"; echo x >> "$S/done"; flock -u 9
+flock 9; n=$(cat "$S/cur"); echo $((n-1)) > "$S/cur"; echo "${CORRELATION_ID:-x}" >> "$S/done"; flock -u 9
 exit 0`, state, hold))
-	return fake, state
+	return fake, state, gate
 }
 
 func readInt(path string) int {
@@ -42,14 +45,16 @@ func readInt(path string) int {
 // the agent restarted (SIGTERM, new sluiced) while they wait: the waiters
 // reconnect and queue again (restart_grace), the running one is adopted,
 // so at most one runs at any time (counted by the fake git itself) and
-// all 20 complete with exit 0. fail_mode is "open": before, every waiter
-// ran at once without a lease.
+// all 20 complete with exit 0, in the order they first arrived (each
+// re-sent request carries its first send time). fail_mode is "open":
+// before, every waiter ran at once without a lease; later, they ran one
+// at a time in the order their reconnects happened to land.
 func TestRestartKeepsQueue(t *testing.T) {
 	limits := limitRule("upload-pack", "global", 1, 50, "120s")
 	a := newAgentDir(t)
 	a.agentExtra = os.Getenv("SLUICE_TEST_AGENT_EXTRA") // e.g. restart_grace = "0s", to see the test fail
 	a.start(limits, "open")
-	fake, state := countingGit(t, a.dir, "0.3")
+	fake, state, gate := countingGit(t, a.dir, "0.2")
 	repo := makeRepo(t, a.dir, "r", 1)
 	const n = 20
 	var wg sync.WaitGroup
@@ -70,10 +75,12 @@ func TestRestartKeepsQueue(t *testing.T) {
 				codes[i] = -1
 			}
 		}(i)
+		// One at a time, so that the arrival order is known: q-0 runs
+		// (held at the gate), q-1… queue behind it in turn.
+		waitFor(t, 20*time.Second, fmt.Sprintf("q-%d running or queued", i), func() bool {
+			return a.metric(`sluice_concurrency_limiting_queued{limit="upload-pack"}`) == float64(i)
+		})
 	}
-	waitFor(t, 20*time.Second, "a queue behind the running one", func() bool {
-		return a.metric(`sluice_concurrency_limiting_queued{limit="upload-pack"}`) >= 10
-	})
 	t0 := time.Now()
 	a.Signal(syscall.SIGTERM)
 	select {
@@ -86,6 +93,9 @@ func TestRestartKeepsQueue(t *testing.T) {
 	ready := time.Since(t0)
 	t.Logf("restart: SIGTERM to exit %v, SIGTERM to new agent ready %v (restart_grace 5s)",
 		stopped.Round(time.Millisecond), ready.Round(time.Millisecond))
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 	select {
@@ -102,8 +112,15 @@ func TestRestartKeepsQueue(t *testing.T) {
 		t.Errorf("at most %d ran at once, want 1", got)
 	}
 	b, _ := os.ReadFile(filepath.Join(state, "done"))
-	if got := strings.Count(string(b), "x"); got != n {
-		t.Errorf("%d runs completed, want %d", got, n)
+	order := strings.Fields(string(b))
+	if len(order) != n {
+		t.Errorf("%d runs completed, want %d", len(order), n)
+	}
+	for i, id := range order {
+		if id != fmt.Sprintf("q-%d", i) {
+			t.Errorf("ran in order %v, want q-0 … q-%d (the order they first queued in)", order, n-1)
+			break
+		}
 	}
 	if s, _ := os.ReadFile(a.shimLog); strings.Contains(string(s), "without a lease") {
 		t.Errorf("a shim ran git without a lease:\n%s", s)

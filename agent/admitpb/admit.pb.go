@@ -120,9 +120,14 @@ type AdmitRequest struct {
 	WorkerPid int32 `protobuf:"varint,8,opt,name=worker_pid,json=workerPid,proto3" json:"worker_pid,omitempty"`
 	// True when the shim can exec the real git in place (same pid) if the
 	// agent can follow the process to its exit (eBPF tracer running).
-	CanExec       bool `protobuf:"varint,9,opt,name=can_exec,json=canExec,proto3" json:"can_exec,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CanExec bool `protobuf:"varint,9,opt,name=can_exec,json=canExec,proto3" json:"can_exec,omitempty"`
+	// When the request first reached an agent (Unix ns), set only when a
+	// shim queues again after the agent restarted: the new agent queues it
+	// by that time rather than by its reconnect, so waiters keep their old
+	// order (clamped by the agent: see agent/requeue.go). 0: now.
+	QueuedSinceUnixNano int64 `protobuf:"varint,10,opt,name=queued_since_unix_nano,json=queuedSinceUnixNano,proto3" json:"queued_since_unix_nano,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *AdmitRequest) Reset() {
@@ -216,6 +221,13 @@ func (x *AdmitRequest) GetCanExec() bool {
 		return x.CanExec
 	}
 	return false
+}
+
+func (x *AdmitRequest) GetQueuedSinceUnixNano() int64 {
+	if x != nil {
+		return x.QueuedSinceUnixNano
+	}
+	return 0
 }
 
 // Queued tells a waiting shim where it stands. Sent when it joins a queue and
@@ -1976,7 +1988,7 @@ var File_agent_admitpb_admit_proto protoreflect.FileDescriptor
 
 const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"\n" +
-	"\x19agent/admitpb/admit.proto\x12\tsluice.v1\"\x82\x02\n" +
+	"\x19agent/admitpb/admit.proto\x12\tsluice.v1\"\xb7\x02\n" +
 	"\fAdmitRequest\x12\x18\n" +
 	"\acommand\x18\x01 \x01(\tR\acommand\x12\x1e\n" +
 	"\n" +
@@ -1989,7 +2001,9 @@ const file_agent_admitpb_admit_proto_rawDesc = "" +
 	"\x04hook\x18\a \x01(\bR\x04hook\x12\x1d\n" +
 	"\n" +
 	"worker_pid\x18\b \x01(\x05R\tworkerPid\x12\x19\n" +
-	"\bcan_exec\x18\t \x01(\bR\acanExec\"]\n" +
+	"\bcan_exec\x18\t \x01(\bR\acanExec\x123\n" +
+	"\x16queued_since_unix_nano\x18\n" +
+	" \x01(\x03R\x13queuedSinceUnixNano\"]\n" +
 	"\x06Queued\x12\x14\n" +
 	"\x05limit\x18\x01 \x01(\tR\x05limit\x12\x1a\n" +
 	"\bposition\x18\x02 \x01(\x05R\bposition\x12!\n" +

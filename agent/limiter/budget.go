@@ -68,6 +68,10 @@ type Request struct {
 	// LIFO serves this request's key newest first (its rule's
 	// queue_order = "lifo"); FIFO otherwise.
 	LIFO bool
+	// Since is when the request first queued, before an agent restart
+	// (zero: now): it queues in its key ahead of later arrivals, and its
+	// key competes with that age on ties. The wait bound starts now.
+	Since time.Time
 }
 
 // Budget is one class's host-wide limit: at most Limit() commands of the
@@ -112,7 +116,8 @@ type fairKey struct {
 type ticket struct {
 	key      string
 	seq      uint64
-	claims   []Claim // sorted by limiter id, deduplicated limiters
+	since    time.Time // queue order within the key
+	claims   []Claim   // sorted by limiter id, deduplicated limiters
 	ready    chan struct{}
 	admitted bool
 	pos      chan [2]int
@@ -162,6 +167,10 @@ func (b *Budget) SetLimit(n int) {
 // the wait bound, or ctx's error.
 func (b *Budget) Acquire(ctx context.Context, req Request, onQueued QueueFunc) (release func(), waited time.Duration, err error) {
 	start := b.clock.Now()
+	queuedAt := req.Since
+	if queuedAt.IsZero() || queuedAt.After(start) {
+		queuedAt = start
+	}
 	claims := sortClaims(req.Claims)
 	maxWait := req.MaxQueueWait
 	if len(claims) > 0 {
@@ -202,14 +211,14 @@ func (b *Budget) Acquire(ctx context.Context, req Request, onQueued QueueFunc) (
 		c.Limiter.addExternal(c.Key, 1)
 	}
 	b.seq++
-	t := &ticket{key: req.FairKey, seq: b.seq, claims: claims, ready: make(chan struct{}), pos: make(chan [2]int, 1), lifo: req.LIFO}
+	t := &ticket{key: req.FairKey, seq: b.seq, since: queuedAt, claims: claims, ready: make(chan struct{}), pos: make(chan [2]int, 1), lifo: req.LIFO}
 	fk := b.keys[req.FairKey]
 	if fk == nil {
 		fk = &fairKey{}
 		b.keys[req.FairKey] = fk
 	}
 	fk.weight = max(req.Weight, 1)
-	fk.queue = append(fk.queue, t)
+	fk.queue = insertBySince(fk.queue, t, func(q *ticket) time.Time { return q.since })
 	b.waiting++
 	b.notifyLocked(fk)
 	// Others wait: the newcomer queues, and is admitted at once if it is
@@ -356,6 +365,9 @@ func (b *Budget) admitOneLocked() bool {
 		}
 		if a.lastGrant != c.lastGrant {
 			return a.lastGrant < c.lastGrant
+		}
+		if x, y := a.queue[0].since, c.queue[0].since; !x.Equal(y) {
+			return x.Before(y)
 		}
 		return a.queue[0].seq < c.queue[0].seq
 	})

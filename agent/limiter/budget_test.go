@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -339,5 +340,41 @@ func TestBudgetLIFOWithinKey(t *testing.T) {
 		synctest.Wait()
 		<-out
 		<-out
+	})
+}
+
+// TestBudgetRequeuedKeepOrder: within a fair key, re-queued requests
+// take their original places ahead of fresh arrivals; across keys with
+// equal shares, the key whose oldest waiter came first goes first.
+func TestBudgetRequeuedKeepOrder(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := NewBudget(BudgetConfig{Name: "pack-objects", Limit: 1}, nil)
+		t0 := time.Now()
+		time.Sleep(10 * time.Second)
+		hold, _, _ := b.Acquire(t.Context(), Request{FairKey: "h"}, nil)
+		out := make(chan string, 4)
+		for _, w := range []struct {
+			id, key string
+			since   time.Time
+		}{{"a-fresh", "a", time.Time{}}, {"a-old", "a", t0.Add(2 * time.Second)}, {"b-old", "b", t0.Add(time.Second)}, {"b-fresh", "b", time.Time{}}} {
+			go func() {
+				rel, _, err := b.Acquire(t.Context(), Request{FairKey: w.key, MaxQueueWait: time.Hour, Since: w.since}, nil)
+				if err == nil {
+					out <- w.id
+					rel()
+				}
+			}()
+			synctest.Wait()
+		}
+		hold()
+		var got []string
+		for range 4 {
+			synctest.Wait()
+			got = append(got, <-out)
+		}
+		// b's oldest (t0+1s) before a's (t0+2s); then round robin.
+		if want := []string{"b-old", "a-old", "b-fresh", "a-fresh"}; !slices.Equal(got, want) {
+			t.Fatalf("admitted in order %v, want %v", got, want)
+		}
 	})
 }

@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -74,6 +75,7 @@ type keyState struct {
 }
 
 type waiter struct {
+	since    time.Time     // when it first queued (queue order)
 	ready    chan struct{} // closed when admitted
 	admitted bool          // set under Limiter.mu before ready is closed
 	// pos receives the waiter's latest queue position (1 = next); it
@@ -145,7 +147,19 @@ type QueueFunc func(position, length int)
 // It fails with ErrQueueFull, ErrQueueTimeout, or ctx's error when ctx ends
 // first (the waiter then leaves the queue at once).
 func (l *Limiter) Acquire(ctx context.Context, key string, onQueued QueueFunc) (release func(), waited time.Duration, err error) {
+	return l.AcquireSince(ctx, key, time.Time{}, onQueued)
+}
+
+// AcquireSince is Acquire for a request that first queued at queuedSince,
+// before an agent restart (zero: now): it queues ahead of the waiters
+// that arrived after it, as if it had never left the queue. Its wait
+// bound starts now.
+func (l *Limiter) AcquireSince(ctx context.Context, key string, queuedSince time.Time, onQueued QueueFunc) (release func(), waited time.Duration, err error) {
 	start := l.clock.Now()
+	queuedAt := queuedSince
+	if queuedAt.IsZero() || queuedAt.After(start) {
+		queuedAt = start
+	}
 	l.mu.Lock()
 	ks := l.keys[key]
 	if ks == nil {
@@ -165,8 +179,8 @@ func (l *Limiter) Acquire(ctx context.Context, key string, onQueued QueueFunc) (
 		l.mu.Unlock()
 		return nil, 0, ErrQueueFull
 	}
-	w := &waiter{ready: make(chan struct{}), pos: make(chan [2]int, 1)}
-	ks.queue = append(ks.queue, w)
+	w := &waiter{since: queuedAt, ready: make(chan struct{}), pos: make(chan [2]int, 1)}
+	ks.queue = insertBySince(ks.queue, w, func(q *waiter) time.Time { return q.since })
 	l.queued++
 	l.notifyPositionsLocked(ks)
 	maxWait := l.cfg.MaxQueueWait
@@ -358,4 +372,15 @@ func (l *Limiter) Stats() Stats {
 		Running: l.running, Queued: l.queued + l.external, Keys: len(l.keys),
 		Admitted: l.admitted, DroppedSize: l.droppedSize, DroppedTime: l.droppedTime,
 	}
+}
+
+// insertBySince inserts x into q, kept in order of since: after every
+// element that came at or before x, before the first that came later
+// (a fresh arrival therefore goes at the back, as before).
+func insertBySince[T any](q []T, x T, since func(T) time.Time) []T {
+	i := len(q)
+	for i > 0 && since(q[i-1]).After(since(x)) {
+		i--
+	}
+	return slices.Insert(q, i, x)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -289,4 +290,40 @@ func TestLimiterInjectedClock(t *testing.T) {
 	if !errors.Is(r.err, ErrQueueTimeout) || r.waited != time.Hour {
 		t.Fatalf("after an hour of injected time: err %v, waited %v; want ErrQueueTimeout after 1h", r.err, r.waited)
 	}
+}
+
+// TestLimiterRequeuedKeepOrder: waiters that queue again after an agent
+// restart with the time they first queued take their old places: ahead
+// of a fresh arrival, and among themselves in their original order,
+// whatever order they reconnect in.
+func TestLimiterRequeuedKeepOrder(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := New(Config{Name: "r", Limit: 1, MaxQueueSize: 10, MaxQueueWait: time.Minute})
+		t0 := time.Now()
+		time.Sleep(10 * time.Second) // the restart happened in between
+		hold, _, _ := l.Acquire(t.Context(), "k", nil)
+		out := make(chan int, 4)
+		for _, w := range []struct {
+			id    int
+			since time.Time
+		}{{1, time.Time{}}, {4, t0.Add(3 * time.Second)}, {2, t0.Add(time.Second)}, {3, t0.Add(2 * time.Second)}} {
+			go func() {
+				rel, _, err := l.AcquireSince(t.Context(), "k", w.since, nil)
+				if err == nil {
+					out <- w.id
+					rel()
+				}
+			}()
+			synctest.Wait()
+		}
+		hold()
+		var got []int
+		for range 4 {
+			synctest.Wait()
+			got = append(got, <-out)
+		}
+		if want := []int{2, 3, 4, 1}; !slices.Equal(got, want) {
+			t.Fatalf("admitted in order %v, want %v (original order, then the fresh arrival)", got, want)
+		}
+	})
 }

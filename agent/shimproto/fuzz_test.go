@@ -40,10 +40,10 @@ func FuzzDecodeClientMsg(f *testing.F) {
 		switch x := pb.Msg.(type) {
 		case *admitpb.ClientMsg_Admit:
 			a := x.Admit
-			want := AdmitRequest{a.Command, a.Subcommand, a.Repo, a.RemoteIp, a.User, a.CorrelationId, a.Hook, a.WorkerPid, a.CanExec}
+			want := AdmitRequest{a.Command, a.Subcommand, a.Repo, a.RemoteIp, a.User, a.CorrelationId, a.Hook, a.WorkerPid, a.CanExec, a.QueuedSinceUnixNano}
 			if m.Kind != ClientAdmit || m.Admit.Command != want.Command || m.Admit.Subcommand != want.Subcommand ||
 				!bytes.Equal(m.Admit.Repo, want.Repo) || m.Admit.RemoteIP != want.RemoteIP || m.Admit.User != want.User ||
-				m.Admit.CorrelationID != want.CorrelationID || m.Admit.Hook != want.Hook || m.Admit.WorkerPID != want.WorkerPID || m.Admit.CanExec != want.CanExec {
+				m.Admit.CorrelationID != want.CorrelationID || m.Admit.Hook != want.Hook || m.Admit.WorkerPID != want.WorkerPID || m.Admit.CanExec != want.CanExec || m.Admit.QueuedSince != want.QueuedSince {
 				t.Fatalf("decode %x: got %+v, protobuf %+v", b, m, want)
 			}
 		case *admitpb.ClientMsg_Finished:

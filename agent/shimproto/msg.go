@@ -16,6 +16,9 @@ type AdmitRequest struct {
 	Hook          bool   // field 7
 	WorkerPID     int32  // field 8
 	CanExec       bool   // field 9
+	// QueuedSince is when the request first reached an agent (Unix ns),
+	// sent again after an agent restart (field 10); 0: now.
+	QueuedSince int64
 }
 
 // Finished mirrors sluice.v1.Finished.
@@ -218,6 +221,7 @@ func (r *AdmitRequest) appendTo(b []byte) []byte {
 	b = appendBool(b, 7, r.Hook)
 	b = appendInt(b, 8, int64(r.WorkerPID))
 	b = appendBool(b, 9, r.CanExec)
+	b = appendInt(b, 10, r.QueuedSince)
 	return b
 }
 
@@ -575,6 +579,10 @@ func decodeAdmit(b []byte, r *AdmitRequest) error {
 		case 9:
 			if v, ok := d.intField(num, typ); ok {
 				r.CanExec = v != 0
+			}
+		case 10:
+			if v, ok := d.intField(num, typ); ok {
+				r.QueuedSince = int64(v)
 			}
 		default:
 			d.skip(num, typ, 0)

@@ -21,7 +21,7 @@ func admitRequests() []AdmitRequest {
 	return []AdmitRequest{
 		{},
 		{Command: "git-upload-pack", Subcommand: "upload-pack", Repo: []byte("/srv/git/a.git"),
-			RemoteIP: "192.0.2.7", User: "alice", CorrelationID: "0123456789abcdef", Hook: true, WorkerPID: 4242, CanExec: true},
+			RemoteIP: "192.0.2.7", User: "alice", CorrelationID: "0123456789abcdef", Hook: true, WorkerPID: 4242, CanExec: true, QueuedSince: 1796000000123456789},
 		{Repo: []byte("/srv/\xff\x00bin\xfe"), WorkerPID: -1},
 		{WorkerPID: math.MinInt32, Command: strings.Repeat("x", 300)},
 		{WorkerPID: math.MaxInt32, User: "ünïcødé", Subcommand: "pack-objects"},
@@ -37,7 +37,7 @@ func TestAdmitIsProtoCompatible(t *testing.T) {
 		}
 		want := &admitpb.ClientMsg{Msg: &admitpb.ClientMsg_Admit{Admit: &admitpb.AdmitRequest{
 			Command: r.Command, Subcommand: r.Subcommand, Repo: r.Repo, RemoteIp: r.RemoteIP,
-			User: r.User, CorrelationId: r.CorrelationID, Hook: r.Hook, WorkerPid: r.WorkerPID, CanExec: r.CanExec,
+			User: r.User, CorrelationId: r.CorrelationID, Hook: r.Hook, WorkerPid: r.WorkerPID, CanExec: r.CanExec, QueuedSinceUnixNano: r.QueuedSince,
 		}}}
 		if !proto.Equal(&got, want) {
 			t.Errorf("%d: got %v, want %v", i, &got, want)
@@ -55,7 +55,7 @@ func TestAdmitIsProtoCompatible(t *testing.T) {
 		if err != nil || m.Kind != ClientAdmit {
 			t.Fatalf("%d: DecodeClientMsg: %v %v", i, m.Kind, err)
 		}
-		if m.Admit.Command != r.Command || !bytes.Equal(m.Admit.Repo, r.Repo) || m.Admit.WorkerPID != r.WorkerPID || m.Admit.Hook != r.Hook || m.Admit.CanExec != r.CanExec {
+		if m.Admit.Command != r.Command || !bytes.Equal(m.Admit.Repo, r.Repo) || m.Admit.WorkerPID != r.WorkerPID || m.Admit.Hook != r.Hook || m.Admit.CanExec != r.CanExec || m.Admit.QueuedSince != r.QueuedSince {
 			t.Errorf("%d: round trip: got %+v want %+v", i, m.Admit, r)
 		}
 	}

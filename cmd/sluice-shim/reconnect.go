@@ -33,11 +33,13 @@ import (
 //     request again, until the grace that started with the first evidence
 //     (or with the mark) is over, then applies fail_mode as before. A
 //     timeout or a malformed answer is not a restart: fail_mode at once.
-//   - Place in the queue: the new agent queues re-sent requests in the
-//     order they arrive; waiters reconnect within restartPoll of the new
-//     agent's socket appearing, so they queue before almost all fresh
-//     arrivals, but not in their old order (the agent keeps no queue
-//     across a restart; its limiter is FIFO per key from then on).
+//   - Place in the queue: a re-sent request says when it was first sent
+//     (queued_since_unix_nano), and the new agent queues it by that time
+//     (agent/requeue.go): waiters keep their old order among themselves
+//     and stay ahead of fresh arrivals, whatever order their reconnects
+//     land in. Only a waiter that reconnects after a slot was free and
+//     taken (the limit had room) can be passed: FIFO, as far as a queue
+//     that is rebuilt can keep it.
 //   - A crash (SIGKILL, OOM) leaves no mark: shims that were waiting ride
 //     it out (their connection dropped), but one arriving while no agent
 //     listens sees a socket nobody accepts on and cannot tell a crash
@@ -60,9 +62,13 @@ func admitRetrying(setup *shimproto.ShimSetup, sock string, req *shimproto.Admit
 		fb = newFeedback(cfg.QueueFeedbackAfter, req.Repo)
 	}
 	var graceEnd time.Time
+	first := time.Now() // when the request was first sent: its place in the queue
 	tries := 0
 	for {
 		tries++
+		if tries > 1 && !graceEnd.IsZero() {
+			req.QueuedSince = first.UnixNano()
+		}
 		var rep shimproto.Reply
 		restarting := false
 		conn, err := shimproto.Dial(sock, dialTimeout)
