@@ -527,6 +527,9 @@ func writeRecord(t *testing.T, dir, id string, rec leaseRecord) {
 // negotiation had ended: the transfer was running) it leaves it alone,
 // and the marker goes with the lease.
 func TestRestartKeepsNegotiationEnd(t *testing.T) {
+	// The fake tracer reports no exits: outcomes come after the window.
+	defer func(w time.Duration) { lateExitWindow = w }(lateExitWindow)
+	lateExitWindow = 200 * time.Millisecond
 	for _, marked := range []bool{false, true} {
 		t.Run(fmt.Sprintf("marked=%v", marked), func(t *testing.T) {
 			dir := t.TempDir()
@@ -548,8 +551,8 @@ func TestRestartKeepsNegotiationEnd(t *testing.T) {
 			const id = "00000000000000c1"
 			writeRecord(t, dir, id, leaseRecord{PID: pid, Start: st, Limit: "upload-pack", Key: "global",
 				Command: "git-upload-pack", Subcommand: "upload-pack", Admitted: time.Now().Add(-10 * time.Second),
-				AdmittedBoot: bootNow() - int64(10*time.Second),
-				Deadlines:    &recordDeadlines{NegotiationMS: 500, KillGraceMS: 200}})
+				Arrived: time.Now().Add(-11 * time.Second), AdmittedBoot: bootNow() - int64(10*time.Second),
+				Deadlines: &recordDeadlines{NegotiationMS: 500, KillGraceMS: 200}})
 			if marked {
 				if err := os.WriteFile(filepath.Join(dir, id+negotiatedSuffix), nil, 0o600); err != nil {
 					t.Fatal(err)
@@ -559,8 +562,12 @@ func TestRestartKeepsNegotiationEnd(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(dir, "00000000000000c2"+negotiatedSuffix), nil, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			a, _, stop, done := startStateAgent(t, dir, &fakeTracer{tracked: map[int]bool{}, prev: map[int]int{}}, &recordingObserver{})
+			obs := &recordingObserver{}
+			a, _, stop, done := startStateAgent(t, dir, &fakeTracer{tracked: map[int]bool{}, prev: map[int]int{}}, obs)
 			defer func() { stop(); <-done }()
+			// Before the test ends, the lease's outcome (unknown: no exit
+			// event) is recorded, so nothing logs after it.
+			defer waitUntil(t, "outcome recorded", func() bool { return len(obs.snapshot()) == 1 })
 			if _, err := os.Stat(filepath.Join(dir, "00000000000000c2"+negotiatedSuffix)); !os.IsNotExist(err) {
 				t.Errorf("orphan negotiation marker not removed at start: %v", err)
 			}
