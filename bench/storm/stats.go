@@ -102,14 +102,14 @@ func tie(a, b spread) bool {
 }
 
 // causeOf names the cause of a failed operation for grouping: the
-// sluice: line the client saw (digits folded to N, so "4 running" and
-// "5 running" group), or the outcome.
+// sluice: line the client saw (its correlation id dropped and digits
+// folded to N, so "4 running" and "5 running" group), or the outcome.
 func causeOf(o op) string {
 	switch o.Outcome {
 	case rejected:
 		for _, l := range strings.Split(o.Stderr, "\n") {
 			if i := strings.Index(l, "sluice:"); i >= 0 {
-				return "sluice rejection: " + foldDigits(strings.TrimSpace(l[i:]))
+				return "sluice rejection: " + foldDigits(dropCorrelationID(strings.TrimSpace(l[i:])))
 			}
 		}
 		return "sluice rejection"
@@ -128,6 +128,22 @@ func causeOf(o op) string {
 		return "other: " + foldDigits(l)
 	}
 	return string(o.Outcome)
+}
+
+// dropCorrelationID replaces the id in "(correlation id ID)" with "…":
+// each request has its own, so it would keep every message apart.
+func dropCorrelationID(s string) string {
+	const p = "correlation id "
+	i := strings.Index(s, p)
+	if i < 0 {
+		return s
+	}
+	j := i + len(p)
+	k := j
+	for k < len(s) && s[k] != ')' && s[k] != ' ' {
+		k++
+	}
+	return s[:j] + "…" + s[k:]
 }
 
 func foldDigits(s string) string {

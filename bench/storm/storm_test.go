@@ -137,6 +137,12 @@ func TestCauseGroupsSluiceMessages(t *testing.T) {
 	if a != b || !strings.HasPrefix(a, "sluice rejection: sluice: pack-objects waited Ns") {
 		t.Errorf("causes %q and %q should group as one sluice rejection", a, b)
 	}
+	// Each request has its own correlation id: it does not split a group.
+	c1 := causeOf(op{Outcome: rejected, Stderr: "remote: sluice: upload-pack waited 60s for a slot for this repository (64 running, limit \"upload-pack\"); try again in 60s (correlation id 3fa9c01e77)"})
+	c2 := causeOf(op{Outcome: rejected, Stderr: "remote: sluice: upload-pack waited 60s for a slot for this repository (64 running, limit \"upload-pack\"); try again in 60s (correlation id be04d2)"})
+	if c1 != c2 || !strings.HasSuffix(c1, "(correlation id …)") {
+		t.Errorf("causes %q and %q should group as one (correlation id dropped)", c1, c2)
+	}
 	if c := causeOf(op{Outcome: hungUp}); c != "hung up" {
 		t.Errorf("hung up: %q", c)
 	}
