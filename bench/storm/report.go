@@ -565,8 +565,12 @@ func (r *report) pairMarkdown(b *strings.Builder, pr *pairResult) {
 	for _, a := range aggs {
 		r0 := a.Runs[0]
 		var parts []string
-		for _, k := range slices.Sorted(mapKeys(r0.S.Causes)) {
-			parts = append(parts, fmt.Sprintf("%d × %s", r0.S.Causes[k], k))
+		causes := map[string]int{} // regrouped: reports written before causeOf dropped the ids
+		for k, n := range r0.S.Causes {
+			causes[dropCorrelationID(k)] += n
+		}
+		for _, k := range slices.Sorted(mapKeys(causes)) {
+			parts = append(parts, fmt.Sprintf("%d × %s", causes[k], k))
 		}
 		if len(parts) == 0 {
 			parts = []string{"no failures"}
