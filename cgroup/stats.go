@@ -213,8 +213,9 @@ func readProcs(dir string) ([]int, error) {
 const v1UnlimitedFloor = 1 << 62
 
 // readV1Stats reads the statistics of a v1 cgroup from its memory, cpu and
-// cpuacct directories; psiDir is the directory holding memory.pressure and
-// cpu.pressure (a cgroup2 dir or /proc/pressure with names memory and cpu).
+// cpuacct directories; psiMem and psiCPU are its PSI files (a cgroup2
+// dir's memory.pressure and cpu.pressure, or /proc/pressure/memory and
+// cpu), "" for none.
 func readV1Stats(memDir, cpuDir, cpuacctDir string, psiMem, psiCPU string) (Stats, error) {
 	var st Stats
 	var err error
@@ -248,7 +249,12 @@ func readV1Stats(memDir, cpuDir, cpuacctDir string, psiMem, psiCPU string) (Stat
 	}
 	st.CPUPeriods, st.CPUThrottledPeriods = cs["nr_periods"], cs["nr_throttled"]
 	st.CPUThrottledTime = time.Duration(cs["throttled_time"])
-	st.MemoryPressure, st.CPUPressure = readPSI(psiMem), readPSI(psiCPU)
+	if psiMem != "" {
+		st.MemoryPressure = readPSI(psiMem)
+	}
+	if psiCPU != "" {
+		st.CPUPressure = readPSI(psiCPU)
+	}
 	pids, err := readProcs(memDir)
 	if err != nil {
 		return st, err

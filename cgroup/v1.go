@@ -25,6 +25,7 @@ type v1Manager struct {
 	subsystems   []cgroup1.Subsystem     // memory, cpu, cpuacct and, where mounted, pids
 	uni          *v2Manager              // the unified tree (ModeHybrid), nil in ModeV1
 	procPressure string                  // the system-wide PSI directory, for ModeV1
+	idle         idleCache               // statistics of empty buckets (idle.go)
 
 	mu      sync.RWMutex // guards the fields below
 	cfg     Config
@@ -207,6 +208,7 @@ func (m *v1Manager) Place(pid, i int) error {
 }
 
 func (m *v1Manager) Update(cfg Config) error {
+	defer m.idle.reset() // limits may change: no stale idle read
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return err
@@ -244,7 +246,17 @@ func (m *v1Manager) BucketStats(i int) (Stats, error) {
 	if _, err := m.bucket(i); err != nil {
 		return Stats{}, err
 	}
-	return m.stats(bucketRel(i))
+	rel := bucketRel(i)
+	mem := m.dir(cgroup1.Memory, rel)
+	// A bucket's own PSI exists only in the unified tree (ModeHybrid); in
+	// ModeV1 it would be the host's /proc/pressure again, the parent's.
+	psiMem, psiCPU := "", ""
+	if m.uni != nil {
+		psiMem, psiCPU = filepath.Join(m.uni.dir(rel), "memory.pressure"), filepath.Join(m.uni.dir(rel), "cpu.pressure")
+	}
+	return m.idle.read(i, mem, func() (Stats, error) {
+		return readV1Stats(mem, m.dir(cgroup1.Cpu, rel), m.dir(cgroup1.Cpuacct, rel), psiMem, psiCPU)
+	})
 }
 
 func (m *v1Manager) Processes(i int) ([]int, error) {

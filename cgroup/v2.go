@@ -29,6 +29,8 @@ type v2Manager struct {
 	limits bool     // apply limits and enable controllers (ModeUnified only)
 	ctrls  []string // controllers enabled for sluice's tree (available ones of v2Controllers)
 
+	idle idleCache // statistics of empty buckets (idle.go)
+
 	mu      sync.RWMutex // guards the fields below
 	cfg     Config
 	parent  *cgroup2.Manager
@@ -290,6 +292,7 @@ func (m *v2Manager) Place(pid, i int) error {
 }
 
 func (m *v2Manager) Update(cfg Config) error {
+	defer m.idle.reset() // limits may change: no stale idle read
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return err
@@ -308,7 +311,8 @@ func (m *v2Manager) BucketStats(i int) (Stats, error) {
 	if _, err := m.bucket(i); err != nil {
 		return Stats{}, err
 	}
-	return readV2Stats(m.dir(bucketRel(i)))
+	dir := m.dir(bucketRel(i))
+	return m.idle.read(i, dir, func() (Stats, error) { return readV2Stats(dir) })
 }
 
 func (m *v2Manager) Processes(i int) ([]int, error) {

@@ -1,0 +1,70 @@
+package cgroup
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestIdleBucketsAreNotReread: a bucket with an empty cgroup.procs is
+// answered from its last idle read; one with a process is read in full
+// every time, and its statistics are never served from the cache.
+func TestIdleBucketsAreNotReread(t *testing.T) {
+	dir := t.TempDir()
+	procs := filepath.Join(dir, "cgroup.procs")
+	setProcs := func(s string) {
+		if err := os.WriteFile(procs, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var c idleCache
+	reads := 0
+	usage := time.Second
+	full := func() (Stats, error) {
+		reads++
+		pids, _ := readProcs(dir)
+		return Stats{CPUUsage: usage, Processes: len(pids)}, nil
+	}
+	setProcs("")
+	for i := 0; i < 3; i++ {
+		if st, err := c.read(7, dir, full); err != nil || st.CPUUsage != time.Second {
+			t.Fatalf("idle read %d: %+v, %v", i, st, err)
+		}
+	}
+	if reads != 1 {
+		t.Fatalf("an idle bucket was read in full %d times, want once", reads)
+	}
+	setProcs("4242\n")
+	usage = 3 * time.Second
+	for i := 0; i < 2; i++ {
+		if st, _ := c.read(7, dir, full); st.CPUUsage != 3*time.Second || st.Processes != 1 {
+			t.Fatalf("busy read %d: %+v, want the fresh statistics", i, st)
+		}
+	}
+	if reads != 3 {
+		t.Fatalf("a busy bucket was read in full %d times in 2 reads", reads-1)
+	}
+	// Idle again: the first idle read is a full one (the counters moved
+	// while it ran), then the cache answers.
+	setProcs("")
+	usage = 4 * time.Second
+	for i := 0; i < 2; i++ {
+		if st, _ := c.read(7, dir, full); st.CPUUsage != 4*time.Second {
+			t.Fatalf("idle-again read %d: %+v, want the counters from after the process", i, st)
+		}
+	}
+	if reads != 4 {
+		t.Fatalf("full reads = %d, want 4", reads)
+	}
+	// An old idle read is refreshed.
+	c.mu.Lock()
+	e := c.last[7]
+	e.at = e.at.Add(-idleRefresh)
+	c.last[7] = e
+	c.mu.Unlock()
+	c.read(7, dir, full)
+	if reads != 5 {
+		t.Fatalf("an idle read older than idleRefresh was reused (full reads %d)", reads)
+	}
+}
