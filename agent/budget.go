@@ -251,7 +251,7 @@ func (s budgetStepper) StepBudget(now time.Time, ps []adaptive.Pressure, st *cgr
 	h := s.a.budget
 	bc := h.class(policy.ClassPack)
 	bs := bc.b.Stats()
-	sample := adaptive.BudgetSample{Running: bs.Running, Queued: bs.Queued, Bytes: h.sampleGoodput(s.a.leases.Snapshot()), Pressures: ps}
+	sample := adaptive.BudgetSample{Running: bs.Running, Queued: bs.Queued, Bytes: h.sampleGoodput(s.a.leases.Snapshot(), s.a.execInPlace), Pressures: ps}
 	if st != nil {
 		sample.CPU = st.CPUUsage
 		if st.MemoryLimit > 0 {
@@ -303,8 +303,12 @@ func hostCPU() time.Duration {
 // sampleGoodput adds what the running pack-class commands wrote since the
 // last sample (/proc/PID/io wchar of each lease's process and its
 // children: pack-objects writes the pack to its stdout) and returns the
-// total since start.
-func (h *hostBudget) sampleGoodput(leases []Lease) uint64 {
+// total since start. inPlace reports whether a pid runs git exec'd in
+// place (exec mode): a pack-objects there has no child to look for, so
+// the process table (every /proc/PID/stat: in a storm the costliest read
+// of sluiced's after the cgroup walk) is read only when some lease may
+// have children (supervising mode, upload-archive's writer).
+func (h *hostBudget) sampleGoodput(leases []Lease, inPlace func(pid int32) bool) uint64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	seen := make(map[string]bool, len(leases))
@@ -320,11 +324,14 @@ func (h *hostBudget) sampleGoodput(leases []Lease) uint64 {
 			last = map[int32]uint64{}
 			h.io[l.ID] = last
 		}
-		if procs == nil {
-			t := procfs.Default.ReadTable()
-			procs = &t
+		pids := []int32{l.Peer.PID}
+		if l.Subcommand != "pack-objects" || inPlace == nil || !inPlace(l.Peer.PID) {
+			if procs == nil {
+				t := procfs.Default.ReadTable()
+				procs = &t
+			}
+			pids = append(pids, descendants(procs, l.Peer.PID)...)
 		}
-		pids := append([]int32{l.Peer.PID}, descendants(procs, l.Peer.PID)...)
 		for _, pid := range pids {
 			pio, err := procfs.Default.IO(int(pid))
 			if err != nil {

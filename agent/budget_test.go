@@ -185,16 +185,34 @@ func TestGoodputReadsChildren(t *testing.T) {
 	var first uint64
 	waitUntil(t, "the child seen writing", func() bool {
 		if first == 0 {
-			first = h.sampleGoodput(l) + 1
+			first = h.sampleGoodput(l, nil) + 1
 			return false
 		}
-		return h.sampleGoodput(l) > first
+		return h.sampleGoodput(l, nil) > first
 	})
 	// A lease that ended is forgotten.
-	h.sampleGoodput(nil)
+	h.sampleGoodput(nil, nil)
 	if len(h.io) != 0 {
 		t.Fatalf("io state kept for ended leases: %v", h.io)
 	}
+
+	// Exec mode: the lease's own process writes; it is read without the
+	// process table.
+	dd := exec.Command("dd", "if=/dev/zero", "of=/dev/null", "bs=64k")
+	if err := dd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { dd.Process.Kill(); dd.Wait() }()
+	inPlace := func(pid int32) bool { return int(pid) == dd.Process.Pid }
+	l = []Lease{{ID: "y", Subcommand: "pack-objects", State: StateRunning, Peer: PeerCred{PID: int32(dd.Process.Pid)}}}
+	first = 0
+	waitUntil(t, "the exec'd process seen writing", func() bool {
+		if first == 0 {
+			first = h.sampleGoodput(l, inPlace) + 1
+			return false
+		}
+		return h.sampleGoodput(l, inPlace) > first
+	})
 }
 
 // TestBudgetWaitMessage: a request that waited out its queue while its

@@ -412,3 +412,11 @@ func (a *Agent) holdSupervised(adm *grant, next <-chan *admitpb.Finished) *admit
 		a.leaseFields(adm.lease)...)
 	return nil
 }
+
+// execInPlace reports whether pid is an admitted command exec'd in place
+// (its git runs as that pid, under an exec hold).
+func (a *Agent) execInPlace(pid int32) bool {
+	a.execMu.Lock()
+	defer a.execMu.Unlock()
+	return a.execLeases[int(pid)] != nil
+}
