@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -176,10 +177,12 @@ func TestBudgetWatchesOwnCgroup(t *testing.T) {
 // supervising mode is the peer, its git child does the writing.
 func TestGoodputReadsChildren(t *testing.T) {
 	cmd := exec.Command("/bin/sh", "-c", "dd if=/dev/zero of=/dev/null bs=64k 2>/dev/null; true")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	// The whole group: killing sh alone left its dd running for good.
+	defer func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() }()
 	h := &hostBudget{io: map[string]map[int32]uint64{}}
 	l := []Lease{{ID: "x", Subcommand: "pack-objects", State: StateRunning, Peer: PeerCred{PID: int32(cmd.Process.Pid)}}}
 	var first uint64
