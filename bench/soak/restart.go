@@ -143,6 +143,16 @@ flock 9; n=$(cat "$S/cur"); echo $((n-1)) > "$S/cur"; echo x >> "$S/done"; flock
 	res.MaxConcurrent, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 	b, _ = os.ReadFile(filepath.Join(dir, "shim.log"))
 	res.WithoutLease = strings.Count(string(b), "without a lease")
+	if res.WithoutLease > 0 {
+		// Say why: the shim's log names the reason of each.
+		seen := map[string]bool{}
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, "without a lease") && len(seen) < 5 && !seen[l] {
+				seen[l] = true
+				fmt.Printf("  shim log: %s\n", l)
+			}
+		}
+	}
 	res.GaugesZero, res.GaugesDetail = (*ag).waitIdle(10 * time.Second)
 	ents, _ := os.ReadDir(filepath.Join(dir, "run", "leases"))
 	res.StateFilesLeft = len(ents)

@@ -30,9 +30,17 @@ import (
 //   - Then the shim reconnects every restartPoll (one connect(2) on a Unix
 //     socket: cheap; the new agent's listen backlog holds it until the
 //     agent has adopted the running commands and serves) and sends its
-//     request again, until the grace that started with the first evidence
-//     (or with the mark) is over, then applies fail_mode as before. A
-//     timeout or a malformed answer is not a restart: fail_mode at once.
+//     request again, until the grace of the restart it is riding out is
+//     over, then applies fail_mode as before. A timeout or a malformed
+//     answer is not a restart: fail_mode at once.
+//   - Each restart has its own grace: from its mark, or from the moment an
+//     agent that was serving said it is stopping or dropped the waiting
+//     connection. A shim that rode out one restart, queued again and then
+//     meets the next one (deploys in a row, a restart loop) gets the grace
+//     again rather than what was left of the first one (the soak that
+//     restarts the agent every 2 s showed shims giving up after 5 s of
+//     waiting across three restarts). The admission timeout still bounds
+//     the whole wait.
 //   - Place in the queue: a re-sent request says when it was first sent
 //     (queued_since_unix_nano), and the new agent queues it by that time
 //     (agent/requeue.go): waiters keep their old order among themselves
@@ -70,7 +78,9 @@ func admitRetrying(setup *shimproto.ShimSetup, sock string, req *shimproto.Admit
 			req.QueuedSince = first.UnixNano()
 		}
 		var rep shimproto.Reply
-		restarting := false
+		// fresh: an agent that was serving just said it stops, or dropped
+		// us: the evidence of a restart beginning now.
+		restarting, fresh := false, false
 		conn, err := shimproto.Dial(sock, dialTimeout)
 		if err != nil {
 			if errors.Is(err, syscall.EACCES) {
@@ -78,8 +88,8 @@ func admitRetrying(setup *shimproto.ShimSetup, sock string, req *shimproto.Admit
 			} else if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
 				if mark, ok := stoppingMark(sock); ok {
 					restarting = true
-					if graceEnd.IsZero() {
-						graceEnd = mark.Add(cfg.RestartGrace)
+					if end := mark.Add(cfg.RestartGrace); end.After(graceEnd) {
+						graceEnd = end // this restart's grace
 					}
 				} else if !graceEnd.IsZero() {
 					restarting = true // already riding out a restart
@@ -104,13 +114,13 @@ func admitRetrying(setup *shimproto.ShimSetup, sock string, req *shimproto.Admit
 					why = "agent shutting down"
 				}
 				err = errors.New(why)
-				restarting = true
+				restarting, fresh = true, true
 			} else if dropped(err) {
-				restarting = true
+				restarting, fresh = true, true
 			}
 		}
 		now := time.Now()
-		if restarting && graceEnd.IsZero() {
+		if restarting && (graceEnd.IsZero() || fresh && now.Add(cfg.RestartGrace).After(graceEnd)) {
 			graceEnd = now.Add(cfg.RestartGrace)
 		}
 		if !restarting || cfg.RestartGrace <= 0 || now.After(graceEnd) || now.After(deadline) {
