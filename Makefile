@@ -110,8 +110,9 @@ fuzz-smoke: ## run every fuzz target for FUZZTIME (20000 executions each, ~1 min
 soak: build ## admission soak with random kills against a real sluiced, 5 minutes; leak check of goroutines, fds, RSS
 	$(GO) run ./bench/soak -bin $(BIN) -duration 5m
 
-soak-smoke: build ## the soak in smoke mode: a few seconds (CI)
+soak-smoke: build ## the soak in smoke mode, then 20 s of agent restarts every 2 s under 16 shims (at most 1 git behind a limit of 1, none without a lease, gauges back to 0) (CI)
 	$(GO) run ./bench/soak -bin $(BIN) -smoke
+	$(GO) run ./bench/soak -bin $(BIN) -restart-every 2s -duration 20s -shims 16
 
 # Gitea end to end (issue 22): the first run builds Gitea (cgo, sqlite) into
 # /var/cache/sluice-test/gitea-<version>/ and later runs reuse it. Without
