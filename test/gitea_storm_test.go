@@ -505,8 +505,8 @@ func TestGiteaStorm(t *testing.T) {
 		case opFetch:
 			// A client holding the older history: an empty repository
 			// borrowing the template's objects, main at the old tip.
-			if out, err := exec.Command(bins.realGit, "init", "-q", "--bare", dst).CombinedOutput(); err != nil {
-				return out, err
+			if out, err := gitTry("/", g.clientEnv(), "init", "-q", "--bare", dst); err != nil {
+				return []byte(out), err
 			}
 			if err := os.WriteFile(filepath.Join(dst, "objects", "info", "alternates"), []byte(filepath.Join(repo.template, "objects")+"\n"), 0o644); err != nil {
 				return nil, err
