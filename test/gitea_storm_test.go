@@ -768,9 +768,9 @@ func TestGiteaStorm(t *testing.T) {
 		}
 		cpu := "–"
 		if r.mode != "none" {
-			cpu = fmt.Sprintf("%.0f", r.packCPU)
+			cpu = fmt.Sprintf("%.1f", r.packCPU)
 			if r.goodOK > 0 {
-				cpu += fmt.Sprintf(" (%.1f)", r.packCPU/float64(r.goodOK))
+				cpu += fmt.Sprintf(" (%.2f)", r.packCPU/float64(r.goodOK))
 			}
 			if r.cacheHits+r.cacheJoins+r.cacheMiss > 0 {
 				cpu += fmt.Sprintf("; cache hits %.0f, joins %.0f, misses %.0f", r.cacheHits, r.cacheJoins, r.cacheMiss)
@@ -809,7 +809,7 @@ func goodKindsDoc(sc giteaScenario) string {
 	var k []string
 	for _, m := range sc.mix {
 		if m.kind != opLsRemote {
-			k = append(k, m.kind+"s")
+			k = append(k, map[string]string{opClone: "clones", opFetch: "fetches", opShallow: "shallow clones"}[m.kind])
 		}
 	}
 	return strings.Join(k, ", ")
