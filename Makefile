@@ -130,5 +130,5 @@ bench-gitea: gitea-build ## what the shim costs Gitea's API/web endpoints (shim 
 	SLUICE_TEST_GITEA=build SLUICE_GITEA_BENCH=1 $(GO) test -count=1 -timeout 30m -run '^TestGiteaShimCost$$' -v ./test/
 
 .PHONY: bench-gitea-storm
-bench-gitea-storm: gitea-build ## bounded clone storm over Gitea's HTTP, defaults vs none, in a 1.5 GiB cgroup → bench/gitea/storm.md (needs bench/storm's 110 MiB repository)
-	SLUICE_TEST_GITEA=build SLUICE_GITEA_STORM=1 $(GO) test -count=1 -timeout 30m -run '^TestGiteaStorm$$' -v ./test/
+bench-gitea-storm: gitea-build ## storm v2's ci-burst or fleet over Gitea's HTTP (SLUICE_GITEA_STORM_SCENARIO, _MODES, _SWEEP; see bench/gitea/README.md) in a 1.5 GiB cgroup → bench/gitea/storm-<scenario>.md
+	SLUICE_TEST_GITEA=build SLUICE_GITEA_STORM=1 $(GO) test -count=1 -timeout 120m -run '^TestGiteaStorm$$' -v ./test/
