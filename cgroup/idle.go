@@ -13,9 +13,11 @@ import (
 // a storm sluiced spent most of its CPU there — on the server's CPU, the
 // one the storm saturates. Most buckets are empty most of the time, and
 // an empty bucket's counters (CPU time, throttling, OOM kills) cannot
-// move, so a bucket whose cgroup.procs is empty is answered from the
-// statistics read the last time it was found empty, for up to
-// idleRefresh: one file read instead of nine. Its memory usage (page
+// move, so a bucket whose cgroup.procs is empty and whose CPU usage has
+// not moved since it was last read empty is answered from that read, for
+// up to idleRefresh: two file reads instead of nine. The CPU usage check
+// catches a process that came and went between two reads (anything that
+// ran, charged memory or was throttled used CPU). Its memory usage (page
 // cache still charged to it) can only shrink meanwhile, by reclaim; it is
 // read again every idleRefresh, and at once after a reload (Update may
 // change its limits). A bucket with a process is always read in full. In
@@ -36,17 +38,19 @@ type idleStats struct {
 }
 
 // read returns bucket i's statistics: from the cache when procsDir's
-// cgroup.procs is empty and an idle read of it is younger than
-// idleRefresh, else from full (which is then cached if the bucket was
-// idle).
-func (c *idleCache) read(i int, procsDir string, full func() (Stats, error)) (Stats, error) {
+// cgroup.procs is empty, usage() equals the cached CPUUsage and the idle
+// read is younger than idleRefresh; else from full (which is then cached
+// if the bucket was idle).
+func (c *idleCache) read(i int, procsDir string, usage func() (time.Duration, error), full func() (Stats, error)) (Stats, error) {
 	now := time.Now()
-	if pids, err := readProcs(procsDir); err == nil && len(pids) == 0 {
-		c.mu.Lock()
-		e, ok := c.last[i]
-		c.mu.Unlock()
-		if ok && now.Sub(e.at) < idleRefresh {
-			return e.st, nil
+	c.mu.Lock()
+	e, ok := c.last[i]
+	c.mu.Unlock()
+	if ok && now.Sub(e.at) < idleRefresh {
+		if pids, err := readProcs(procsDir); err == nil && len(pids) == 0 {
+			if u, err := usage(); err == nil && u == e.st.CPUUsage {
+				return e.st, nil
+			}
 		}
 	}
 	st, err := full()

@@ -21,6 +21,7 @@ func TestIdleBucketsAreNotReread(t *testing.T) {
 	var c idleCache
 	reads := 0
 	usage := time.Second
+	cur := func() (time.Duration, error) { return usage, nil }
 	full := func() (Stats, error) {
 		reads++
 		pids, _ := readProcs(dir)
@@ -28,7 +29,7 @@ func TestIdleBucketsAreNotReread(t *testing.T) {
 	}
 	setProcs("")
 	for i := 0; i < 3; i++ {
-		if st, err := c.read(7, dir, full); err != nil || st.CPUUsage != time.Second {
+		if st, err := c.read(7, dir, cur, full); err != nil || st.CPUUsage != time.Second {
 			t.Fatalf("idle read %d: %+v, %v", i, st, err)
 		}
 	}
@@ -38,7 +39,7 @@ func TestIdleBucketsAreNotReread(t *testing.T) {
 	setProcs("4242\n")
 	usage = 3 * time.Second
 	for i := 0; i < 2; i++ {
-		if st, _ := c.read(7, dir, full); st.CPUUsage != 3*time.Second || st.Processes != 1 {
+		if st, _ := c.read(7, dir, cur, full); st.CPUUsage != 3*time.Second || st.Processes != 1 {
 			t.Fatalf("busy read %d: %+v, want the fresh statistics", i, st)
 		}
 	}
@@ -50,12 +51,26 @@ func TestIdleBucketsAreNotReread(t *testing.T) {
 	setProcs("")
 	usage = 4 * time.Second
 	for i := 0; i < 2; i++ {
-		if st, _ := c.read(7, dir, full); st.CPUUsage != 4*time.Second {
+		if st, _ := c.read(7, dir, cur, full); st.CPUUsage != 4*time.Second {
 			t.Fatalf("idle-again read %d: %+v, want the counters from after the process", i, st)
 		}
 	}
 	if reads != 4 {
 		t.Fatalf("full reads = %d, want 4", reads)
+	}
+	// A process that came and went between two reads (cgroup.procs empty
+	// both times) moved the CPU usage: read in full, never the stale copy.
+	// (CI caught this: a burner's throttling was invisible to a scrape.)
+	usage = 5 * time.Second
+	if st, _ := c.read(7, dir, cur, full); st.CPUUsage != 5*time.Second {
+		t.Fatalf("after a process came and went: %+v, want the fresh statistics", st)
+	}
+	if reads != 5 {
+		t.Fatalf("full reads = %d, want 5", reads)
+	}
+	c.read(7, dir, cur, full)
+	if reads != 5 {
+		t.Fatalf("idle again and unchanged: full reads = %d, want still 5", reads)
 	}
 	// An old idle read is refreshed.
 	c.mu.Lock()
@@ -63,8 +78,8 @@ func TestIdleBucketsAreNotReread(t *testing.T) {
 	e.at = e.at.Add(-idleRefresh)
 	c.last[7] = e
 	c.mu.Unlock()
-	c.read(7, dir, full)
-	if reads != 5 {
+	c.read(7, dir, cur, full)
+	if reads != 6 {
 		t.Fatalf("an idle read older than idleRefresh was reused (full reads %d)", reads)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"path"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/containerd/cgroups/v3/cgroup1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -254,7 +255,12 @@ func (m *v1Manager) BucketStats(i int) (Stats, error) {
 	if m.uni != nil {
 		psiMem, psiCPU = filepath.Join(m.uni.dir(rel), "memory.pressure"), filepath.Join(m.uni.dir(rel), "cpu.pressure")
 	}
-	return m.idle.read(i, mem, func() (Stats, error) {
+	acct := m.dir(cgroup1.Cpuacct, rel)
+	usage := func() (time.Duration, error) {
+		u, err := readUintFile(filepath.Join(acct, "cpuacct.usage"))
+		return time.Duration(u), err
+	}
+	return m.idle.read(i, mem, usage, func() (Stats, error) {
 		return readV1Stats(mem, m.dir(cgroup1.Cpu, rel), m.dir(cgroup1.Cpuacct, rel), psiMem, psiCPU)
 	})
 }

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/cgroups/v3/cgroup2"
 	"go.uber.org/zap"
@@ -312,7 +313,11 @@ func (m *v2Manager) BucketStats(i int) (Stats, error) {
 		return Stats{}, err
 	}
 	dir := m.dir(bucketRel(i))
-	return m.idle.read(i, dir, func() (Stats, error) { return readV2Stats(dir) })
+	usage := func() (time.Duration, error) {
+		cs, err := readFlatKeyed(filepath.Join(dir, "cpu.stat"))
+		return time.Duration(cs["usage_usec"]) * time.Microsecond, err
+	}
+	return m.idle.read(i, dir, usage, func() (Stats, error) { return readV2Stats(dir) })
 }
 
 func (m *v2Manager) Processes(i int) ([]int, error) {
