@@ -160,6 +160,11 @@ func (a *Agent) Run(ctx context.Context, sock *Socket, opts RunOptions) error {
 			stop = nil // wait for the parts without re-entering this case
 		}
 	}
+	if stop != nil {
+		// The parts ended before the select saw the stop (both were ready
+		// at once, or a part failed): the service manager still hears it.
+		_ = notify("STOPPING=1")
+	}
 	// With fail_mode "closed" shim.conf stays, so that shims keep failing
 	// closed while no agent runs (as under the unit, which preserves it).
 	if a.madeRunDir && a.Policy().Agent.FailMode != policy.FailClosed {

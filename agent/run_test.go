@@ -48,8 +48,15 @@ func (n notifications) notify(state string) error { n <- state; return nil }
 
 func (n notifications) expect(t *testing.T, want string) {
 	t.Helper()
-	if got := <-n; got != want {
-		t.Fatalf("notified %q, want %q", got, want)
+	select {
+	case got := <-n:
+		if got != want {
+			t.Fatalf("notified %q, want %q", got, want)
+		}
+	case <-time.After(time.Minute):
+		// Fail with what is known instead of hanging the package until
+		// go test's timeout (one CI run waited 10 minutes here, Run gone).
+		t.Fatalf("no %q notification within a minute", want)
 	}
 }
 
@@ -77,6 +84,19 @@ func TestRunLifecycle(t *testing.T) {
 	go func() {
 		done <- a.Run(ctx, s, RunOptions{Log: log, Reload: reload, Notify: n.notify,
 			Metrics: func(ctx context.Context) error { <-ctx.Done(); close(metricsDone); return nil }})
+	}()
+	// If Run returns on its own (a part stopped), say why.
+	defer func() {
+		if t.Failed() {
+			select {
+			case err := <-done:
+				t.Logf("Run had returned: %v; its log:", err)
+				for _, e := range logs.All() {
+					t.Logf("  %s %v", e.Message, e.ContextMap())
+				}
+			default:
+			}
+		}
 	}()
 	n.expect(t, "READY=1\nSTATUS=admitting")
 	if e := logs.FilterMessage("sluiced ready").All(); len(e) != 1 || e[0].ContextMap()["socket"] != sock || e[0].ContextMap()["rules"] != int64(1) {
