@@ -47,6 +47,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	istats "github.com/sluicehq/sluice/internal/stats"
 )
 
 // stormBox is a v1 memory cgroup under this process's own.
@@ -243,20 +245,6 @@ func (r *stormResult) goodput() float64 {
 		return 0
 	}
 	return float64(r.goodOK) / r.elapsed.Minutes()
-}
-
-// jainIndex is Jain's fairness index of x: 1 when every element is equal,
-// 1/len(x) when one holds everything; NaN when all are 0.
-func jainIndex(x []float64) float64 {
-	var sum, sq float64
-	for _, v := range x {
-		sum += v
-		sq += v * v
-	}
-	if sq == 0 {
-		return math.NaN()
-	}
-	return sum * sum / (float64(len(x)) * sq)
 }
 
 // Modes besides the file policies of bench/storm/policies.
@@ -777,7 +765,7 @@ func TestGiteaStorm(t *testing.T) {
 			}
 		}
 		jain := "–"
-		if j := jainIndex(r.perClient); !math.IsNaN(j) {
+		if j := istats.Jain(r.perClient); !math.IsNaN(j) {
 			jain = fmt.Sprintf("%.2f", j)
 		}
 		addrs := "–"

@@ -19,20 +19,8 @@ func nearestRank(s []float64, p float64) float64 { return istats.Percentile(s, p
 
 func summarize(v []float64) stats { return istats.Summarize(v) }
 
-// jain is Jain's fairness index of x: (Σx)² / (n Σx²), 1 when every
-// element is equal, 1/n when one element has everything. NaN when all are
-// zero (nothing to be fair about).
-func jain(x []float64) float64 {
-	var s, s2 float64
-	for _, v := range x {
-		s += v
-		s2 += v * v
-	}
-	if s2 == 0 {
-		return math.NaN()
-	}
-	return s * s / (float64(len(x)) * s2)
-}
+// jain is Jain's fairness index (internal/stats).
+func jain(x []float64) float64 { return istats.Jain(x) }
 
 // worstShare is the smallest element of x over the mean of x: 1 when
 // every address got its fair share, 0 when some address got nothing. NaN

@@ -57,3 +57,18 @@ func SummarizeDurations(d []time.Duration) Summary[time.Duration] {
 	}
 	return Summary[time.Duration]{N: len(s), P50: Percentile(s, 0.50), P95: Percentile(s, 0.95), P99: Percentile(s, 0.99), Mean: sum / time.Duration(len(s))}
 }
+
+// Jain is Jain's fairness index of x: (Σx)² / (n Σx²), 1 when every
+// element is equal, 1/n when one element has everything. NaN when all are
+// zero (nothing to be fair about).
+func Jain(x []float64) float64 {
+	var s, s2 float64
+	for _, v := range x {
+		s += v
+		s2 += v * v
+	}
+	if s2 == 0 {
+		return math.NaN()
+	}
+	return s * s / (float64(len(x)) * s2)
+}
