@@ -10,12 +10,24 @@ import (
 	"unsafe"
 )
 
-// forwardedSignals are passed on to git while the shim supervises it.
+// forwardedSignals are passed on to git while the shim supervises it:
+// those the shim's parent did not ignore. A signal ignored at start (nohup
+// ignores SIGHUP, a shell's background job SIGINT) stays ignored, so git
+// inherits SIG_IGN as it would without the shim; catching it to forward
+// would hand git the default action instead (the process dies of a SIGHUP
+// it was started to survive).
 func forwardedSignals() []os.Signal {
-	return []os.Signal{
+	all := []os.Signal{
 		syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
 		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH,
 	}
+	out := all[:0]
+	for _, s := range all {
+		if !signal.Ignored(s) {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // GitArgv returns the argv for the real git: "git" followed by inv.Args.
@@ -82,7 +94,8 @@ func tvUsec(tv syscall.Timeval) int64 { return int64(tv.Sec)*1e6 + int64(tv.Usec
 // are (nothing is copied), and so is every other descriptor the shim
 // inherited without close-on-exec (the Go runtime's and the lease socket are
 // close-on-exec). SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and
-// SIGWINCH are forwarded to git from the moment Supervise is called.
+// SIGWINCH are forwarded to git from the moment Supervise is called, except
+// those ignored when the shim started, which git inherits ignored.
 //
 // Start-up cost matters here (measured), so: syscall.ForkExec and wait4,
 // not os.StartProcess (whose first use probes pidfd support by forking a

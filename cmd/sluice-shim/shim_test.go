@@ -244,6 +244,44 @@ func TestExitStatusTransparency(t *testing.T) {
 	}
 }
 
+// TestIgnoredSignalsStayIgnored: a git started with SIGHUP and SIGINT
+// ignored (nohup, a shell's background job) keeps them ignored under the
+// shim, unmatched (exec) and admitted (supervised), as it would without it.
+// The supervising shim used to catch them to forward, so git got the
+// default action back and died of the SIGHUP nohup was there to survive.
+func TestIgnoredSignalsStayIgnored(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("bash not installed: needed for `exec -a` with signals ignored")
+	}
+	e := newEnv(t)
+	a := startAgent(t, e.sock, admitAll)
+	// trap '' makes the signal SIG_IGN; exec keeps it ignored.
+	ignoring := func(argv0, path string, args []string, mode string) *exec.Cmd {
+		script := `trap '' HUP INT; exec -a "$0" "$@"`
+		c := &exec.Cmd{Path: bash, Args: append([]string{"bash", "-c", script, argv0, path}, args...), Env: append(append([]string(nil), e.vars...), "FAKE_GIT="+mode), Dir: e.dir}
+		return c
+	}
+	for _, mode := range []string{"kill:HUP", "kill:INT"} {
+		direct := runCmd(t, ignoring("git", e.git, nil, mode))
+		if !direct.ws.Exited() || direct.ws.ExitStatus() != 99 {
+			t.Fatalf("%s direct: fake git %s, want exit 99 (signal ignored)", mode, describe(direct.ws))
+		}
+		unmatched := runCmd(t, ignoring("git", shimBin, []string{"rev-parse", "HEAD"}, mode))
+		if !sameStatus(direct.ws, unmatched.ws) {
+			t.Errorf("%s unmatched: shim %s, git %s; stderr %q", mode, describe(unmatched.ws), describe(direct.ws), unmatched.stderr)
+		}
+		admitted := runCmd(t, ignoring("git-upload-pack", shimBin, []string{e.dir}, mode))
+		if !sameStatus(direct.ws, admitted.ws) {
+			t.Errorf("%s admitted: shim %s, git %s; stderr %q", mode, describe(admitted.ws), describe(direct.ws), admitted.stderr)
+		}
+		<-a.admits
+		if f := <-a.finished; f.ExitCode != 99 || f.Signal != 0 {
+			t.Errorf("%s: Finished = %+v, want exit 99", mode, f)
+		}
+	}
+}
+
 func TestAdmittedRequest(t *testing.T) {
 	e := newEnv(t)
 	a := startAgent(t, e.sock, admitAll)
